@@ -1,0 +1,42 @@
+//! The gRPC services, and the one place where domain errors become
+//! `tonic::Status`.
+
+mod page;
+mod policy;
+
+pub use policy::PolicyApi;
+
+use shepherd_proto::validate::PolicyError;
+use tonic::Status;
+
+use crate::store::StoreError;
+
+/// INVALID_ARGUMENT naming the field and the rule.
+pub(crate) fn invalid(field: &str, rule: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {rule}"))
+}
+
+/// INVALID_ARGUMENT listing every rule a policy breaks.
+pub(crate) fn invalid_policy(e: PolicyError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Self {
+        match &e {
+            StoreError::NotFound { .. } | StoreError::RevisionNotFound { .. } => {
+                Status::not_found(e.to_string())
+            }
+            StoreError::AlreadyExists { .. } => Status::already_exists(e.to_string()),
+            StoreError::RevisionMismatch { .. } => Status::aborted(e.to_string()),
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %e, "store unavailable");
+                Status::unavailable(format!("{e}; nothing was changed, try again"))
+            }
+            StoreError::Internal(_) => {
+                tracing::error!(error = %e, "store failure");
+                Status::internal(e.to_string())
+            }
+        }
+    }
+}

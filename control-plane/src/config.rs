@@ -1,0 +1,246 @@
+//! Command-line flags, each with an environment variable fallback.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::auth::Token;
+
+/// The Shepherd control plane: keeps rollout policies in a database and
+/// serves them over gRPC (PolicyService, health, reflection).
+///
+/// With no subcommand it serves. The default database is a SQLite file in the
+/// working directory, so it runs with nothing to set up; a postgres:// URL
+/// selects Postgres. Migrations are applied at start.
+#[derive(Debug, Parser)]
+#[command(
+    name = "shepherd-control-plane",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve gRPC (the default when no subcommand is given).
+    Serve(ServeArgs),
+    /// Apply pending database migrations and exit.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "SHEPHERD_LISTEN", default_value = "127.0.0.1:4100")]
+    pub listen: SocketAddr,
+
+    /// Bearer token operators must send ("authorization: Bearer <token>").
+    /// Prefer SHEPHERD_ADMIN_TOKEN_FILE: a flag is visible to other local
+    /// users in the process list.
+    #[arg(
+        long,
+        env = "SHEPHERD_ADMIN_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "admin_token_file"
+    )]
+    pub admin_token: Option<String>,
+
+    /// File holding the admin token (surrounding whitespace is ignored).
+    #[arg(long, env = "SHEPHERD_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Allow listening on a non-loopback address with no token configured,
+    /// so anyone who can reach the port can change policies.
+    #[arg(long, env = "SHEPHERD_INSECURE")]
+    pub insecure: bool,
+
+    /// Largest gRPC request accepted, in bytes.
+    #[arg(long, env = "SHEPHERD_MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Longest wait for in-flight calls to finish on SIGINT/SIGTERM.
+    #[arg(long, env = "SHEPHERD_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// Database URL: sqlite://FILE (created if missing) or
+    /// postgres://USER@HOST:PORT/DB.
+    #[arg(
+        long,
+        env = "SHEPHERD_DATABASE_URL",
+        default_value = "sqlite://shepherd.db",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// Most open database connections.
+    #[arg(long, env = "SHEPHERD_DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    pub database_max_connections: u32,
+
+    /// Longest wait for a database connection; past it a call fails with
+    /// UNAVAILABLE.
+    #[arg(long, env = "SHEPHERD_DATABASE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub database_timeout: Duration,
+
+    /// How long to keep trying to reach the database at start before giving up.
+    #[arg(long, env = "SHEPHERD_DATABASE_CONNECT_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub database_connect_wait: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log line format.
+    #[arg(long, env = "SHEPHERD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter, e.g. "info" or "info,shepherd_control_plane=debug".
+    #[arg(long, env = "SHEPHERD_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl ServeArgs {
+    /// The admin token from the flag, the variable or the file, if any.
+    pub fn admin_token(&self) -> Result<Option<Token>, String> {
+        read_token(
+            "admin token",
+            self.admin_token.as_deref(),
+            self.admin_token_file.as_ref(),
+        )
+    }
+
+    /// Refuses a configuration that would expose policy writes to the network
+    /// without a token.
+    pub fn check_exposure(&self, has_token: bool) -> Result<(), String> {
+        if has_token || self.insecure || self.listen.ip().is_loopback() {
+            return Ok(());
+        }
+        Err(format!(
+            "refusing to listen on {} with no admin token: anyone who can reach it could change policies. \
+             Set SHEPHERD_ADMIN_TOKEN_FILE (or --admin-token-file), or pass --insecure to accept that",
+            self.listen
+        ))
+    }
+}
+
+/// Reads a token given directly or in a file.
+pub fn read_token(
+    what: &str,
+    value: Option<&str>,
+    file: Option<&PathBuf>,
+) -> Result<Option<Token>, String> {
+    let raw = match (value, file) {
+        (Some(v), _) => v.to_string(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| format!("{what} file {}: {e}", path.display()))?,
+        (None, None) => return Ok(None),
+    };
+    Token::new(&raw)
+        .map(Some)
+        .map_err(|rule| format!("{what}: {rule}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// The flag definitions are consistent (clap's own check).
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    /// No subcommand serves; `migrate` takes the database flags.
+    #[test]
+    fn parses_default_and_migrate() {
+        let cli =
+            Cli::try_parse_from(["shepherd-control-plane", "--listen", "127.0.0.1:0"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.serve.listen.port(), 0);
+        let cli = Cli::try_parse_from([
+            "shepherd-control-plane",
+            "migrate",
+            "--database-url",
+            "postgres://db/x",
+        ])
+        .unwrap();
+        match cli.command {
+            Some(Command::Migrate(m)) => assert_eq!(m.database.database_url, "postgres://db/x"),
+            other => panic!("expected migrate, got {other:?}"),
+        }
+    }
+
+    /// Without a token, only loopback is allowed unless --insecure is given.
+    #[test]
+    fn refuses_exposed_listener_without_token() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["shepherd-control-plane"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).unwrap().serve
+        };
+        let exposed = parse(&["--listen", "0.0.0.0:4100"]);
+        let err = exposed.check_exposure(false).unwrap_err();
+        assert!(err.contains("--insecure"), "{err}");
+        assert!(exposed.check_exposure(true).is_ok());
+        assert!(
+            parse(&["--listen", "0.0.0.0:4100", "--insecure"])
+                .check_exposure(false)
+                .is_ok()
+        );
+        assert!(
+            parse(&["--listen", "[::1]:4100"])
+                .check_exposure(false)
+                .is_ok()
+        );
+    }
+
+    /// A token file is read and trimmed; an empty one is refused.
+    #[test]
+    fn reads_token_file() {
+        let dir = std::env::temp_dir().join(format!("shepherd-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        assert!(
+            read_token("admin token", None, Some(&file))
+                .unwrap()
+                .is_some()
+        );
+        std::fs::write(&file, "\n").unwrap();
+        let err = read_token("admin token", None, Some(&file)).unwrap_err();
+        assert_eq!(err, "admin token: must not be empty");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

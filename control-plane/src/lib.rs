@@ -1,0 +1,22 @@
+//! The Shepherd control plane: keeps rollout policies durably and serves them
+//! over gRPC.
+//!
+//! - [`policy`]: policies as the control plane holds them (validated specs,
+//!   revisions).
+//! - [`store`]: the [`store::Store`] trait with Postgres and SQLite
+//!   implementations and their migrations.
+//! - [`api`]: the gRPC services and the one place domain errors become
+//!   `tonic::Status`.
+//! - [`auth`]: bearer tokens for operators.
+//! - [`server`]: assembles the gRPC server (services, health, reflection,
+//!   limits) and runs it until shutdown.
+//! - [`config`]: command-line flags and environment variables.
+//! - [`logging`]: structured logs and shutdown signals.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod logging;
+pub mod policy;
+pub mod server;
+pub mod store;

@@ -1,0 +1,250 @@
+//! Assembles the gRPC server (PolicyService behind the admin token, gRPC
+//! health, server reflection v1 and v1alpha) and runs it until shutdown.
+//!
+//! Shutdown phases: the token is cancelled (SIGINT/SIGTERM in `main`); the
+//! server stops accepting connections and lets in-flight calls finish for up
+//! to the grace period; background tasks are cancelled and awaited.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shepherd_proto::v1::policy_service_server::PolicyServiceServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tracing::{info, warn};
+
+use crate::api::PolicyApi;
+use crate::auth::{Authenticator, Role};
+use crate::config::{DatabaseArgs, ServeArgs};
+use crate::store::{self, Store, StoreError, StoreOptions, redact_url};
+
+/// Everything that can stop the control plane.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("database {url}: {source}")]
+    Store {
+        url: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Settings of a running server.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub auth: Authenticator,
+    /// Largest request accepted.
+    pub max_message_bytes: usize,
+    /// Longest wait for in-flight calls at shutdown.
+    pub shutdown_grace: Duration,
+    /// How often the database is checked for the health service.
+    pub health_interval: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            auth: Authenticator::default(),
+            max_message_bytes: 1024 * 1024,
+            shutdown_grace: Duration::from_secs(10),
+            health_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Opens the store of `args`, waiting for the database to come up for up to
+/// `database_connect_wait`, and applies migrations.
+pub async fn open_store(args: &DatabaseArgs) -> Result<Arc<dyn Store>, ServeError> {
+    let url = redact_url(&args.database_url);
+    let fail = |source| ServeError::Store {
+        url: url.clone(),
+        source,
+    };
+    store::Engine::of_url(&args.database_url).map_err(ServeError::Config)?;
+    let options = StoreOptions {
+        max_connections: args.database_max_connections,
+        acquire_timeout: args.database_timeout,
+    };
+    let deadline = tokio::time::Instant::now() + args.database_connect_wait;
+    let mut backoff = Duration::from_millis(200);
+    let store = loop {
+        match store::open(&args.database_url, &options).await {
+            Ok(store) => break store,
+            Err(e) if e.is_retryable() && tokio::time::Instant::now() + backoff < deadline => {
+                warn!(database = %url, error = %e, "database not reachable yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(fail(e)),
+        }
+    };
+    store.migrate().await.map_err(fail)?;
+    info!(database = %url, "database ready");
+    Ok(store)
+}
+
+/// Runs `serve` with the settings of the command line until `shutdown`.
+pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let admin = args.admin_token().map_err(ServeError::Config)?;
+    args.check_exposure(admin.is_some())
+        .map_err(ServeError::Config)?;
+    if admin.is_none() {
+        warn!(
+            "no admin token configured: every caller can change policies (loopback or --insecure only)"
+        );
+    }
+    let store = open_store(&args.database).await?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: args.listen,
+            source,
+        })?;
+    let options = ServerOptions {
+        auth: Authenticator::new(admin, None),
+        max_message_bytes: args.max_message_bytes,
+        shutdown_grace: args.shutdown_grace,
+        ..ServerOptions::default()
+    };
+    serve(listener, store, options, shutdown).await
+}
+
+/// Serves gRPC on `listener` until `shutdown` is cancelled, then drains.
+pub async fn serve(
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+    options: ServerOptions,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })?;
+    let tasks = TaskTracker::new();
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<PolicyServiceServer<PolicyApi>>().await;
+    tasks.spawn(watch_database(
+        store.clone(),
+        health.clone(),
+        options.health_interval,
+        shutdown.clone(),
+    ));
+
+    // grpcurl 1.8 asks for v1alpha, newer clients for v1.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(shepherd_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let policy = PolicyServiceServer::new(PolicyApi::new(store))
+        .max_decoding_message_size(options.max_message_bytes);
+    let policy = InterceptedService::new(policy, options.auth.interceptor(Role::Admin));
+
+    // Tell health watchers (load balancers) first that this replica is going.
+    tasks.spawn({
+        let health = health.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            for service in ["", "shepherd.v1.PolicyService"] {
+                health
+                    .set_service_status(service, ServingStatus::NotServing)
+                    .await;
+            }
+        }
+    });
+
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    info!(%addr, "control plane listening");
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(policy)
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+    tokio::pin!(server);
+
+    let result = tokio::select! {
+        result = &mut server => result.map_err(ServeError::from),
+        () = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(options.shutdown_grace).await;
+        } => {
+            warn!(grace = ?options.shutdown_grace, "in-flight calls did not finish in time; closing them");
+            Ok(())
+        }
+    };
+    shutdown.cancel();
+    tasks.close();
+    tasks.wait().await;
+    info!("control plane stopped");
+    result
+}
+
+/// Reports PolicyService as NOT_SERVING while the database does not answer
+/// (the process itself, service "", stays SERVING).
+async fn watch_database(
+    store: Arc<dyn Store>,
+    health: tonic_health::server::HealthReporter,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    const SERVICE: &str = "shepherd.v1.PolicyService";
+    let mut healthy = true;
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let now_healthy = match store.ping().await {
+            Ok(()) => true,
+            Err(e) => {
+                if healthy {
+                    warn!(error = %e, "database not answering; PolicyService reported NOT_SERVING");
+                }
+                false
+            }
+        };
+        if now_healthy != healthy {
+            if now_healthy {
+                info!("database answering again; PolicyService reported SERVING");
+            }
+            let status = if now_healthy {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            health.set_service_status(SERVICE, status).await;
+            healthy = now_healthy;
+        }
+    }
+}

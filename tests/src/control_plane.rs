@@ -1,0 +1,79 @@
+//! An in-process control plane on `127.0.0.1:0`, and clients for it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use shepherd_control_plane::server::{self, ServeError, ServerOptions};
+use shepherd_control_plane::store::Store;
+use shepherd_proto::v1::policy_service_client::PolicyServiceClient;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// A running control plane.
+pub struct TestControlPlane {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    handle: JoinHandle<Result<(), ServeError>>,
+}
+
+/// Adds "authorization: Bearer <token>" to every call, if a token is set.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A PolicyService client sending a bearer token.
+pub type PolicyClient = PolicyServiceClient<InterceptedService<Channel, Bearer>>;
+
+impl TestControlPlane {
+    /// Starts a control plane serving `store`.
+    pub async fn start(store: Arc<dyn Store>, options: ServerOptions) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(server::serve(listener, store, options, shutdown.clone()));
+        Self {
+            addr,
+            shutdown,
+            handle,
+        }
+    }
+
+    /// A channel to the server.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// A PolicyService client sending `token`, if any.
+    pub async fn policy_client(&self, token: Option<&str>) -> PolicyClient {
+        let bearer = Bearer(token.map(|t| format!("Bearer {t}").parse().unwrap()));
+        PolicyServiceClient::with_interceptor(self.channel().await, bearer)
+    }
+
+    /// Stops the server and waits for it to finish.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.handle.await.unwrap().unwrap();
+    }
+}
