@@ -22,6 +22,22 @@ fn changed(name: &str, weight: u32) -> PolicySpec {
     spec(p)
 }
 
+/// Stores "chat" at weight 0 (revision 1), then at weight 100 (revision 2).
+async fn chat_at_revision_2(t: &TestStore) {
+    t.store
+        .create_policy(&changed("chat", 0), Utc::now())
+        .await
+        .unwrap();
+    t.store
+        .update_policy(&changed("chat", 100), 1, "", Utc::now())
+        .await
+        .unwrap();
+}
+
+async fn revision_count(t: &TestStore, name: &str) -> usize {
+    t.store.list_revisions(name, None, 100).await.unwrap().len()
+}
+
 on_both_stores!(
     create_then_get_round_trips_every_field,
     duplicate_name_is_already_exists,
@@ -98,14 +114,7 @@ async fn update_needs_the_latest_revision(t: TestStore) {
 /// An update with a stale revision fails with both revisions named, and
 /// stores nothing.
 async fn stale_update_changes_nothing(t: TestStore) {
-    t.store
-        .create_policy(&changed("chat", 0), Utc::now())
-        .await
-        .unwrap();
-    t.store
-        .update_policy(&changed("chat", 100), 1, "", Utc::now())
-        .await
-        .unwrap();
+    chat_at_revision_2(&t).await;
     let err = t
         .store
         .update_policy(&changed("chat", 9000), 1, "", Utc::now())
@@ -119,27 +128,13 @@ async fn stale_update_changes_nothing(t: TestStore) {
     }
     let read = t.store.get_policy("chat").await.unwrap();
     assert_eq!((read.revision, read.spec), (2, changed("chat", 100)));
-    assert_eq!(
-        t.store
-            .list_revisions("chat", None, 100)
-            .await
-            .unwrap()
-            .len(),
-        2
-    );
+    assert_eq!(revision_count(&t, "chat").await, 2);
 }
 
 /// A delete is a revision; the name can be created again and continues the
 /// history.
 async fn delete_keeps_history_and_frees_the_name(t: TestStore) {
-    t.store
-        .create_policy(&changed("chat", 0), Utc::now())
-        .await
-        .unwrap();
-    t.store
-        .update_policy(&changed("chat", 100), 1, "", Utc::now())
-        .await
-        .unwrap();
+    chat_at_revision_2(&t).await;
     let deleted_at = t
         .store
         .delete_policy("chat", None, Utc::now())
@@ -189,14 +184,7 @@ async fn delete_keeps_history_and_frees_the_name(t: TestStore) {
 
 /// A delete conditioned on a stale revision fails and deletes nothing.
 async fn stale_delete_changes_nothing(t: TestStore) {
-    t.store
-        .create_policy(&changed("chat", 0), Utc::now())
-        .await
-        .unwrap();
-    t.store
-        .update_policy(&changed("chat", 100), 1, "", Utc::now())
-        .await
-        .unwrap();
+    chat_at_revision_2(&t).await;
     let err = t
         .store
         .delete_policy("chat", Some(1), Utc::now())
@@ -330,14 +318,7 @@ async fn concurrent_updates_have_one_winner(t: TestStore) {
         }
     }
     assert_eq!(won, 1);
-    assert_eq!(
-        t.store
-            .list_revisions("chat", None, 100)
-            .await
-            .unwrap()
-            .len(),
-        2
-    );
+    assert_eq!(revision_count(&t, "chat").await, 2);
 }
 
 /// Creators racing on one name: exactly one wins.
@@ -358,14 +339,7 @@ async fn concurrent_creates_have_one_winner(t: TestStore) {
         }
     }
     assert_eq!(won, 1);
-    assert_eq!(
-        t.store
-            .list_revisions("chat", None, 100)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(revision_count(&t, "chat").await, 1);
 }
 
 /// Migrating an up-to-date database again changes nothing and loses nothing.

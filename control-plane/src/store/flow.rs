@@ -3,7 +3,8 @@
 //!
 //! - `struct X { pool }` with `async fn begin_write(&self)` (a transaction
 //!   that takes the write lock at once where the engine needs that);
-//! - a `sql` module with the statements named below, in its own dialect;
+//! - a `sql` module with the statements named below, in its own dialect
+//!   (those written alike in both come from [`common_sql`]);
 //! - `MIGRATIONS`, the embedded migration files.
 //!
 //! Every write is one transaction of conditional statements: a stale
@@ -11,7 +12,7 @@
 //! then read from the head row.
 
 macro_rules! impl_sql_store {
-    ($store:ty) => {
+    ($store:ty, $conn:ty) => {
         type PolicyTuple = (
             String,
             i64,
@@ -55,6 +56,63 @@ macro_rules! impl_sql_store {
             .into_revision()
         }
 
+        /// Moves the head row to its next revision with `bump` (a conditional
+        /// update binding name, expected revision and time, returning the new
+        /// revision and the incarnation's creation time) and records that
+        /// revision. A bump that touches no row is explained from the head.
+        #[allow(clippy::too_many_arguments)]
+        async fn bump_and_record(
+            conn: &mut $conn,
+            bump: &'static str,
+            name: &str,
+            expected: Option<i64>,
+            now: chrono::DateTime<chrono::Utc>,
+            change: &str,
+            spec: Option<&str>,
+            reason: &str,
+        ) -> Result<(i64, chrono::DateTime<chrono::Utc>), StoreError> {
+            let bumped: Option<(i64, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(bump)
+                .bind(name)
+                .bind(expected)
+                .bind(now)
+                .fetch_optional(&mut *conn)
+                .await?;
+            let Some((revision, create_time)) = bumped else {
+                let head: Option<(i64, bool)> = sqlx::query_as(sql::HEAD)
+                    .bind(name)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                return Err(super::explain_miss(name, head, expected));
+            };
+            record_revision(conn, name, revision, change, spec, reason, now, create_time).await?;
+            Ok((revision, create_time))
+        }
+
+        /// Inserts one row of a policy's history.
+        #[allow(clippy::too_many_arguments)]
+        async fn record_revision(
+            conn: &mut $conn,
+            name: &str,
+            revision: i64,
+            change: &str,
+            spec: Option<&str>,
+            reason: &str,
+            now: chrono::DateTime<chrono::Utc>,
+            policy_create_time: chrono::DateTime<chrono::Utc>,
+        ) -> Result<(), StoreError> {
+            sqlx::query(sql::INSERT_REVISION)
+                .bind(name)
+                .bind(revision)
+                .bind(change)
+                .bind(spec)
+                .bind(reason)
+                .bind(now)
+                .bind(policy_create_time)
+                .execute(conn)
+                .await?;
+            Ok(())
+        }
+
         #[async_trait::async_trait]
         impl super::Store for $store {
             async fn migrate(&self) -> Result<(), StoreError> {
@@ -95,16 +153,17 @@ macro_rules! impl_sql_store {
                             .0
                     }
                 };
-                sqlx::query(sql::INSERT_REVISION)
-                    .bind(name)
-                    .bind(revision)
-                    .bind("created")
-                    .bind(Some(json.as_str()))
-                    .bind("")
-                    .bind(now)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
+                record_revision(
+                    &mut tx,
+                    name,
+                    revision,
+                    "created",
+                    Some(&json),
+                    "",
+                    now,
+                    now,
+                )
+                .await?;
                 tx.commit().await?;
                 Ok(crate::policy::StoredPolicy {
                     spec: spec.clone(),
@@ -175,30 +234,17 @@ macro_rules! impl_sql_store {
                 let json = super::spec_json(spec)?;
                 let name = spec.name();
                 let mut tx = self.begin_write().await?;
-                let updated: Option<(i64, chrono::DateTime<chrono::Utc>)> =
-                    sqlx::query_as(sql::BUMP_FOR_UPDATE)
-                        .bind(name)
-                        .bind(expected_revision)
-                        .bind(now)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                let Some((revision, create_time)) = updated else {
-                    let head: Option<(i64, bool)> = sqlx::query_as(sql::HEAD)
-                        .bind(name)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    return Err(super::explain_miss(name, head, Some(expected_revision)));
-                };
-                sqlx::query(sql::INSERT_REVISION)
-                    .bind(name)
-                    .bind(revision)
-                    .bind("updated")
-                    .bind(Some(json.as_str()))
-                    .bind(reason)
-                    .bind(now)
-                    .bind(create_time)
-                    .execute(&mut *tx)
-                    .await?;
+                let (revision, create_time) = bump_and_record(
+                    &mut tx,
+                    sql::BUMP_FOR_UPDATE,
+                    name,
+                    Some(expected_revision),
+                    now,
+                    "updated",
+                    Some(&json),
+                    reason,
+                )
+                .await?;
                 tx.commit().await?;
                 Ok(crate::policy::StoredPolicy {
                     spec: spec.clone(),
@@ -216,30 +262,17 @@ macro_rules! impl_sql_store {
             ) -> Result<i64, StoreError> {
                 let now = super::stored_time(now);
                 let mut tx = self.begin_write().await?;
-                let deleted: Option<(i64, chrono::DateTime<chrono::Utc>)> =
-                    sqlx::query_as(sql::BUMP_FOR_DELETE)
-                        .bind(name)
-                        .bind(expected_revision)
-                        .bind(now)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                let Some((revision, create_time)) = deleted else {
-                    let head: Option<(i64, bool)> = sqlx::query_as(sql::HEAD)
-                        .bind(name)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    return Err(super::explain_miss(name, head, expected_revision));
-                };
-                sqlx::query(sql::INSERT_REVISION)
-                    .bind(name)
-                    .bind(revision)
-                    .bind("deleted")
-                    .bind(None::<&str>)
-                    .bind("")
-                    .bind(now)
-                    .bind(create_time)
-                    .execute(&mut *tx)
-                    .await?;
+                let (revision, _) = bump_and_record(
+                    &mut tx,
+                    sql::BUMP_FOR_DELETE,
+                    name,
+                    expected_revision,
+                    now,
+                    "deleted",
+                    None,
+                    "",
+                )
+                .await?;
                 tx.commit().await?;
                 Ok(revision)
             }
@@ -266,3 +299,14 @@ macro_rules! impl_sql_store {
 }
 
 pub(crate) use impl_sql_store;
+
+/// Statements both dialects write the same way.
+pub(crate) mod common_sql {
+    pub const HEAD: &str = "SELECT revision, deleted FROM policies WHERE name = $1";
+    pub const REVIVE: &str = "UPDATE policies SET revision = revision + 1, deleted = FALSE, \
+         create_time = $2, update_time = $2 WHERE name = $1 AND deleted RETURNING revision";
+    pub const INSERT_HEAD: &str = "INSERT INTO policies (name, revision, deleted, create_time, update_time) \
+         VALUES ($1, 1, FALSE, $2, $2) ON CONFLICT (name) DO NOTHING RETURNING revision";
+    pub const BUMP_FOR_UPDATE: &str = "UPDATE policies SET revision = revision + 1, update_time = $3 \
+         WHERE name = $1 AND revision = $2 AND NOT deleted RETURNING revision, create_time";
+}

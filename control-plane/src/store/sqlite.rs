@@ -30,16 +30,10 @@ mod sql {
              FROM policy_revisions "
         };
     }
-    pub const HEAD: &str = "SELECT revision, deleted FROM policies WHERE name = $1";
-    pub const REVIVE: &str = "UPDATE policies SET revision = revision + 1, deleted = FALSE, \
-         create_time = $2, update_time = $2 WHERE name = $1 AND deleted RETURNING revision";
-    pub const INSERT_HEAD: &str = "INSERT INTO policies (name, revision, deleted, create_time, update_time) \
-         VALUES ($1, 1, FALSE, $2, $2) ON CONFLICT (name) DO NOTHING RETURNING revision";
+    pub use super::super::flow::common_sql::{BUMP_FOR_UPDATE, HEAD, INSERT_HEAD, REVIVE};
     pub const INSERT_REVISION: &str = "INSERT INTO policy_revisions \
          (name, revision, change, spec, reason, create_time, policy_create_time) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)";
-    pub const BUMP_FOR_UPDATE: &str = "UPDATE policies SET revision = revision + 1, update_time = $3 \
-         WHERE name = $1 AND revision = $2 AND NOT deleted RETURNING revision, create_time";
     pub const BUMP_FOR_DELETE: &str = "UPDATE policies SET revision = revision + 1, deleted = TRUE, update_time = $3 \
          WHERE name = $1 AND NOT deleted AND ($2 IS NULL OR revision = $2) \
          RETURNING revision, create_time";
@@ -82,4 +76,4 @@ impl SqliteStore {
     }
 }
 
-impl_sql_store!(SqliteStore);
+impl_sql_store!(SqliteStore, sqlx::SqliteConnection);
