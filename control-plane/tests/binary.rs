@@ -4,78 +4,22 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::process::{Command, ExitStatus};
 
 use shepherd_tests::pg::TestDb;
+use shepherd_tests::process::{Spawned, logged_addr};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shepherd-control-plane");
 const TOKEN: &str = "walkthrough-admin-token";
 
-/// A running control-plane process with its log lines collected.
-struct Process {
-    child: Child,
-    addr: String,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-/// Starts the binary and waits for its "listening" log line.
-fn start(args: &[&str], envs: &[(&str, &str)]) -> Process {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .envs(envs.iter().copied())
-        .env_remove("SHEPHERD_ADMIN_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    let lines = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(at) = line.find("control plane listening addr=") {
-                let addr = line[at + "control plane listening addr=".len()..]
-                    .trim()
-                    .to_string();
-                let _ = tx.send(addr);
-            }
-            lines.lock().unwrap().push(line);
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .unwrap_or_else(|_| {
-            let _ = child.kill();
-            panic!(
-                "control plane did not start; its log:\n{}",
-                log.lock().unwrap().join("\n")
-            )
-        });
-    Process { child, addr, log }
-}
-
-impl Process {
-    /// Sends SIGTERM and waits for the exit.
-    fn terminate(mut self) -> (ExitStatus, String) {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let status = self.child.wait().unwrap();
-        // The reader thread ends with the pipe; give it the last lines.
-        let log = self.log.lock().unwrap().join("\n");
-        (status, log)
-    }
+/// Starts the binary and waits for its "listening" log line; returns the
+/// process and the address it listens on.
+fn start(args: &[&str], envs: &[(&str, &str)]) -> (Spawned, String) {
+    let p = Spawned::start(BIN, args, envs);
+    let line = p.wait_for_line("control plane listening", 0);
+    let addr = logged_addr(&line, "addr");
+    (p, addr)
 }
 
 /// Runs the binary to completion.
@@ -125,11 +69,11 @@ fn grpcurl_walkthrough_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("shepherd.db").display());
     let tokens = token_file(dir.path());
-    let p = start(
+    let (p, addr) = start(
         &["--listen", "127.0.0.1:0", "--database-url", &db],
         &[("SHEPHERD_ADMIN_TOKEN_FILE", tokens.to_str().unwrap())],
     );
-    walkthrough(&p.addr);
+    walkthrough(&addr);
     let (status, log) = p.terminate();
     assert!(status.success(), "exit {status:?}; log:\n{log}");
     assert!(log.contains("SIGTERM: shutting down"), "{log}");
@@ -147,14 +91,14 @@ fn grpcurl_walkthrough_on_postgres() {
     let tokens = token_file(dir.path());
     // Trust authentication ignores the password; it is there to be redacted.
     let url = db.url.replacen("postgres@", "postgres:hunter2@", 1);
-    let p = start(
+    let (p, addr) = start(
         &["--listen", "127.0.0.1:0"],
         &[
             ("SHEPHERD_DATABASE_URL", url.as_str()),
             ("SHEPHERD_ADMIN_TOKEN_FILE", tokens.to_str().unwrap()),
         ],
     );
-    walkthrough(&p.addr);
+    walkthrough(&addr);
     let (status, log) = p.terminate();
     assert!(status.success(), "exit {status:?}; log:\n{log}");
     assert!(log.contains("postgres:***@"), "{log}");
@@ -183,7 +127,7 @@ fn refuses_network_listener_without_token() {
         "a refused start created the database"
     );
 
-    let p = start(
+    let (p, _) = start(
         &["--listen", "0.0.0.0:0", "--database-url", &db, "--insecure"],
         &[],
     );

@@ -6,8 +6,11 @@
 //!   stored form are one format).
 //! - [`validate`]: every rule a [`v1::Policy`] must satisfy, with errors that
 //!   name the field path and the rule.
+//! - [`histogram`]: latency histograms with shared bucket boundaries, so the
+//!   agent records and the control plane computes quantiles identically.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors for gRPC reflection.
 
+pub mod histogram;
 pub mod validate;
 
 /// The `shepherd.v1` package.

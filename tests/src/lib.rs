@@ -1,7 +1,12 @@
 //! Shepherd's test kit, used by the cross-component tests in `tests/tests`
 //! and by the binaries' own tests:
 //!
+//! - [`mock`]: a mock LLM provider (OpenAI and Anthropic, JSON and SSE) that
+//!   can be told to fail, rate-limit, slow down, stall or cut streams.
+//! - [`agent`]: agents on TCP, or on in-process pipes for paused-clock tests.
+//! - [`http`]: a small HTTP client.
 //! - [`pg`]: a fresh Postgres database per test, dropped afterwards.
+//! - [`process`]: real processes, their logs and signals, for binary tests.
 //! - [`fixtures`]: valid example policies.
 //! - [`control_plane`]: an in-process control plane on `127.0.0.1:0` with
 //!   clients for it.
@@ -10,8 +15,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
+pub mod agent;
 pub mod control_plane;
 pub mod fixtures;
+pub mod http;
+pub mod mock;
 pub mod net;
 pub mod pg;
+pub mod process;
 pub mod stores;

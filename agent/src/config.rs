@@ -1,0 +1,143 @@
+//! Command-line flags, each with an environment variable fallback.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// The Shepherd agent: a sidecar proxy for LLM API traffic. Point the app's
+/// OpenAI-compatible (or Anthropic) base URL at it, e.g.
+/// http://127.0.0.1:4000/v1.
+///
+/// Policies come from a JSON file in the same form as the control plane's
+/// Policy (one object or a list); SIGHUP or a change of the file reloads it.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "shepherd-agent", version)]
+pub struct Cli {
+    /// Address the proxy listens on (HTTP/1.1 and h2c).
+    #[arg(long, env = "SHEPHERD_AGENT_LISTEN", default_value = "127.0.0.1:4000")]
+    pub listen: SocketAddr,
+
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(
+        long,
+        env = "SHEPHERD_AGENT_ADMIN_LISTEN",
+        default_value = "127.0.0.1:4001"
+    )]
+    pub admin_listen: SocketAddr,
+
+    /// Policy file: one Policy or a JSON list of them (protobuf JSON mapping).
+    #[arg(long, env = "SHEPHERD_AGENT_POLICY_FILE")]
+    pub policy_file: Option<PathBuf>,
+
+    /// How often the policy file is checked for changes; 0s turns that off
+    /// (SIGHUP still reloads).
+    #[arg(long, env = "SHEPHERD_AGENT_POLICY_POLL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub policy_poll: Duration,
+
+    /// This agent's labels, which policy selectors match: key=value,key=value.
+    #[arg(long, env = "SHEPHERD_AGENT_LABELS", default_value = "", value_parser = parse_labels)]
+    pub labels: Labels,
+
+    /// Largest request body accepted; larger gets 413.
+    #[arg(long, env = "SHEPHERD_AGENT_MAX_REQUEST_BYTES", default_value_t = 16 << 20)]
+    pub max_request_bytes: usize,
+
+    /// Largest request body that may be retried or sent to a fallback after
+    /// a failed attempt; larger bodies are sent once.
+    #[arg(long, env = "SHEPHERD_AGENT_RETRY_BODY_LIMIT", default_value_t = 4 << 20)]
+    pub retry_body_limit: usize,
+
+    /// Most requests in flight; more get 503 at once (load shedding).
+    #[arg(long, env = "SHEPHERD_AGENT_MAX_CONCURRENT", default_value_t = 1024)]
+    pub max_concurrent: usize,
+
+    /// Time a client has to send a request's headers.
+    #[arg(long, env = "SHEPHERD_AGENT_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Largest request head, in bytes.
+    #[arg(long, env = "SHEPHERD_AGENT_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
+
+    /// Longest wait for in-flight requests (streams included) at shutdown.
+    #[arg(long, env = "SHEPHERD_AGENT_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Extra CA certificates (PEM) to trust for https upstreams, besides the
+    /// built-in Mozilla roots.
+    #[arg(long, env = "SHEPHERD_AGENT_UPSTREAM_CA_FILE")]
+    pub upstream_ca_file: Option<PathBuf>,
+
+    /// Worker threads (0: one per CPU).
+    #[arg(long, env = "SHEPHERD_AGENT_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
+
+    /// Log line format.
+    #[arg(long, env = "SHEPHERD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter, e.g. "info" or "info,shepherd_agent=debug".
+    #[arg(long, env = "SHEPHERD_LOG", default_value = "info")]
+    pub log: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Labels as parsed from `key=value,key=value`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Labels(pub BTreeMap<String, String>);
+
+fn parse_labels(s: &str) -> Result<Labels, String> {
+    let mut labels = BTreeMap::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?}: labels are key=value"))?;
+        let ok = |x: &str, empty_ok: bool| {
+            (empty_ok && x.is_empty())
+                || (!x.is_empty()
+                    && x.len() <= 63
+                    && x.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b)))
+        };
+        if !ok(k, false) || !ok(v, true) {
+            return Err(format!(
+                "{pair:?}: keys and values are letters, digits, '-', '_', '.', '/' (at most 63)"
+            ));
+        }
+        labels.insert(k.to_string(), v.to_string());
+    }
+    Ok(Labels(labels))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// The flag definitions are consistent (clap's own check).
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    /// Labels parse from key=value pairs; bad ones say why.
+    #[test]
+    fn parses_labels() {
+        let l = parse_labels("app=support-bot, env=prod").unwrap();
+        assert_eq!(l.0.get("app").map(String::as_str), Some("support-bot"));
+        assert_eq!(l.0.len(), 2);
+        assert!(parse_labels("").unwrap().0.is_empty());
+        assert!(parse_labels("novalue").unwrap_err().contains("key=value"));
+        assert!(parse_labels("a b=c").is_err());
+    }
+}

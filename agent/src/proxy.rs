@@ -1,0 +1,638 @@
+//! The request path: route -> split -> (per backend in the plan: breaker gate
+//! -> faults -> attempt with per-try timeout -> classify -> retry with
+//! backoff) -> fall back -> deliver the response as it streams.
+//!
+//! Retries and fallback happen only before a response head is passed to the
+//! app. Request bodies are read whole (up to the size limit) so they can be
+//! replayed and their `model` rewritten; bodies above the retry limit are sent
+//! once.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response, StatusCode, Uri, request};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::breaker::Permit;
+use crate::errors::{self, ErrorKind, Shape};
+use crate::fault;
+use crate::policy::Backend;
+use crate::retry::{self, Failure, RetrySettings};
+use crate::runtime::{LiveBackend, LivePolicy, Table};
+use crate::split;
+use crate::stream::{Attempt, InflightGuard, ObservedBody, ProxyBody, Watch};
+use crate::telemetry::{AgentStats, Outcome};
+
+/// Request limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Larger bodies get 413.
+    pub max_request_body: usize,
+    /// Larger bodies are sent once: no retry, no fallback after a send.
+    pub retry_body_limit: usize,
+    /// More requests in flight get 503.
+    pub max_concurrent: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_request_body: 16 << 20,
+            retry_body_limit: 4 << 20,
+            max_concurrent: 1024,
+        }
+    }
+}
+
+/// Headers the agent names the outcome with.
+pub const BACKEND_HEADER: HeaderName = HeaderName::from_static("x-shepherd-backend");
+pub const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-shepherd-attempts");
+pub const POLICY_HEADER: HeaderName = HeaderName::from_static("x-shepherd-policy");
+/// Marks shadow requests (sent by the agent, never by apps).
+pub const SHADOW_HEADER: HeaderName = HeaderName::from_static("x-shepherd-shadow");
+
+/// Request headers never forwarded upstream: hop-by-hop headers, the app's
+/// own credentials (each backend sends its own), and the agent's headers.
+const DROPPED_REQUEST_HEADERS: [HeaderName; 13] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+    http::header::HOST,
+    http::header::CONTENT_LENGTH,
+    http::header::AUTHORIZATION,
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("api-key"),
+];
+
+/// Response headers never passed to the app.
+const DROPPED_RESPONSE_HEADERS: [HeaderName; 6] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+];
+
+/// The proxy: a routing table swapped by reloads, limits, counters.
+pub struct Proxy {
+    table: Arc<ArcSwap<Table>>,
+    limits: Limits,
+    stats: Arc<AgentStats>,
+}
+
+/// What one attempt came to.
+enum Tried {
+    /// The upstream answered.
+    Response(Response<Incoming>),
+    /// A fault answered in its place.
+    Fault(StatusCode, Option<Duration>),
+    /// No answer.
+    Failed(Failure, String),
+}
+
+/// The last failure seen, answered to the app when nothing succeeds.
+enum LastFailure {
+    Response(Response<Incoming>, usize, u32),
+    Fault(StatusCode, Option<Duration>, usize, u32),
+    Failed(Failure),
+    BreakerOpen,
+}
+
+impl Proxy {
+    pub fn new(table: Arc<ArcSwap<Table>>, limits: Limits, stats: Arc<AgentStats>) -> Self {
+        Self {
+            table,
+            limits,
+            stats,
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Serves one request from the app.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        let shape = Shape::of_path(req.uri().path());
+        let Some(guard) = InflightGuard::acquire(&self.stats, self.limits.max_concurrent) else {
+            bump(&self.stats.shed);
+            let mut resp = error_response(
+                shape,
+                ErrorKind::Overloaded,
+                &format!(
+                    "the agent has {} requests in flight, its limit; retry shortly",
+                    self.limits.max_concurrent
+                ),
+            );
+            resp.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return Ok(resp);
+        };
+        let (parts, body) = req.into_parts();
+        let max = self.limits.max_request_body;
+        let declared = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max as u64) {
+            bump(&self.stats.too_large);
+            return Ok(too_large(shape, max));
+        }
+        let body = match Limited::new(body, max).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                bump(&self.stats.too_large);
+                return Ok(too_large(shape, max));
+            }
+            Err(e) => {
+                bump(&self.stats.bad_request);
+                return Ok(error_response(
+                    shape,
+                    ErrorKind::BadRequest,
+                    &format!("could not read the request body: {e}"),
+                ));
+            }
+        };
+        Ok(self.forward(parts, body, guard).await)
+    }
+
+    /// Sends a request (its body already read) to the backends of its policy.
+    pub async fn forward(
+        &self,
+        parts: request::Parts,
+        body: Bytes,
+        guard: InflightGuard,
+    ) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let shape = Shape::of_path(parts.uri.path());
+        let live = {
+            let table = self.table.load();
+            match table.route(parts.uri.path(), &parts.headers) {
+                Some(p) => p.clone(),
+                None => {
+                    bump(&self.stats.no_route);
+                    return error_response(
+                        shape,
+                        ErrorKind::NoRoute,
+                        &format!("no policy matches {} {}", parts.method, parts.uri.path()),
+                    );
+                }
+            }
+        };
+        bump(&live.requests);
+        live.budget.deposit();
+        let policy = &live.policy;
+
+        let bucket = match policy
+            .sticky_header
+            .as_ref()
+            .and_then(|h| parts.headers.get(h))
+        {
+            Some(key) => split::bucket(&policy.name, key.as_bytes()),
+            None => split::random_bucket(),
+        };
+        let chosen = match policy.candidate {
+            Some(c) if split::to_candidate(bucket, policy.candidate_weight) => c,
+            _ => policy.baseline,
+        };
+        bump(&live.backends[chosen].stats.selected);
+
+        let deadline = started + policy.backends[chosen].timeouts.overall;
+        let replayable = body.len() <= self.limits.retry_body_limit;
+        let mut attempts = 0u32;
+        let mut last: Option<LastFailure> = None;
+        let mut notes: Vec<String> = Vec::new();
+        let plan =
+            std::iter::once(chosen).chain(policy.fallback.iter().copied().filter(|&i| i != chosen));
+
+        for (step, index) in plan.enumerate() {
+            if step > 0 {
+                // Fall back only after a retryable failure, within the
+                // deadline, and (when the request was sent) within the
+                // retry budget and the replay limit.
+                let sent = !matches!(last, Some(LastFailure::BreakerOpen));
+                if Instant::now() >= deadline
+                    || (sent && (!replayable || !live.budget.try_withdraw()))
+                {
+                    break;
+                }
+                bump(&live.backends[index].stats.fallbacks);
+            }
+            let backend = &policy.backends[index];
+            let lb = &live.backends[index];
+            let payload = rewrite_model(backend, &body);
+            let mut tries = 0u32;
+            loop {
+                let permit = match &lb.breaker {
+                    None => Permit::unlimited(),
+                    Some(b) => match b.try_acquire() {
+                        Some(p) => p,
+                        None => {
+                            lb.stats.record(Outcome::BreakerRejected);
+                            notes.push(format!("{}: circuit breaker open", backend.name));
+                            if !matches!(
+                                last,
+                                Some(LastFailure::Response(..) | LastFailure::Fault(..))
+                            ) {
+                                last = Some(LastFailure::BreakerOpen);
+                            }
+                            break;
+                        }
+                    },
+                };
+                attempts += 1;
+                tries += 1;
+                if tries > 1 {
+                    bump(&lb.stats.retries);
+                }
+                let attempt_started = Instant::now();
+                let decision = policy
+                    .active_faults(index, SystemTime::now())
+                    .map(|f| fault::decide(f, SystemTime::now(), || rand::random_range(0.0..100.0)))
+                    .unwrap_or_default();
+                if let Some(delay) = decision.delay {
+                    bump(&lb.stats.faults_delay);
+                    tokio::time::sleep_until((Instant::now() + delay).min(deadline)).await;
+                }
+                let tried = match decision.abort {
+                    Some((status, retry_after)) => Tried::Fault(status, retry_after),
+                    None => send(&parts, backend, lb, payload.clone(), deadline).await,
+                };
+
+                let (failure, headers_retry_after) = match tried {
+                    Tried::Response(resp) => {
+                        let status = resp.status();
+                        let Some(class) = retry::classify_status(status) else {
+                            let attempt = Attempt {
+                                stats: lb.stats.clone(),
+                                breaker: lb.breaker.clone(),
+                                permit,
+                                started: attempt_started,
+                                outcome: Outcome::of_status(status),
+                            };
+                            return deliver(
+                                resp,
+                                &live,
+                                index,
+                                attempts,
+                                shape,
+                                decision.cut_after,
+                                Some(attempt),
+                                guard,
+                            );
+                        };
+                        lb.stats.record(Outcome::of_status(status));
+                        permit.record(lb.breaker.as_deref(), class == Failure::RateLimited);
+                        let ra = retry::retry_after(resp.headers(), SystemTime::now());
+                        notes.push(format!("{}: HTTP {}", backend.name, status.as_u16()));
+                        last = Some(LastFailure::Response(resp, index, attempts));
+                        (class, ra)
+                    }
+                    Tried::Fault(status, ra) => {
+                        lb.stats.record(Outcome::FaultInjected);
+                        bump(&lb.stats.faults_abort);
+                        drop(permit);
+                        let Some(class) = retry::classify_status(status) else {
+                            return fault_response(shape, &live, index, attempts, status, ra);
+                        };
+                        notes.push(format!(
+                            "{}: injected HTTP {}",
+                            backend.name,
+                            status.as_u16()
+                        ));
+                        last = Some(LastFailure::Fault(status, ra, index, attempts));
+                        (class, ra)
+                    }
+                    Tried::Failed(class, message) => {
+                        lb.stats.record(match class {
+                            Failure::Timeout => Outcome::Timeout,
+                            _ => Outcome::Connect,
+                        });
+                        permit.record(lb.breaker.as_deref(), false);
+                        notes.push(format!("{}: {message}", backend.name));
+                        last = Some(LastFailure::Failed(class));
+                        (class, None)
+                    }
+                };
+
+                match plan_retry(
+                    &policy.retry,
+                    failure,
+                    headers_retry_after,
+                    tries,
+                    replayable,
+                    deadline,
+                ) {
+                    Some(wait) if live.budget.try_withdraw() => {
+                        tokio::time::sleep(wait).await;
+                    }
+                    _ => break,
+                }
+            }
+        }
+
+        match last {
+            Some(LastFailure::Response(resp, index, n)) => {
+                deliver(resp, &live, index, n, shape, None, None, guard)
+            }
+            Some(LastFailure::Fault(status, ra, index, n)) => {
+                fault_response(shape, &live, index, n, status, ra)
+            }
+            Some(LastFailure::Failed(Failure::Timeout)) => error_response(
+                shape,
+                ErrorKind::UpstreamTimeout,
+                &format!("no backend answered in time ({})", notes.join("; ")),
+            ),
+            Some(LastFailure::Failed(_) | LastFailure::BreakerOpen) | None => error_response(
+                shape,
+                ErrorKind::UpstreamUnavailable,
+                &format!("no backend could take the request ({})", notes.join("; ")),
+            ),
+        }
+        .with_attempts(attempts)
+    }
+}
+
+/// How long to wait before retrying on the same backend, or `None` to stop
+/// retrying there.
+fn plan_retry(
+    settings: &RetrySettings,
+    failure: Failure,
+    retry_after: Option<Duration>,
+    tries: u32,
+    replayable: bool,
+    deadline: Instant,
+) -> Option<Duration> {
+    if tries >= settings.max_attempts || !settings.retry_on.covers(failure) || !replayable {
+        return None;
+    }
+    let wait = match retry_after {
+        Some(ra) if ra > settings.retry_after_max => return None,
+        Some(ra) => ra,
+        None => retry::backoff(settings, tries - 1, rand::random()),
+    };
+    (Instant::now() + wait < deadline).then_some(wait)
+}
+
+/// Sends one attempt, with the per-try timeout (bounded by the deadline).
+async fn send(
+    parts: &request::Parts,
+    backend: &Backend,
+    lb: &LiveBackend,
+    body: Bytes,
+    deadline: Instant,
+) -> Tried {
+    let request = match upstream_request(parts, backend, lb, body) {
+        Ok(r) => r,
+        Err(e) => return Tried::Failed(Failure::Connect, format!("cannot build the request: {e}")),
+    };
+    let limit = backend
+        .timeouts
+        .per_try
+        .min(deadline.saturating_duration_since(Instant::now()));
+    match tokio::time::timeout(limit, lb.client.request(request)).await {
+        Err(_) => Tried::Failed(
+            Failure::Timeout,
+            format!("no response within {}", humantime::format_duration(limit)),
+        ),
+        Ok(Ok(resp)) => Tried::Response(resp),
+        Ok(Err(e)) => {
+            let message = if e.is_connect() {
+                format!("cannot connect: {}", root_cause(&e))
+            } else {
+                format!("connection failed: {}", root_cause(&e))
+            };
+            Tried::Failed(Failure::Connect, message)
+        }
+    }
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// The request as sent to a backend: its URL, the app's headers minus the
+/// dropped ones, the backend's extra headers and credentials.
+fn upstream_request(
+    parts: &request::Parts,
+    backend: &Backend,
+    lb: &LiveBackend,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, http::Error> {
+    let base = &backend.base;
+    let path = parts.uri.path();
+    let mut path_and_query = String::with_capacity(base.path.len() + path.len() + 32);
+    path_and_query.push_str(&base.path);
+    path_and_query.push_str(path);
+    match (parts.uri.query(), base.query.as_deref()) {
+        (Some(q), Some(b)) => {
+            path_and_query.push('?');
+            path_and_query.push_str(b);
+            path_and_query.push('&');
+            path_and_query.push_str(q);
+        }
+        (Some(q), None) | (None, Some(q)) => {
+            path_and_query.push('?');
+            path_and_query.push_str(q);
+        }
+        (None, None) => {}
+    }
+    let uri = Uri::builder()
+        .scheme(base.scheme.clone())
+        .authority(base.authority.clone())
+        .path_and_query(path_and_query)
+        .build()?;
+    let mut headers = parts.headers.clone();
+    for name in &DROPPED_REQUEST_HEADERS {
+        headers.remove(name);
+    }
+    strip_shepherd_headers(&mut headers);
+    // Bodies are watched on the way back; ask for them uncompressed.
+    headers.insert(
+        http::header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+    for (name, value) in &backend.headers {
+        headers.insert(name.clone(), value.clone());
+    }
+    if let Some((name, value)) = &lb.auth {
+        headers.insert(name.clone(), value.clone());
+    }
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
+    Ok(request)
+}
+
+fn strip_shepherd_headers(headers: &mut HeaderMap) {
+    let ours: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-shepherd-"))
+        .cloned()
+        .collect();
+    for name in ours {
+        headers.remove(name);
+    }
+}
+
+/// The body for a backend: `model` rewritten by its model map, or as sent.
+fn rewrite_model(backend: &Backend, body: &Bytes) -> Bytes {
+    if !backend.rewrites_model() || body.first() != Some(&b'{') {
+        return body.clone();
+    }
+    type Fields<'a> = std::collections::BTreeMap<&'a str, &'a serde_json::value::RawValue>;
+    let Ok(fields) = serde_json::from_slice::<Fields<'_>>(body) else {
+        return body.clone();
+    };
+    let Some(model) = fields
+        .get("model")
+        .and_then(|raw| serde_json::from_str::<&str>(raw.get()).ok())
+    else {
+        return body.clone();
+    };
+    let Some(mapped) = backend.map_model(model) else {
+        return body.clone();
+    };
+    let Ok(mapped_raw) = serde_json::value::to_raw_value(mapped) else {
+        return body.clone();
+    };
+    let mut fields = fields;
+    fields.insert("model", &mapped_raw);
+    match serde_json::to_vec(&fields) {
+        Ok(v) => Bytes::from(v),
+        Err(_) => body.clone(),
+    }
+}
+
+/// Passes an upstream response to the app, watching its body.
+#[allow(clippy::too_many_arguments)]
+fn deliver(
+    resp: Response<Incoming>,
+    live: &LivePolicy,
+    index: usize,
+    attempts: u32,
+    shape: Shape,
+    cut_after: Option<u32>,
+    attempt: Option<Attempt>,
+    guard: InflightGuard,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    for name in &DROPPED_RESPONSE_HEADERS {
+        parts.headers.remove(name);
+    }
+    let sse = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if sse {
+        // An error event may be added at the end.
+        parts.headers.remove(CONTENT_LENGTH);
+    }
+    let backend = &live.policy.backends[index];
+    name_outcome(&mut parts.headers, live, index, attempts);
+    let watch = Watch {
+        sse,
+        shape,
+        idle_timeout: backend.timeouts.stream_idle,
+        cut_after,
+    };
+    Response::from_parts(
+        parts,
+        ProxyBody::Observed(ObservedBody::new(body, watch, attempt, Some(guard))),
+    )
+}
+
+fn name_outcome(headers: &mut HeaderMap, live: &LivePolicy, index: usize, attempts: u32) {
+    if let Ok(v) = HeaderValue::from_str(&live.policy.backends[index].name) {
+        headers.insert(BACKEND_HEADER, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&live.policy.name) {
+        headers.insert(POLICY_HEADER, v);
+    }
+    headers.insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
+}
+
+/// The answer of an injected abort fault.
+fn fault_response(
+    shape: Shape,
+    live: &LivePolicy,
+    index: usize,
+    attempts: u32,
+    status: StatusCode,
+    retry_after: Option<Duration>,
+) -> Response<ProxyBody> {
+    let backend = &live.policy.backends[index].name;
+    let mut resp = error_response(
+        shape,
+        ErrorKind::FaultInjected,
+        &format!(
+            "fault injected for backend {backend:?}: HTTP {}",
+            status.as_u16()
+        ),
+    );
+    *resp.status_mut() = status;
+    if let Some(ra) = retry_after {
+        resp.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            HeaderValue::from(ra.as_secs().max(1)),
+        );
+    }
+    name_outcome(resp.headers_mut(), live, index, attempts);
+    resp
+}
+
+/// An error the agent answers itself.
+pub fn error_response(shape: Shape, kind: ErrorKind, message: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(errors::body(shape, kind, message)));
+    *resp.status_mut() = kind.status();
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn too_large(shape: Shape, max: usize) -> Response<ProxyBody> {
+    error_response(
+        shape,
+        ErrorKind::RequestTooLarge,
+        &format!("the request body is larger than the limit of {max} bytes"),
+    )
+}
+
+fn bump(counter: &std::sync::atomic::AtomicU64) {
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+trait WithAttempts {
+    fn with_attempts(self, attempts: u32) -> Self;
+}
+
+impl WithAttempts for Response<ProxyBody> {
+    fn with_attempts(mut self, attempts: u32) -> Self {
+        self.headers_mut()
+            .entry(ATTEMPTS_HEADER)
+            .or_insert_with(|| HeaderValue::from(attempts));
+        self
+    }
+}

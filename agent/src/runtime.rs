@@ -1,0 +1,284 @@
+//! The live routing table: the policies in force, each with its backends'
+//! clients, resolved credentials, breakers, retry budget and counters.
+//!
+//! A [`Table`] is immutable and swapped atomically (`ArcSwap`); a request keeps
+//! the table it started with, so a reload never disturbs it. The [`Registry`]
+//! outlives tables and hands the same client pools, breakers, budgets and
+//! counters to the next table when their settings did not change.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::breaker::{Breaker, BreakerSettings};
+use crate::policy::{Backend, Policy, Protocol, SecretRef};
+use crate::retry::RetryBudget;
+use crate::telemetry::{BackendStats, StatsRegistry};
+use crate::upstream::{self, Connector, Tls, UpstreamClient};
+
+/// A backend ready to take requests.
+pub struct LiveBackend {
+    pub client: UpstreamClient,
+    /// The credential header, resolved on this host (marked sensitive).
+    pub auth: Option<(HeaderName, HeaderValue)>,
+    pub breaker: Option<Arc<Breaker>>,
+    pub stats: Arc<BackendStats>,
+}
+
+/// A policy ready to take requests.
+pub struct LivePolicy {
+    pub policy: Policy,
+    /// Same order as `policy.backends`.
+    pub backends: Vec<LiveBackend>,
+    pub budget: Arc<RetryBudget>,
+    pub requests: Arc<AtomicU64>,
+}
+
+/// The policies in force, in matching order.
+pub struct Table {
+    /// Version of the snapshot this table was built from.
+    pub version: u64,
+    policies: Vec<Arc<LivePolicy>>,
+}
+
+impl Table {
+    /// A table with no policies.
+    pub fn empty() -> Self {
+        Self {
+            version: 0,
+            policies: Vec::new(),
+        }
+    }
+
+    /// The policy handling a request: the longest matching path prefix, a
+    /// header match before none, then by name.
+    pub fn route(&self, path: &str, headers: &HeaderMap) -> Option<&Arc<LivePolicy>> {
+        self.policies.iter().find(|p| {
+            let route = &p.policy.route;
+            path.starts_with(route.path_prefix.as_str())
+                && route
+                    .header
+                    .as_ref()
+                    .is_none_or(|(name, value)| headers.get(name) == Some(value))
+        })
+    }
+
+    pub fn policies(&self) -> &[Arc<LivePolicy>] {
+        &self.policies
+    }
+}
+
+/// A snapshot that cannot be applied; the previous table stays.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("policy {policy:?}: {field}: {message}")]
+pub struct ApplyError {
+    pub policy: String,
+    pub field: String,
+    pub message: String,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ClientKey {
+    scheme: String,
+    authority: String,
+    connect: Duration,
+}
+
+/// A policy's retry budget with the settings it was made for.
+struct BudgetEntry {
+    ratio_bits: u64,
+    floor: u32,
+    budget: Arc<RetryBudget>,
+}
+
+/// Runtime objects shared by successive tables.
+pub struct Registry {
+    tls: Tls,
+    memory: Option<upstream::MemoryDial>,
+    clients: Mutex<HashMap<ClientKey, UpstreamClient>>,
+    breakers: Mutex<HashMap<(String, String), Arc<Breaker>>>,
+    budgets: Mutex<HashMap<String, BudgetEntry>>,
+    pub stats: Arc<StatsRegistry>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+impl Registry {
+    /// A registry whose clients connect over TCP (TLS for https).
+    pub fn new(tls: Tls) -> Self {
+        Self {
+            tls,
+            memory: None,
+            clients: Mutex::default(),
+            breakers: Mutex::default(),
+            budgets: Mutex::default(),
+            stats: Arc::default(),
+        }
+    }
+
+    /// A registry whose clients connect through in-process pipes (tests).
+    pub fn in_memory(tls: Tls, dial: upstream::MemoryDial) -> Self {
+        let mut r = Self::new(tls);
+        r.memory = Some(dial);
+        r
+    }
+
+    /// Builds the table for a snapshot: resolves every credential (failing
+    /// the whole snapshot if one cannot be), reuses runtime objects whose
+    /// settings did not change, and drops those no longer used.
+    pub fn build(&self, policies: Vec<Policy>, version: u64) -> Result<Table, ApplyError> {
+        let mut live = Vec::with_capacity(policies.len());
+        let mut used_clients = Vec::new();
+        let mut used_breakers = Vec::new();
+        let mut used_budgets = Vec::new();
+        for policy in policies {
+            let mut backends = Vec::with_capacity(policy.backends.len());
+            for (i, b) in policy.backends.iter().enumerate() {
+                let auth = resolve_credentials(b).map_err(|message| ApplyError {
+                    policy: policy.name.to_string(),
+                    field: format!("backends[{i}].credentials"),
+                    message,
+                })?;
+                let key = ClientKey {
+                    scheme: b.base.scheme.to_string(),
+                    authority: b.base.authority.to_string(),
+                    connect: b.timeouts.connect,
+                };
+                let client = self.client(&key);
+                used_clients.push(key);
+                let breaker = policy.breaker.as_ref().map(|settings| {
+                    let key = (policy.name.to_string(), b.name.to_string());
+                    let breaker = self.breaker(&key, settings);
+                    used_breakers.push(key);
+                    breaker
+                });
+                backends.push(LiveBackend {
+                    client,
+                    auth,
+                    breaker,
+                    stats: self.stats.backend(&policy.name, &b.name),
+                });
+            }
+            let budget = self.budget(&policy);
+            used_budgets.push(policy.name.to_string());
+            live.push(Arc::new(LivePolicy {
+                requests: self.stats.policy_requests(&policy.name),
+                backends,
+                budget,
+                policy,
+            }));
+        }
+        live.sort_by(|a, b| {
+            let (ra, rb) = (&a.policy.route, &b.policy.route);
+            rb.path_prefix
+                .len()
+                .cmp(&ra.path_prefix.len())
+                .then(rb.header.is_some().cmp(&ra.header.is_some()))
+                .then(a.policy.name.cmp(&b.policy.name))
+        });
+        lock(&self.clients).retain(|k, _| used_clients.contains(k));
+        lock(&self.breakers).retain(|k, _| used_breakers.contains(k));
+        lock(&self.budgets).retain(|k, _| used_budgets.contains(k));
+        Ok(Table {
+            version,
+            policies: live,
+        })
+    }
+
+    fn client(&self, key: &ClientKey) -> UpstreamClient {
+        lock(&self.clients)
+            .entry(key.clone())
+            .or_insert_with(|| {
+                let connector = match &self.memory {
+                    Some(dial) => Connector::Memory(dial.clone()),
+                    None => Connector::net(&self.tls, key.connect),
+                };
+                upstream::client(connector)
+            })
+            .clone()
+    }
+
+    fn breaker(&self, key: &(String, String), settings: &BreakerSettings) -> Arc<Breaker> {
+        let mut breakers = lock(&self.breakers);
+        match breakers.get(key) {
+            Some(b) if b.settings() == settings => b.clone(),
+            _ => {
+                let b = Arc::new(Breaker::new(settings.clone()));
+                breakers.insert(key.clone(), b.clone());
+                b
+            }
+        }
+    }
+
+    fn budget(&self, policy: &Policy) -> Arc<RetryBudget> {
+        let ratio_bits = policy.retry.budget_ratio.to_bits();
+        let floor = policy.retry.budget_min_per_second;
+        let mut budgets = lock(&self.budgets);
+        match budgets.get(policy.name.as_ref()) {
+            Some(e) if e.ratio_bits == ratio_bits && e.floor == floor => e.budget.clone(),
+            _ => {
+                let budget = Arc::new(RetryBudget::new(policy.retry.budget_ratio, floor));
+                let entry = BudgetEntry {
+                    ratio_bits,
+                    floor,
+                    budget: budget.clone(),
+                };
+                budgets.insert(policy.name.to_string(), entry);
+                budget
+            }
+        }
+    }
+
+    /// Keeps each breaker's state gauge current (for metrics).
+    pub fn refresh_breaker_gauges(&self, table: &Table) {
+        for p in table.policies() {
+            for b in &p.backends {
+                if let Some(breaker) = &b.breaker {
+                    b.stats
+                        .breaker_state
+                        .store(u64::from(breaker.state().as_gauge()), Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// Reads a backend's key and makes its credential header: `authorization:
+/// Bearer` for OpenAI, `x-api-key` for Anthropic.
+fn resolve_credentials(b: &Backend) -> Result<Option<(HeaderName, HeaderValue)>, String> {
+    let Some(reference) = &b.credentials else {
+        return Ok(None);
+    };
+    let key = match reference {
+        SecretRef::Env(name) => std::env::var(name).map_err(|_| {
+            format!("environment variable {name} is not set (or not UTF-8) on this agent")
+        })?,
+        SecretRef::File(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+    };
+    let key = key.trim();
+    if key.is_empty() {
+        return Err("the secret is empty".into());
+    }
+    let (name, value) = match b.protocol {
+        Protocol::OpenAi => (http::header::AUTHORIZATION, format!("Bearer {key}")),
+        Protocol::Anthropic => (HeaderName::from_static("x-api-key"), key.to_string()),
+    };
+    let mut value = HeaderValue::try_from(value)
+        .map_err(|_| "the secret holds characters not allowed in a header".to_string())?;
+    value.set_sensitive(true);
+    Ok(Some((name, value)))
+}
+
+/// Which of `policies` select an agent with `labels`.
+pub fn selected(policies: Vec<Policy>, labels: &BTreeMap<String, String>) -> Vec<Policy> {
+    policies.into_iter().filter(|p| p.selects(labels)).collect()
+}

@@ -1,0 +1,120 @@
+//! The proxy listener: HTTP/1.1 and h2c (prior knowledge) on one port, a
+//! header read timeout, bounded header size, and a graceful drain at shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::proxy::Proxy;
+
+/// Connection settings of the proxy listener.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Time a client has to send a request's headers.
+    pub header_read_timeout: Duration,
+    /// Largest request head (and HTTP/1 read buffer).
+    pub max_header_bytes: usize,
+    /// Longest wait for in-flight requests at shutdown.
+    pub shutdown_grace: Duration,
+    /// HTTP/2 streams per connection.
+    pub h2_max_streams: u32,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            shutdown_grace: Duration::from_secs(30),
+            h2_max_streams: 256,
+        }
+    }
+}
+
+fn builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(settings.max_header_bytes.max(8192))
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(settings.h2_max_streams)
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    b
+}
+
+/// Serves one connection (any byte stream) until it closes.
+pub async fn serve_connection<I>(io: I, proxy: Arc<Proxy>, settings: &ServerSettings)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| proxy.clone().handle(req));
+    if let Err(e) = builder(settings)
+        .serve_connection(TokioIo::new(io), service)
+        .await
+    {
+        debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Accepts connections until `shutdown`, then lets in-flight requests finish
+/// for up to the grace period.
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    settings: ServerSettings,
+    shutdown: CancellationToken,
+) {
+    let builder = Arc::new(builder(&settings));
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        let builder = builder.clone();
+        let service = service_fn(move |req| proxy.clone().handle(req));
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let watched = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = watched.await {
+                debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let open = graceful.count();
+    info!(
+        connections = open,
+        "proxy listener closed; draining in-flight requests"
+    );
+    tokio::select! {
+        () = graceful.shutdown() => info!("all connections drained"),
+        () = tokio::time::sleep(settings.shutdown_grace) => {
+            warn!(grace = ?settings.shutdown_grace, "in-flight requests did not finish in time; closing them");
+        }
+    }
+}

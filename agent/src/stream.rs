@@ -1,0 +1,576 @@
+//! Response bodies on their way to the app.
+//!
+//! [`ObservedBody`] passes an upstream body through frame by frame (nothing is
+//! buffered whole) and watches it: time to first byte, the idle timeout
+//! between frames, the stream-cut fault, `usage` token counts, and for
+//! server-sent events whether the stream ended properly (`data: [DONE]`,
+//! Anthropic's `message_stop`). A stream that breaks, stalls or ends early is
+//! finished with an SSE error event and then aborted, so the app never sees a
+//! clean end; it counts as a failure of its backend.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use memchr::memmem;
+use tokio::time::{Instant, Sleep};
+
+use crate::breaker::{Breaker, Permit};
+use crate::errors::{self, ErrorKind, Shape};
+use crate::telemetry::{AgentStats, BackendStats, Outcome};
+
+/// Counts a request in flight until dropped (it travels with the response body).
+#[derive(Debug)]
+pub struct InflightGuard(Arc<AgentStats>);
+
+impl InflightGuard {
+    /// Admits a request if fewer than `max` are in flight.
+    pub fn acquire(stats: &Arc<AgentStats>, max: usize) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        let n = stats.inflight.fetch_add(1, Ordering::AcqRel) + 1;
+        if n > i64::try_from(max).unwrap_or(i64::MAX) {
+            stats.inflight.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self(stats.clone()))
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0
+            .inflight
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// The body of a response to the app.
+// The observed variant is the one every proxied response uses; boxing it
+// would cost an allocation per response to save bytes on error answers.
+#[allow(clippy::large_enum_variant)]
+pub enum ProxyBody {
+    /// A body the agent made (errors).
+    Full(Option<Bytes>),
+    /// An upstream body passed through.
+    Observed(ObservedBody),
+}
+
+impl ProxyBody {
+    pub fn full(bytes: Bytes) -> Self {
+        ProxyBody::Full(Some(bytes))
+    }
+}
+
+/// Why a body ended with an error.
+#[derive(Debug)]
+pub struct BodyError(pub &'static str);
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for BodyError {}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Observed(o) => o.poll(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Full(bytes) => bytes.is_none(),
+            ProxyBody::Observed(o) => matches!(o.state, State::Done),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            ProxyBody::Full(None) => SizeHint::with_exact(0),
+            ProxyBody::Observed(o) if !o.sse => o.inner.size_hint(),
+            ProxyBody::Observed(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// Bookkeeping of the attempt whose response is being delivered, settled once
+/// when the body ends (or the app goes away).
+pub struct Attempt {
+    pub stats: Arc<BackendStats>,
+    pub breaker: Option<Arc<Breaker>>,
+    pub permit: Permit,
+    pub started: Instant,
+    /// The class of the response status.
+    pub outcome: Outcome,
+}
+
+impl Attempt {
+    fn settle(self, outcome: Outcome, ttft: Option<Duration>, usage: Usage) {
+        let Attempt {
+            stats,
+            breaker,
+            permit,
+            started,
+            ..
+        } = self;
+        stats.record(outcome);
+        if outcome == Outcome::Cancelled {
+            // Says nothing about the backend: give a probe slot back.
+            drop(permit);
+            return;
+        }
+        stats.record_latency(started.elapsed());
+        if let Some(t) = ttft {
+            stats.ttft.record(t);
+        }
+        stats.add_tokens(usage.input, usage.output);
+        permit.record(breaker.as_deref(), !outcome.is_backend_failure());
+    }
+}
+
+/// Token counts read from `usage`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub input: u64,
+    pub output: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct UsageFields {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+}
+
+#[derive(serde::Deserialize)]
+struct Envelope {
+    usage: Option<UsageFields>,
+    /// Anthropic's `message_start` nests it.
+    message: Option<Box<Envelope>>,
+}
+
+impl Usage {
+    /// Folds in the usage of one JSON document (a response, or one event).
+    /// Counts only grow: Anthropic's streamed output count is cumulative.
+    fn absorb(&mut self, json: &[u8]) {
+        let Ok(env) = serde_json::from_slice::<Envelope>(json) else {
+            return;
+        };
+        for u in [env.usage, env.message.and_then(|m| m.usage)]
+            .into_iter()
+            .flatten()
+        {
+            let input = u.prompt_tokens.or(u.input_tokens).unwrap_or(0);
+            let output = u.completion_tokens.or(u.output_tokens).unwrap_or(0);
+            self.input = self.input.max(input);
+            self.output = self.output.max(output);
+        }
+    }
+}
+
+/// Longest non-streamed body kept to read its `usage`.
+const USAGE_BODY_LIMIT: usize = 1 << 20;
+/// Longest SSE line kept across frames to read its `usage`.
+const USAGE_LINE_LIMIT: usize = 1 << 20;
+
+/// Reads usage from a body as it passes.
+#[derive(Default)]
+struct UsageScanner {
+    usage: Usage,
+    /// SSE: the incomplete last line of the previous frame.
+    partial: Vec<u8>,
+    /// JSON: the frames so far (cheap clones), while under the limit.
+    frames: Vec<Bytes>,
+    frames_len: usize,
+    overflow: bool,
+}
+
+impl UsageScanner {
+    fn feed_json(&mut self, data: &Bytes) {
+        if self.overflow {
+            return;
+        }
+        self.frames_len += data.len();
+        if self.frames_len > USAGE_BODY_LIMIT {
+            self.overflow = true;
+            self.frames.clear();
+            return;
+        }
+        self.frames.push(data.clone());
+    }
+
+    fn finish_json(&mut self) {
+        match self.frames.len() {
+            0 => {}
+            1 => self.usage.absorb(&self.frames[0]),
+            _ => {
+                let whole: Vec<u8> = self.frames.concat();
+                self.usage.absorb(&whole);
+            }
+        }
+        self.frames.clear();
+    }
+
+    fn feed_sse(&mut self, data: &[u8]) {
+        let mut rest = data;
+        if !self.partial.is_empty() {
+            match memchr::memchr(b'\n', rest) {
+                Some(i) => {
+                    self.partial.extend_from_slice(&rest[..i]);
+                    let line = std::mem::take(&mut self.partial);
+                    self.sse_line(&line);
+                    rest = &rest[i + 1..];
+                }
+                None => {
+                    if self.partial.len() + rest.len() <= USAGE_LINE_LIMIT {
+                        self.partial.extend_from_slice(rest);
+                    }
+                    return;
+                }
+            }
+        }
+        let (complete, tail) = match memchr::memrchr(b'\n', rest) {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (&rest[..0], rest),
+        };
+        if memmem::find(complete, b"\"usage\"").is_some() {
+            for line in complete.split(|b| *b == b'\n') {
+                self.sse_line(line);
+            }
+        }
+        if !tail.is_empty() && tail.len() <= USAGE_LINE_LIMIT {
+            self.partial.extend_from_slice(tail);
+        }
+    }
+
+    fn sse_line(&mut self, line: &[u8]) {
+        let Some(data) = line.strip_prefix(b"data:") else {
+            return;
+        };
+        if memmem::find(data, b"\"usage\"").is_some() {
+            self.usage.absorb(data);
+        }
+    }
+}
+
+/// Lines that end a server-sent event stream properly. JSON in a data line
+/// cannot hold a raw newline, so these cannot appear inside an event.
+const TERMINALS: [&[u8]; 4] = [
+    b"\ndata: [DONE]",
+    b"\ndata:[DONE]",
+    b"\nevent: message_stop",
+    b"\nevent:message_stop",
+];
+const CARRY: usize = 24;
+
+#[derive(Debug, PartialEq, Eq)]
+enum State {
+    Streaming,
+    /// An error event is due, then an abort.
+    SendError(Bytes),
+    /// The error event is buffered: let the connection flush it, then abort.
+    Flush,
+    /// Abort next.
+    Abort,
+    Done,
+}
+
+/// An upstream body passed through and watched (see the module docs).
+pub struct ObservedBody {
+    inner: Incoming,
+    state: State,
+    sse: bool,
+    shape: Shape,
+    idle_timeout: Duration,
+    idle: Option<Pin<Box<Sleep>>>,
+    /// SSE events (or frames, for other bodies) passed so far.
+    events: u32,
+    cut_after: Option<u32>,
+    carry: Vec<u8>,
+    saw_terminal: bool,
+    usage: UsageScanner,
+    first_byte: Option<Duration>,
+    attempt: Option<Attempt>,
+    _inflight: Option<InflightGuard>,
+}
+
+/// How to watch a body.
+pub struct Watch {
+    pub sse: bool,
+    pub shape: Shape,
+    pub idle_timeout: Duration,
+    /// Cut the stream after this many events (an injected fault).
+    pub cut_after: Option<u32>,
+}
+
+impl ObservedBody {
+    pub fn new(
+        inner: Incoming,
+        watch: Watch,
+        attempt: Option<Attempt>,
+        inflight: Option<InflightGuard>,
+    ) -> Self {
+        let mut carry = Vec::with_capacity(if watch.sse { CARRY + 1 } else { 0 });
+        if watch.sse {
+            // The first line of the stream counts as following a newline.
+            carry.push(b'\n');
+        }
+        Self {
+            inner,
+            state: State::Streaming,
+            sse: watch.sse,
+            shape: watch.shape,
+            idle_timeout: watch.idle_timeout,
+            idle: None,
+            events: 0,
+            cut_after: watch.cut_after,
+            carry,
+            saw_terminal: false,
+            usage: UsageScanner::default(),
+            first_byte: None,
+            attempt,
+            _inflight: inflight,
+        }
+    }
+
+    fn settle(&mut self, outcome: Outcome) {
+        if let Some(attempt) = self.attempt.take() {
+            let outcome = if outcome == Outcome::Success {
+                attempt.outcome
+            } else {
+                outcome
+            };
+            let ttft = if self.sse { self.first_byte } else { None };
+            attempt.settle(outcome, ttft, self.usage.usage);
+        }
+    }
+
+    /// Ends the body with an error: an SSE error event first when the
+    /// response is a stream, then an abort.
+    fn fail(&mut self, kind: ErrorKind, outcome: Outcome, message: &str) {
+        self.settle(outcome);
+        self.state = if self.sse {
+            State::SendError(errors::sse_event(self.shape, kind, message))
+        } else {
+            State::Abort
+        };
+    }
+
+    fn saw_terminal_in(&mut self, data: &[u8]) -> bool {
+        let head = &data[..data.len().min(CARRY)];
+        let mut joined = std::mem::take(&mut self.carry);
+        joined.extend_from_slice(head);
+        let found = TERMINALS
+            .iter()
+            .any(|t| memmem::find(&joined, t).is_some() || memmem::find(data, t).is_some());
+        joined.clear();
+        let tail_from = data.len().saturating_sub(CARRY);
+        joined.extend_from_slice(&data[tail_from..]);
+        self.carry = joined;
+        found
+    }
+
+    /// Counts the events in `data`; with a cut due, returns how many bytes of
+    /// `data` to pass before cutting.
+    fn count_events(&mut self, data: &[u8]) -> Option<usize> {
+        if !self.sse {
+            self.events += 1;
+            return match self.cut_after {
+                Some(n) if self.events > n => Some(0),
+                _ => None,
+            };
+        }
+        for end in memmem::find_iter(data, b"\n\n") {
+            self.events += 1;
+            if self.cut_after == Some(self.events) {
+                return Some(end + 2);
+            }
+        }
+        match self.cut_after {
+            Some(0) => Some(0),
+            _ => None,
+        }
+    }
+
+    /// The upstream body ended: a stream without its final event is broken.
+    fn end(&mut self) {
+        if self.sse && !self.saw_terminal {
+            self.fail(
+                ErrorKind::StreamBroken,
+                Outcome::StreamBroken,
+                "the upstream stream ended without its final event",
+            );
+            return;
+        }
+        if !self.sse {
+            self.usage.finish_json();
+        }
+        self.settle(Outcome::Success);
+        self.state = State::Done;
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match std::mem::replace(&mut self.state, State::Streaming) {
+            State::Done => {
+                self.state = State::Done;
+                return Poll::Ready(None);
+            }
+            State::SendError(event) => {
+                self.state = State::Flush;
+                return Poll::Ready(Some(Ok(Frame::data(event))));
+            }
+            State::Flush => {
+                // The server writes out what it buffered when the body is
+                // pending; an abort right away would drop the error event.
+                self.state = State::Abort;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            State::Abort => {
+                self.state = State::Done;
+                return Poll::Ready(Some(Err(BodyError("upstream response ended abnormally"))));
+            }
+            State::Streaming => {}
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let Ok(mut data) = frame.into_data() else {
+                    // Trailers are not passed on (the stream state says it all).
+                    return self.poll(cx);
+                };
+                if let Some(idle) = &mut self.idle {
+                    idle.as_mut().reset(Instant::now() + self.idle_timeout);
+                }
+                if self.first_byte.is_none() && !data.is_empty() {
+                    self.first_byte = self.attempt.as_ref().map(|a| a.started.elapsed());
+                }
+                if let Some(keep) = self.count_events(&data) {
+                    if let Some(a) = &self.attempt {
+                        a.stats
+                            .faults_cut
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    let passed = data.split_to(keep.min(data.len()));
+                    let message = format!(
+                        "the response stream was cut by an injected fault after {} chunks",
+                        self.cut_after.unwrap_or(0)
+                    );
+                    self.fail(ErrorKind::StreamBroken, Outcome::FaultInjected, &message);
+                    if passed.is_empty() {
+                        return self.poll(cx);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(passed))));
+                }
+                if self.sse {
+                    if !self.saw_terminal && self.saw_terminal_in(&data) {
+                        self.saw_terminal = true;
+                    }
+                    self.usage.feed_sse(&data);
+                } else {
+                    self.usage.feed_json(&data);
+                }
+                // A body of known length is not polled past its last byte:
+                // settle now.
+                if self.inner.is_end_stream() {
+                    self.end();
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let message = format!("the upstream response broke off: {e}");
+                self.fail(ErrorKind::StreamBroken, Outcome::StreamBroken, &message);
+                self.poll(cx)
+            }
+            Poll::Ready(None) => {
+                self.end();
+                self.poll(cx)
+            }
+            Poll::Pending => {
+                let timeout = self.idle_timeout;
+                let idle = self
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if idle.as_mut().poll(cx).is_ready() {
+                    let message = format!(
+                        "the upstream response stalled for {}",
+                        humantime::format_duration(timeout)
+                    );
+                    self.fail(
+                        ErrorKind::StreamIdleTimeout,
+                        Outcome::StreamBroken,
+                        &message,
+                    );
+                    return self.poll(cx);
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        // The app went away before the end.
+        self.settle(Outcome::Cancelled);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Usage is read from OpenAI and Anthropic documents, streamed or not.
+    #[test]
+    fn reads_usage() {
+        let mut u = Usage::default();
+        u.absorb(br#"{"id":"x","usage":{"prompt_tokens":24,"completion_tokens":12}}"#);
+        assert_eq!(
+            u,
+            Usage {
+                input: 24,
+                output: 12
+            }
+        );
+        let mut a = Usage::default();
+        a.absorb(br#"{"type":"message_start","message":{"usage":{"input_tokens":25,"output_tokens":1}}}"#);
+        a.absorb(br#"{"type":"message_delta","usage":{"output_tokens":15}}"#);
+        assert_eq!(
+            a,
+            Usage {
+                input: 25,
+                output: 15
+            }
+        );
+    }
+
+    /// SSE usage is found even when its line is split across frames.
+    #[test]
+    fn sse_usage_across_frames() {
+        let mut s = UsageScanner::default();
+        s.feed_sse(b"data: {\"choices\":[]}\n\ndata: {\"usage\":{\"prompt_");
+        s.feed_sse(b"tokens\":7,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n");
+        assert_eq!(
+            s.usage,
+            Usage {
+                input: 7,
+                output: 3
+            }
+        );
+    }
+}

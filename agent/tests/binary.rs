@@ -1,0 +1,188 @@
+//! The `shepherd-agent` binary as an operator runs it: a policy file with
+//! credentials from the environment, reload on change and on SIGHUP, a
+//! refused reload, SIGTERM, and refused start-up.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::json;
+use shepherd_tests::http::Client;
+use shepherd_tests::mock::MockProvider;
+use shepherd_tests::process::{Spawned, logged_addr};
+
+const BIN: &str = env!("CARGO_BIN_EXE_shepherd-agent");
+const KEY: &str = "sk-live-test-secret-0123456789";
+const BODY: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
+
+fn policy(addr: std::net::SocketAddr, weight: u32) -> String {
+    json!({
+        "name": "chat", "match": {"path_prefix": "/v1/"},
+        "backends": [
+            {"name": "a", "base_url": format!("http://{addr}"), "credentials": "env:SHEPHERD_TEST_PROVIDER_KEY"},
+            {"name": "b", "base_url": format!("http://{addr}"), "credentials": "env:SHEPHERD_TEST_PROVIDER_KEY",
+             "model_map": {"gpt-4o": "other-model"}}
+        ],
+        "traffic": {"baseline": "a", "candidate": "b", "candidate_weight": weight}
+    })
+    .to_string()
+}
+
+fn start(file: &std::path::Path) -> (Spawned, String, String) {
+    let agent = Spawned::start(
+        BIN,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--policy-file",
+            file.to_str().unwrap(),
+            "--policy-poll",
+            "50ms",
+        ],
+        &[
+            ("SHEPHERD_TEST_PROVIDER_KEY", KEY),
+            ("SHEPHERD_LOG", "debug"),
+        ],
+    );
+    let line = agent.wait_for_line("agent listening", 0);
+    let (proxy, admin) = (logged_addr(&line, "proxy"), logged_addr(&line, "admin"));
+    (agent, proxy, admin)
+}
+
+/// Serves from the file with the key from the environment, reloads on change
+/// and on SIGHUP, keeps the running policy when a reload is bad, stops on
+/// SIGTERM, and never logs the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_reloads_and_stops() {
+    let provider = MockProvider::new("p");
+    let addr = provider.serve_tcp().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.json");
+    std::fs::write(&file, policy(addr, 0)).unwrap();
+    let (agent, proxy, admin) = start(&file);
+    let c = Client::tcp(&format!("http://{proxy}"));
+
+    let r = c
+        .post(
+            "/v1/chat/completions",
+            BODY,
+            &[("authorization", "Bearer app-key")],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.backend(), "a");
+    assert_eq!(
+        provider.received()[0].headers["authorization"],
+        format!("Bearer {KEY}")
+    );
+
+    // A change of the file is picked up.
+    let seen = agent.line_count();
+    std::fs::write(&file, policy(addr, 10_000)).unwrap();
+    let applied = agent.wait_for_line("policies applied", seen);
+    assert!(applied.contains("version=2"), "{applied}");
+    let r = c.post("/v1/chat/completions", BODY, &[]).await;
+    assert_eq!(r.backend(), "b");
+    assert_eq!(
+        provider.received().last().unwrap().model.as_deref(),
+        Some("other-model")
+    );
+
+    // A bad file is refused with its reason; the running policy stays.
+    let seen = agent.line_count();
+    std::fs::write(&file, "{\"name\": \"chat\", \"backends\": []}").unwrap();
+    agent.signal("HUP");
+    let refused = agent.wait_for_line("policy file refused", seen);
+    assert!(refused.contains("the running policies stay"), "{refused}");
+    assert_eq!(
+        c.post("/v1/chat/completions", BODY, &[]).await.backend(),
+        "b"
+    );
+
+    // SIGHUP reloads a good file.
+    let seen = agent.line_count();
+    std::fs::write(&file, policy(addr, 0)).unwrap();
+    agent.signal("HUP");
+    agent.wait_for_line("policies applied", seen);
+    assert_eq!(
+        c.post("/v1/chat/completions", BODY, &[]).await.backend(),
+        "a"
+    );
+
+    let metrics = Client::tcp(&format!("http://{admin}"))
+        .get("/metrics")
+        .await;
+    assert!(
+        metrics
+            .text()
+            .contains("shepherd_agent_policy_reloads_total{result=\"failed\"} 1")
+    );
+
+    let (status, log) = agent.terminate();
+    assert!(status.success(), "exit {status:?}\n{log}");
+    assert!(log.contains("SIGTERM: shutting down"), "{log}");
+    assert!(log.contains("agent stopped"), "{log}");
+    assert!(!log.contains(KEY), "the key reached the log:\n{log}");
+    assert!(
+        !log.contains("app-key"),
+        "the app's key reached the log:\n{log}"
+    );
+}
+
+/// A policy file that cannot be used stops the start with the reason.
+#[test]
+fn refuses_to_start_with_a_bad_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.json");
+    std::fs::write(&file, r#"{"name": "Chat"}"#).unwrap();
+    let agent = Spawned::start(
+        BIN,
+        &[
+            "--policy-file",
+            file.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    let (status, log) = agent.wait();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("cannot start with the policy file"), "{log}");
+    assert!(log.contains("name: must be lowercase letters"), "{log}");
+
+    let agent = Spawned::start(BIN, &["--policy-file", "/nonexistent/policy.json"], &[]);
+    let (status, log) = agent.wait();
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        log.contains("cannot read /nonexistent/policy.json"),
+        "{log}"
+    );
+}
+
+/// `--help` documents the flags with their variables.
+#[test]
+fn help_lists_flags_and_variables() {
+    let out = std::process::Command::new(BIN)
+        .arg("--help")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "--listen",
+        "SHEPHERD_AGENT_LISTEN",
+        "--admin-listen",
+        "--policy-file",
+        "SHEPHERD_AGENT_POLICY_FILE",
+        "--labels",
+        "--max-request-bytes",
+        "--retry-body-limit",
+        "--max-concurrent",
+        "--header-read-timeout",
+        "--shutdown-grace",
+        "--upstream-ca-file",
+    ] {
+        assert!(text.contains(needle), "--help lacks {needle}:\n{text}");
+    }
+}

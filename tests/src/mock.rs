@@ -1,0 +1,562 @@
+//! A mock LLM provider: OpenAI-compatible JSON and SSE
+//! (`/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
+//! `/v1/models`) and Anthropic's `/v1/messages` (JSON and SSE).
+//!
+//! It can be told to fail with a status (a number of times, or a fraction),
+//! rate-limit with `Retry-After`, slow down, hold requests at a gate, and
+//! stall, cut or truncate streams; it records every request it received
+//! (headers, model, body, time). It serves over TCP or in-process pipes (for
+//! paused-clock tests).
+//!
+//! A request can also ask for a failure itself (the agent forwards app
+//! headers): `x-mock-status: 500` answers with that status, and
+//! `x-mock-cut-after: N` breaks a stream after N events.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+/// A failure the mock answers with.
+#[derive(Debug, Clone)]
+pub struct Fail {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    /// How many requests fail; `None`: all of them.
+    pub times: Option<u32>,
+}
+
+/// How the mock behaves; change it with [`MockProvider::set`].
+#[derive(Debug, Clone)]
+pub struct Behavior {
+    pub fail: Option<Fail>,
+    /// Fail exactly floor(n * rate) of the first n requests, evenly spread,
+    /// with `error_status`.
+    pub error_rate: Option<f64>,
+    pub error_status: u16,
+    /// Wait before the response head.
+    pub delay: Duration,
+    /// How many requests get `delay`; `None`: all of them.
+    pub delay_times: Option<u32>,
+    /// Content chunks of a streamed answer.
+    pub chunks: u32,
+    /// Wait between streamed chunks.
+    pub chunk_delay: Duration,
+    /// Break the connection after this many streamed events.
+    pub cut_after: Option<u32>,
+    /// Stop sending (keep the connection open) after this many events.
+    pub stall_after: Option<u32>,
+    /// End streams cleanly but without the final event.
+    pub omit_final_event: bool,
+    /// Hold each request until [`MockProvider::release`].
+    pub gated: bool,
+}
+
+impl Default for Behavior {
+    fn default() -> Self {
+        Self {
+            fail: None,
+            error_rate: None,
+            error_status: 503,
+            delay: Duration::ZERO,
+            delay_times: None,
+            chunks: 5,
+            chunk_delay: Duration::ZERO,
+            cut_after: None,
+            stall_after: None,
+            omit_final_event: false,
+            gated: false,
+        }
+    }
+}
+
+/// One request the mock received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: http::Method,
+    pub version: http::Version,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// The `model` of a JSON body.
+    pub model: Option<String>,
+    pub at: Instant,
+}
+
+struct State {
+    name: String,
+    behavior: Mutex<Behavior>,
+    received: Mutex<Vec<Received>>,
+    counter: AtomicU64,
+    /// Streams that ran to their end.
+    streams_completed: AtomicU64,
+    gate: Semaphore,
+    arrived: Notify,
+}
+
+/// A mock provider. Clones share state.
+#[derive(Clone)]
+pub struct MockProvider {
+    state: Arc<State>,
+}
+
+impl MockProvider {
+    /// A provider whose answers say `name`.
+    pub fn new(name: &str) -> Self {
+        Self {
+            state: Arc::new(State {
+                name: name.into(),
+                behavior: Mutex::new(Behavior::default()),
+                received: Mutex::new(Vec::new()),
+                counter: AtomicU64::new(0),
+                streams_completed: AtomicU64::new(0),
+                gate: Semaphore::new(0),
+                arrived: Notify::new(),
+            }),
+        }
+    }
+
+    /// Changes the behavior.
+    pub fn set(&self, change: impl FnOnce(&mut Behavior)) {
+        change(&mut self.state.behavior.lock().unwrap());
+    }
+
+    /// Every request received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    /// Number of requests received so far.
+    pub fn count(&self) -> usize {
+        self.state.received.lock().unwrap().len()
+    }
+
+    /// Forgets the requests received so far.
+    pub fn clear(&self) {
+        self.state.received.lock().unwrap().clear();
+    }
+
+    /// Streams that were sent to their end.
+    pub fn streams_completed(&self) -> u64 {
+        self.state.streams_completed.load(Ordering::SeqCst)
+    }
+
+    /// Waits until at least `n` requests have arrived.
+    pub async fn wait_for(&self, n: usize) {
+        loop {
+            let notified = self.state.arrived.notified();
+            if self.count() >= n {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Lets `n` gated requests proceed.
+    pub fn release(&self, n: usize) {
+        self.state.gate.add_permits(n);
+    }
+
+    /// Serves on `127.0.0.1:0` until the runtime ends; returns the address.
+    pub async fn serve_tcp(&self) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let me = me.clone();
+                tokio::spawn(async move { me.serve_io(TokioIo::new(stream)).await });
+            }
+        });
+        addr
+    }
+
+    /// Serves HTTPS on `127.0.0.1:0` with a fresh self-signed certificate for
+    /// "localhost"; returns the address and the certificate (PEM) to trust.
+    pub async fn serve_tls(&self) -> (SocketAddr, String) {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let cert_pem = certified.cert.pem();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der())
+            .unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![certified.cert.der().clone()], key)
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (me, acceptor) = (me.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    if let Ok(tls) = acceptor.accept(stream).await {
+                        me.serve_io(TokioIo::new(tls)).await;
+                    }
+                });
+            }
+        });
+        (addr, cert_pem)
+    }
+
+    /// Serves one connection on any byte stream.
+    pub async fn serve_io<I>(&self, io: I)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let me = self.clone();
+        let service = service_fn(move |req| {
+            let me = me.clone();
+            async move { Ok::<_, Infallible>(me.answer(req).await) }
+        });
+        let _ = auto::Builder::new(TokioExecutor::new())
+            .serve_connection(io, service)
+            .await;
+    }
+
+    async fn answer(&self, req: Request<Incoming>) -> Response<Body> {
+        let (parts, body) = req.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        let json: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+        let model = json
+            .as_ref()
+            .and_then(|j| j.get("model"))
+            .and_then(|m| m.as_str())
+            .map(str::to_string);
+        let stream = json
+            .as_ref()
+            .and_then(|j| j.get("stream"))
+            .and_then(|s| s.as_bool())
+            .unwrap_or(false);
+        let include_usage = json
+            .as_ref()
+            .and_then(|j| j.pointer("/stream_options/include_usage"))
+            .and_then(|s| s.as_bool())
+            .unwrap_or(false);
+        self.state.received.lock().unwrap().push(Received {
+            method: parts.method.clone(),
+            version: parts.version,
+            path: parts.uri.path().to_string(),
+            headers: parts.headers.clone(),
+            body: body.clone(),
+            model: model.clone(),
+            at: Instant::now(),
+        });
+        self.state.arrived.notify_waiters();
+        let n = self.state.counter.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut behavior = {
+            let mut b = self.state.behavior.lock().unwrap();
+            let snapshot = b.clone();
+            if let Some(left) = b.delay_times.as_mut() {
+                *left = left.saturating_sub(1);
+            }
+            snapshot
+        };
+        if behavior.delay_times == Some(0) {
+            behavior.delay = Duration::ZERO;
+        }
+        let asked = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u32>().ok())
+        };
+        if let Some(cut) = asked("x-mock-cut-after") {
+            behavior.cut_after = Some(cut);
+        }
+
+        if behavior.gated
+            && let Ok(permit) = self.state.gate.acquire().await
+        {
+            permit.forget();
+        }
+        if !behavior.delay.is_zero() {
+            tokio::time::sleep(behavior.delay).await;
+        }
+        if let Some(resp) = self.failure(&behavior, n) {
+            return resp;
+        }
+        if let Some(status) = asked("x-mock-status") {
+            let status = u16::try_from(status).unwrap_or(500);
+            return json_response(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                serde_json::json!({"error": {"message": format!("{} failed on request", self.state.name), "type": "server_error"}}),
+            );
+        }
+        let model = model.unwrap_or_else(|| "mock-model".into());
+        // Served under any base path: match on the API path it ends with.
+        let full_path = parts.uri.path();
+        let path = [
+            "/v1/models",
+            "/v1/messages",
+            "/v1/chat/completions",
+            "/v1/completions",
+            "/v1/embeddings",
+        ]
+        .into_iter()
+        .find(|p| full_path.ends_with(p))
+        .unwrap_or(full_path);
+        match (parts.method.as_str(), path) {
+            ("GET", "/v1/models") => json_response(
+                StatusCode::OK,
+                serde_json::json!({"object": "list", "data": [{"id": model, "object": "model", "owned_by": self.state.name}]}),
+            ),
+            ("POST", "/v1/messages") if stream => {
+                let events = anthropic_events(&self.state.name, &model, behavior.chunks);
+                self.stream(behavior, events)
+            }
+            ("POST", "/v1/messages") => json_response(
+                StatusCode::OK,
+                serde_json::json!({
+                    "id": format!("msg_{n}"), "type": "message", "role": "assistant", "model": model,
+                    "content": [{"type": "text", "text": format!("reply from {}", self.state.name)}],
+                    "stop_reason": "end_turn",
+                    "usage": {"input_tokens": 11, "output_tokens": 7}
+                }),
+            ),
+            ("POST", "/v1/chat/completions") if stream => {
+                let events =
+                    openai_events(&self.state.name, &model, behavior.chunks, include_usage);
+                self.stream(behavior, events)
+            }
+            ("POST", "/v1/chat/completions") => json_response(
+                StatusCode::OK,
+                serde_json::json!({
+                    "id": format!("chatcmpl-{n}"), "object": "chat.completion", "created": 1_700_000_000, "model": model,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("reply from {}", self.state.name)}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+                }),
+            ),
+            ("POST", "/v1/completions") => json_response(
+                StatusCode::OK,
+                serde_json::json!({
+                    "id": format!("cmpl-{n}"), "object": "text_completion", "model": model,
+                    "choices": [{"index": 0, "text": format!("reply from {}", self.state.name), "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 4, "completion_tokens": 5, "total_tokens": 9}
+                }),
+            ),
+            ("POST", "/v1/embeddings") => json_response(
+                StatusCode::OK,
+                serde_json::json!({
+                    "object": "list", "model": model,
+                    "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
+                    "usage": {"prompt_tokens": 3, "total_tokens": 3}
+                }),
+            ),
+            _ => json_response(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": {"message": format!("mock has no {} {path}", parts.method), "type": "invalid_request_error"}}),
+            ),
+        }
+    }
+
+    /// Takes one failure off the `fail` setting, if it still has any.
+    fn take_failure(&self) -> Option<(u16, Option<String>)> {
+        let mut behavior = self.state.behavior.lock().unwrap();
+        let fail = behavior.fail.as_mut()?;
+        match &mut fail.times {
+            Some(0) => None,
+            Some(left) => {
+                *left -= 1;
+                Some((fail.status, fail.retry_after.clone()))
+            }
+            None => Some((fail.status, fail.retry_after.clone())),
+        }
+    }
+
+    fn failure(&self, behavior: &Behavior, n: u64) -> Option<Response<Body>> {
+        let due = |k: u64, rate: f64| (k as f64 * rate).floor() as u64;
+        let status = match (self.take_failure(), behavior.error_rate) {
+            (Some(f), _) => Some(f),
+            (None, Some(rate)) if due(n, rate) > due(n - 1, rate) => {
+                Some((behavior.error_status, None))
+            }
+            _ => None,
+        }?;
+        let (status, retry_after) = status;
+        let mut resp = json_response(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            serde_json::json!({"error": {"message": format!("{} failed on purpose", self.state.name), "type": "server_error"}}),
+        );
+        if let Some(ra) = retry_after {
+            resp.headers_mut()
+                .insert(http::header::RETRY_AFTER, ra.parse().unwrap());
+        }
+        Some(resp)
+    }
+
+    fn stream(&self, behavior: Behavior, events: Vec<String>) -> Response<Body> {
+        let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let last = events.len();
+            for (i, event) in events.into_iter().enumerate() {
+                let sent = i as u32;
+                if behavior.cut_after == Some(sent) {
+                    let _ = tx.send(Err(std::io::Error::other("cut on purpose"))).await;
+                    return;
+                }
+                if behavior.stall_after == Some(sent) {
+                    // Keep the stream open, never finish it.
+                    tx.closed().await;
+                    return;
+                }
+                if behavior.omit_final_event && i + 1 == last {
+                    break;
+                }
+                if i > 0 && !behavior.chunk_delay.is_zero() {
+                    tokio::time::sleep(behavior.chunk_delay).await;
+                }
+                if tx.send(Ok(Frame::data(Bytes::from(event)))).await.is_err() {
+                    return;
+                }
+            }
+            state.streams_completed.fetch_add(1, Ordering::SeqCst);
+        });
+        let body = FlushBeforeError {
+            inner: StreamBody::new(ReceiverStream::new(rx)),
+            pending_error: None,
+        };
+        let mut resp = Response::new(BodyExt::boxed(body));
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            "text/event-stream".parse().unwrap(),
+        );
+        resp.headers_mut()
+            .insert(http::header::CACHE_CONTROL, "no-cache".parse().unwrap());
+        resp
+    }
+}
+
+/// Passes a body through, but lets the server flush what it sent before an
+/// error ends the connection (otherwise the events before a cut are lost).
+struct FlushBeforeError<B> {
+    inner: B,
+    pending_error: Option<std::io::Error>,
+}
+
+impl<B> http_body::Body for FlushBeforeError<B>
+where
+    B: http_body::Body<Data = Bytes, Error = std::io::Error> + Unpin,
+{
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        use std::task::Poll;
+        if let Some(e) = self.pending_error.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Err(e))) => {
+                self.pending_error = Some(e);
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+}
+
+fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+    let body = Full::new(Bytes::from(value.to_string()))
+        .map_err(|never| match never {})
+        .boxed();
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        "application/json".parse().unwrap(),
+    );
+    resp
+}
+
+/// The events of a streamed chat completion, ending with `data: [DONE]`.
+fn openai_events(name: &str, model: &str, chunks: u32, include_usage: bool) -> Vec<String> {
+    let chunk = |delta: serde_json::Value, finish: serde_json::Value| {
+        format!(
+            "data: {}\n\n",
+            serde_json::json!({"id": "chatcmpl-s", "object": "chat.completion.chunk", "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        )
+    };
+    let mut events = vec![chunk(
+        serde_json::json!({"role": "assistant", "content": ""}),
+        serde_json::Value::Null,
+    )];
+    for i in 0..chunks {
+        events.push(chunk(
+            serde_json::json!({"content": format!("{name}-{i} ")}),
+            serde_json::Value::Null,
+        ));
+    }
+    events.push(chunk(serde_json::json!({}), serde_json::json!("stop")));
+    if include_usage {
+        events.push(format!(
+            "data: {}\n\n",
+            serde_json::json!({"id": "chatcmpl-s", "object": "chat.completion.chunk", "model": model, "choices": [],
+                "usage": {"prompt_tokens": 10, "completion_tokens": chunks, "total_tokens": 10 + chunks}})
+        ));
+    }
+    events.push("data: [DONE]\n\n".into());
+    events
+}
+
+/// The events of a streamed Anthropic message, ending with `message_stop`.
+fn anthropic_events(name: &str, model: &str, chunks: u32) -> Vec<String> {
+    let event = |kind: &str, data: serde_json::Value| format!("event: {kind}\ndata: {data}\n\n");
+    let mut events = vec![
+        event(
+            "message_start",
+            serde_json::json!({"type": "message_start", "message": {"id": "msg_s", "type": "message", "role": "assistant", "model": model, "content": [], "usage": {"input_tokens": 11, "output_tokens": 1}}}),
+        ),
+        event(
+            "content_block_start",
+            serde_json::json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
+    ];
+    for i in 0..chunks {
+        events.push(event(
+            "content_block_delta",
+            serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": format!("{name}-{i} ")}}),
+        ));
+    }
+    events.push(event(
+        "content_block_stop",
+        serde_json::json!({"type": "content_block_stop", "index": 0}),
+    ));
+    events.push(event("message_delta", serde_json::json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": chunks}})));
+    events.push(event(
+        "message_stop",
+        serde_json::json!({"type": "message_stop"}),
+    ));
+    events
+}

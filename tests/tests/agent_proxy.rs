@@ -1,0 +1,934 @@
+//! The agent over real TCP, in front of mock providers on real sockets:
+//! routing, the split, retries and fallback, credentials and model rewrite,
+//! streaming, faults, limits, reload under load and shutdown.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+use shepherd_agent::proxy::Limits;
+use shepherd_agent::server::ServerSettings;
+use shepherd_tests::agent::{AgentOptions, TestAgent};
+use shepherd_tests::http::{StreamEnd, read_stream};
+use shepherd_tests::mock::{Fail, MockProvider};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const CHAT: &str = "/v1/chat/completions";
+const BODY: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
+const STREAM_BODY: &str =
+    r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+
+/// Two mock providers on TCP and a policy over them: baseline "a", candidate
+/// "b" at `weight`, with `extra` merged into the policy.
+async fn two_backends(weight: u32, extra: Value) -> (MockProvider, MockProvider, String) {
+    let a = MockProvider::new("a");
+    let b = MockProvider::new("b");
+    let (aa, ba) = (a.serve_tcp().await, b.serve_tcp().await);
+    (a, b, policy(aa, ba, weight, extra))
+}
+
+fn policy(a: SocketAddr, b: SocketAddr, weight: u32, extra: Value) -> String {
+    let mut p = json!({
+        "name": "chat",
+        "match": {"path_prefix": "/v1/"},
+        "backends": [
+            {"name": "a", "base_url": format!("http://{a}")},
+            {"name": "b", "base_url": format!("http://{b}")}
+        ],
+        "traffic": {"baseline": "a", "candidate": "b", "candidate_weight": weight}
+    });
+    merge(&mut p, extra);
+    p.to_string()
+}
+
+fn merge(into: &mut Value, extra: Value) {
+    match (into, extra) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+async fn metric(agent: &TestAgent, line_start: &str) -> u64 {
+    let text = agent.admin().get("/metrics").await;
+    text.text()
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no metric line starting {line_start:?}"))
+}
+
+/// OpenAI-compatible paths and Anthropic's /v1/messages pass through; a
+/// request no policy matches gets a clear 404 JSON error.
+#[tokio::test]
+async fn passes_api_paths_and_refuses_unmatched() {
+    let (a, _b, p) = two_backends(0, json!({})).await;
+    let agent = TestAgent::start(&p).await;
+    let c = agent.client();
+    for path in [CHAT, "/v1/completions", "/v1/embeddings", "/v1/messages"] {
+        let r = c.post(path, BODY, &[]).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        assert_eq!(r.backend(), "a");
+        assert_eq!(r.header("x-shepherd-policy"), Some("chat"));
+        assert_eq!(r.header("x-shepherd-attempts"), Some("1"));
+    }
+    let models = c.get("/v1/models").await;
+    assert_eq!(models.status, 200);
+    assert_eq!(a.count(), 5);
+    let paths: Vec<String> = a.received().iter().map(|r| r.path.clone()).collect();
+    assert!(paths.contains(&"/v1/messages".to_string()));
+
+    let none = c.post("/other/thing", BODY, &[]).await;
+    assert_eq!(none.status, 404);
+    let e = none.json();
+    assert_eq!(e["error"]["type"], "shepherd_no_route");
+    assert_eq!(e["error"]["message"], "no policy matches POST /other/thing");
+    agent.stop().await;
+}
+
+/// Without a sticky key the split sends the weight's share to the candidate
+/// (20 % here, within five standard deviations over 2000 requests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_ratio_matches_the_weight() {
+    let (_a, b, p) = two_backends(2000, json!({})).await;
+    let agent = TestAgent::start(&p).await;
+    let c = Arc::new(agent.client());
+    let n = 2000;
+    let to_b = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let (c, to_b) = (c.clone(), to_b.clone());
+            tokio::spawn(async move {
+                for _ in 0..n / 8 {
+                    let r = c.post(CHAT, BODY, &[]).await;
+                    assert_eq!(r.status, 200);
+                    if r.backend() == "b" {
+                        to_b.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let share = to_b.load(Ordering::Relaxed) as f64 / f64::from(n);
+    assert!((share - 0.20).abs() < 0.045, "candidate share {share}");
+    assert_eq!(b.count() as u64, to_b.load(Ordering::Relaxed));
+    agent.stop().await;
+}
+
+/// With a sticky header every key stays on its side, and raising the weight
+/// keeps every key that was on the candidate there.
+#[tokio::test]
+async fn sticky_keys_stay_and_survive_weight_increases() {
+    let (_a, _b, p) = two_backends(1000, json!({"traffic": {"sticky_header": "x-user-id"}})).await;
+    let agent = TestAgent::start(&p).await;
+    let c = agent.client();
+    let users: Vec<String> = (0..300).map(|i| format!("user-{i}")).collect();
+    let mut side = BTreeMap::new();
+    for u in &users {
+        let r = c.post(CHAT, BODY, &[("x-user-id", u)]).await;
+        side.insert(u.clone(), r.backend().to_string());
+    }
+    for u in &users {
+        let r = c.post(CHAT, BODY, &[("x-user-id", u)]).await;
+        assert_eq!(r.backend(), side[u], "{u} moved at the same weight");
+    }
+    let on_candidate = side.values().filter(|s| *s == "b").count();
+    assert!(
+        (10..=60).contains(&on_candidate),
+        "{on_candidate} of 300 on the candidate at 10%"
+    );
+
+    let raised = p.replace("\"candidate_weight\":1000", "\"candidate_weight\":4000");
+    assert_ne!(raised, p);
+    agent.reload(&raised).unwrap();
+    let mut moved_up = 0;
+    for u in &users {
+        let r = c.post(CHAT, BODY, &[("x-user-id", u)]).await;
+        if side[u] == "b" {
+            assert_eq!(r.backend(), "b", "{u} was moved back to the baseline");
+        } else if r.backend() == "b" {
+            moved_up += 1;
+        }
+    }
+    assert!(
+        moved_up > 30,
+        "only {moved_up} keys moved to the candidate at 40%"
+    );
+    agent.stop().await;
+}
+
+/// A retryable failure is retried on the same backend and succeeds; a
+/// client error is not retried.
+#[tokio::test]
+async fn retries_retryable_failures_only() {
+    let (a, _b, p) = two_backends(
+        0,
+        json!({"retry": {"max_attempts": 3, "backoff_base": "0.001s"}}),
+    )
+    .await;
+    let agent = TestAgent::start(&p).await;
+    let c = agent.client();
+    a.set(|m| {
+        m.fail = Some(Fail {
+            status: 503,
+            retry_after: None,
+            times: Some(1),
+        })
+    });
+    let r = c.post(CHAT, BODY, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-shepherd-attempts"), Some("2"));
+    assert_eq!(a.count(), 2);
+    assert_eq!(
+        metric(
+            &agent,
+            "shepherd_agent_retries_total{policy=\"chat\",backend=\"a\"}"
+        )
+        .await,
+        1
+    );
+
+    a.clear();
+    a.set(|m| {
+        m.fail = Some(Fail {
+            status: 400,
+            retry_after: None,
+            times: Some(1),
+        })
+    });
+    let r = c.post(CHAT, BODY, &[]).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["message"], "a failed on purpose");
+    assert_eq!(a.count(), 1, "a 400 was retried");
+    agent.stop().await;
+}
+
+/// When the chosen backend keeps failing, the fallback answers; when all
+/// fail, the app gets the last upstream answer.
+#[tokio::test]
+async fn falls_back_in_policy_order() {
+    let (a, b, p) = two_backends(
+        10_000,
+        json!({"retry": {"max_attempts": 2, "backoff_base": "0.001s"}, "fallback": ["a"]}),
+    )
+    .await;
+    let agent = TestAgent::start(&p).await;
+    let c = agent.client();
+    b.set(|m| {
+        m.fail = Some(Fail {
+            status: 503,
+            retry_after: None,
+            times: None,
+        })
+    });
+    let r = c.post(CHAT, BODY, &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.backend(), "a");
+    assert_eq!(r.header("x-shepherd-attempts"), Some("3"));
+    assert_eq!((b.count(), a.count()), (2, 1));
+    assert_eq!(
+        metric(
+            &agent,
+            "shepherd_agent_fallbacks_total{policy=\"chat\",backend=\"a\"}"
+        )
+        .await,
+        1
+    );
+
+    a.set(|m| {
+        m.fail = Some(Fail {
+            status: 502,
+            retry_after: None,
+            times: None,
+        })
+    });
+    let r = c.post(CHAT, BODY, &[]).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.backend(), "a");
+    assert_eq!(r.json()["error"]["message"], "a failed on purpose");
+    agent.stop().await;
+}
+
+/// A backend that cannot be reached gets a 502 naming what failed.
+#[tokio::test]
+async fn unreachable_backend_is_502_with_reason() {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let p = json!({
+        "name": "chat", "match": {"path_prefix": "/v1/"},
+        "backends": [{"name": "gone", "base_url": format!("http://{closed}")}],
+        "traffic": {"baseline": "gone"}
+    });
+    let agent = TestAgent::start(&p.to_string()).await;
+    let r = agent.client().post(CHAT, BODY, &[]).await;
+    assert_eq!(r.status, 502);
+    let e = r.json();
+    assert_eq!(e["error"]["type"], "shepherd_upstream_unavailable");
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("no backend could take the request (gone: cannot connect"),
+        "{message}"
+    );
+    assert_eq!(
+        metric(
+            &agent,
+            "shepherd_agent_attempts_total{policy=\"chat\",backend=\"gone\",outcome=\"connect\"}"
+        )
+        .await,
+        1
+    );
+    agent.stop().await;
+}
+
+/// The backend's model map rewrites the model; its own credentials replace
+/// the app's, which never reach a provider; extra headers are added.
+#[tokio::test]
+async fn rewrites_model_and_injects_credentials() {
+    let a = MockProvider::new("a");
+    let b = MockProvider::new("b");
+    let (aa, ba) = (a.serve_tcp().await, b.serve_tcp().await);
+    let dir = tempfile::tempdir().unwrap();
+    let key_a = dir.path().join("a.key");
+    let key_b = dir.path().join("b.key");
+    std::fs::write(&key_a, "sk-provider-a-0001\n").unwrap();
+    std::fs::write(&key_b, "sk-ant-provider-b-0002").unwrap();
+    let p = json!({
+        "name": "chat", "match": {"path_prefix": "/v1/"},
+        "backends": [
+            {"name": "a", "base_url": format!("http://{aa}/proxy"), "credentials": format!("file:{}", key_a.display()),
+             "headers": {"openai-organization": "org-team"}},
+            {"name": "b", "base_url": format!("http://{ba}"), "protocol": "PROTOCOL_ANTHROPIC",
+             "credentials": format!("file:{}", key_b.display()),
+             "model_map": {"gpt-4o": "claude-sonnet-4-5", "*": "claude-haiku-4-5"}}
+        ],
+        "traffic": {"baseline": "a", "candidate": "b", "candidate_weight": 0}
+    });
+    let agent = TestAgent::start(&p.to_string()).await;
+    let c = agent.client();
+    let app_headers = [
+        ("authorization", "Bearer sk-app-own-key"),
+        ("x-api-key", "sk-app-own-key"),
+        ("x-shepherd-backend", "forged"),
+    ];
+    let r = c.post(CHAT, BODY, &app_headers).await;
+    assert_eq!(r.status, 200);
+    let got = &a.received()[0];
+    assert_eq!(got.path, "/proxy/v1/chat/completions");
+    assert_eq!(got.headers["authorization"], "Bearer sk-provider-a-0001");
+    assert!(got.headers.get("x-api-key").is_none());
+    assert!(got.headers.get("x-shepherd-backend").is_none());
+    assert_eq!(got.headers["openai-organization"], "org-team");
+    assert_eq!(got.headers["accept-encoding"], "identity");
+    assert_eq!(
+        got.model.as_deref(),
+        Some("gpt-4o"),
+        "the baseline has no model map"
+    );
+
+    agent
+        .reload(
+            &p.to_string()
+                .replace("\"candidate_weight\":0", "\"candidate_weight\":10000"),
+        )
+        .unwrap();
+    c.post(CHAT, BODY, &app_headers).await;
+    c.post(CHAT, &BODY.replace("gpt-4o", "gpt-4o-mini"), &app_headers)
+        .await;
+    let got = b.received();
+    assert_eq!(got[0].headers["x-api-key"], "sk-ant-provider-b-0002");
+    assert!(got[0].headers.get("authorization").is_none());
+    assert_eq!(got[0].model.as_deref(), Some("claude-sonnet-4-5"));
+    assert_eq!(got[1].model.as_deref(), Some("claude-haiku-4-5"));
+    let sent: Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(
+        sent["messages"][0]["content"], "hi",
+        "the rest of the body is kept"
+    );
+    for r in a.received().iter().chain(got.iter()) {
+        for v in r.headers.values() {
+            assert!(!v.to_str().unwrap_or("").contains("sk-app-own-key"));
+        }
+    }
+    agent.stop().await;
+}
+
+/// A policy whose secret cannot be read is refused with the field named;
+/// the running policies stay.
+#[tokio::test]
+async fn unresolvable_secret_refuses_the_policy() {
+    let (_a, _b, p) = two_backends(0, json!({})).await;
+    let agent = TestAgent::start(&p).await;
+    let mut broken: Value = serde_json::from_str(&p).unwrap();
+    broken["backends"][1]["credentials"] = json!("env:SHEPHERD_TEST_SURELY_UNSET_KEY");
+    let broken = broken.to_string();
+    let err = agent.reload(&broken).unwrap_err();
+    assert_eq!(
+        err,
+        "policy \"chat\": backends[1].credentials: environment variable SHEPHERD_TEST_SURELY_UNSET_KEY is not set (or not UTF-8) on this agent"
+    );
+    let r = agent.client().post(CHAT, BODY, &[]).await;
+    assert_eq!(r.status, 200, "the running policy stayed");
+    assert_eq!(
+        metric(
+            &agent,
+            "shepherd_agent_policy_reloads_total{result=\"failed\"}"
+        )
+        .await,
+        1
+    );
+    agent.stop().await;
+}
+
+/// A body over the limit gets 413, whether its length is declared or not.
+#[tokio::test]
+async fn too_large_bodies_get_413() {
+    let (a, _b, p) = two_backends(0, json!({})).await;
+    let limits = Limits {
+        max_request_body: 1024,
+        ..Limits::default()
+    };
+    let agent = TestAgent::start_with(
+        &p,
+        AgentOptions {
+            limits,
+            ..AgentOptions::default()
+        },
+    )
+    .await;
+    let c = agent.client();
+    let big = format!(r#"{{"model":"gpt-4o","pad":"{}"}}"#, "x".repeat(2000));
+    let r = c.post(CHAT, &big, &[]).await;
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()["error"]["type"], "shepherd_request_too_large");
+
+    // Chunked, no length declared.
+    let stream = tokio_stream::iter((0..4).map(|_| {
+        Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(vec![b' '; 600])))
+    }));
+    let req = Request::post(format!("http://{}{CHAT}", agent.addr))
+        .body(http_body_util::StreamBody::new(stream))
+        .unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 413);
+    assert_eq!(a.count(), 0);
+    agent.stop().await;
+}
+
+/// Past the concurrency limit requests are shed at once with 503 JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sheds_load_past_the_concurrency_limit() {
+    let (a, _b, p) = two_backends(0, json!({})).await;
+    a.set(|m| m.gated = true);
+    let limits = Limits {
+        max_concurrent: 2,
+        ..Limits::default()
+    };
+    let agent = TestAgent::start_with(
+        &p,
+        AgentOptions {
+            limits,
+            ..AgentOptions::default()
+        },
+    )
+    .await;
+    let c = Arc::new(agent.client());
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { c.post(CHAT, BODY, &[]).await })
+        })
+        .collect();
+    a.wait_for(2).await;
+    let shed = c.post(CHAT, BODY, &[]).await;
+    assert_eq!(shed.status, 503);
+    assert_eq!(shed.json()["error"]["type"], "shepherd_overloaded");
+    assert_eq!(shed.header("retry-after"), Some("1"));
+    a.release(2);
+    for h in held {
+        assert_eq!(h.await.unwrap().status, 200);
+    }
+    assert_eq!(metric(&agent, "shepherd_agent_shed_total").await, 1);
+    agent.stop().await;
+}
+
+/// SSE passes through as it comes: the first event reaches the app while the
+/// upstream stream is still open.
+#[tokio::test]
+async fn first_event_arrives_before_the_upstream_finishes() {
+    let (a, _b, p) = two_backends(0, json!({})).await;
+    a.set(|m| m.stall_after = Some(2));
+    let agent = TestAgent::start(&p).await;
+    let req = Request::post(CHAT)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(STREAM_BODY)))
+        .unwrap();
+    let resp = agent.client().send(req).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("the first event was held back")
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap();
+    assert!(first.starts_with(b"data: {"), "{first:?}");
+    assert_eq!(
+        a.streams_completed(),
+        0,
+        "the upstream stream is still open"
+    );
+    drop(body);
+    agent.stop().await;
+}
+
+/// A stream cut after it started ends with an SSE error event and an abort,
+/// never a clean end, and counts as broken.
+#[tokio::test]
+async fn cut_stream_ends_with_an_error_event() {
+    let (a, _b, p) = two_backends(0, json!({"retry": {"max_attempts": 3}})).await;
+    a.set(|m| m.cut_after = Some(2));
+    let agent = TestAgent::start(&p).await;
+    let req = Request::post(CHAT)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(STREAM_BODY)))
+        .unwrap();
+    let (text, end) = read_stream(agent.client().send(req).await).await;
+    assert_eq!(end, StreamEnd::Aborted);
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.len(), 3, "{text}");
+    assert!(events[0].starts_with("data: ") && events[1].starts_with("data: "));
+    let error = events[2]
+        .strip_prefix("event: error\ndata: ")
+        .expect("an error event");
+    let e: Value = serde_json::from_str(error).unwrap();
+    assert_eq!(e["error"]["type"], "shepherd_stream_broken");
+    assert_eq!(
+        a.count(),
+        1,
+        "no retry after the first byte reached the app"
+    );
+    assert_eq!(
+        metric(
+            &agent,
+            "shepherd_agent_attempts_total{policy=\"chat\",backend=\"a\",outcome=\"stream_broken\"}"
+        )
+        .await,
+        1
+    );
+    agent.stop().await;
+}
+
+/// A stream that ends without its final event is broken too.
+#[tokio::test]
+async fn stream_without_its_final_event_is_broken() {
+    let (a, _b, p) = two_backends(0, json!({})).await;
+    a.set(|m| m.omit_final_event = true);
+    let agent = TestAgent::start(&p).await;
+    for path in [CHAT, "/v1/messages"] {
+        let req = Request::post(path)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(STREAM_BODY)))
+            .unwrap();
+        let (text, end) = read_stream(agent.client().send(req).await).await;
+        assert_eq!(end, StreamEnd::Aborted, "{path}");
+        assert!(text.contains("event: error\ndata: "), "{path}: {text}");
+        assert!(text.contains("ended without its final event"), "{text}");
+    }
+    // Anthropic's error envelope for /v1/messages.
+    agent.stop().await;
+}
+
+/// Complete streams end cleanly; usage from streamed chunks is counted, as
+/// is time to first token.
+#[tokio::test]
+async fn complete_streams_end_cleanly_and_count_usage() {
+    let (_a, _b, p) = two_backends(0, json!({})).await;
+    let agent = TestAgent::start(&p).await;
+    let body = r#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true}}"#;
+    let req = Request::post(CHAT)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let (text, end) = read_stream(agent.client().send(req).await).await;
+    assert_eq!(end, StreamEnd::Clean);
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    let req = Request::post("/v1/messages")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(STREAM_BODY)))
+        .unwrap();
+    let (text, end) = read_stream(agent.client().send(req).await).await;
+    assert_eq!(end, StreamEnd::Clean);
+    assert!(text.contains("event: message_stop"));
+    // 10 + 11 input, 5 + 5 output tokens.
+    assert_eq!(
+        metric(
+            &agent,
+            "shepherd_agent_tokens_total{policy=\"chat\",backend=\"a\",kind=\"input\"}"
+        )
+        .await,
+        21
+    );
+    assert_eq!(
+        metric(
+            &agent,
+            "shepherd_agent_tokens_total{policy=\"chat\",backend=\"a\",kind=\"output\"}"
+        )
+        .await,
+        10
+    );
+    assert_eq!(
+        metric(
+            &agent,
+            "shepherd_agent_time_to_first_token_seconds_count{policy=\"chat\",backend=\"a\"}"
+        )
+        .await,
+        2
+    );
+    agent.stop().await;
+}
+
+/// Abort faults answer the configured share with the configured status and
+/// Retry-After; the backend never sees those requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_fault_hits_its_percentage() {
+    let expire = "2999-01-01T00:00:00Z";
+    let (_a, b, p) = two_backends(
+        10_000,
+        json!({"faults": [{"backend": "b", "abort": {"percent": 30, "status": 429, "retry_after": "2s"}, "expire_time": expire}]}),
+    )
+    .await;
+    let agent = TestAgent::start(&p).await;
+    let c = Arc::new(agent.client());
+    let n = 1000u64;
+    let aborted = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (c, aborted) = (c.clone(), aborted.clone());
+            tokio::spawn(async move {
+                for _ in 0..n / 4 {
+                    let r = c.post(CHAT, BODY, &[]).await;
+                    if r.status == 429 {
+                        assert_eq!(r.json()["error"]["type"], "shepherd_fault_injected");
+                        assert_eq!(r.header("retry-after"), Some("2"));
+                        aborted.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        assert_eq!(r.status, 200);
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let aborted = aborted.load(Ordering::Relaxed);
+    let share = aborted as f64 / n as f64;
+    assert!((share - 0.30).abs() < 0.073, "aborted share {share}"); // 5 sd
+    assert_eq!(b.count() as u64, n - aborted);
+    assert_eq!(
+        metric(
+            &agent,
+            "shepherd_agent_faults_injected_total{policy=\"chat\",backend=\"b\",kind=\"abort\"}"
+        )
+        .await,
+        aborted
+    );
+    agent.stop().await;
+}
+
+/// Delay faults hold their share; cut faults end streams after N events;
+/// expired faults do nothing.
+#[tokio::test]
+async fn delay_and_stream_cut_faults_and_expiry() {
+    let expire = "2999-01-01T00:00:00Z";
+    let (_a, _b, p) = two_backends(
+        10_000,
+        json!({"faults": [{"backend": "b", "delay": {"percent": 50, "duration": "0.001s"},
+                           "stream_cut": {"percent": 100, "after_chunks": 2}, "expire_time": expire}]}),
+    )
+    .await;
+    let agent = TestAgent::start(&p).await;
+    let c = agent.client();
+    for _ in 0..400 {
+        c.post(CHAT, BODY, &[]).await;
+    }
+    let delayed = metric(
+        &agent,
+        "shepherd_agent_faults_injected_total{policy=\"chat\",backend=\"b\",kind=\"delay\"}",
+    )
+    .await;
+    assert!(
+        (delayed as f64 / 400.0 - 0.5).abs() < 0.125,
+        "{delayed} of 400 delayed"
+    );
+    let req = Request::post(CHAT)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(STREAM_BODY)))
+        .unwrap();
+    let (text, end) = read_stream(c.send(req).await).await;
+    assert_eq!(end, StreamEnd::Aborted);
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.len(), 3, "{text}");
+    assert!(events[2].contains("cut by an injected fault after 2 chunks"));
+
+    agent
+        .reload(&p.replace(expire, "2001-01-01T00:00:00Z"))
+        .unwrap();
+    let req = Request::post(CHAT)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(STREAM_BODY)))
+        .unwrap();
+    let (_, end) = read_stream(c.send(req).await).await;
+    assert_eq!(end, StreamEnd::Clean, "an expired fault still applied");
+    agent.stop().await;
+}
+
+/// Swapping the policy again and again under load fails no request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_under_load_fails_nothing() {
+    let (a, b, p) = two_backends(5000, json!({"traffic": {"sticky_header": "x-user-id"}})).await;
+    let agent = TestAgent::start(&p).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..6)
+        .map(|w| {
+            let (c, stop, done) = (Arc::new(agent.client()), stop.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let body = if i % 5 == 0 { STREAM_BODY } else { BODY };
+                    let user = format!("u{w}-{i}");
+                    let req = Request::post(CHAT)
+                        .header("content-type", "application/json")
+                        .header("x-user-id", user)
+                        .body(Full::new(Bytes::from(body)))
+                        .unwrap();
+                    let resp = c.send(req).await;
+                    assert_eq!(resp.status(), 200);
+                    let (_, end) = read_stream(resp).await;
+                    assert_eq!(end, StreamEnd::Clean);
+                    done.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    for round in 0..30u32 {
+        let weight = (round * 997) % 10_001;
+        let next = p.replace(
+            "\"candidate_weight\":5000",
+            &format!("\"candidate_weight\":{weight}"),
+        );
+        // Every third round also swaps the sides and changes the route.
+        let next = if round % 3 == 0 {
+            next.replace(
+                "\"baseline\":\"a\",\"candidate\":\"b\"",
+                "\"baseline\":\"b\",\"candidate\":\"a\"",
+            )
+            .replace("\"/v1/\"", "\"/v1\"")
+        } else {
+            next
+        };
+        agent.reload(&next).unwrap();
+        let before = done.load(Ordering::Relaxed);
+        while done.load(Ordering::Relaxed) < before + 5 {
+            tokio::task::yield_now().await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert!(done.load(Ordering::Relaxed) >= 150);
+    assert!(a.count() > 0 && b.count() > 0);
+    agent.stop().await;
+}
+
+/// Policies apply only to agents whose labels their selector matches.
+#[tokio::test]
+async fn selectors_pick_agents_by_label() {
+    let (_a, _b, p) =
+        two_backends(0, json!({"selector": {"match_labels": {"app": "billing"}}})).await;
+    let labels = BTreeMap::from([("app".to_string(), "support".to_string())]);
+    let agent = TestAgent::start_with(
+        &p,
+        AgentOptions {
+            labels,
+            ..AgentOptions::default()
+        },
+    )
+    .await;
+    assert_eq!(agent.client().post(CHAT, BODY, &[]).await.status, 404);
+    agent.stop().await;
+    let labels = BTreeMap::from([("app".to_string(), "billing".to_string())]);
+    let agent = TestAgent::start_with(
+        &p,
+        AgentOptions {
+            labels,
+            ..AgentOptions::default()
+        },
+    )
+    .await;
+    assert_eq!(agent.client().post(CHAT, BODY, &[]).await.status, 200);
+    agent.stop().await;
+}
+
+/// Health, readiness and metrics on the admin listener.
+#[tokio::test]
+async fn admin_endpoints() {
+    let (_a, _b, p) = two_backends(0, json!({})).await;
+    let agent = TestAgent::start(&p).await;
+    let admin = agent.admin();
+    assert_eq!(admin.get("/healthz").await.status, 200);
+    assert_eq!(admin.get("/readyz").await.status, 200);
+    agent.client().post(CHAT, BODY, &[]).await;
+    let m = admin.get("/metrics").await;
+    assert_eq!(m.status, 200);
+    assert!(
+        m.header("content-type")
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    assert!(m.text().contains(
+        "shepherd_agent_attempts_total{policy=\"chat\",backend=\"a\",outcome=\"2xx\"} 1"
+    ));
+    assert_eq!(admin.get("/nope").await.status, 404);
+    agent.agent.set_stopping();
+    let r = admin.get("/readyz").await;
+    assert_eq!(
+        (r.status.as_u16(), r.text()),
+        (503, "not ready: shutting down\n")
+    );
+    agent.stop().await;
+}
+
+/// At shutdown the listener closes and in-flight requests finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_in_flight_requests() {
+    let (a, _b, p) = two_backends(0, json!({})).await;
+    a.set(|m| m.gated = true);
+    let agent = TestAgent::start(&p).await;
+    let c = agent.client();
+    let in_flight = tokio::spawn(async move { c.post(CHAT, BODY, &[]).await });
+    a.wait_for(1).await;
+    let addr = agent.addr;
+    agent.begin_shutdown();
+    // The listener closes: new connections are refused.
+    loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Err(_) => break,
+            Ok(_) => tokio::task::yield_now().await,
+        }
+    }
+    a.release(1);
+    assert_eq!(in_flight.await.unwrap().status, 200);
+    agent.stop().await;
+}
+
+/// A client that does not finish its request head is disconnected.
+#[tokio::test]
+async fn slow_headers_are_cut_off() {
+    let (_a, _b, p) = two_backends(0, json!({})).await;
+    let settings = ServerSettings {
+        header_read_timeout: Duration::from_millis(200),
+        ..ServerSettings::default()
+    };
+    let agent = TestAgent::start_with(
+        &p,
+        AgentOptions {
+            settings,
+            ..AgentOptions::default()
+        },
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(agent.addr).await.unwrap();
+    s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the connection was left open");
+    agent.stop().await;
+}
+
+/// Apps may speak HTTP/2 without TLS (h2c).
+#[tokio::test]
+async fn serves_h2c() {
+    let (_a, _b, p) = two_backends(0, json!({})).await;
+    let agent = TestAgent::start(&p).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let req = Request::post(format!("http://{}{CHAT}", agent.addr))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(BODY)))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    agent.stop().await;
+}
+
+/// Upstreams over HTTPS: rustls verifies the provider's certificate against
+/// the trusted roots (here an extra CA file) and HTTP/2 is negotiated.
+#[tokio::test]
+async fn https_upstreams_with_rustls() {
+    let provider = MockProvider::new("tls");
+    let (addr, cert_pem) = provider.serve_tls().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, cert_pem).unwrap();
+    let p = json!({
+        "name": "chat", "match": {"path_prefix": "/v1/"},
+        "backends": [{"name": "tls", "base_url": format!("https://localhost:{}", addr.port())}],
+        "traffic": {"baseline": "tls"}
+    })
+    .to_string();
+    let agent = TestAgent::start_with(
+        &p,
+        AgentOptions {
+            ca_file: Some(ca),
+            ..AgentOptions::default()
+        },
+    )
+    .await;
+    let r = agent.client().post(CHAT, BODY, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        "reply from tls"
+    );
+    assert_eq!(provider.count(), 1);
+    assert_eq!(provider.received()[0].version, http::Version::HTTP_2);
+    agent.stop().await;
+
+    // Without the CA the certificate is refused and nothing is sent.
+    let untrusted = TestAgent::start(&p).await;
+    let r = untrusted.client().post(CHAT, BODY, &[]).await;
+    assert_eq!(r.status, 502);
+    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("certificate"), "{message}");
+    assert_eq!(provider.count(), 1);
+    untrusted.stop().await;
+}
