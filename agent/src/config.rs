@@ -71,9 +71,10 @@ pub struct Cli {
     #[arg(long, env = "SHEPHERD_AGENT_UPSTREAM_CA_FILE")]
     pub upstream_ca_file: Option<PathBuf>,
 
-    /// Worker threads (0: one per CPU).
-    #[arg(long, env = "SHEPHERD_AGENT_WORKER_THREADS", default_value_t = 0)]
-    pub worker_threads: usize,
+    /// Worker threads, each an event loop with its own listener socket and
+    /// connection pools (0: one per CPU).
+    #[arg(long, env = "SHEPHERD_AGENT_WORKERS", default_value_t = 0)]
+    pub workers: usize,
 
     /// Log line format.
     #[arg(long, env = "SHEPHERD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

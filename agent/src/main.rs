@@ -1,9 +1,14 @@
 //! `shepherd-agent`: parse flags, set up logging, load the policy file, serve
-//! the proxy and admin listeners until SIGINT or SIGTERM, drain, exit.
+//! until SIGINT or SIGTERM, drain, exit.
 //!
-//! Shutdown phases: readiness turns false; the listeners stop accepting;
+//! Threads: one worker per CPU (or `--workers`), each a single-threaded event
+//! loop with its own listener socket on the shared port and its own upstream
+//! connection pools, so a request never hops threads; plus a control thread
+//! for the admin listener, reloads and signals.
+//!
+//! Shutdown phases: readiness turns false; the workers stop accepting and let
 //! in-flight requests (streams included) finish for up to the grace period;
-//! background tasks stop.
+//! the control tasks stop.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -13,7 +18,7 @@ use shepherd_agent::config::Cli;
 use shepherd_agent::proxy::Limits;
 use shepherd_agent::runtime::Registry;
 use shepherd_agent::server::ServerSettings;
-use shepherd_agent::upstream::Tls;
+use shepherd_agent::upstream::{self, Tls};
 use shepherd_agent::{Agent, admin, logging, reload, server};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -25,28 +30,32 @@ fn main() -> ExitCode {
     if let Err(e) = logging::init(cli.log_format, &cli.log) {
         return fail(&format!("logging: {e}"));
     }
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if cli.worker_threads > 0 {
-        runtime.worker_threads(cli.worker_threads);
-    }
-    let runtime = match runtime.enable_all().build() {
+    let control = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
-    match runtime.block_on(run(cli)) {
+    match control.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
+    let workers = match cli.workers {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
     let tls = Tls::new(cli.upstream_ca_file.as_deref())?;
     let limits = Limits {
         max_request_body: cli.max_request_bytes,
         retry_body_limit: cli.retry_body_limit,
         max_concurrent: cli.max_concurrent,
     };
-    let agent = Arc::new(Agent::new(Registry::new(tls), limits, cli.labels.0.clone()));
+    let registry = Registry::new(tls).with_workers(workers);
+    let agent = Arc::new(Agent::new(registry, limits, cli.labels.0.clone()));
     match &cli.policy_file {
         Some(path) => {
             reload::reload(&agent, path)
@@ -54,17 +63,16 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         None => warn!("no --policy-file: every request gets 404 until policies arrive"),
     }
-    let proxy_listener = TcpListener::bind(cli.listen)
-        .await
+    let listeners = server::bind_shared(cli.listen, workers)
         .map_err(|e| format!("cannot listen on {}: {e}", cli.listen))?;
+    let proxy_addr = listeners
+        .first()
+        .and_then(|l| l.local_addr().ok())
+        .ok_or("no listener")?;
     let admin_listener = TcpListener::bind(cli.admin_listen)
         .await
         .map_err(|e| format!("cannot listen on {} (admin): {e}", cli.admin_listen))?;
-    info!(
-        proxy = %proxy_listener.local_addr().map_err(|e| e.to_string())?,
-        admin = %admin_listener.local_addr().map_err(|e| e.to_string())?,
-        "agent listening"
-    );
+    let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
 
     let shutdown = CancellationToken::new();
     let background = CancellationToken::new();
@@ -83,32 +91,55 @@ async fn run(cli: Cli) -> Result<(), String> {
             background.clone(),
         ));
     }
+    tasks.spawn({
+        let (agent, shutdown) = (agent.clone(), shutdown.clone());
+        async move {
+            shutdown.cancelled().await;
+            agent.set_stopping();
+        }
+    });
+
     let settings = ServerSettings {
         header_read_timeout: cli.header_read_timeout,
         max_header_bytes: cli.max_header_bytes,
         shutdown_grace: cli.shutdown_grace,
         ..ServerSettings::default()
     };
-    let stopping = {
-        let agent = agent.clone();
-        let shutdown = shutdown.clone();
-        async move {
-            shutdown.cancelled().await;
-            agent.set_stopping();
-        }
-    };
-    tasks.spawn(stopping);
-    server::serve(
-        proxy_listener,
-        agent.proxy.clone(),
-        settings,
-        shutdown.clone(),
-    )
-    .await;
-    background.cancel();
+    let mut threads = Vec::with_capacity(workers);
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let (proxy, settings, shutdown) = (agent.proxy.clone(), settings.clone(), shutdown.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("shepherd-worker-{index}"))
+            .spawn(move || -> Result<(), String> {
+                upstream::set_worker(index);
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                rt.block_on(async move {
+                    let listener = TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+                    server::serve(listener, proxy, settings, shutdown).await;
+                    Ok(())
+                })
+            })
+            .map_err(|e| format!("cannot start worker {index}: {e}"))?;
+        threads.push(thread);
+    }
+    info!(proxy = %proxy_addr, admin = %admin_addr, workers, "agent listening");
+
+    let outcome = tokio::task::spawn_blocking(move || {
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap_or_else(|_| Err("a worker panicked".into())))
+            .collect::<Result<Vec<()>, String>>()
+    })
+    .await
+    .map_err(|e| e.to_string())?;
     shutdown.cancel();
+    background.cancel();
     tasks.close();
     tasks.wait().await;
+    outcome?;
     info!("agent stopped");
     Ok(())
 }

@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode, Uri, request};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -154,13 +154,13 @@ impl Proxy {
             bump(&self.stats.too_large);
             return Ok(too_large(shape, max));
         }
-        let body = match Limited::new(body, max).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+        let body = match read_body(body, max).await {
+            Ok(bytes) => bytes,
+            Err(ReadError::TooLarge) => {
                 bump(&self.stats.too_large);
                 return Ok(too_large(shape, max));
             }
-            Err(e) => {
+            Err(ReadError::Broken(e)) => {
                 bump(&self.stats.bad_request);
                 return Ok(error_response(
                     shape,
@@ -369,6 +369,44 @@ impl Proxy {
     }
 }
 
+/// Why a request body could not be read.
+enum ReadError {
+    TooLarge,
+    Broken(hyper::Error),
+}
+
+/// Reads a request body whole, up to `max` bytes. A body that arrives in one
+/// frame (the usual case) is kept as it is, without copying.
+async fn read_body(mut body: Incoming, max: usize) -> Result<Bytes, ReadError> {
+    let mut first: Option<Bytes> = None;
+    let mut rest: Option<bytes::BytesMut> = None;
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(ReadError::Broken)?.into_data() else {
+            continue;
+        };
+        len += data.len();
+        if len > max {
+            return Err(ReadError::TooLarge);
+        }
+        match (&mut first, &mut rest) {
+            (None, _) => first = Some(data),
+            (Some(head), None) => {
+                let mut buf = bytes::BytesMut::with_capacity(len.max(head.len() * 2));
+                buf.extend_from_slice(head);
+                buf.extend_from_slice(&data);
+                rest = Some(buf);
+            }
+            (Some(_), Some(buf)) => buf.extend_from_slice(&data),
+        }
+    }
+    Ok(match (first, rest) {
+        (_, Some(buf)) => buf.freeze(),
+        (Some(b), None) => b,
+        (None, None) => Bytes::new(),
+    })
+}
+
 /// How long to wait before retrying on the same backend, or `None` to stop
 /// retrying there.
 fn plan_retry(
@@ -406,7 +444,7 @@ async fn send(
         .timeouts
         .per_try
         .min(deadline.saturating_duration_since(Instant::now()));
-    match tokio::time::timeout(limit, lb.client.request(request)).await {
+    match tokio::time::timeout(limit, lb.clients.current().request(request)).await {
         Err(_) => Tried::Failed(
             Failure::Timeout,
             format!("no response within {}", humantime::format_duration(limit)),
@@ -462,11 +500,13 @@ fn upstream_request(
         .authority(base.authority.clone())
         .path_and_query(path_and_query)
         .build()?;
-    let mut headers = parts.headers.clone();
-    for name in &DROPPED_REQUEST_HEADERS {
-        headers.remove(name);
+    let mut headers = HeaderMap::with_capacity(parts.headers.len() + backend.headers.len() + 3);
+    for (name, value) in &parts.headers {
+        if !DROPPED_REQUEST_HEADERS.contains(name) && !name.as_str().starts_with("x-shepherd-") {
+            headers.append(name.clone(), value.clone());
+        }
     }
-    strip_shepherd_headers(&mut headers);
+    headers.insert(http::header::HOST, lb.host.clone());
     // Bodies are watched on the way back; ask for them uncompressed.
     headers.insert(
         http::header::ACCEPT_ENCODING,
@@ -483,17 +523,6 @@ fn upstream_request(
     *request.uri_mut() = uri;
     *request.headers_mut() = headers;
     Ok(request)
-}
-
-fn strip_shepherd_headers(headers: &mut HeaderMap) {
-    let ours: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("x-shepherd-"))
-        .cloned()
-        .collect();
-    for name in ours {
-        headers.remove(name);
-    }
 }
 
 /// The body for a backend: `model` rewritten by its model map, or as sent.
@@ -565,12 +594,8 @@ fn deliver(
 }
 
 fn name_outcome(headers: &mut HeaderMap, live: &LivePolicy, index: usize, attempts: u32) {
-    if let Ok(v) = HeaderValue::from_str(&live.policy.backends[index].name) {
-        headers.insert(BACKEND_HEADER, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&live.policy.name) {
-        headers.insert(POLICY_HEADER, v);
-    }
+    headers.insert(BACKEND_HEADER, live.backends[index].name_header.clone());
+    headers.insert(POLICY_HEADER, live.name_header.clone());
     headers.insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
 }
 

@@ -17,11 +17,15 @@ use crate::breaker::{Breaker, BreakerSettings};
 use crate::policy::{Backend, Policy, Protocol, SecretRef};
 use crate::retry::RetryBudget;
 use crate::telemetry::{BackendStats, StatsRegistry};
-use crate::upstream::{self, Connector, Tls, UpstreamClient};
+use crate::upstream::{self, Clients, Connector, Tls};
 
 /// A backend ready to take requests.
 pub struct LiveBackend {
-    pub client: UpstreamClient,
+    pub clients: Clients,
+    /// The backend's name, as sent in `x-shepherd-backend`.
+    pub name_header: HeaderValue,
+    /// The `host` header of its requests.
+    pub host: HeaderValue,
     /// The credential header, resolved on this host (marked sensitive).
     pub auth: Option<(HeaderName, HeaderValue)>,
     pub breaker: Option<Arc<Breaker>>,
@@ -31,6 +35,8 @@ pub struct LiveBackend {
 /// A policy ready to take requests.
 pub struct LivePolicy {
     pub policy: Policy,
+    /// The policy's name, as sent in `x-shepherd-policy`.
+    pub name_header: HeaderValue,
     /// Same order as `policy.backends`.
     pub backends: Vec<LiveBackend>,
     pub budget: Arc<RetryBudget>,
@@ -98,7 +104,9 @@ struct BudgetEntry {
 pub struct Registry {
     tls: Tls,
     memory: Option<upstream::MemoryDial>,
-    clients: Mutex<HashMap<ClientKey, UpstreamClient>>,
+    /// Worker threads, each with its own connection pools.
+    workers: usize,
+    clients: Mutex<HashMap<ClientKey, Clients>>,
     breakers: Mutex<HashMap<(String, String), Arc<Breaker>>>,
     budgets: Mutex<HashMap<String, BudgetEntry>>,
     pub stats: Arc<StatsRegistry>,
@@ -117,11 +125,18 @@ impl Registry {
         Self {
             tls,
             memory: None,
+            workers: 1,
             clients: Mutex::default(),
             breakers: Mutex::default(),
             budgets: Mutex::default(),
             stats: Arc::default(),
         }
+    }
+
+    /// Gives each of `workers` threads its own connection pools.
+    pub fn with_workers(mut self, workers: usize) -> Self {
+        self.workers = workers.max(1);
+        self
     }
 
     /// A registry whose clients connect through in-process pipes (tests).
@@ -152,7 +167,7 @@ impl Registry {
                     authority: b.base.authority.to_string(),
                     connect: b.timeouts.connect,
                 };
-                let client = self.client(&key);
+                let clients = self.clients(&key);
                 used_clients.push(key);
                 let breaker = policy.breaker.as_ref().map(|settings| {
                     let key = (policy.name.to_string(), b.name.to_string());
@@ -160,8 +175,17 @@ impl Registry {
                     used_breakers.push(key);
                     breaker
                 });
+                let header = |v: &str, field: &str| {
+                    HeaderValue::try_from(v).map_err(|e| ApplyError {
+                        policy: policy.name.to_string(),
+                        field: format!("backends[{i}].{field}"),
+                        message: e.to_string(),
+                    })
+                };
                 backends.push(LiveBackend {
-                    client,
+                    name_header: header(&b.name, "name")?,
+                    host: header(b.base.authority.as_str(), "base_url")?,
+                    clients,
                     auth,
                     breaker,
                     stats: self.stats.backend(&policy.name, &b.name),
@@ -169,7 +193,14 @@ impl Registry {
             }
             let budget = self.budget(&policy);
             used_budgets.push(policy.name.to_string());
+            let name_header =
+                HeaderValue::try_from(policy.name.as_ref()).map_err(|e| ApplyError {
+                    policy: policy.name.to_string(),
+                    field: "name".into(),
+                    message: e.to_string(),
+                })?;
             live.push(Arc::new(LivePolicy {
+                name_header,
                 requests: self.stats.policy_requests(&policy.name),
                 backends,
                 budget,
@@ -193,7 +224,7 @@ impl Registry {
         })
     }
 
-    fn client(&self, key: &ClientKey) -> UpstreamClient {
+    fn clients(&self, key: &ClientKey) -> Clients {
         lock(&self.clients)
             .entry(key.clone())
             .or_insert_with(|| {
@@ -201,7 +232,7 @@ impl Registry {
                     Some(dial) => Connector::Memory(dial.clone()),
                     None => Connector::net(&self.tls, key.connect),
                 };
-                upstream::client(connector)
+                Clients::new(&connector, self.workers)
             })
             .clone()
     }

@@ -9,7 +9,7 @@
 //! clean end; it counts as a failure of its backend.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -158,31 +158,41 @@ struct UsageFields {
     output_tokens: Option<u64>,
 }
 
-#[derive(serde::Deserialize)]
-struct Envelope {
-    usage: Option<UsageFields>,
-    /// Anthropic's `message_start` nests it.
-    message: Option<Box<Envelope>>,
-}
-
 impl Usage {
-    /// Folds in the usage of one JSON document (a response, or one event).
-    /// Counts only grow: Anthropic's streamed output count is cumulative.
+    /// Folds in the `usage` object of one JSON document (a response, or one
+    /// event). It is found by its last `"usage"` key, so the rest of the
+    /// document is never parsed (a key inside a JSON string would be escaped
+    /// and cannot match). Counts only grow: Anthropic's streamed output count
+    /// is cumulative.
     fn absorb(&mut self, json: &[u8]) {
-        let Ok(env) = serde_json::from_slice::<Envelope>(json) else {
+        static USAGE: LazyLock<memmem::FinderRev<'static>> =
+            LazyLock::new(|| memmem::FinderRev::new(b"\"usage\""));
+        let Some(at) = USAGE.rfind(json) else {
             return;
         };
-        for u in [env.usage, env.message.and_then(|m| m.usage)]
-            .into_iter()
-            .flatten()
-        {
-            let input = u.prompt_tokens.or(u.input_tokens).unwrap_or(0);
-            let output = u.completion_tokens.or(u.output_tokens).unwrap_or(0);
-            self.input = self.input.max(input);
-            self.output = self.output.max(output);
-        }
+        let rest = &json[at + b"\"usage\"".len()..];
+        let Some(start) = rest
+            .iter()
+            .position(|b| !b.is_ascii_whitespace() && *b != b':')
+        else {
+            return;
+        };
+        let mut values =
+            serde_json::Deserializer::from_slice(&rest[start..]).into_iter::<UsageFields>();
+        let Some(Ok(u)) = values.next() else {
+            return;
+        };
+        let input = u.prompt_tokens.or(u.input_tokens).unwrap_or(0);
+        let output = u.completion_tokens.or(u.output_tokens).unwrap_or(0);
+        self.input = self.input.max(input);
+        self.output = self.output.max(output);
     }
 }
+
+static USAGE_KEY: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
+static EVENT_END: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\n\n"));
 
 /// Longest non-streamed body kept to read its `usage`.
 const USAGE_BODY_LIMIT: usize = 1 << 20;
@@ -249,7 +259,7 @@ impl UsageScanner {
             Some(i) => (&rest[..i], &rest[i + 1..]),
             None => (&rest[..0], rest),
         };
-        if memmem::find(complete, b"\"usage\"").is_some() {
+        if USAGE_KEY.find(complete).is_some() {
             for line in complete.split(|b| *b == b'\n') {
                 self.sse_line(line);
             }
@@ -263,7 +273,7 @@ impl UsageScanner {
         let Some(data) = line.strip_prefix(b"data:") else {
             return;
         };
-        if memmem::find(data, b"\"usage\"").is_some() {
+        if USAGE_KEY.find(data).is_some() {
             self.usage.absorb(data);
         }
     }
@@ -396,7 +406,7 @@ impl ObservedBody {
                 _ => None,
             };
         }
-        for end in memmem::find_iter(data, b"\n\n") {
+        for end in EVENT_END.find_iter(data) {
             self.events += 1;
             if self.cut_after == Some(self.events) {
                 return Some(end + 2);

@@ -207,6 +207,39 @@ impl tower_service::Service<Uri> for Connector {
 /// A pooled client for one upstream address.
 pub type UpstreamClient = Client<Connector, Full<Bytes>>;
 
+thread_local! {
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the current thread as worker `index`: its requests use that
+/// worker's connection pools.
+pub fn set_worker(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
+/// One pooled client per worker thread, so a connection is only ever used on
+/// the thread (and single-threaded runtime) that opened it: a request never
+/// waits on another thread.
+#[derive(Clone)]
+pub struct Clients(Arc<[UpstreamClient]>);
+
+impl Clients {
+    /// `workers` clients on `connector`.
+    pub fn new(connector: &Connector, workers: usize) -> Self {
+        Self(
+            (0..workers.max(1))
+                .map(|_| client(connector.clone()))
+                .collect(),
+        )
+    }
+
+    /// The current worker's client.
+    pub fn current(&self) -> &UpstreamClient {
+        let i = WORKER.with(std::cell::Cell::get);
+        &self.0[i % self.0.len()]
+    }
+}
+
 /// Builds a pooled keep-alive client on `connector`.
 pub fn client(connector: Connector) -> UpstreamClient {
     Client::builder(TokioExecutor::new())
@@ -214,5 +247,7 @@ pub fn client(connector: Connector) -> UpstreamClient {
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
+        // The proxy sets `host` itself, from a value made once per backend.
+        .set_host(false)
         .build(connector)
 }
