@@ -28,6 +28,7 @@ use crate::runtime::{LiveBackend, LivePolicy, Table};
 use crate::split;
 use crate::stream::{Attempt, InflightGuard, ObservedBody, ProxyBody, Watch};
 use crate::telemetry::{AgentStats, Outcome};
+use crate::upstream::Lease;
 
 /// Request limits.
 #[derive(Debug, Clone)]
@@ -94,8 +95,8 @@ pub struct Proxy {
 
 /// What one attempt came to.
 enum Tried {
-    /// The upstream answered.
-    Response(Response<Incoming>),
+    /// The upstream answered (on a lent connection, for HTTP/1.1).
+    Response(Response<Incoming>, Option<Lease>),
     /// A fault answered in its place.
     Fault(StatusCode, Option<Duration>),
     /// No answer.
@@ -104,7 +105,7 @@ enum Tried {
 
 /// The last failure seen, answered to the app when nothing succeeds.
 enum LastFailure {
-    Response(Response<Incoming>, usize, u32),
+    Response(Response<Incoming>, Option<Lease>, usize, u32),
     Fault(StatusCode, Option<Duration>, usize, u32),
     Failed(Failure),
     BreakerOpen,
@@ -276,7 +277,7 @@ impl Proxy {
                 };
 
                 let (failure, headers_retry_after) = match tried {
-                    Tried::Response(resp) => {
+                    Tried::Response(resp, lease) => {
                         let status = resp.status();
                         let Some(class) = retry::classify_status(status) else {
                             let attempt = Attempt {
@@ -286,22 +287,20 @@ impl Proxy {
                                 started: attempt_started,
                                 outcome: Outcome::of_status(status),
                             };
-                            return deliver(
-                                resp,
-                                &live,
-                                index,
+                            let delivery = Delivery {
                                 attempts,
                                 shape,
-                                decision.cut_after,
-                                Some(attempt),
-                                guard,
-                            );
+                                cut_after: decision.cut_after,
+                                attempt: Some(attempt),
+                                lease,
+                            };
+                            return deliver(resp, &live, index, delivery, guard);
                         };
                         lb.stats.record(Outcome::of_status(status));
                         permit.record(lb.breaker.as_deref(), class == Failure::RateLimited);
                         let ra = retry::retry_after(resp.headers(), SystemTime::now());
                         notes.push(format!("{}: HTTP {}", backend.name, status.as_u16()));
-                        last = Some(LastFailure::Response(resp, index, attempts));
+                        last = Some(LastFailure::Response(resp, lease, index, attempts));
                         (class, ra)
                     }
                     Tried::Fault(status, ra) => {
@@ -348,8 +347,15 @@ impl Proxy {
         }
 
         match last {
-            Some(LastFailure::Response(resp, index, n)) => {
-                deliver(resp, &live, index, n, shape, None, None, guard)
+            Some(LastFailure::Response(resp, lease, index, n)) => {
+                let delivery = Delivery {
+                    attempts: n,
+                    shape,
+                    cut_after: None,
+                    attempt: None,
+                    lease,
+                };
+                deliver(resp, &live, index, delivery, guard)
             }
             Some(LastFailure::Fault(status, ra, index, n)) => {
                 fault_response(shape, &live, index, n, status, ra)
@@ -444,29 +450,14 @@ async fn send(
         .timeouts
         .per_try
         .min(deadline.saturating_duration_since(Instant::now()));
-    match tokio::time::timeout(limit, lb.clients.current().request(request)).await {
+    match tokio::time::timeout(limit, lb.clients.current().send(request)).await {
         Err(_) => Tried::Failed(
             Failure::Timeout,
             format!("no response within {}", humantime::format_duration(limit)),
         ),
-        Ok(Ok(resp)) => Tried::Response(resp),
-        Ok(Err(e)) => {
-            let message = if e.is_connect() {
-                format!("cannot connect: {}", root_cause(&e))
-            } else {
-                format!("connection failed: {}", root_cause(&e))
-            };
-            Tried::Failed(Failure::Connect, message)
-        }
+        Ok(Ok((resp, lease))) => Tried::Response(resp, lease),
+        Ok(Err(e)) => Tried::Failed(Failure::Connect, e.to_string()),
     }
-}
-
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
 }
 
 /// The request as sent to a backend: its URL, the app's headers minus the
@@ -478,27 +469,38 @@ fn upstream_request(
     body: Bytes,
 ) -> Result<Request<Full<Bytes>>, http::Error> {
     let base = &backend.base;
-    let path = parts.uri.path();
-    let mut path_and_query = String::with_capacity(base.path.len() + path.len() + 32);
-    path_and_query.push_str(&base.path);
-    path_and_query.push_str(path);
-    match (parts.uri.query(), base.query.as_deref()) {
-        (Some(q), Some(b)) => {
-            path_and_query.push('?');
-            path_and_query.push_str(b);
-            path_and_query.push('&');
-            path_and_query.push_str(q);
+    let target = match (
+        base.path.is_empty(),
+        &base.query,
+        parts.uri.path_and_query(),
+    ) {
+        // The usual case: the app's target as it is (no copy).
+        (true, None, Some(pq)) => pq.clone(),
+        _ => {
+            let path = parts.uri.path();
+            let mut pq = String::with_capacity(base.path.len() + path.len() + 32);
+            pq.push_str(&base.path);
+            pq.push_str(path);
+            match (parts.uri.query(), base.query.as_deref()) {
+                (Some(q), Some(b)) => {
+                    pq.push('?');
+                    pq.push_str(b);
+                    pq.push('&');
+                    pq.push_str(q);
+                }
+                (Some(q), None) | (None, Some(q)) => {
+                    pq.push('?');
+                    pq.push_str(q);
+                }
+                (None, None) => {}
+            }
+            http::uri::PathAndQuery::try_from(pq)?
         }
-        (Some(q), None) | (None, Some(q)) => {
-            path_and_query.push('?');
-            path_and_query.push_str(q);
-        }
-        (None, None) => {}
-    }
+    };
     let uri = Uri::builder()
         .scheme(base.scheme.clone())
         .authority(base.authority.clone())
-        .path_and_query(path_and_query)
+        .path_and_query(target)
         .build()?;
     let mut headers = HeaderMap::with_capacity(parts.headers.len() + backend.headers.len() + 3);
     for (name, value) in &parts.headers {
@@ -554,21 +556,43 @@ fn rewrite_model(backend: &Backend, body: &Bytes) -> Bytes {
     }
 }
 
+/// How an upstream response is handed to the app.
+struct Delivery {
+    attempts: u32,
+    shape: Shape,
+    /// Cut the stream after this many events (an injected fault).
+    cut_after: Option<u32>,
+    /// Settled when the body ends; `None` when it was settled already.
+    attempt: Option<Attempt>,
+    /// The connection, returned to its pool when the body ends.
+    lease: Option<Lease>,
+}
+
 /// Passes an upstream response to the app, watching its body.
-#[allow(clippy::too_many_arguments)]
 fn deliver(
     resp: Response<Incoming>,
     live: &LivePolicy,
     index: usize,
-    attempts: u32,
-    shape: Shape,
-    cut_after: Option<u32>,
-    attempt: Option<Attempt>,
+    delivery: Delivery,
     guard: InflightGuard,
 ) -> Response<ProxyBody> {
+    let Delivery {
+        attempts,
+        shape,
+        cut_after,
+        attempt,
+        lease,
+    } = delivery;
     let (mut parts, body) = resp.into_parts();
-    for name in &DROPPED_RESPONSE_HEADERS {
-        parts.headers.remove(name);
+    // Upstreams rarely send hop-by-hop headers: look before removing.
+    if parts
+        .headers
+        .keys()
+        .any(|k| DROPPED_RESPONSE_HEADERS.contains(k))
+    {
+        for name in &DROPPED_RESPONSE_HEADERS {
+            parts.headers.remove(name);
+        }
     }
     let sse = parts
         .headers
@@ -589,14 +613,23 @@ fn deliver(
     };
     Response::from_parts(
         parts,
-        ProxyBody::Observed(ObservedBody::new(body, watch, attempt, Some(guard))),
+        ProxyBody::Observed(ObservedBody::new(body, watch, attempt, lease, Some(guard))),
     )
 }
 
 fn name_outcome(headers: &mut HeaderMap, live: &LivePolicy, index: usize, attempts: u32) {
     headers.insert(BACKEND_HEADER, live.backends[index].name_header.clone());
     headers.insert(POLICY_HEADER, live.name_header.clone());
-    headers.insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
+    headers.insert(ATTEMPTS_HEADER, attempts_value(attempts));
+}
+
+/// The `x-shepherd-attempts` value; small counts need no allocation.
+fn attempts_value(attempts: u32) -> HeaderValue {
+    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match SMALL.get(attempts as usize) {
+        Some(s) => HeaderValue::from_static(s),
+        None => HeaderValue::from(attempts),
+    }
 }
 
 /// The answer of an injected abort fault.
@@ -657,7 +690,7 @@ impl WithAttempts for Response<ProxyBody> {
     fn with_attempts(mut self, attempts: u32) -> Self {
         self.headers_mut()
             .entry(ATTEMPTS_HEADER)
-            .or_insert_with(|| HeaderValue::from(attempts));
+            .or_insert_with(|| attempts_value(attempts));
         self
     }
 }

@@ -22,6 +22,7 @@ use tokio::time::{Instant, Sleep};
 use crate::breaker::{Breaker, Permit};
 use crate::errors::{self, ErrorKind, Shape};
 use crate::telemetry::{AgentStats, BackendStats, Outcome};
+use crate::upstream::Lease;
 
 /// Counts a request in flight until dropped (it travels with the response body).
 #[derive(Debug)]
@@ -150,42 +151,162 @@ pub struct Usage {
     pub output: u64,
 }
 
-#[derive(serde::Deserialize)]
-struct UsageFields {
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
-    input_tokens: Option<u64>,
-    output_tokens: Option<u64>,
-}
-
 impl Usage {
     /// Folds in the `usage` object of one JSON document (a response, or one
     /// event). It is found by its last `"usage"` key, so the rest of the
     /// document is never parsed (a key inside a JSON string would be escaped
-    /// and cannot match). Counts only grow: Anthropic's streamed output count
-    /// is cumulative.
+    /// and cannot match), and only its top-level integer fields are read.
+    /// Counts only grow: Anthropic's streamed output count is cumulative.
     fn absorb(&mut self, json: &[u8]) {
         static USAGE: LazyLock<memmem::FinderRev<'static>> =
             LazyLock::new(|| memmem::FinderRev::new(b"\"usage\""));
         let Some(at) = USAGE.rfind(json) else {
             return;
         };
-        let rest = &json[at + b"\"usage\"".len()..];
-        let Some(start) = rest
-            .iter()
-            .position(|b| !b.is_ascii_whitespace() && *b != b':')
-        else {
-            return;
+        let mut input = None;
+        let mut output = None;
+        for (key, value) in UsageObject::new(&json[at + 7..]) {
+            match key {
+                b"prompt_tokens" | b"input_tokens" => input = input.or(Some(value)),
+                b"completion_tokens" | b"output_tokens" => output = output.or(Some(value)),
+                _ => {}
+            }
+        }
+        self.input = self.input.max(input.unwrap_or(0));
+        self.output = self.output.max(output.unwrap_or(0));
+    }
+}
+
+/// The top-level `"key": integer` pairs of the JSON object after a key's
+/// colon; other values (strings, nested objects, arrays) are skipped.
+/// Malformed input ends the iteration.
+struct UsageObject<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> UsageObject<'a> {
+    fn new(after_key: &'a [u8]) -> Self {
+        let mut it = Self {
+            bytes: after_key,
+            at: 0,
         };
-        let mut values =
-            serde_json::Deserializer::from_slice(&rest[start..]).into_iter::<UsageFields>();
-        let Some(Ok(u)) = values.next() else {
-            return;
-        };
-        let input = u.prompt_tokens.or(u.input_tokens).unwrap_or(0);
-        let output = u.completion_tokens.or(u.output_tokens).unwrap_or(0);
-        self.input = self.input.max(input);
-        self.output = self.output.max(output);
+        it.skip_ws();
+        if it.eat(b':') {
+            it.skip_ws();
+            if it.eat(b'{') {
+                return it;
+            }
+        }
+        it.at = it.bytes.len();
+        it
+    }
+
+    fn skip_ws(&mut self) {
+        while self.at < self.bytes.len() && self.bytes[self.at].is_ascii_whitespace() {
+            self.at += 1;
+        }
+    }
+
+    fn eat(&mut self, b: u8) -> bool {
+        if self.bytes.get(self.at) == Some(&b) {
+            self.at += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Skips a string whose opening quote was eaten; returns its raw bytes.
+    fn string(&mut self) -> Option<&'a [u8]> {
+        let start = self.at;
+        while self.at < self.bytes.len() {
+            match self.bytes[self.at] {
+                b'\\' => self.at += 2,
+                b'"' => {
+                    self.at += 1;
+                    return self.bytes.get(start..self.at - 1);
+                }
+                _ => self.at += 1,
+            }
+        }
+        None
+    }
+
+    /// Skips any value; `Some(n)` for a non-negative integer.
+    fn value(&mut self) -> Option<Option<u64>> {
+        match self.bytes.get(self.at)? {
+            b'"' => {
+                self.at += 1;
+                self.string()?;
+                Some(None)
+            }
+            b'{' | b'[' => {
+                let mut depth = 0usize;
+                while self.at < self.bytes.len() {
+                    match self.bytes[self.at] {
+                        b'"' => {
+                            self.at += 1;
+                            self.string()?;
+                            continue;
+                        }
+                        b'{' | b'[' => depth += 1,
+                        b'}' | b']' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                self.at += 1;
+                                return Some(None);
+                            }
+                        }
+                        _ => {}
+                    }
+                    self.at += 1;
+                }
+                None
+            }
+            _ => {
+                let start = self.at;
+                while self.at < self.bytes.len()
+                    && !matches!(
+                        self.bytes[self.at],
+                        b',' | b'}' | b' ' | b'\n' | b'\r' | b'\t'
+                    )
+                {
+                    self.at += 1;
+                }
+                let token = &self.bytes[start..self.at];
+                Some(
+                    std::str::from_utf8(token)
+                        .ok()
+                        .and_then(|t| t.parse::<u64>().ok()),
+                )
+            }
+        }
+    }
+}
+
+impl<'a> Iterator for UsageObject<'a> {
+    type Item = (&'a [u8], u64);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            self.skip_ws();
+            if self.eat(b',') {
+                self.skip_ws();
+            }
+            if !self.eat(b'"') {
+                return None;
+            }
+            let key = self.string()?;
+            self.skip_ws();
+            if !self.eat(b':') {
+                return None;
+            }
+            self.skip_ws();
+            if let Some(n) = self.value()? {
+                return Some((key, n));
+            }
+        }
     }
 }
 
@@ -317,6 +438,8 @@ pub struct ObservedBody {
     usage: UsageScanner,
     first_byte: Option<Duration>,
     attempt: Option<Attempt>,
+    /// The upstream connection, returned to its pool at a proper end.
+    lease: Option<Lease>,
     _inflight: Option<InflightGuard>,
 }
 
@@ -334,6 +457,7 @@ impl ObservedBody {
         inner: Incoming,
         watch: Watch,
         attempt: Option<Attempt>,
+        lease: Option<Lease>,
         inflight: Option<InflightGuard>,
     ) -> Self {
         let mut carry = Vec::with_capacity(if watch.sse { CARRY + 1 } else { 0 });
@@ -355,6 +479,7 @@ impl ObservedBody {
             usage: UsageScanner::default(),
             first_byte: None,
             attempt,
+            lease,
             _inflight: inflight,
         }
     }
@@ -430,6 +555,9 @@ impl ObservedBody {
         }
         if !self.sse {
             self.usage.finish_json();
+        }
+        if let Some(lease) = self.lease.take() {
+            lease.release();
         }
         self.settle(Outcome::Success);
         self.state = State::Done;
@@ -544,6 +672,27 @@ impl Drop for ObservedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Nested objects, strings and other values around the counts are skipped.
+    #[test]
+    fn reads_usage_fields_among_others() {
+        let mut u = Usage::default();
+        u.absorb(
+            br#"{"usage": {"prompt_tokens_details": {"cached_tokens": 99, "x": [1, {"y": "}"}]},
+            "service_tier": "standard \"q\" }", "prompt_tokens": 7, "completion_tokens": 3}}"#,
+        );
+        assert_eq!(
+            u,
+            Usage {
+                input: 7,
+                output: 3
+            }
+        );
+        let mut none = Usage::default();
+        none.absorb(br#"{"usage": null}"#);
+        none.absorb(br#"{"usage": {"prompt_tokens": "#);
+        assert_eq!(none, Usage::default());
+    }
 
     /// Usage is read from OpenAI and Anthropic documents, streamed or not.
     #[test]

@@ -1,6 +1,6 @@
-//! Pooled keep-alive clients to upstreams: HTTPS with rustls (HTTP/2 or
-//! HTTP/1.1 by ALPN) and plain HTTP/1.1, one pool per backend address and
-//! connect timeout.
+//! Pooled keep-alive connections to upstreams: HTTPS with rustls (HTTP/2 or
+//! HTTP/1.1 by ALPN) and plain HTTP/1.1, one pool per backend address,
+//! connect timeout and worker thread.
 //!
 //! Connections normally go over TCP. A [`Connector::Memory`] connector opens
 //! in-process pipes instead, so the whole proxy can run under a paused clock
@@ -10,20 +10,25 @@ use std::future::Future;
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::Uri;
+use http::uri::PathAndQuery;
+use http::{Request, Response};
 use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::DuplexStream;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tower_service::Service;
 
 /// Opens an in-process connection to the server for a URI.
 pub type MemoryDial = Arc<dyn Fn(&Uri) -> io::Result<DuplexStream> + Send + Sync>;
@@ -178,7 +183,7 @@ impl Write for Conn {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-impl tower_service::Service<Uri> for Connector {
+impl Service<Uri> for Connector {
     type Response = Conn;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Conn, BoxError>> + Send>>;
@@ -204,8 +209,209 @@ impl tower_service::Service<Uri> for Connector {
     }
 }
 
-/// A pooled client for one upstream address.
-pub type UpstreamClient = Client<Connector, Full<Bytes>>;
+/// Idle connections older than this are closed instead of reused: servers
+/// commonly drop keep-alive connections after a minute.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+/// Most idle connections kept per upstream address and worker.
+const MAX_IDLE: usize = 256;
+
+type Http1Sender = http1::SendRequest<Full<Bytes>>;
+type Http2Sender = http2::SendRequest<Full<Bytes>>;
+
+/// Why a request could not be sent.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be made (TCP, TLS, or the HTTP handshake).
+    Connect(BoxError),
+    /// The connection failed while the request was under way.
+    Failed(hyper::Error),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cause: &(dyn std::error::Error + 'static) = match self {
+            SendError::Connect(e) => e.as_ref(),
+            SendError::Failed(e) => e,
+        };
+        let mut root = cause;
+        while let Some(next) = root.source() {
+            root = next;
+        }
+        match self {
+            SendError::Connect(_) => write!(f, "cannot connect: {root}"),
+            SendError::Failed(_) => write!(f, "connection failed: {root}"),
+        }
+    }
+}
+
+struct Idle {
+    sender: Http1Sender,
+    since: Instant,
+}
+
+/// Connections to one upstream address, used by one worker thread: idle
+/// HTTP/1.1 connections (newest first), or one multiplexed HTTP/2 connection
+/// when TLS negotiated it. Connection tasks run on the worker's own runtime.
+pub struct Pool {
+    connector: Connector,
+    idle: Mutex<Vec<Idle>>,
+    h2: Mutex<Option<Http2Sender>>,
+}
+
+/// An HTTP/1.1 connection lent for one request. Give it back with
+/// [`Lease::release`] once the response body has been read to its end; an
+/// unfinished response leaves the connection unusable, so dropping the lease
+/// closes it.
+pub struct Lease {
+    pool: Arc<Pool>,
+    sender: Http1Sender,
+}
+
+impl Lease {
+    /// Returns the connection to its pool.
+    pub fn release(self) {
+        if self.sender.is_closed() {
+            return;
+        }
+        let mut idle = lock(&self.pool.idle);
+        if idle.len() < MAX_IDLE {
+            idle.push(Idle {
+                sender: self.sender,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// The request with an origin-form target (`/path?query`), as HTTP/1.1
+/// servers expect.
+fn origin_form(mut req: Request<Full<Bytes>>) -> Request<Full<Bytes>> {
+    let target = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *req.uri_mut() = Uri::from(target);
+    req
+}
+
+impl Pool {
+    pub fn new(connector: Connector) -> Self {
+        Self {
+            connector,
+            idle: Mutex::new(Vec::new()),
+            h2: Mutex::new(None),
+        }
+    }
+
+    fn take_idle(&self) -> Option<Http1Sender> {
+        let mut idle = lock(&self.idle);
+        while let Some(entry) = idle.pop() {
+            if !entry.sender.is_closed() && entry.since.elapsed() < IDLE_TIMEOUT {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    /// Sends a request (absolute URI) on a pooled or new connection. A
+    /// pooled connection found closed before the request went out is
+    /// replaced transparently. The lease (HTTP/1.1 only) must be released
+    /// when the response body is done.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut req: Request<Full<Bytes>>,
+    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+        let h2 = lock(&self.h2).clone();
+        if let Some(mut sender) = h2 {
+            if sender.is_closed() {
+                lock(&self.h2).take();
+            } else {
+                match sender.try_send_request(req).await {
+                    Ok(resp) => return Ok((resp, None)),
+                    Err(mut e) => match e.take_message() {
+                        Some(back) => {
+                            lock(&self.h2).take();
+                            req = back;
+                        }
+                        None => return Err(SendError::Failed(e.into_error())),
+                    },
+                }
+            }
+        }
+        while let Some(mut sender) = self.take_idle() {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(origin_form(req)).await {
+                Ok(resp) => {
+                    let lease = Lease {
+                        pool: self.clone(),
+                        sender,
+                    };
+                    return Ok((resp, Some(lease)));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Not sent: the connection went away; put the absolute
+                    // URI back and try the next one.
+                    Some(back) => req = back,
+                    None => return Err(SendError::Failed(e.into_error())),
+                },
+            }
+        }
+        // Connecting is rare and its state large (TCP, TLS, handshake):
+        // boxed, it does not bloat every request's future.
+        Box::pin(self.send_on_new(req)).await
+    }
+
+    async fn send_on_new(
+        self: &Arc<Self>,
+        req: Request<Full<Bytes>>,
+    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+        let conn = self
+            .connector
+            .clone()
+            .call(req.uri().clone())
+            .await
+            .map_err(SendError::Connect)?;
+        if conn.connected().is_negotiated_h2() {
+            let (mut sender, connection) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(conn)
+                .await
+                .map_err(|e| SendError::Connect(e.into()))?;
+            tokio::spawn(connection);
+            *lock(&self.h2) = Some(sender.clone());
+            let mut req = req;
+            req.headers_mut().remove(http::header::HOST);
+            let resp = sender.send_request(req).await.map_err(SendError::Failed)?;
+            return Ok((resp, None));
+        }
+        let (mut sender, connection) = http1::Builder::new()
+            .handshake(conn)
+            .await
+            .map_err(|e| SendError::Connect(e.into()))?;
+        tokio::spawn(connection);
+        let resp = sender
+            .send_request(origin_form(req))
+            .await
+            .map_err(SendError::Failed)?;
+        Ok((
+            resp,
+            Some(Lease {
+                pool: self.clone(),
+                sender,
+            }),
+        ))
+    }
+}
 
 thread_local! {
     static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
@@ -217,37 +423,25 @@ pub fn set_worker(index: usize) {
     WORKER.with(|w| w.set(index));
 }
 
-/// One pooled client per worker thread, so a connection is only ever used on
-/// the thread (and single-threaded runtime) that opened it: a request never
-/// waits on another thread.
+/// One pool per worker thread, so a connection is only ever used on the
+/// thread (and single-threaded runtime) that opened it: a request never waits
+/// on another thread.
 #[derive(Clone)]
-pub struct Clients(Arc<[UpstreamClient]>);
+pub struct Clients(Arc<[Arc<Pool>]>);
 
 impl Clients {
-    /// `workers` clients on `connector`.
+    /// `workers` pools on `connector`.
     pub fn new(connector: &Connector, workers: usize) -> Self {
         Self(
             (0..workers.max(1))
-                .map(|_| client(connector.clone()))
+                .map(|_| Arc::new(Pool::new(connector.clone())))
                 .collect(),
         )
     }
 
-    /// The current worker's client.
-    pub fn current(&self) -> &UpstreamClient {
+    /// The current worker's pool.
+    pub fn current(&self) -> &Arc<Pool> {
         let i = WORKER.with(std::cell::Cell::get);
         &self.0[i % self.0.len()]
     }
-}
-
-/// Builds a pooled keep-alive client on `connector`.
-pub fn client(connector: Connector) -> UpstreamClient {
-    Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        // The proxy sets `host` itself, from a value made once per backend.
-        .set_host(false)
-        .build(connector)
 }

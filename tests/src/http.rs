@@ -9,7 +9,9 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client as Legacy;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use shepherd_agent::upstream::{self, Connector, UpstreamClient};
+use std::sync::Arc;
+
+use shepherd_agent::upstream::{Connector, Pool};
 
 /// A whole answer.
 #[derive(Debug, Clone)]
@@ -40,8 +42,8 @@ impl Reply {
 }
 
 enum Inner {
-    Tcp(Legacy<HttpConnector, Full<Bytes>>),
-    Pipe(UpstreamClient),
+    Tcp(Box<Legacy<HttpConnector, Full<Bytes>>>),
+    Pipe(Arc<Pool>),
 }
 
 /// An HTTP/1.1 client.
@@ -54,7 +56,7 @@ impl Client {
     /// A client over TCP to `base`, e.g. `http://127.0.0.1:4000`.
     pub fn tcp(base: &str) -> Self {
         Self {
-            inner: Inner::Tcp(Legacy::builder(TokioExecutor::new()).build_http()),
+            inner: Inner::Tcp(Box::new(Legacy::builder(TokioExecutor::new()).build_http())),
             base: base.trim_end_matches('/').to_string(),
         }
     }
@@ -62,7 +64,7 @@ impl Client {
     /// A client over in-process pipes made by `connector`.
     pub fn pipe(connector: Connector) -> Self {
         Self {
-            inner: Inner::Pipe(upstream::client(connector)),
+            inner: Inner::Pipe(Arc::new(Pool::new(connector))),
             base: "http://agent".into(),
         }
     }
@@ -73,10 +75,19 @@ impl Client {
             *req.uri_mut() = format!("{}{}", self.base, req.uri()).parse().unwrap();
         }
         match &self.inner {
-            Inner::Tcp(c) => c.request(req).await,
-            Inner::Pipe(c) => c.request(req).await,
+            Inner::Tcp(c) => c
+                .request(req)
+                .await
+                .unwrap_or_else(|e| panic!("request failed: {e:?}")),
+            // The connection closes once this response is read (its lease
+            // is not returned), which is all a test needs.
+            Inner::Pipe(pool) => {
+                pool.send(req)
+                    .await
+                    .unwrap_or_else(|e| panic!("request failed: {e}"))
+                    .0
+            }
         }
-        .unwrap_or_else(|e| panic!("request failed: {e:?}"))
     }
 
     /// POSTs `body` (JSON) with extra headers and reads the whole answer.

@@ -106,6 +106,8 @@ struct State {
     counter: AtomicU64,
     /// Streams that ran to their end.
     streams_completed: AtomicU64,
+    /// Connections accepted.
+    connections: AtomicU64,
     gate: Semaphore,
     arrived: Notify,
 }
@@ -126,6 +128,7 @@ impl MockProvider {
                 received: Mutex::new(Vec::new()),
                 counter: AtomicU64::new(0),
                 streams_completed: AtomicU64::new(0),
+                connections: AtomicU64::new(0),
                 gate: Semaphore::new(0),
                 arrived: Notify::new(),
             }),
@@ -157,6 +160,11 @@ impl MockProvider {
         self.state.streams_completed.load(Ordering::SeqCst)
     }
 
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+
     /// Waits until at least `n` requests have arrived.
     pub async fn wait_for(&self, n: usize) {
         loop {
@@ -177,14 +185,17 @@ impl MockProvider {
     pub async fn serve_tcp(&self) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let me = self.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let me = me.clone();
-                tokio::spawn(async move { me.serve_io(TokioIo::new(stream)).await });
-            }
-        });
+        tokio::spawn(self.clone().serve_listener(listener));
         addr
+    }
+
+    /// Serves every connection of `listener`.
+    pub async fn serve_listener(self, listener: TcpListener) {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            let me = self.clone();
+            tokio::spawn(async move { me.serve_io(TokioIo::new(stream)).await });
+        }
     }
 
     /// Serves HTTPS on `127.0.0.1:0` with a fresh self-signed certificate for
@@ -224,6 +235,7 @@ impl MockProvider {
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
+        self.state.connections.fetch_add(1, Ordering::SeqCst);
         let me = self.clone();
         let service = service_fn(move |req| {
             let me = me.clone();

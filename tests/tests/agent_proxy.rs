@@ -932,3 +932,39 @@ async fn https_upstreams_with_rustls() {
     assert_eq!(provider.count(), 1);
     untrusted.stop().await;
 }
+
+/// Keep-alive: sequential requests, streamed or not, share one upstream
+/// connection; a connection whose response broke is not reused.
+#[tokio::test]
+async fn upstream_connections_are_reused() {
+    let (a, _b, p) = two_backends(0, json!({})).await;
+    let agent = TestAgent::start(&p).await;
+    let c = agent.client();
+    for i in 0..20 {
+        let body = if i % 2 == 0 { BODY } else { STREAM_BODY };
+        let req = Request::post(CHAT)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let (_, end) = read_stream(c.send(req).await).await;
+        assert_eq!(end, StreamEnd::Clean);
+    }
+    assert_eq!(a.count(), 20);
+    assert_eq!(a.connections(), 1, "each request opened its own connection");
+
+    a.set(|m| m.cut_after = Some(1));
+    let req = Request::post(CHAT)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(STREAM_BODY)))
+        .unwrap();
+    let (_, end) = read_stream(c.send(req).await).await;
+    assert_eq!(end, StreamEnd::Aborted);
+    a.set(|m| m.cut_after = None);
+    assert_eq!(c.post(CHAT, BODY, &[]).await.status, 200);
+    assert_eq!(
+        a.connections(),
+        2,
+        "the broken connection was reused or not replaced"
+    );
+    agent.stop().await;
+}
