@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The agent's added latency, throughput and memory, measured with ../shared/bench
 # side by side with direct (no proxy), nginx and Envoy, in alternating rounds,
-# plus streaming time to first chunk (agent vs direct).
+# plus time to first chunk of streams (and of plain responses) sent one at a
+# time over one connection at 200/s (tests/src/bin/stream-bench.rs).
 #
 #   agent/bench/compare.sh                          # 2 rounds: direct nginx envoy shepherd
 #   ROUNDS=3 PEERS="direct nginx shepherd" agent/bench/compare.sh
@@ -55,10 +56,11 @@ for round in $(seq 1 "$ROUNDS"); do
     curl -s -o /dev/null -X POST "$MOCK_URL/stats/reset"
     "$BENCH/run.sh" "$url" "$p-r$round" --pid "$pids" --mock-pid "$MOCK_PID" | tee -a "$RESULTS/digest.txt"
     curl -s "$MOCK_URL/stats" >"$RESULTS/$p-r$round/mock-stats.json"
-    if [ "$p" = shepherd ] || [ "$p" = direct ]; then
-      "$root/target/release/stream-bench" --url "$url/v1/chat/completions" --requests 2000 --rate 200 \
-        | tee "$RESULTS/$p-r$round/stream.txt"
-    fi
+    for mode in stream plain; do
+      flag=$([ "$mode" = plain ] && echo "--no-stream true" || true)
+      "$root/target/release/stream-bench" --url "$url/v1/chat/completions" --requests 2000 --rate 200 $flag \
+        | sed "s/^/$p-r$round $mode: /" | tee -a "$RESULTS/$p-r$round/stream.txt" "$RESULTS/stream-digest.txt"
+    done
     if [ "$p" = shepherd ]; then stop_shepherd; elif [ "$p" != direct ]; then "$BENCH/peers.sh" stop "$p"; fi
     sleep 3
   done

@@ -1,13 +1,15 @@
 //! Time to first chunk of streamed chat completions.
 //!
-//!   stream-bench --url URL [--requests N] [--rate R] [--warmup N]
+//!   stream-bench --url URL [--requests N] [--rate R] [--warmup N] [--no-stream true]
 //!
 //! Sends streaming requests one at a time over one keep-alive connection, at
 //! a fixed rate, and measures for each the time from sending it to the first
 //! chunk of its body. A request whose turn came while the previous stream was
 //! still running is counted as late (the rate was too high to measure
 //! cleanly). Every stream is read to its end and must end with
-//! `data: [DONE]`. Prints p50/p90/p99/p99.9 in milliseconds.
+//! `data: [DONE]`. Prints p50/p90/p99/p99.9 in milliseconds. With
+//! `--no-stream true` the requests are ordinary (non-streamed) completions and
+//! the time is to the first byte of the body, for comparison.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -22,6 +24,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+const PLAIN_BODY: &str = r#"{"model":"mock-gpt","messages":[{"role":"user","content":"In one short sentence, explain why a reverse proxy in front of an LLM API should add as little latency as possible."}],"max_tokens":64}"#;
 const BODY: &str = r#"{"model":"mock-gpt","stream":true,"messages":[{"role":"user","content":"In one short sentence, explain why a reverse proxy in front of an LLM API should add as little latency as possible."}],"max_tokens":64}"#;
 
 struct Args {
@@ -29,6 +32,7 @@ struct Args {
     requests: usize,
     rate: f64,
     warmup: usize,
+    stream: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -39,6 +43,7 @@ fn parse_args() -> Result<Args, String> {
         requests: 2000,
         rate: 200.0,
         warmup: 100,
+        stream: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -50,6 +55,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--rate" => args.rate = value.parse().map_err(|e| format!("--rate: {e}"))?,
             "--warmup" => args.warmup = value.parse().map_err(|e| format!("--warmup: {e}"))?,
+            "--no-stream" => args.stream = !value.parse::<bool>().map_err(|e| format!("--no-stream: {e}"))?,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -77,7 +83,7 @@ async fn run(args: Args) -> Result<(Vec<Duration>, usize), String> {
         let req = Request::post(args.url.path())
             .header("host", args.url.authority().map_or("", |a| a.as_str()))
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from_static(BODY.as_bytes())))
+            .body(Full::new(Bytes::from_static(if args.stream { BODY } else { PLAIN_BODY }.as_bytes())))
             .map_err(|e| e.to_string())?;
         send.ready().await.map_err(|e| e.to_string())?;
         let sent = Instant::now();
@@ -100,7 +106,7 @@ async fn run(args: Args) -> Result<(Vec<Duration>, usize), String> {
                 text.extend_from_slice(&data);
             }
         }
-        if !text.ends_with(b"data: [DONE]\n\n") {
+        if args.stream && !text.ends_with(b"data: [DONE]\n\n") {
             return Err("a stream did not end with data: [DONE]".into());
         }
         if i >= args.warmup {

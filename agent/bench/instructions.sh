@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request, counted by valgrind's callgrind:
+# repeatable whatever else the machine is doing (unlike timings on a shared VM).
+#
+#   agent/bench/instructions.sh [REQUESTS]      # default 4000
+#
+# Runs the agent (profiling build, 1 worker) with agent/bench/policy.json in
+# front of the bench mock on 127.0.0.1:18000 (started by ../shared/bench/peers.sh
+# if needed), warms up with 500 requests, then counts REQUESTS requests from oha
+# (8 connections). Prints the count and the top functions by inclusive cost.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+BENCH=${BENCH:-$(cd "$root/../shared/bench" && pwd)}
+source "$BENCH/lib.sh"
+N=${1:-4000}
+out=$(mktemp -d)/callgrind.out
+(cd "$root" && cargo build --profile profiling --locked -p shepherd-agent)
+curl -sf -o /dev/null "http://127.0.0.1:$MOCK_PORT/health" || "$BENCH/peers.sh" start mock
+BENCH_PROVIDER_KEY=sk-bench-provider-key valgrind --tool=callgrind --callgrind-out-file="$out" \
+  "$root/target/profiling/shepherd-agent" --policy-file "$root/agent/bench/policy.json" \
+  --listen 127.0.0.1:18120 --admin-listen 127.0.0.1:18121 --workers 1 --log warn >"$out.log" 2>&1 &
+vg=$!
+trap 'kill $vg 2>/dev/null || true' EXIT
+for _ in $(seq 1 150); do curl -sf -o /dev/null http://127.0.0.1:18121/healthz && break; sleep 0.2; done
+req=(--no-tui -c 8 -m POST -H 'content-type: application/json' -D "$BENCH/req.json" http://127.0.0.1:18120/v1/chat/completions)
+"$OHA" -n 500 "${req[@]}" >/dev/null
+callgrind_control -z "$vg" >/dev/null
+"$OHA" -n "$N" "${req[@]}" | grep -q 'Success rate:.*100' || { echo "some requests failed" >&2; exit 1; }
+callgrind_control -d "$vg" >/dev/null
+kill "$vg"; wait "$vg" 2>/dev/null || true
+total=$(callgrind_annotate --threshold=100 "$out.1" | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1}')
+echo "instructions per request: $((total / N)) (user space, $N requests)"
+callgrind_annotate --inclusive=yes --threshold=100 "$out.1" | grep -E '^\s*[0-9,]+ \(' \
+  | sed -E 's|/root/.cargo/registry/src/[^/]+/||' | sed -n '10,40p' | cut -c1-160
