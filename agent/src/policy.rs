@@ -554,6 +554,14 @@ mod tests {
         assert!(e.contains("base_ur"), "{e}");
     }
 
+    /// The local example in the README is a valid file (a list).
+    #[test]
+    fn local_example_is_valid() {
+        let policies = parse(include_str!("../../deploy/examples/agent-local.json")).unwrap();
+        assert_eq!(policies.len(), 1);
+        assert_eq!(policies[0].candidate_weight, 1000);
+    }
+
     /// Without a retry section a request gets one attempt.
     #[test]
     fn defaults_without_sections() {

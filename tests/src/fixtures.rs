@@ -32,3 +32,17 @@ pub fn minimal_policy(name: &str) -> v1::Policy {
         ..Default::default()
     }
 }
+
+/// Deep-merges `extra` into `into` (objects key by key; anything else
+/// replaces), to derive a test policy from a base one.
+pub fn merge_json(into: &mut serde_json::Value, extra: serde_json::Value) {
+    use serde_json::Value;
+    match (into, extra) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge_json(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use shepherd_agent::proxy::Limits;
 use shepherd_agent::server::ServerSettings;
 use shepherd_tests::agent::{AgentOptions, TestAgent};
+use shepherd_tests::fixtures::merge_json;
 use shepherd_tests::http::{StreamEnd, read_stream};
 use shepherd_tests::mock::{Fail, MockProvider};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,19 +46,16 @@ fn policy(a: SocketAddr, b: SocketAddr, weight: u32, extra: Value) -> String {
         ],
         "traffic": {"baseline": "a", "candidate": "b", "candidate_weight": weight}
     });
-    merge(&mut p, extra);
+    merge_json(&mut p, extra);
     p.to_string()
 }
 
-fn merge(into: &mut Value, extra: Value) {
-    match (into, extra) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                merge(a.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (slot, v) => *slot = v,
-    }
+/// A JSON POST to the agent.
+fn json_request(path: &str, body: &str) -> Request<Full<Bytes>> {
+    Request::post(path)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
 }
 
 async fn metric(agent: &TestAgent, line_start: &str) -> u64 {
@@ -477,10 +475,7 @@ async fn first_event_arrives_before_the_upstream_finishes() {
     let (a, _b, p) = two_backends(0, json!({})).await;
     a.set(|m| m.stall_after = Some(2));
     let agent = TestAgent::start(&p).await;
-    let req = Request::post(CHAT)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(STREAM_BODY)))
-        .unwrap();
+    let req = json_request(CHAT, STREAM_BODY);
     let resp = agent.client().send(req).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
@@ -509,10 +504,7 @@ async fn cut_stream_ends_with_an_error_event() {
     let (a, _b, p) = two_backends(0, json!({"retry": {"max_attempts": 3}})).await;
     a.set(|m| m.cut_after = Some(2));
     let agent = TestAgent::start(&p).await;
-    let req = Request::post(CHAT)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(STREAM_BODY)))
-        .unwrap();
+    let req = json_request(CHAT, STREAM_BODY);
     let (text, end) = read_stream(agent.client().send(req).await).await;
     assert_eq!(end, StreamEnd::Aborted);
     let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
@@ -546,10 +538,7 @@ async fn stream_without_its_final_event_is_broken() {
     a.set(|m| m.omit_final_event = true);
     let agent = TestAgent::start(&p).await;
     for path in [CHAT, "/v1/messages"] {
-        let req = Request::post(path)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(STREAM_BODY)))
-            .unwrap();
+        let req = json_request(path, STREAM_BODY);
         let (text, end) = read_stream(agent.client().send(req).await).await;
         assert_eq!(end, StreamEnd::Aborted, "{path}");
         assert!(text.contains("event: error\ndata: "), "{path}: {text}");
@@ -566,17 +555,11 @@ async fn complete_streams_end_cleanly_and_count_usage() {
     let (_a, _b, p) = two_backends(0, json!({})).await;
     let agent = TestAgent::start(&p).await;
     let body = r#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true}}"#;
-    let req = Request::post(CHAT)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap();
+    let req = json_request(CHAT, body);
     let (text, end) = read_stream(agent.client().send(req).await).await;
     assert_eq!(end, StreamEnd::Clean);
     assert!(text.ends_with("data: [DONE]\n\n"));
-    let req = Request::post("/v1/messages")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(STREAM_BODY)))
-        .unwrap();
+    let req = json_request("/v1/messages", STREAM_BODY);
     let (text, end) = read_stream(agent.client().send(req).await).await;
     assert_eq!(end, StreamEnd::Clean);
     assert!(text.contains("event: message_stop"));
@@ -682,10 +665,7 @@ async fn delay_and_stream_cut_faults_and_expiry() {
         (delayed as f64 / 400.0 - 0.5).abs() < 0.125,
         "{delayed} of 400 delayed"
     );
-    let req = Request::post(CHAT)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(STREAM_BODY)))
-        .unwrap();
+    let req = json_request(CHAT, STREAM_BODY);
     let (text, end) = read_stream(c.send(req).await).await;
     assert_eq!(end, StreamEnd::Aborted);
     let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
@@ -695,10 +675,7 @@ async fn delay_and_stream_cut_faults_and_expiry() {
     agent
         .reload(&p.replace(expire, "2001-01-01T00:00:00Z"))
         .unwrap();
-    let req = Request::post(CHAT)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(STREAM_BODY)))
-        .unwrap();
+    let req = json_request(CHAT, STREAM_BODY);
     let (_, end) = read_stream(c.send(req).await).await;
     assert_eq!(end, StreamEnd::Clean, "an expired fault still applied");
     agent.stop().await;
@@ -942,10 +919,7 @@ async fn upstream_connections_are_reused() {
     let c = agent.client();
     for i in 0..20 {
         let body = if i % 2 == 0 { BODY } else { STREAM_BODY };
-        let req = Request::post(CHAT)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .unwrap();
+        let req = json_request(CHAT, body);
         let (_, end) = read_stream(c.send(req).await).await;
         assert_eq!(end, StreamEnd::Clean);
     }
@@ -953,10 +927,7 @@ async fn upstream_connections_are_reused() {
     assert_eq!(a.connections(), 1, "each request opened its own connection");
 
     a.set(|m| m.cut_after = Some(1));
-    let req = Request::post(CHAT)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(STREAM_BODY)))
-        .unwrap();
+    let req = json_request(CHAT, STREAM_BODY);
     let (_, end) = read_stream(c.send(req).await).await;
     assert_eq!(end, StreamEnd::Aborted);
     a.set(|m| m.cut_after = None);

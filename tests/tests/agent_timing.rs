@@ -11,6 +11,7 @@ use http::Request;
 use http_body_util::Full;
 use serde_json::{Value, json};
 use shepherd_tests::agent::{PipeAgent, PipeNet};
+use shepherd_tests::fixtures::merge_json;
 use shepherd_tests::http::{StreamEnd, read_stream};
 use shepherd_tests::mock::{Fail, MockProvider};
 use tokio::time::Instant;
@@ -35,20 +36,9 @@ fn setup(weight: u32, extra: Value) -> (MockProvider, MockProvider, PipeAgent) {
         ],
         "traffic": {"baseline": "a", "candidate": "b", "candidate_weight": weight}
     });
-    merge(&mut p, extra);
+    merge_json(&mut p, extra);
     let agent = PipeAgent::start(&p.to_string(), &net);
     (a, b, agent)
-}
-
-fn merge(into: &mut Value, extra: Value) {
-    match (into, extra) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                merge(a.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (slot, v) => *slot = v,
-    }
 }
 
 fn fail(status: u16, retry_after: Option<&str>, times: Option<u32>) -> Fail {

@@ -55,7 +55,11 @@ fn parse_args() -> Result<Args, String> {
             }
             "--rate" => args.rate = value.parse().map_err(|e| format!("--rate: {e}"))?,
             "--warmup" => args.warmup = value.parse().map_err(|e| format!("--warmup: {e}"))?,
-            "--no-stream" => args.stream = !value.parse::<bool>().map_err(|e| format!("--no-stream: {e}"))?,
+            "--no-stream" => {
+                args.stream = !value
+                    .parse::<bool>()
+                    .map_err(|e| format!("--no-stream: {e}"))?
+            }
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -83,7 +87,9 @@ async fn run(args: Args) -> Result<(Vec<Duration>, usize), String> {
         let req = Request::post(args.url.path())
             .header("host", args.url.authority().map_or("", |a| a.as_str()))
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from_static(if args.stream { BODY } else { PLAIN_BODY }.as_bytes())))
+            .body(Full::new(Bytes::from_static(
+                if args.stream { BODY } else { PLAIN_BODY }.as_bytes(),
+            )))
             .map_err(|e| e.to_string())?;
         send.ready().await.map_err(|e| e.to_string())?;
         let sent = Instant::now();
