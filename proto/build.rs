@@ -9,6 +9,7 @@ use std::path::PathBuf;
 const PROTOS: &[&str] = &[
     "shepherd/v1/policy.proto",
     "shepherd/v1/policy_service.proto",
+    "shepherd/v1/agent.proto",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {
@@ -30,6 +31,9 @@ fn main() -> Result<(), Box<dyn Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Clients are made from a Channel; this also frees the name
+        // `connect` for AgentService.Connect.
+        .build_transport(false)
         .btree_map(".")
         .compile_well_known_types(true)
         .extern_path(".google.protobuf", "::pbjson_types")

@@ -11,8 +11,9 @@ use clap::{Parser, ValueEnum};
 /// OpenAI-compatible (or Anthropic) base URL at it, e.g.
 /// http://127.0.0.1:4000/v1.
 ///
-/// Policies come from a JSON file in the same form as the control plane's
-/// Policy (one object or a list); SIGHUP or a change of the file reloads it.
+/// Policies come from the control plane (--control-plane), or from a JSON
+/// file in the same form as the control plane's Policy (one object or a
+/// list; SIGHUP or a change of the file reloads it).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "shepherd-agent", version)]
 pub struct Cli {
@@ -29,8 +30,55 @@ pub struct Cli {
     pub admin_listen: SocketAddr,
 
     /// Policy file: one Policy or a JSON list of them (protobuf JSON mapping).
-    #[arg(long, env = "SHEPHERD_AGENT_POLICY_FILE")]
+    #[arg(
+        long,
+        env = "SHEPHERD_AGENT_POLICY_FILE",
+        conflicts_with = "control_plane"
+    )]
     pub policy_file: Option<PathBuf>,
+
+    /// Control-plane addresses, comma-separated (e.g.
+    /// http://cp-0:4100,http://cp-1:4100); one is used at a time, the others
+    /// when it cannot be reached.
+    #[arg(long, env = "SHEPHERD_AGENT_CONTROL_PLANE", value_delimiter = ',')]
+    pub control_plane: Vec<String>,
+
+    /// The agent token the control plane expects. Prefer
+    /// SHEPHERD_AGENT_TOKEN_FILE: a flag is visible in the process list.
+    #[arg(
+        long,
+        env = "SHEPHERD_AGENT_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "agent_token_file"
+    )]
+    pub agent_token: Option<String>,
+
+    /// File holding the agent token.
+    #[arg(long, env = "SHEPHERD_AGENT_TOKEN_FILE")]
+    pub agent_token_file: Option<PathBuf>,
+
+    /// This agent's id in the fleet, stable across restarts (default: the
+    /// host name and the proxy port, e.g. the pod name in Kubernetes).
+    #[arg(long, env = "SHEPHERD_AGENT_ID")]
+    pub agent_id: Option<String>,
+
+    /// Directory where the last applied snapshot is kept, to start from when
+    /// the control plane cannot be reached.
+    #[arg(
+        long,
+        env = "SHEPHERD_AGENT_STATE_DIR",
+        default_value = "shepherd-agent-state"
+    )]
+    pub state_dir: PathBuf,
+
+    /// How often telemetry is reported to the control plane.
+    #[arg(long, env = "SHEPHERD_AGENT_REPORT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub report_interval: Duration,
+
+    /// After this long without the control plane, faults and shadow traffic
+    /// stop (weights stay).
+    #[arg(long, env = "SHEPHERD_AGENT_CONTROL_PLANE_LOSS_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub control_plane_loss_ttl: Duration,
 
     /// How often the policy file is checked for changes; 0s turns that off
     /// (SIGHUP still reloads).
@@ -85,6 +133,23 @@ pub struct Cli {
     pub log: String,
 }
 
+impl Cli {
+    /// The agent token from the flag, the variable or the file, if any.
+    pub fn agent_token(&self) -> Result<Option<String>, String> {
+        let raw = match (&self.agent_token, &self.agent_token_file) {
+            (Some(v), _) => v.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| format!("agent token file {}: {e}", path.display()))?,
+            (None, None) => return Ok(None),
+        };
+        let token = raw.trim();
+        if token.is_empty() || !token.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+            return Err("agent token: must be visible ASCII characters without spaces".into());
+        }
+        Ok(Some(token.to_string()))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -103,18 +168,7 @@ fn parse_labels(s: &str) -> Result<Labels, String> {
         let (k, v) = pair
             .split_once('=')
             .ok_or_else(|| format!("{pair:?}: labels are key=value"))?;
-        let ok = |x: &str, empty_ok: bool| {
-            (empty_ok && x.is_empty())
-                || (!x.is_empty()
-                    && x.len() <= 63
-                    && x.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b)))
-        };
-        if !ok(k, false) || !ok(v, true) {
-            return Err(format!(
-                "{pair:?}: keys and values are letters, digits, '-', '_', '.', '/' (at most 63)"
-            ));
-        }
+        shepherd_proto::validate::check_label(k, v).map_err(|rule| format!("{pair:?}: {rule}"))?;
         labels.insert(k.to_string(), v.to_string());
     }
     Ok(Labels(labels))

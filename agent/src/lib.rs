@@ -16,11 +16,14 @@
 //! - [`errors`]: the agent's own errors in the app's API shape.
 //! - [`telemetry`]: counters and histograms, rendered for Prometheus.
 //! - [`server`], [`admin`], [`reload`]: the listeners and hot reload.
+//! - [`control`], [`state`]: the control-plane stream (snapshots down,
+//!   ACK/NACK and telemetry up) and the last snapshot on disk.
 //! - [`config`], [`logging`]: flags and logs.
 
 pub mod admin;
 pub mod breaker;
 pub mod config;
+pub mod control;
 pub mod errors;
 pub mod fault;
 pub mod logging;
@@ -31,20 +34,36 @@ pub mod retry;
 pub mod runtime;
 pub mod server;
 pub mod split;
+pub mod state;
 pub mod stream;
 pub mod telemetry;
 pub mod upstream;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use shepherd_proto::v1;
 
 use crate::policy::Policy;
 use crate::proxy::{Limits, Proxy};
 use crate::runtime::{ApplyError, Registry, Table};
 use crate::telemetry::AgentStats;
+
+/// A snapshot in force.
+struct Running {
+    snapshot: v1::Snapshot,
+    /// Faults and shadow were dropped (control plane out of reach).
+    degraded: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
 
 /// An agent: its routing table, the proxy serving it, and its counters.
 pub struct Agent {
@@ -53,6 +72,10 @@ pub struct Agent {
     pub proxy: Arc<Proxy>,
     pub stats: Arc<AgentStats>,
     labels: BTreeMap<String, String>,
+    /// The control plane's snapshot in force, when it came from there.
+    running: Mutex<Option<Running>>,
+    /// The version of the table in force, for watchers.
+    applied: tokio::sync::watch::Sender<u64>,
     next_version: AtomicU64,
     loaded: AtomicBool,
     stopping: AtomicBool,
@@ -69,6 +92,8 @@ impl Agent {
             proxy,
             stats,
             labels,
+            running: Mutex::new(None),
+            applied: tokio::sync::watch::channel(0).0,
             next_version: AtomicU64::new(1),
             loaded: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
@@ -96,7 +121,86 @@ impl Agent {
         let table = self.registry.build(selected, version)?;
         self.table.store(Arc::new(table));
         self.loaded.store(true, Ordering::Release);
+        self.applied.send_replace(version);
         Ok(())
+    }
+
+    /// Sees the version of each table applied.
+    pub fn watch_version(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    /// Applies a snapshot from the control plane (or from disk): every
+    /// policy converts and every credential resolves, or nothing changes and
+    /// the reason names the policy and field.
+    pub fn apply_snapshot(&self, snapshot: v1::Snapshot) -> Result<(), String> {
+        let policies = snapshot
+            .policies
+            .iter()
+            .map(Policy::try_from)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let mut running = lock(&self.running);
+        self.apply(policies, snapshot.version)
+            .map_err(|e| e.to_string())?;
+        *running = Some(Running {
+            snapshot,
+            degraded: false,
+        });
+        Ok(())
+    }
+
+    /// The version and content hash of the snapshot in force, as the
+    /// control plane should hear of it: (0, 0) for none; hash 0 when faults
+    /// and shadow were dropped, so the control plane sends it again.
+    pub fn running(&self) -> (u64, u64) {
+        match &*lock(&self.running) {
+            None => (0, 0),
+            Some(r) if r.degraded => (r.snapshot.version, 0),
+            Some(r) => (r.snapshot.version, r.snapshot.content_hash),
+        }
+    }
+
+    /// The snapshot in force, as received.
+    pub fn running_snapshot(&self) -> Option<v1::Snapshot> {
+        lock(&self.running).as_ref().map(|r| r.snapshot.clone())
+    }
+
+    /// Without the control plane for too long: drops faults and shadow
+    /// traffic (weights stay) under the same version. Returns whether
+    /// anything was dropped.
+    pub fn drop_experiments(&self) -> Result<bool, String> {
+        let mut running = lock(&self.running);
+        let Some(r) = running.as_mut() else {
+            return Ok(false);
+        };
+        if r.degraded {
+            return Ok(false);
+        }
+        let had = r
+            .snapshot
+            .policies
+            .iter()
+            .any(|p| !p.faults.is_empty() || p.shadow.is_some());
+        r.degraded = true;
+        if !had {
+            return Ok(false);
+        }
+        let stripped: Vec<Policy> = r
+            .snapshot
+            .policies
+            .iter()
+            .map(|p| {
+                let mut p = p.clone();
+                p.faults.clear();
+                p.shadow = None;
+                Policy::try_from(&p)
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        self.apply(stripped, r.snapshot.version)
+            .map_err(|e| e.to_string())?;
+        Ok(true)
     }
 
     /// Ready when a snapshot is loaded and the agent is not stopping.
@@ -118,7 +222,9 @@ impl Agent {
     /// Prometheus text of every counter.
     pub fn render_metrics(&self) -> String {
         let table = self.table.load();
-        self.registry.refresh_breaker_gauges(&table);
-        self.registry.stats.render(&self.stats, table.version)
+        let breakers = Registry::breaker_gauges(&table);
+        self.registry
+            .stats
+            .render(&self.stats, table.version, &breakers)
     }
 }

@@ -15,9 +15,11 @@ use std::sync::Arc;
 
 use clap::Parser;
 use shepherd_agent::config::Cli;
+use shepherd_agent::control::{self, ControlSettings};
 use shepherd_agent::proxy::Limits;
 use shepherd_agent::runtime::Registry;
 use shepherd_agent::server::ServerSettings;
+use shepherd_agent::state::StateDir;
 use shepherd_agent::upstream::{self, Tls};
 use shepherd_agent::{Agent, admin, logging, reload, server};
 use tokio::net::TcpListener;
@@ -56,12 +58,34 @@ async fn run(cli: Cli) -> Result<(), String> {
     };
     let registry = Registry::new(tls).with_workers(workers);
     let agent = Arc::new(Agent::new(registry, limits, cli.labels.0.clone()));
-    match &cli.policy_file {
-        Some(path) => {
+    let control_settings = if cli.control_plane.is_empty() {
+        None
+    } else {
+        let mut settings = ControlSettings::new(
+            cli.control_plane.clone(),
+            cli.agent_id
+                .clone()
+                .unwrap_or_else(|| format!("{}-{}", control::hostname(), cli.listen.port())),
+        );
+        settings.token = cli.agent_token()?.map(control::Secret);
+        settings.state = Some(StateDir::open(&cli.state_dir)?);
+        settings.report_interval = cli.report_interval;
+        settings.loss_ttl = cli.control_plane_loss_ttl;
+        Some(settings)
+    };
+    match (&cli.policy_file, &control_settings) {
+        (Some(path), _) => {
             reload::reload(&agent, path)
                 .map_err(|e| format!("cannot start with the policy file: {e}"))?;
         }
-        None => warn!("no --policy-file: every request gets 404 until policies arrive"),
+        (None, Some(s)) => {
+            info!(agent_id = %s.agent_id, control_plane = ?s.endpoints, "policies come from the control plane");
+        }
+        (None, None) => {
+            warn!(
+                "no --control-plane or --policy-file: every request gets 404 until policies arrive"
+            )
+        }
     }
     let listeners = server::bind_shared(cli.listen, workers)
         .map_err(|e| format!("cannot listen on {}: {e}", cli.listen))?;
@@ -90,6 +114,14 @@ async fn run(cli: Cli) -> Result<(), String> {
             cli.policy_poll,
             background.clone(),
         ));
+    }
+    match control_settings {
+        Some(settings) => {
+            tasks.spawn(control::run(agent.clone(), settings, background.clone()));
+        }
+        None => {
+            tasks.spawn(control::retire_counters(agent.clone(), background.clone()));
+        }
     }
     tasks.spawn({
         let (agent, shutdown) = (agent.clone(), shutdown.clone());

@@ -413,9 +413,7 @@ fn fault(policy: &str, i: usize, f: &v1::Fault) -> Result<FaultSettings, PolicyE
 impl Policy {
     /// True when an agent with `labels` is selected by this policy.
     pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.selector
-            .iter()
-            .all(|(k, v)| labels.get(k).is_some_and(|have| have == v))
+        shepherd_proto::validate::labels_match(&self.selector, labels)
     }
 
     /// Faults still in force at `now`, per backend.

@@ -7,7 +7,7 @@
 //! counters to the next table when their settings did not change.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -188,7 +188,7 @@ impl Registry {
                     clients,
                     auth,
                     breaker,
-                    stats: self.stats.backend(&policy.name, &b.name),
+                    stats: self.stats.backend(&policy.name, &b.name, version),
                 });
             }
             let budget = self.budget(&policy);
@@ -268,17 +268,20 @@ impl Registry {
         }
     }
 
-    /// Keeps each breaker's state gauge current (for metrics).
-    pub fn refresh_breaker_gauges(&self, table: &Table) {
+    /// The breaker state gauge of each (policy, backend) of a table.
+    pub fn breaker_gauges(table: &Table) -> BTreeMap<(String, String), u64> {
+        let mut gauges = BTreeMap::new();
         for p in table.policies() {
-            for b in &p.backends {
+            for (b, settings) in p.backends.iter().zip(&p.policy.backends) {
                 if let Some(breaker) = &b.breaker {
-                    b.stats
-                        .breaker_state
-                        .store(u64::from(breaker.state().as_gauge()), Ordering::Relaxed);
+                    gauges.insert(
+                        (p.policy.name.to_string(), settings.name.to_string()),
+                        u64::from(breaker.state().as_gauge()),
+                    );
                 }
             }
         }
+        gauges
     }
 }
 

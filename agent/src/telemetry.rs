@@ -1,16 +1,19 @@
 //! Telemetry per policy and backend: attempt outcomes by class, latency and
 //! time-to-first-token histograms (the shared buckets of
 //! [`shepherd_proto::histogram`]), tokens from `usage`, retries, fallbacks.
-//! Recording is a few relaxed atomic adds; counters live in a registry keyed
-//! by (policy, backend) so they continue across reloads.
+//! Recording is a few relaxed atomic adds. Counters live in a registry keyed
+//! by (policy, backend, snapshot version): reports to the control plane say
+//! which version requests ran under, and Prometheus totals continue across
+//! reloads.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shepherd_proto::histogram::{AtomicHistogram, Histogram, prometheus_bounds};
+use shepherd_proto::v1;
 
 /// The class of an attempt's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -88,7 +91,7 @@ impl Outcome {
     }
 }
 
-/// Counters of one backend within one policy.
+/// Counters of one backend within one policy, under one snapshot version.
 #[derive(Debug, Default)]
 pub struct BackendStats {
     outcomes: [AtomicU64; Outcome::ALL.len()],
@@ -108,8 +111,6 @@ pub struct BackendStats {
     pub faults_abort: AtomicU64,
     pub faults_delay: AtomicU64,
     pub faults_cut: AtomicU64,
-    /// Breaker state gauge (see `BreakerState::as_gauge`).
-    pub breaker_state: AtomicU64,
 }
 
 impl BackendStats {
@@ -133,6 +134,114 @@ impl BackendStats {
     pub fn record_latency(&self, d: Duration) {
         self.latency.record(d);
     }
+
+    /// The counters as they are now.
+    pub fn counts(&self) -> Counts {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Counts {
+            outcomes: std::array::from_fn(|i| load(&self.outcomes[i])),
+            latency: self.latency.snapshot(),
+            ttft: self.ttft.snapshot(),
+            input_tokens: load(&self.input_tokens),
+            output_tokens: load(&self.output_tokens),
+            retries: load(&self.retries),
+            fallbacks: load(&self.fallbacks),
+            selected: load(&self.selected),
+            faults: [
+                load(&self.faults_abort),
+                load(&self.faults_delay),
+                load(&self.faults_cut),
+            ],
+        }
+    }
+}
+
+/// A copy of [`BackendStats`] that can be added and subtracted.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Counts {
+    pub outcomes: [u64; Outcome::ALL.len()],
+    pub latency: Histogram,
+    pub ttft: Histogram,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub retries: u64,
+    pub fallbacks: u64,
+    pub selected: u64,
+    /// Abort, delay, stream cut.
+    pub faults: [u64; 3],
+}
+
+impl Counts {
+    pub fn outcome(&self, outcome: Outcome) -> u64 {
+        self.outcomes[outcome.index()]
+    }
+
+    /// Adds `other` to these counts.
+    pub fn add(&mut self, other: &Counts) {
+        for (a, b) in self.outcomes.iter_mut().zip(&other.outcomes) {
+            *a += b;
+        }
+        self.latency.merge(&other.latency);
+        self.ttft.merge(&other.ttft);
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+        self.retries += other.retries;
+        self.fallbacks += other.fallbacks;
+        self.selected += other.selected;
+        for (a, b) in self.faults.iter_mut().zip(&other.faults) {
+            *a += b;
+        }
+    }
+
+    /// What was added since `earlier`, a copy of the same counters.
+    pub fn since(&self, earlier: &Counts) -> Counts {
+        Counts {
+            outcomes: std::array::from_fn(|i| self.outcomes[i].saturating_sub(earlier.outcomes[i])),
+            latency: self.latency.since(&earlier.latency),
+            ttft: self.ttft.since(&earlier.ttft),
+            input_tokens: self.input_tokens.saturating_sub(earlier.input_tokens),
+            output_tokens: self.output_tokens.saturating_sub(earlier.output_tokens),
+            retries: self.retries.saturating_sub(earlier.retries),
+            fallbacks: self.fallbacks.saturating_sub(earlier.fallbacks),
+            selected: self.selected.saturating_sub(earlier.selected),
+            faults: std::array::from_fn(|i| self.faults[i].saturating_sub(earlier.faults[i])),
+        }
+    }
+
+    /// True when nothing was counted.
+    pub fn is_empty(&self) -> bool {
+        self.selected == 0
+            && self.retries == 0
+            && self.fallbacks == 0
+            && self.outcomes.iter().all(|n| *n == 0)
+    }
+
+    /// The wire form, for a telemetry report.
+    pub fn to_wire(&self, backend: &str) -> v1::BackendTelemetry {
+        let o = |x: Outcome| self.outcome(x);
+        v1::BackendTelemetry {
+            backend: backend.to_string(),
+            outcomes: Some(v1::Outcomes {
+                success: o(Outcome::Success),
+                client_error: o(Outcome::ClientError),
+                rate_limited: o(Outcome::RateLimited),
+                server_error: o(Outcome::ServerError),
+                timeout: o(Outcome::Timeout),
+                connect_error: o(Outcome::Connect),
+                stream_broken: o(Outcome::StreamBroken),
+                breaker_rejected: o(Outcome::BreakerRejected),
+                fault_injected: o(Outcome::FaultInjected),
+                cancelled: o(Outcome::Cancelled),
+            }),
+            latency: (self.latency.count() > 0).then(|| self.latency.to_wire()),
+            ttft: (self.ttft.count() > 0).then(|| self.ttft.to_wire()),
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
+            retries: self.retries,
+            fallbacks: self.fallbacks,
+            selected: self.selected,
+        }
+    }
 }
 
 /// Agent-wide counters.
@@ -149,12 +258,30 @@ pub struct AgentStats {
     pub inflight: AtomicI64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
+    /// Telemetry reports dropped because the control plane was out of reach
+    /// for longer than the report queue holds.
+    pub reports_lost: AtomicU64,
+    /// Whether the control-plane stream is up (0 or 1).
+    pub control_plane_connected: AtomicU64,
 }
 
-/// Counters of every (policy, backend) seen, continuous across reloads.
+/// Counters under one version, and what of them was already reported.
+#[derive(Debug)]
+struct VersionEntry {
+    live: Arc<BackendStats>,
+    reported: Counts,
+}
+
+type BackendKey = (String, String);
+
+/// Counters of every (policy, backend), kept per snapshot version so reports
+/// say which version the requests ran under. A version no table uses any
+/// more is folded into a running total once its last figures are reported,
+/// so Prometheus counters continue across reloads.
 #[derive(Debug, Default)]
 pub struct StatsRegistry {
-    backends: Mutex<HashMap<(String, String), Arc<BackendStats>>>,
+    versions: Mutex<BTreeMap<(BackendKey, u64), VersionEntry>>,
+    retired: Mutex<HashMap<BackendKey, Counts>>,
     policies: Mutex<HashMap<String, Arc<AtomicU64>>>,
 }
 
@@ -166,11 +293,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl StatsRegistry {
-    /// The counters of a backend within a policy.
-    pub fn backend(&self, policy: &str, backend: &str) -> Arc<BackendStats> {
-        lock(&self.backends)
-            .entry((policy.to_string(), backend.to_string()))
-            .or_default()
+    /// The counters of a backend within a policy, under a snapshot version.
+    pub fn backend(&self, policy: &str, backend: &str, version: u64) -> Arc<BackendStats> {
+        lock(&self.versions)
+            .entry(((policy.to_string(), backend.to_string()), version))
+            .or_insert_with(|| VersionEntry {
+                live: Arc::default(),
+                reported: Counts::default(),
+            })
+            .live
             .clone()
     }
 
@@ -182,14 +313,76 @@ impl StatsRegistry {
             .clone()
     }
 
-    /// Renders every counter in the Prometheus text format.
-    pub fn render(&self, agent: &AgentStats, snapshot_version: u64) -> String {
-        let mut out = String::with_capacity(16 * 1024);
-        let mut backends: Vec<_> = lock(&self.backends)
+    /// What was counted since the last call, per policy and version; counters
+    /// of versions no table holds any more are retired after their last
+    /// figures are taken.
+    pub fn collect(&self) -> Vec<v1::PolicyTelemetry> {
+        let mut out: Vec<v1::PolicyTelemetry> = Vec::new();
+        let mut retiring = Vec::new();
+        {
+            let mut versions = lock(&self.versions);
+            for (((policy, backend), version), entry) in versions.iter_mut() {
+                let now = entry.live.counts();
+                let delta = now.since(&entry.reported);
+                entry.reported = now;
+                if Arc::strong_count(&entry.live) == 1 {
+                    retiring.push(((policy.clone(), backend.clone()), *version));
+                }
+                if delta.is_empty() {
+                    continue;
+                }
+                let wire = delta.to_wire(backend);
+                match out
+                    .iter_mut()
+                    .find(|p| p.policy == *policy && p.snapshot_version == *version)
+                {
+                    Some(p) => {
+                        p.requests += wire.selected;
+                        p.backends.push(wire);
+                    }
+                    None => out.push(v1::PolicyTelemetry {
+                        policy: policy.clone(),
+                        snapshot_version: *version,
+                        requests: wire.selected,
+                        backends: vec![wire],
+                    }),
+                }
+            }
+            let mut retired = lock(&self.retired);
+            for key in retiring {
+                if let Some(entry) = versions.remove(&key) {
+                    retired.entry(key.0).or_default().add(&entry.reported);
+                }
+            }
+        }
+        out
+    }
+
+    /// Totals per (policy, backend) over every version, for Prometheus.
+    pub fn totals(&self) -> BTreeMap<BackendKey, Counts> {
+        let mut totals: BTreeMap<BackendKey, Counts> = lock(&self.retired)
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        backends.sort_by(|a, b| a.0.cmp(&b.0));
+        for ((key, _), entry) in lock(&self.versions).iter() {
+            totals
+                .entry(key.clone())
+                .or_default()
+                .add(&entry.live.counts());
+        }
+        totals
+    }
+
+    /// Renders every counter in the Prometheus text format. `breakers`
+    /// holds the breaker state gauge of each (policy, backend) in force.
+    pub fn render(
+        &self,
+        agent: &AgentStats,
+        snapshot_version: u64,
+        breakers: &BTreeMap<BackendKey, u64>,
+    ) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        let backends = self.totals();
         let mut policies: Vec<_> = lock(&self.policies)
             .iter()
             .map(|(k, v)| (k.clone(), v.load(Ordering::Relaxed)))
@@ -227,36 +420,26 @@ impl StatsRegistry {
                 );
             }
         }
-        type Getter = fn(&BackendStats) -> u64;
-        let simple: [(&str, &str, Getter); 4] = [
+        type Getter = fn(&Counts) -> u64;
+        let simple: [(&str, &str, Getter); 3] = [
             (
                 "shepherd_agent_selected_total",
                 "Requests the split sent to a backend first.",
-                |s| s.selected.load(Ordering::Relaxed),
+                |s| s.selected,
             ),
             (
                 "shepherd_agent_retries_total",
                 "Attempts that were retries.",
-                |s| s.retries.load(Ordering::Relaxed),
+                |s| s.retries,
             ),
             (
                 "shepherd_agent_fallbacks_total",
                 "Times a backend was tried as a fallback.",
-                |s| s.fallbacks.load(Ordering::Relaxed),
-            ),
-            (
-                "shepherd_agent_breaker_state",
-                "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
-                |s| s.breaker_state.load(Ordering::Relaxed),
+                |s| s.fallbacks,
             ),
         ];
         for (name, help, get) in simple {
-            let kind = if name.ends_with("_total") {
-                "counter"
-            } else {
-                "gauge"
-            };
-            header(&mut out, name, kind, help);
+            header(&mut out, name, "counter", help);
             for ((policy, backend), s) in &backends {
                 let _ = writeln!(
                     out,
@@ -269,18 +452,31 @@ impl StatsRegistry {
         }
         header(
             &mut out,
+            "shepherd_agent_breaker_state",
+            "gauge",
+            "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
+        );
+        for ((policy, backend), state) in breakers {
+            let _ = writeln!(
+                out,
+                "shepherd_agent_breaker_state{{policy=\"{}\",backend=\"{}\"}} {state}",
+                esc(policy),
+                esc(backend),
+            );
+        }
+        header(
+            &mut out,
             "shepherd_agent_tokens_total",
             "counter",
             "Tokens reported in usage, by kind.",
         );
         for ((policy, backend), s) in &backends {
-            for (kind, v) in [("input", &s.input_tokens), ("output", &s.output_tokens)] {
+            for (kind, v) in [("input", s.input_tokens), ("output", s.output_tokens)] {
                 let _ = writeln!(
                     out,
-                    "shepherd_agent_tokens_total{{policy=\"{}\",backend=\"{}\",kind=\"{kind}\"}} {}",
+                    "shepherd_agent_tokens_total{{policy=\"{}\",backend=\"{}\",kind=\"{kind}\"}} {v}",
                     esc(policy),
                     esc(backend),
-                    v.load(Ordering::Relaxed)
                 );
             }
         }
@@ -291,17 +487,12 @@ impl StatsRegistry {
             "Faults injected, by kind.",
         );
         for ((policy, backend), s) in &backends {
-            for (kind, v) in [
-                ("abort", &s.faults_abort),
-                ("delay", &s.faults_delay),
-                ("stream_cut", &s.faults_cut),
-            ] {
+            for (kind, v) in ["abort", "delay", "stream_cut"].into_iter().zip(s.faults) {
                 let _ = writeln!(
                     out,
-                    "shepherd_agent_faults_injected_total{{policy=\"{}\",backend=\"{}\",kind=\"{kind}\"}} {}",
+                    "shepherd_agent_faults_injected_total{{policy=\"{}\",backend=\"{}\",kind=\"{kind}\"}} {v}",
                     esc(policy),
                     esc(backend),
-                    v.load(Ordering::Relaxed)
                 );
             }
         }
@@ -309,12 +500,12 @@ impl StatsRegistry {
             (
                 "shepherd_agent_attempt_duration_seconds",
                 "Time from sending an attempt to the end of its response.",
-                (|s: &BackendStats| s.latency.snapshot()) as fn(&BackendStats) -> Histogram,
+                (|s: &Counts| &s.latency) as fn(&Counts) -> &Histogram,
             ),
             (
                 "shepherd_agent_time_to_first_token_seconds",
                 "Time from sending an attempt to the first byte of its streamed body.",
-                |s: &BackendStats| s.ttft.snapshot(),
+                |s: &Counts| &s.ttft,
             ),
         ] {
             header(&mut out, name, "histogram", help);
@@ -323,7 +514,7 @@ impl StatsRegistry {
                     &mut out,
                     name,
                     &format!("policy=\"{}\",backend=\"{}\"", esc(policy), esc(backend)),
-                    &pick(s),
+                    pick(s),
                 );
             }
         }
@@ -363,6 +554,18 @@ impl StatsRegistry {
                 "gauge",
                 "Version of the policy snapshot in use.",
                 snapshot_version,
+            ),
+            (
+                "shepherd_agent_control_plane_connected",
+                "gauge",
+                "1 while the control-plane stream is up.",
+                agent.control_plane_connected.load(Ordering::Relaxed),
+            ),
+            (
+                "shepherd_agent_telemetry_reports_lost_total",
+                "counter",
+                "Telemetry reports dropped while the control plane was out of reach.",
+                agent.reports_lost.load(Ordering::Relaxed),
             ),
         ] {
             header(&mut out, name, kind, help);
@@ -423,14 +626,15 @@ mod tests {
     #[test]
     fn renders_prometheus_text() {
         let reg = StatsRegistry::default();
-        let s = reg.backend("chat", "openai");
+        let s = reg.backend("chat", "openai", 7);
         s.record(Outcome::Success);
         s.record(Outcome::Success);
         s.record(Outcome::ServerError);
         s.record_latency(Duration::from_millis(3));
         s.add_tokens(24, 12);
         reg.policy_requests("chat").fetch_add(3, Ordering::Relaxed);
-        let text = reg.render(&AgentStats::default(), 7);
+        let breakers = [(("chat".to_string(), "openai".to_string()), 1)].into();
+        let text = reg.render(&AgentStats::default(), 7, &breakers);
         for line in [
             "shepherd_agent_requests_total{policy=\"chat\"} 3",
             "shepherd_agent_attempts_total{policy=\"chat\",backend=\"openai\",outcome=\"2xx\"} 2",
@@ -440,6 +644,7 @@ mod tests {
             "shepherd_agent_attempt_duration_seconds_bucket{policy=\"chat\",backend=\"openai\",le=\"0.005\"} 1",
             "shepherd_agent_attempt_duration_seconds_count{policy=\"chat\",backend=\"openai\"} 1",
             "shepherd_agent_snapshot_version 7",
+            "shepherd_agent_breaker_state{policy=\"chat\",backend=\"openai\"} 1",
             "# TYPE shepherd_agent_attempts_total counter",
         ] {
             assert!(
@@ -447,7 +652,43 @@ mod tests {
                 "missing {line:?} in\n{text}"
             );
         }
-        // The same key gives the same counters (continuity across reloads).
-        assert!(Arc::ptr_eq(&s, &reg.backend("chat", "openai")));
+        // The same key gives the same counters.
+        assert!(Arc::ptr_eq(&s, &reg.backend("chat", "openai", 7)));
+    }
+
+    /// Reports carry what was counted since the last one, per version; a
+    /// version no table holds is reported one last time, then retired into
+    /// the totals, which keep counting across versions.
+    #[test]
+    fn collects_deltas_per_version_and_retires() {
+        let reg = StatsRegistry::default();
+        let v1 = reg.backend("chat", "openai", 1);
+        v1.record(Outcome::Success);
+        bump(&v1.selected);
+        let first = reg.collect();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].snapshot_version, 1);
+        assert_eq!(first[0].requests, 1);
+        assert!(reg.collect().is_empty(), "nothing new, nothing reported");
+
+        let v2 = reg.backend("chat", "openai", 2);
+        v1.record(Outcome::ServerError);
+        v2.record(Outcome::Success);
+        drop(v1);
+        let second = reg.collect();
+        let versions: Vec<u64> = second.iter().map(|p| p.snapshot_version).collect();
+        assert_eq!(versions, vec![1, 2]);
+        let o = second[0].backends[0].outcomes.as_ref().unwrap();
+        assert_eq!((o.success, o.server_error), (0, 1));
+        // Version 1 is retired; its counts stay in the totals.
+        assert!(reg.collect().is_empty());
+        let totals = reg.totals();
+        let t = &totals[&("chat".to_string(), "openai".to_string())];
+        assert_eq!(t.outcome(Outcome::Success), 2);
+        assert_eq!(t.outcome(Outcome::ServerError), 1);
+    }
+
+    fn bump(a: &AtomicU64) {
+        a.fetch_add(1, Ordering::Relaxed);
     }
 }

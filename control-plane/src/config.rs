@@ -27,6 +27,8 @@ pub struct Cli {
     pub serve: ServeArgs,
 }
 
+// Parsed once at start; boxing would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve gRPC (the default when no subcommand is given).
@@ -56,6 +58,20 @@ pub struct ServeArgs {
     #[arg(long, env = "SHEPHERD_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
 
+    /// Bearer token agents must send on their Connect stream; separate from
+    /// the admin token. Prefer SHEPHERD_AGENT_TOKEN_FILE.
+    #[arg(
+        long,
+        env = "SHEPHERD_AGENT_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "agent_token_file"
+    )]
+    pub agent_token: Option<String>,
+
+    /// File holding the agent token.
+    #[arg(long, env = "SHEPHERD_AGENT_TOKEN_FILE")]
+    pub agent_token_file: Option<PathBuf>,
+
     /// Allow listening on a non-loopback address with no token configured,
     /// so anyone who can reach the port can change policies.
     #[arg(long, env = "SHEPHERD_INSECURE")]
@@ -73,7 +89,61 @@ pub struct ServeArgs {
     pub database: DatabaseArgs,
 
     #[command(flatten)]
+    pub fleet: FleetArgs,
+
+    #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// How this replica serves agents.
+#[derive(Debug, Clone, Args)]
+pub struct FleetArgs {
+    /// This replica's name in the fleet view (default: host name and a
+    /// random suffix).
+    #[arg(long, env = "SHEPHERD_REPLICA_ID")]
+    pub replica_id: Option<String>,
+
+    /// How often agent records and telemetry are written to the database.
+    #[arg(long, env = "SHEPHERD_FLEET_FLUSH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub fleet_flush_interval: Duration,
+
+    /// A replica not heard of for this long counts as gone, and its agents
+    /// as disconnected.
+    #[arg(long, env = "SHEPHERD_REPLICA_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub replica_timeout: Duration,
+
+    /// Most agents handed their first snapshot at once (a reconnect storm
+    /// queues behind this).
+    #[arg(long, env = "SHEPHERD_MAX_CONNECTING_AGENTS", default_value_t = 256)]
+    pub max_connecting_agents: usize,
+
+    /// Length of the telemetry windows written to the database.
+    #[arg(long, env = "SHEPHERD_TELEMETRY_WINDOW", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub telemetry_window: Duration,
+
+    /// How long telemetry windows are kept.
+    #[arg(long, env = "SHEPHERD_TELEMETRY_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub telemetry_retention: Duration,
+
+    /// How long disconnected agents stay listed.
+    #[arg(long, env = "SHEPHERD_AGENT_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub agent_retention: Duration,
+}
+
+impl FleetArgs {
+    pub fn options(&self) -> crate::fleet::FleetOptions {
+        let defaults = crate::fleet::FleetOptions::default();
+        crate::fleet::FleetOptions {
+            replica: self.replica_id.clone().unwrap_or(defaults.replica),
+            flush_interval: self.fleet_flush_interval,
+            replica_timeout: self.replica_timeout,
+            max_connecting: self.max_connecting_agents,
+            telemetry_window: self.telemetry_window,
+            telemetry_retention: self.telemetry_retention,
+            agent_retention: self.agent_retention,
+            ..defaults
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -140,17 +210,36 @@ impl ServeArgs {
         )
     }
 
-    /// Refuses a configuration that would expose policy writes to the network
-    /// without a token.
-    pub fn check_exposure(&self, has_token: bool) -> Result<(), String> {
-        if has_token || self.insecure || self.listen.ip().is_loopback() {
+    /// The agent token from the flag, the variable or the file, if any.
+    pub fn agent_token(&self) -> Result<Option<Token>, String> {
+        read_token(
+            "agent token",
+            self.agent_token.as_deref(),
+            self.agent_token_file.as_ref(),
+        )
+    }
+
+    /// Refuses a configuration that would expose policy writes or the agent
+    /// stream to the network without a token.
+    pub fn check_exposure(&self, has_admin: bool, has_agent: bool) -> Result<(), String> {
+        if self.insecure || self.listen.ip().is_loopback() {
             return Ok(());
         }
-        Err(format!(
-            "refusing to listen on {} with no admin token: anyone who can reach it could change policies. \
-             Set SHEPHERD_ADMIN_TOKEN_FILE (or --admin-token-file), or pass --insecure to accept that",
-            self.listen
-        ))
+        if !has_admin {
+            return Err(format!(
+                "refusing to listen on {} with no admin token: anyone who can reach it could change policies. \
+                 Set SHEPHERD_ADMIN_TOKEN_FILE (or --admin-token-file), or pass --insecure to accept that",
+                self.listen
+            ));
+        }
+        if !has_agent {
+            return Err(format!(
+                "refusing to listen on {} with no agent token: anyone who can reach it could read every policy as an agent. \
+                 Set SHEPHERD_AGENT_TOKEN_FILE (or --agent-token-file), or pass --insecure to accept that",
+                self.listen
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -211,17 +300,22 @@ mod tests {
             Cli::try_parse_from(all).unwrap().serve
         };
         let exposed = parse(&["--listen", "0.0.0.0:4100"]);
-        let err = exposed.check_exposure(false).unwrap_err();
-        assert!(err.contains("--insecure"), "{err}");
-        assert!(exposed.check_exposure(true).is_ok());
+        let err = exposed.check_exposure(false, true).unwrap_err();
+        assert!(
+            err.contains("no admin token") && err.contains("--insecure"),
+            "{err}"
+        );
+        let err = exposed.check_exposure(true, false).unwrap_err();
+        assert!(err.contains("no agent token"), "{err}");
+        assert!(exposed.check_exposure(true, true).is_ok());
         assert!(
             parse(&["--listen", "0.0.0.0:4100", "--insecure"])
-                .check_exposure(false)
+                .check_exposure(false, false)
                 .is_ok()
         );
         assert!(
             parse(&["--listen", "[::1]:4100"])
-                .check_exposure(false)
+                .check_exposure(false, false)
                 .is_ok()
         );
     }

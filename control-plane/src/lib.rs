@@ -7,7 +7,9 @@
 //!   implementations and their migrations.
 //! - [`api`]: the gRPC services and the one place domain errors become
 //!   `tonic::Status`.
-//! - [`auth`]: bearer tokens for operators.
+//! - [`fleet`]: agents on their Connect streams: snapshots down, ACK/NACK
+//!   and telemetry up.
+//! - [`auth`]: bearer tokens for operators and agents.
 //! - [`server`]: assembles the gRPC server (services, health, reflection,
 //!   limits) and runs it until shutdown.
 //! - [`config`]: command-line flags and environment variables.
@@ -16,6 +18,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod fleet;
 pub mod logging;
 pub mod policy;
 pub mod server;

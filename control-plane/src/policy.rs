@@ -69,6 +69,9 @@ pub struct StoredPolicy {
     pub spec: PolicySpec,
     /// Increases by one with every write of this policy.
     pub revision: i64,
+    /// The store-wide generation of that write: snapshots of version
+    /// `generation` or later include it.
+    pub generation: i64,
     /// When this policy (since its last deletion, if any) was created.
     pub create_time: DateTime<Utc>,
     /// When `revision` was written.
@@ -120,6 +123,8 @@ impl Change {
 pub struct Revision {
     pub name: String,
     pub revision: i64,
+    /// The store-wide generation of this write.
+    pub generation: i64,
     pub change: Change,
     /// When this revision was written.
     pub create_time: DateTime<Utc>,
@@ -138,6 +143,7 @@ impl Revision {
         self.spec.as_ref().map(|spec| StoredPolicy {
             spec: spec.clone(),
             revision: self.revision,
+            generation: self.generation,
             create_time: self.policy_create_time,
             update_time: self.create_time,
         })

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use shepherd_proto::v1::agent_service_server::AgentServiceServer;
 use shepherd_proto::v1::policy_service_server::PolicyServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -18,9 +19,10 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
-use crate::api::PolicyApi;
+use crate::api::{AgentApi, PolicyApi};
 use crate::auth::{Authenticator, Role};
 use crate::config::{DatabaseArgs, ServeArgs};
+use crate::fleet::{Fleet, FleetOptions};
 use crate::store::{self, Store, StoreError, StoreOptions, redact_url};
 
 /// Everything that can stop the control plane.
@@ -56,6 +58,11 @@ pub struct ServerOptions {
     pub shutdown_grace: Duration,
     /// How often the database is checked for the health service.
     pub health_interval: Duration,
+    /// Largest message an agent may send (telemetry reports).
+    pub max_agent_message_bytes: usize,
+    /// Largest message sent to an agent (snapshots).
+    pub max_snapshot_bytes: usize,
+    pub fleet: FleetOptions,
 }
 
 impl Default for ServerOptions {
@@ -65,6 +72,9 @@ impl Default for ServerOptions {
             max_message_bytes: 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
             health_interval: Duration::from_secs(5),
+            max_agent_message_bytes: 4 * 1024 * 1024,
+            max_snapshot_bytes: 16 * 1024 * 1024,
+            fleet: FleetOptions::default(),
         }
     }
 }
@@ -103,11 +113,17 @@ pub async fn open_store(args: &DatabaseArgs) -> Result<Arc<dyn Store>, ServeErro
 /// Runs `serve` with the settings of the command line until `shutdown`.
 pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> Result<(), ServeError> {
     let admin = args.admin_token().map_err(ServeError::Config)?;
-    args.check_exposure(admin.is_some())
+    let agent = args.agent_token().map_err(ServeError::Config)?;
+    args.check_exposure(admin.is_some(), agent.is_some())
         .map_err(ServeError::Config)?;
     if admin.is_none() {
         warn!(
             "no admin token configured: every caller can change policies (loopback or --insecure only)"
+        );
+    }
+    if agent.is_none() {
+        warn!(
+            "no agent token configured: every caller can connect as an agent (loopback or --insecure only)"
         );
     }
     let store = open_store(&args.database).await?;
@@ -118,9 +134,10 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> Result<(), Ser
             source,
         })?;
     let options = ServerOptions {
-        auth: Authenticator::new(admin, None),
+        auth: Authenticator::new(admin, agent),
         max_message_bytes: args.max_message_bytes,
         shutdown_grace: args.shutdown_grace,
+        fleet: args.fleet.options(),
         ..ServerOptions::default()
     };
     serve(listener, store, options, shutdown).await
@@ -161,6 +178,18 @@ pub async fn serve(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
+    let fleet = Fleet::new(store.clone(), options.fleet.clone());
+    info!(replica = %fleet.options.replica, "fleet replica");
+    let fleet_done = tokio::spawn(fleet.clone().run(shutdown.clone()));
+    health.set_serving::<AgentServiceServer<AgentApi>>().await;
+
+    let agents = AgentServiceServer::new(AgentApi::new(
+        fleet.clone(),
+        store.clone(),
+        options.auth.clone(),
+    ))
+    .max_decoding_message_size(options.max_agent_message_bytes)
+    .max_encoding_message_size(options.max_snapshot_bytes);
     let policy = PolicyServiceServer::new(PolicyApi::new(store))
         .max_decoding_message_size(options.max_message_bytes);
     let policy = InterceptedService::new(policy, options.auth.interceptor(Role::Admin));
@@ -171,7 +200,7 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         async move {
             shutdown.cancelled().await;
-            for service in ["", "shepherd.v1.PolicyService"] {
+            for service in ["", "shepherd.v1.PolicyService", "shepherd.v1.AgentService"] {
                 health
                     .set_service_status(service, ServingStatus::NotServing)
                     .await;
@@ -188,6 +217,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(policy)
+        .add_service(agents)
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
     tokio::pin!(server);
 
@@ -202,6 +232,7 @@ pub async fn serve(
         }
     };
     shutdown.cancel();
+    let _ = fleet_done.await;
     tasks.close();
     tasks.wait().await;
     info!("control plane stopped");

@@ -8,9 +8,11 @@
 //!   name the field path and the rule.
 //! - [`histogram`]: latency histograms with shared bucket boundaries, so the
 //!   agent records and the control plane computes quantiles identically.
+//! - [`telemetry`]: telemetry reports on the wire, and merging them.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors for gRPC reflection.
 
 pub mod histogram;
+pub mod telemetry;
 pub mod validate;
 
 /// The `shepherd.v1` package.

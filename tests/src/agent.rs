@@ -191,3 +191,120 @@ impl PipeAgent {
         &self.client
     }
 }
+
+/// How to start a [`FleetAgent`].
+pub struct FleetAgentOptions {
+    pub endpoints: Vec<String>,
+    pub token: Option<String>,
+    pub agent_id: String,
+    pub labels: BTreeMap<String, String>,
+    /// Where the last snapshot is saved (kept across restarts of the agent).
+    pub state_dir: PathBuf,
+    pub report_interval: std::time::Duration,
+    pub report_queue: usize,
+    pub loss_ttl: std::time::Duration,
+}
+
+impl FleetAgentOptions {
+    /// An agent of `endpoints` with short intervals for tests.
+    pub fn new(endpoints: &[String], agent_id: &str, state_dir: &std::path::Path) -> Self {
+        Self {
+            endpoints: endpoints.to_vec(),
+            token: None,
+            agent_id: agent_id.into(),
+            labels: BTreeMap::new(),
+            state_dir: state_dir.to_path_buf(),
+            report_interval: std::time::Duration::from_millis(100),
+            report_queue: 300,
+            loss_ttl: std::time::Duration::from_secs(300),
+        }
+    }
+}
+
+/// An agent on `127.0.0.1:0` taking its policies from the control plane.
+pub struct FleetAgent {
+    pub agent: Arc<Agent>,
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    shutdown: CancellationToken,
+    server: JoinHandle<()>,
+    control: JoinHandle<()>,
+}
+
+impl FleetAgent {
+    pub async fn start(options: FleetAgentOptions) -> Self {
+        use shepherd_agent::control::{self, ControlSettings, Secret};
+        use shepherd_agent::state::StateDir;
+        let agent = Arc::new(Agent::new(
+            Registry::new(Tls::new(None).unwrap()),
+            Limits::default(),
+            options.labels,
+        ));
+        let mut settings = ControlSettings::new(options.endpoints, options.agent_id);
+        settings.token = options.token.map(Secret);
+        settings.state = Some(StateDir::open(&options.state_dir).unwrap());
+        settings.report_interval = options.report_interval;
+        settings.report_queue = options.report_queue;
+        settings.loss_ttl = options.loss_ttl;
+        settings.backoff_base = std::time::Duration::from_millis(50);
+        settings.backoff_cap = std::time::Duration::from_millis(500);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let admin_addr = admin_listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        tokio::spawn(admin::serve(
+            admin_listener,
+            agent.clone(),
+            shutdown.clone(),
+        ));
+        let control = tokio::spawn(control::run(agent.clone(), settings, shutdown.clone()));
+        let server = tokio::spawn(server::serve(
+            listener,
+            agent.proxy.clone(),
+            ServerSettings::default(),
+            shutdown.clone(),
+        ));
+        Self {
+            agent,
+            addr,
+            admin_addr,
+            shutdown,
+            server,
+            control,
+        }
+    }
+
+    /// A client for the proxy.
+    pub fn client(&self) -> Client {
+        Client::tcp(&format!("http://{}", self.addr))
+    }
+
+    /// The version of the snapshot in force.
+    pub fn version(&self) -> u64 {
+        self.agent.running().0
+    }
+
+    /// Waits (up to a minute, a guard against hangs) until the agent applies
+    /// a snapshot whose version satisfies `ok`; returns that version.
+    pub async fn wait_version(&self, ok: impl Fn(u64) -> bool) -> u64 {
+        let mut watch = self.agent.watch_version();
+        let found = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            *watch.wait_for(|v| ok(*v)).await.unwrap()
+        })
+        .await;
+        found.unwrap_or_else(|_| {
+            panic!(
+                "agent never reached the expected version; it runs {}",
+                self.version()
+            )
+        })
+    }
+
+    /// Stops the agent: the proxy drains, the control stream ends.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.server.await.unwrap();
+        self.control.await.unwrap();
+    }
+}

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use shepherd_control_plane::server::{self, ServeError, ServerOptions};
 use shepherd_control_plane::store::Store;
+use shepherd_proto::v1::agent_service_client::AgentServiceClient;
 use shepherd_proto::v1::policy_service_client::PolicyServiceClient;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -39,8 +40,36 @@ impl Interceptor for Bearer {
     }
 }
 
+impl Bearer {
+    /// Sends `token`, if any.
+    pub fn new(token: Option<&str>) -> Self {
+        Bearer(token.map(|t| format!("Bearer {t}").parse().unwrap()))
+    }
+}
+
 /// A PolicyService client sending a bearer token.
 pub type PolicyClient = PolicyServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// An AgentService client sending a bearer token.
+pub type AgentClient = AgentServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// A channel to a control plane at `addr` (host:port).
+pub async fn channel_to(addr: &str) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// Clients of a control plane at `addr`, sending `token`.
+pub async fn clients_of(addr: &str, token: Option<&str>) -> (PolicyClient, AgentClient) {
+    let channel = channel_to(addr).await;
+    (
+        PolicyServiceClient::with_interceptor(channel.clone(), Bearer::new(token)),
+        AgentServiceClient::with_interceptor(channel, Bearer::new(token)),
+    )
+}
 
 impl TestControlPlane {
     /// Starts a control plane serving `store`.
@@ -67,8 +96,12 @@ impl TestControlPlane {
 
     /// A PolicyService client sending `token`, if any.
     pub async fn policy_client(&self, token: Option<&str>) -> PolicyClient {
-        let bearer = Bearer(token.map(|t| format!("Bearer {t}").parse().unwrap()));
-        PolicyServiceClient::with_interceptor(self.channel().await, bearer)
+        PolicyServiceClient::with_interceptor(self.channel().await, Bearer::new(token))
+    }
+
+    /// An AgentService client sending `token`, if any.
+    pub async fn agent_client(&self, token: Option<&str>) -> AgentClient {
+        AgentServiceClient::with_interceptor(self.channel().await, Bearer::new(token))
     }
 
     /// Stops the server and waits for it to finish.

@@ -8,6 +8,7 @@
 //! - [`pg`]: a fresh Postgres database per test, dropped afterwards.
 //! - [`process`]: real processes, their logs and signals, for binary tests.
 //! - [`fixtures`]: valid example policies.
+//! - [`fleet_sim`]: many fake agents speaking the real Connect protocol.
 //! - [`control_plane`]: an in-process control plane on `127.0.0.1:0` with
 //!   clients for it.
 //! - [`stores`]: the store engines a suite runs against.
@@ -18,6 +19,7 @@
 pub mod agent;
 pub mod control_plane;
 pub mod fixtures;
+pub mod fleet_sim;
 pub mod http;
 pub mod mock;
 pub mod net;

@@ -1,9 +1,11 @@
 //! The gRPC services, and the one place where domain errors become
 //! `tonic::Status`.
 
+mod agent;
 mod page;
 mod policy;
 
+pub use agent::AgentApi;
 pub use policy::PolicyApi;
 
 use shepherd_proto::validate::PolicyError;

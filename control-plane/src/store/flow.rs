@@ -12,9 +12,10 @@
 //! then read from the head row.
 
 macro_rules! impl_sql_store {
-    ($store:ty, $conn:ty) => {
+    ($store:ty, $conn:ty, $db:ty) => {
         type PolicyTuple = (
             String,
+            i64,
             i64,
             String,
             chrono::DateTime<chrono::Utc>,
@@ -28,13 +29,69 @@ macro_rules! impl_sql_store {
             String,
             chrono::DateTime<chrono::Utc>,
             chrono::DateTime<chrono::Utc>,
+            i64,
         );
 
+        type AgentTuple = (
+            String,
+            String,
+            String,
+            String,
+            String,
+            i64,
+            bool,
+            chrono::DateTime<chrono::Utc>,
+            i64,
+            i64,
+            String,
+            Option<chrono::DateTime<chrono::Utc>>,
+            i64,
+            Option<chrono::DateTime<chrono::Utc>>,
+        );
+
+        fn agent_row(row: AgentTuple) -> super::fleet::ListedAgent {
+            let (
+                agent_id,
+                hostname,
+                labels,
+                build_version,
+                replica,
+                session,
+                connected,
+                since,
+                applied_version,
+                nack_version,
+                nack_reason,
+                last_report_time,
+                reports_lost,
+                replica_heartbeat,
+            ) = row;
+            super::fleet::ListedAgent {
+                record: super::fleet::AgentRecord {
+                    agent_id,
+                    hostname,
+                    labels: super::fleet::labels_from_json(&labels),
+                    build_version,
+                    replica,
+                    session,
+                    connected,
+                    since,
+                    applied_version,
+                    nack_version,
+                    nack_reason,
+                    last_report_time,
+                    reports_lost,
+                },
+                replica_heartbeat,
+            }
+        }
+
         fn policy_row(row: PolicyTuple) -> Result<crate::policy::StoredPolicy, StoreError> {
-            let (name, revision, spec, create_time, update_time) = row;
+            let (name, revision, generation, spec, create_time, update_time) = row;
             super::PolicyRow {
                 name,
                 revision,
+                generation,
                 spec,
                 create_time,
                 update_time,
@@ -43,10 +100,12 @@ macro_rules! impl_sql_store {
         }
 
         fn revision_row(row: RevisionTuple) -> Result<crate::policy::Revision, StoreError> {
-            let (name, revision, change, spec, reason, create_time, policy_create_time) = row;
+            let (name, revision, change, spec, reason, create_time, policy_create_time, generation) =
+                row;
             super::RevisionRow {
                 name,
                 revision,
+                generation,
                 change,
                 spec,
                 reason,
@@ -70,7 +129,7 @@ macro_rules! impl_sql_store {
             change: &str,
             spec: Option<&str>,
             reason: &str,
-        ) -> Result<(i64, chrono::DateTime<chrono::Utc>), StoreError> {
+        ) -> Result<(i64, chrono::DateTime<chrono::Utc>, i64), StoreError> {
             let bumped: Option<(i64, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(bump)
                 .bind(name)
                 .bind(expected)
@@ -84,11 +143,16 @@ macro_rules! impl_sql_store {
                     .await?;
                 return Err(super::explain_miss(name, head, expected));
             };
-            record_revision(conn, name, revision, change, spec, reason, now, create_time).await?;
-            Ok((revision, create_time))
+            let generation =
+                record_revision(conn, name, revision, change, spec, reason, now, create_time)
+                    .await?;
+            Ok((revision, create_time, generation))
         }
 
-        /// Inserts one row of a policy's history.
+        /// Records one write of a policy: takes the next generation (which
+        /// orders every write, and so every snapshot), stamps the head row
+        /// with it, inserts the row of the policy's history, and tells other
+        /// replicas (delivered when the transaction commits).
         #[allow(clippy::too_many_arguments)]
         async fn record_revision(
             conn: &mut $conn,
@@ -99,7 +163,15 @@ macro_rules! impl_sql_store {
             reason: &str,
             now: chrono::DateTime<chrono::Utc>,
             policy_create_time: chrono::DateTime<chrono::Utc>,
-        ) -> Result<(), StoreError> {
+        ) -> Result<i64, StoreError> {
+            let (generation,): (i64,) = sqlx::query_as(super::flow::common_sql::NEXT_GENERATION)
+                .fetch_one(&mut *conn)
+                .await?;
+            sqlx::query(super::flow::common_sql::STAMP_HEAD)
+                .bind(name)
+                .bind(generation)
+                .execute(&mut *conn)
+                .await?;
             sqlx::query(sql::INSERT_REVISION)
                 .bind(name)
                 .bind(revision)
@@ -108,9 +180,16 @@ macro_rules! impl_sql_store {
                 .bind(reason)
                 .bind(now)
                 .bind(policy_create_time)
-                .execute(conn)
+                .bind(generation)
+                .execute(&mut *conn)
                 .await?;
-            Ok(())
+            if let Some(notify) = sql::NOTIFY {
+                sqlx::query(notify)
+                    .bind(generation.to_string())
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Ok(generation)
         }
 
         #[async_trait::async_trait]
@@ -153,7 +232,7 @@ macro_rules! impl_sql_store {
                             .0
                     }
                 };
-                record_revision(
+                let generation = record_revision(
                     &mut tx,
                     name,
                     revision,
@@ -165,9 +244,11 @@ macro_rules! impl_sql_store {
                 )
                 .await?;
                 tx.commit().await?;
+                self.changed();
                 Ok(crate::policy::StoredPolicy {
                     spec: spec.clone(),
                     revision,
+                    generation,
                     create_time: now,
                     update_time: now,
                 })
@@ -234,7 +315,7 @@ macro_rules! impl_sql_store {
                 let json = super::spec_json(spec)?;
                 let name = spec.name();
                 let mut tx = self.begin_write().await?;
-                let (revision, create_time) = bump_and_record(
+                let (revision, create_time, generation) = bump_and_record(
                     &mut tx,
                     sql::BUMP_FOR_UPDATE,
                     name,
@@ -246,9 +327,11 @@ macro_rules! impl_sql_store {
                 )
                 .await?;
                 tx.commit().await?;
+                self.changed();
                 Ok(crate::policy::StoredPolicy {
                     spec: spec.clone(),
                     revision,
+                    generation,
                     create_time,
                     update_time: now,
                 })
@@ -262,7 +345,7 @@ macro_rules! impl_sql_store {
             ) -> Result<i64, StoreError> {
                 let now = super::stored_time(now);
                 let mut tx = self.begin_write().await?;
-                let (revision, _) = bump_and_record(
+                let (revision, _, _) = bump_and_record(
                     &mut tx,
                     sql::BUMP_FOR_DELETE,
                     name,
@@ -274,6 +357,7 @@ macro_rules! impl_sql_store {
                 )
                 .await?;
                 tx.commit().await?;
+                self.changed();
                 Ok(revision)
             }
 
@@ -294,6 +378,179 @@ macro_rules! impl_sql_store {
                 }
                 rows.into_iter().map(revision_row).collect()
             }
+
+            async fn load_catalog(&self) -> Result<super::fleet::Catalog, StoreError> {
+                let mut tx = self.begin_read().await?;
+                let (generation,): (i64,) = sqlx::query_as(super::flow::common_sql::GENERATION)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let rows: Vec<PolicyTuple> = sqlx::query_as(sql::LIST_LIVE)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(super::fleet::Catalog {
+                    generation,
+                    policies: rows.into_iter().map(policy_row).collect::<Result<_, _>>()?,
+                })
+            }
+
+            fn changes(&self) -> super::fleet::ChangeFeed {
+                self.change_feed()
+            }
+
+            async fn save_agents(
+                &self,
+                replica: &str,
+                now: chrono::DateTime<chrono::Utc>,
+                agents: &[super::fleet::AgentRecord],
+            ) -> Result<(), StoreError> {
+                let now = super::stored_time(now);
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(super::flow::common_sql::HEARTBEAT)
+                    .bind(replica)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                // 14 binds a row, well under both engines' limits per statement.
+                for chunk in agents.chunks(500) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO agents (agent_id, hostname, labels, build_version, replica, \
+                         session, connected, since, applied_version, nack_version, nack_reason, \
+                         last_report_time, reports_lost, update_time) ",
+                    );
+                    q.push_values(chunk, |mut b, a| {
+                        b.push_bind(a.agent_id.clone())
+                            .push_bind(a.hostname.clone())
+                            .push_bind(super::fleet::labels_json(&a.labels))
+                            .push_bind(a.build_version.clone())
+                            .push_bind(a.replica.clone())
+                            .push_bind(a.session)
+                            .push_bind(a.connected)
+                            .push_bind(super::stored_time(a.since))
+                            .push_bind(a.applied_version)
+                            .push_bind(a.nack_version)
+                            .push_bind(a.nack_reason.clone())
+                            .push_bind(a.last_report_time.map(super::stored_time))
+                            .push_bind(a.reports_lost)
+                            .push_bind(now);
+                    });
+                    q.push(super::flow::common_sql::UPSERT_AGENT_TAIL);
+                    q.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn list_agents(
+                &self,
+                after: Option<&str>,
+                limit: u32,
+            ) -> Result<Vec<super::fleet::ListedAgent>, StoreError> {
+                let rows: Vec<AgentTuple> = sqlx::query_as(sql::LIST_AGENTS)
+                    .bind(after)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                Ok(rows.into_iter().map(agent_row).collect())
+            }
+
+            async fn release_replica(
+                &self,
+                replica: &str,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), StoreError> {
+                let now = super::stored_time(now);
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(super::flow::common_sql::RELEASE_AGENTS)
+                    .bind(replica)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(super::flow::common_sql::DELETE_REPLICA)
+                    .bind(replica)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn write_telemetry(
+                &self,
+                rows: &[super::fleet::TelemetryRow],
+            ) -> Result<(), StoreError> {
+                if rows.is_empty() {
+                    return Ok(());
+                }
+                let mut tx = self.pool.begin().await?;
+                for chunk in rows.chunks(1000) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO telemetry_windows (policy, snapshot_version, backend, \
+                         window_start, replica, reports, data) ",
+                    );
+                    q.push_values(chunk, |mut b, r| {
+                        b.push_bind(r.policy.clone())
+                            .push_bind(r.snapshot_version)
+                            .push_bind(r.backend.clone())
+                            .push_bind(r.window_start_ms)
+                            .push_bind(r.replica.clone())
+                            .push_bind(r.reports)
+                            .push_bind(prost::Message::encode_to_vec(&r.data));
+                    });
+                    q.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn read_telemetry(
+                &self,
+                policy: &str,
+                from_ms: i64,
+                to_ms: i64,
+            ) -> Result<Vec<super::fleet::TelemetryRow>, StoreError> {
+                let rows: Vec<(String, i64, String, i64, String, i64, Vec<u8>)> =
+                    sqlx::query_as(super::flow::common_sql::READ_TELEMETRY)
+                        .bind(policy)
+                        .bind(from_ms)
+                        .bind(to_ms)
+                        .fetch_all(&self.pool)
+                        .await?;
+                rows.into_iter()
+                    .map(|(policy, snapshot_version, backend, window_start_ms, replica, reports, data)| {
+                        let data = <shepherd_proto::v1::BackendTelemetry as prost::Message>::decode(
+                            data.as_slice(),
+                        )
+                        .map_err(|e| StoreError::Internal(format!("telemetry row: {e}")))?;
+                        Ok(super::fleet::TelemetryRow {
+                            policy,
+                            snapshot_version,
+                            backend,
+                            window_start_ms,
+                            replica,
+                            reports,
+                            data,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn prune(
+                &self,
+                telemetry_before_ms: i64,
+                agents_before: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(u64, u64), StoreError> {
+                let windows = sqlx::query(super::flow::common_sql::PRUNE_TELEMETRY)
+                    .bind(telemetry_before_ms)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                let agents = sqlx::query(super::flow::common_sql::PRUNE_AGENTS)
+                    .bind(super::stored_time(agents_before))
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                Ok((windows, agents))
+            }
         }
     };
 }
@@ -307,6 +564,32 @@ pub(crate) mod common_sql {
          create_time = $2, update_time = $2 WHERE name = $1 AND deleted RETURNING revision";
     pub const INSERT_HEAD: &str = "INSERT INTO policies (name, revision, deleted, create_time, update_time) \
          VALUES ($1, 1, FALSE, $2, $2) ON CONFLICT (name) DO NOTHING RETURNING revision";
+    /// Takes the next generation (the row lock orders concurrent writers).
+    pub const NEXT_GENERATION: &str = "UPDATE config_generation SET generation = generation + 1 \
+         WHERE id = 1 RETURNING generation";
+    pub const GENERATION: &str = "SELECT generation FROM config_generation WHERE id = 1";
+    pub const HEARTBEAT: &str = "INSERT INTO replicas (id, heartbeat_time) VALUES ($1, $2) \
+         ON CONFLICT (id) DO UPDATE SET heartbeat_time = excluded.heartbeat_time";
+    /// An agent's row follows its latest stream: a connect wins over an older
+    /// session; other news of a session only lands while it is still the row's.
+    pub const UPSERT_AGENT_TAIL: &str = " ON CONFLICT (agent_id) DO UPDATE SET \
+         hostname = excluded.hostname, labels = excluded.labels, \
+         build_version = excluded.build_version, replica = excluded.replica, \
+         session = excluded.session, connected = excluded.connected, since = excluded.since, \
+         applied_version = excluded.applied_version, nack_version = excluded.nack_version, \
+         nack_reason = excluded.nack_reason, last_report_time = excluded.last_report_time, \
+         reports_lost = excluded.reports_lost, update_time = excluded.update_time \
+         WHERE excluded.session > agents.session \
+         OR (excluded.session = agents.session AND excluded.replica = agents.replica)";
+    pub const RELEASE_AGENTS: &str = "UPDATE agents SET connected = FALSE, since = $2, update_time = $2 \
+         WHERE replica = $1 AND connected";
+    pub const DELETE_REPLICA: &str = "DELETE FROM replicas WHERE id = $1";
+    pub const READ_TELEMETRY: &str = "SELECT policy, snapshot_version, backend, window_start, replica, \
+         reports, data FROM telemetry_windows \
+         WHERE policy = $1 AND window_start >= $2 AND window_start < $3 ORDER BY window_start, id";
+    pub const PRUNE_TELEMETRY: &str = "DELETE FROM telemetry_windows WHERE window_start < $1";
+    pub const PRUNE_AGENTS: &str = "DELETE FROM agents WHERE NOT connected AND update_time < $1";
+    pub const STAMP_HEAD: &str = "UPDATE policies SET generation = $2 WHERE name = $1";
     pub const BUMP_FOR_UPDATE: &str = "UPDATE policies SET revision = revision + 1, update_time = $3 \
          WHERE name = $1 AND revision = $2 AND NOT deleted RETURNING revision, create_time";
 }

@@ -5,6 +5,7 @@
 //! Both run the same test suite. SQL lives in each implementation; migrations
 //! live in `migrations/<engine>` and are embedded in the binary.
 
+pub mod fleet;
 mod flow;
 pub mod postgres;
 pub mod sqlite;
@@ -17,6 +18,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::policy::{PolicySpec, Revision, StoredPolicy};
+pub use fleet::{AgentRecord, Catalog, ChangeFeed, ListedAgent, TelemetryRow};
 
 /// What the store can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +158,52 @@ pub trait Store: Send + Sync + 'static {
         before: Option<i64>,
         limit: u32,
     ) -> Result<Vec<Revision>, StoreError>;
+
+    /// Every live policy and the generation they are as of, in one
+    /// consistent read.
+    async fn load_catalog(&self) -> Result<Catalog, StoreError>;
+
+    /// Notices of policy writes (this replica's and, with Postgres, every
+    /// replica's). Subscribe before reading the catalog.
+    fn changes(&self) -> ChangeFeed;
+
+    /// Records that `replica` is alive and writes its agents' records.
+    async fn save_agents(
+        &self,
+        replica: &str,
+        now: DateTime<Utc>,
+        agents: &[AgentRecord],
+    ) -> Result<(), StoreError>;
+
+    /// Agents with ids after `after`, by id, at most `limit`.
+    async fn list_agents(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ListedAgent>, StoreError>;
+
+    /// A replica stops: its agents are disconnected as of `now`.
+    async fn release_replica(&self, replica: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Appends merged telemetry windows.
+    async fn write_telemetry(&self, rows: &[TelemetryRow]) -> Result<(), StoreError>;
+
+    /// A policy's telemetry rows with windows starting in `[from_ms, to_ms)`.
+    async fn read_telemetry(
+        &self,
+        policy: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<TelemetryRow>, StoreError>;
+
+    /// Deletes telemetry windows before `telemetry_before_ms` and agents
+    /// disconnected with no news since `agents_before`; returns how many of
+    /// each.
+    async fn prune(
+        &self,
+        telemetry_before_ms: i64,
+        agents_before: DateTime<Utc>,
+    ) -> Result<(u64, u64), StoreError>;
 }
 
 /// Which engine a database URL selects.
@@ -236,6 +284,7 @@ pub fn redact_url(url: &str) -> String {
 pub(crate) struct RevisionRow {
     pub name: String,
     pub revision: i64,
+    pub generation: i64,
     pub change: String,
     pub spec: Option<String>,
     pub reason: String,
@@ -257,6 +306,7 @@ impl RevisionRow {
         Ok(Revision {
             name: self.name,
             revision: self.revision,
+            generation: self.generation,
             change,
             create_time: self.create_time,
             policy_create_time: self.policy_create_time,
@@ -270,6 +320,7 @@ impl RevisionRow {
 pub(crate) struct PolicyRow {
     pub name: String,
     pub revision: i64,
+    pub generation: i64,
     pub spec: String,
     pub create_time: DateTime<Utc>,
     pub update_time: DateTime<Utc>,
@@ -282,6 +333,7 @@ impl PolicyRow {
         Ok(StoredPolicy {
             spec,
             revision: self.revision,
+            generation: self.generation,
             create_time: self.create_time,
             update_time: self.update_time,
         })

@@ -2,35 +2,53 @@
 //! replicas. Two replicas racing on one policy cannot both win: every write
 //! is a conditional statement in a transaction (see [`super::flow`]).
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use std::sync::Arc;
+use std::time::Duration;
 
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use super::fleet::{AbortOnDrop, ChangeFeed};
 use super::flow::impl_sql_store;
 use super::{StoreError, StoreOptions};
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "policies",
-    include_str!("../../../migrations/postgres/0001_policies.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "policies",
+        include_str!("../../../migrations/postgres/0001_policies.sql"),
+    ),
+    (
+        2,
+        "fleet",
+        include_str!("../../../migrations/postgres/0002_fleet.sql"),
+    ),
+];
+
+/// The channel policy writes are announced on.
+const CHANNEL: &str = "shepherd_changes";
 
 /// The statements of [`super::flow`], in Postgres' dialect.
 mod sql {
     macro_rules! policy_select {
         () => {
-            "SELECT p.name, p.revision, r.spec::text, p.create_time, p.update_time \
+            "SELECT p.name, p.revision, p.generation, r.spec::text, p.create_time, p.update_time \
              FROM policies p JOIN policy_revisions r ON r.name = p.name AND r.revision = p.revision "
         };
     }
     macro_rules! revision_select {
         () => {
-            "SELECT name, revision, change, spec::text, reason, create_time, policy_create_time \
+            "SELECT name, revision, change, spec::text, reason, create_time, policy_create_time, generation \
              FROM policy_revisions "
         };
     }
     pub use super::super::flow::common_sql::{BUMP_FOR_UPDATE, HEAD, INSERT_HEAD, REVIVE};
+    /// Delivered to every listening replica when the write commits.
+    pub const NOTIFY: Option<&str> = Some("SELECT pg_notify('shepherd_changes', $1)");
     pub const INSERT_REVISION: &str = "INSERT INTO policy_revisions \
-         (name, revision, change, spec, reason, create_time, policy_create_time) \
-         VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)";
+         (name, revision, change, spec, reason, create_time, policy_create_time, generation) \
+         VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8)";
     pub const BUMP_FOR_DELETE: &str = "UPDATE policies SET revision = revision + 1, deleted = TRUE, update_time = $3 \
          WHERE name = $1 AND NOT deleted AND ($2::bigint IS NULL OR revision = $2) \
          RETURNING revision, create_time";
@@ -39,6 +57,12 @@ mod sql {
         policy_select!(),
         "WHERE NOT p.deleted AND ($1::text IS NULL OR p.name > $1) ORDER BY p.name LIMIT $2"
     );
+    pub const LIST_LIVE: &str = concat!(policy_select!(), "WHERE NOT p.deleted ORDER BY p.name");
+    pub const LIST_AGENTS: &str = "SELECT a.agent_id, a.hostname, a.labels, a.build_version, \
+         a.replica, a.session, a.connected, a.since, a.applied_version, a.nack_version, \
+         a.nack_reason, a.last_report_time, a.reports_lost, r.heartbeat_time \
+         FROM agents a LEFT JOIN replicas r ON r.id = a.replica \
+         WHERE ($1::text IS NULL OR a.agent_id > $1) ORDER BY a.agent_id LIMIT $2";
     pub const GET_REVISION: &str = concat!(revision_select!(), "WHERE name = $1 AND revision = $2");
     pub const LIST_REVISIONS: &str = concat!(
         revision_select!(),
@@ -50,6 +74,7 @@ mod sql {
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    notices: Arc<watch::Sender<u64>>,
 }
 
 impl PgStore {
@@ -60,7 +85,10 @@ impl PgStore {
             .acquire_timeout(options.acquire_timeout)
             .connect(url)
             .await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            notices: Arc::new(watch::channel(0).0),
+        })
     }
 
     /// The pool, for the parts of the control plane that need Postgres itself
@@ -72,6 +100,67 @@ impl PgStore {
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
         Ok(self.pool.begin().await?)
     }
+
+    /// A transaction reading one consistent view of the database.
+    async fn begin_read(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        Ok(self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?)
+    }
+
+    /// Tells this replica's own subscribers at once (other replicas hear of
+    /// the write through NOTIFY).
+    fn changed(&self) {
+        self.notices.send_modify(|n| *n += 1);
+    }
+
+    /// A feed of this replica's writes and every replica's NOTIFY.
+    fn change_feed(&self) -> ChangeFeed {
+        let receiver = self.notices.subscribe();
+        let listener = tokio::spawn(listen(self.pool.clone(), self.notices.clone()));
+        ChangeFeed::new(receiver, Some(AbortOnDrop(listener)))
+    }
 }
 
-impl_sql_store!(PgStore, sqlx::PgConnection);
+/// Turns NOTIFY into notices until aborted. Every (re)connection counts as a
+/// notice, since writes may have been missed while no connection listened.
+async fn listen(pool: PgPool, notices: Arc<watch::Sender<u64>>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "cannot listen for policy changes; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(CHANNEL).await {
+            warn!(error = %e, "cannot listen for policy changes; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            continue;
+        }
+        backoff = Duration::from_millis(100);
+        notices.send_modify(|n| *n += 1);
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(_)) => notices.send_modify(|n| *n += 1),
+                // The connection was lost; the next call reconnects.
+                Ok(None) => {
+                    debug!("policy change listener reconnecting");
+                    notices.send_modify(|n| *n += 1);
+                }
+                Err(e) => {
+                    warn!(error = %e, "policy change listener failed; reconnecting");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+impl_sql_store!(PgStore, sqlx::PgConnection, sqlx::Postgres);

@@ -4,36 +4,49 @@
 //! busy timeout instead of failing when a read lock cannot be upgraded.
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
+use tokio::sync::watch;
+
+use super::fleet::ChangeFeed;
 use super::flow::impl_sql_store;
 use super::{StoreError, StoreOptions};
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "policies",
-    include_str!("../../../migrations/sqlite/0001_policies.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "policies",
+        include_str!("../../../migrations/sqlite/0001_policies.sql"),
+    ),
+    (
+        2,
+        "fleet",
+        include_str!("../../../migrations/sqlite/0002_fleet.sql"),
+    ),
+];
 
 /// The statements of [`super::flow`], in SQLite's dialect.
 mod sql {
     macro_rules! policy_select {
         () => {
-            "SELECT p.name, p.revision, r.spec, p.create_time, p.update_time \
+            "SELECT p.name, p.revision, p.generation, r.spec, p.create_time, p.update_time \
              FROM policies p JOIN policy_revisions r ON r.name = p.name AND r.revision = p.revision "
         };
     }
     macro_rules! revision_select {
         () => {
-            "SELECT name, revision, change, spec, reason, create_time, policy_create_time \
+            "SELECT name, revision, change, spec, reason, create_time, policy_create_time, generation \
              FROM policy_revisions "
         };
     }
     pub use super::super::flow::common_sql::{BUMP_FOR_UPDATE, HEAD, INSERT_HEAD, REVIVE};
+    /// One replica only: the notice is in-process.
+    pub const NOTIFY: Option<&str> = None;
     pub const INSERT_REVISION: &str = "INSERT INTO policy_revisions \
-         (name, revision, change, spec, reason, create_time, policy_create_time) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)";
+         (name, revision, change, spec, reason, create_time, policy_create_time, generation) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
     pub const BUMP_FOR_DELETE: &str = "UPDATE policies SET revision = revision + 1, deleted = TRUE, update_time = $3 \
          WHERE name = $1 AND NOT deleted AND ($2 IS NULL OR revision = $2) \
          RETURNING revision, create_time";
@@ -42,6 +55,12 @@ mod sql {
         policy_select!(),
         "WHERE NOT p.deleted AND ($1 IS NULL OR p.name > $1) ORDER BY p.name LIMIT $2"
     );
+    pub const LIST_LIVE: &str = concat!(policy_select!(), "WHERE NOT p.deleted ORDER BY p.name");
+    pub const LIST_AGENTS: &str = "SELECT a.agent_id, a.hostname, a.labels, a.build_version, \
+         a.replica, a.session, a.connected, a.since, a.applied_version, a.nack_version, \
+         a.nack_reason, a.last_report_time, a.reports_lost, r.heartbeat_time \
+         FROM agents a LEFT JOIN replicas r ON r.id = a.replica \
+         WHERE ($1 IS NULL OR a.agent_id > $1) ORDER BY a.agent_id LIMIT $2";
     pub const GET_REVISION: &str = concat!(revision_select!(), "WHERE name = $1 AND revision = $2");
     pub const LIST_REVISIONS: &str = concat!(
         revision_select!(),
@@ -53,6 +72,7 @@ mod sql {
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    notices: Arc<watch::Sender<u64>>,
 }
 
 impl SqliteStore {
@@ -68,12 +88,28 @@ impl SqliteStore {
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect)
             .await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            notices: Arc::new(watch::channel(0).0),
+        })
     }
 
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
+
+    /// A read transaction: one consistent view (WAL snapshot).
+    async fn begin_read(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        Ok(self.pool.begin().await?)
+    }
+
+    fn changed(&self) {
+        self.notices.send_modify(|n| *n += 1);
+    }
+
+    fn change_feed(&self) -> ChangeFeed {
+        ChangeFeed::new(self.notices.subscribe(), None)
+    }
 }
 
-impl_sql_store!(SqliteStore, sqlx::SqliteConnection);
+impl_sql_store!(SqliteStore, sqlx::SqliteConnection, sqlx::Sqlite);

@@ -126,6 +126,42 @@ pub fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// Checks one label (of an agent, or of a selector): keys are 1 to 63 of
+/// letters, digits, '-', '_', '.', '/', starting and ending with a letter or
+/// digit; values are empty or the same.
+pub fn check_label(key: &str, value: &str) -> Result<(), String> {
+    let label_ok = |s: &str| {
+        let b = s.as_bytes();
+        s.len() <= MAX_NAME_LEN
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'/'))
+            && b.first().is_some_and(u8::is_ascii_alphanumeric)
+            && b.last().is_some_and(u8::is_ascii_alphanumeric)
+    };
+    if !label_ok(key) {
+        Err(format!(
+            "label key must be 1 to {MAX_NAME_LEN} of letters, digits, '-', '_', '.', '/', starting and ending with a letter or digit"
+        ))
+    } else if !value.is_empty() && !label_ok(value) {
+        Err(format!(
+            "label value must be empty or up to {MAX_NAME_LEN} of letters, digits, '-', '_', '.', '/', starting and ending with a letter or digit"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// True when an agent with `labels` has every label of `required` with the
+/// same value (an empty selector selects every agent).
+pub fn labels_match(
+    required: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    required
+        .iter()
+        .all(|(k, v)| labels.get(k).is_some_and(|have| have == v))
+}
+
 /// True when a value looks like a credential pasted where a reference or a
 /// plain setting belongs: a known key prefix, an authorization scheme, or a
 /// long mixed-case token.
@@ -340,25 +376,9 @@ impl Checker {
         if labels.len() > MAX_LABELS {
             self.fail(path, format!("at most {MAX_LABELS} labels"));
         }
-        let label_ok = |s: &str| {
-            let b = s.as_bytes();
-            s.len() <= MAX_NAME_LEN
-                && b.iter()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'/'))
-                && b.first().is_some_and(u8::is_ascii_alphanumeric)
-                && b.last().is_some_and(u8::is_ascii_alphanumeric)
-        };
         for (k, v) in labels {
-            if !label_ok(k) {
-                self.fail(
-                    format!("{path}[{k:?}]"),
-                    format!("label key must be 1 to {MAX_NAME_LEN} of letters, digits, '-', '_', '.', '/', starting and ending with a letter or digit"),
-                );
-            } else if !v.is_empty() && !label_ok(v) {
-                self.fail(
-                    format!("{path}[{k:?}]"),
-                    format!("label value must be empty or up to {MAX_NAME_LEN} of letters, digits, '-', '_', '.', '/', starting and ending with a letter or digit"),
-                );
+            if let Err(rule) = check_label(k, v) {
+                self.fail(format!("{path}[{k:?}]"), rule);
             }
         }
     }

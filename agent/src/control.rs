@@ -1,0 +1,517 @@
+//! The agent's side of `AgentService.Connect`.
+//!
+//! One stream at a time, to one of the configured control-plane addresses
+//! (tried in turn from a random start). The agent says hello with the
+//! snapshot it runs; the control plane answers with snapshots; each is
+//! applied atomically and ACKed, or refused with a NACK naming the policy and
+//! field (the previous one keeps serving). Applied snapshots are written to
+//! the state directory. Telemetry is reported every interval through a
+//! bounded queue: reports that do not fit while the control plane is out of
+//! reach are counted and the count travels with every report delivered.
+//! A failed or ended stream is retried with exponential backoff and full
+//! jitter. After `loss_ttl` without the control plane, faults and shadow
+//! traffic are dropped; weights stay.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use shepherd_proto::v1;
+use shepherd_proto::v1::agent_service_client::AgentServiceClient;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+use tracing::{debug, error, info, warn};
+
+use crate::Agent;
+use crate::state::StateDir;
+
+/// How the agent reaches the control plane.
+#[derive(Debug, Clone)]
+pub struct ControlSettings {
+    /// Control-plane addresses (http:// or https://), tried in turn.
+    pub endpoints: Vec<String>,
+    /// The agent token; never logged.
+    pub token: Option<Secret>,
+    pub agent_id: String,
+    pub hostname: String,
+    pub state: Option<StateDir>,
+    pub report_interval: Duration,
+    /// Reports kept while the control plane is out of reach.
+    pub report_queue: usize,
+    /// Time without the control plane after which faults and shadow stop.
+    pub loss_ttl: Duration,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    pub connect_timeout: Duration,
+    /// Largest snapshot accepted.
+    pub max_snapshot_bytes: usize,
+}
+
+impl ControlSettings {
+    /// Defaults for everything but the addresses and identity.
+    pub fn new(endpoints: Vec<String>, agent_id: String) -> Self {
+        Self {
+            endpoints,
+            token: None,
+            agent_id,
+            hostname: hostname(),
+            state: None,
+            report_interval: Duration::from_secs(1),
+            report_queue: 300,
+            loss_ttl: Duration::from_secs(300),
+            backoff_base: Duration::from_millis(200),
+            backoff_cap: Duration::from_secs(15),
+            connect_timeout: Duration::from_secs(5),
+            max_snapshot_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// A secret whose `Debug` form never shows it.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// This host's name ("unknown" if it cannot be read).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Reports waiting to be sent, oldest first, bounded.
+#[derive(Default)]
+pub struct ReportQueue {
+    inner: Mutex<QueueState>,
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct QueueState {
+    reports: VecDeque<v1::TelemetryReport>,
+    /// Dropped in all.
+    lost: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+impl ReportQueue {
+    /// Queues a report, dropping (and counting) the oldest beyond `capacity`.
+    /// Returns how many were dropped.
+    pub fn push(&self, report: v1::TelemetryReport, capacity: usize) -> u64 {
+        let mut q = lock(&self.inner);
+        q.reports.push_back(report);
+        let mut dropped = 0;
+        while q.reports.len() > capacity.max(1) {
+            q.reports.pop_front();
+            dropped += 1;
+        }
+        q.lost += dropped;
+        drop(q);
+        self.ready.notify_one();
+        dropped
+    }
+
+    /// The oldest report, carrying the count of those dropped so far.
+    pub fn pop(&self) -> Option<v1::TelemetryReport> {
+        let mut q = lock(&self.inner);
+        let mut report = q.reports.pop_front()?;
+        report.reports_lost = q.lost;
+        Some(report)
+    }
+
+    pub fn len(&self) -> usize {
+        lock(&self.inner).reports.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Exponential backoff with full jitter: a random delay up to
+/// `base * 2^attempt`, capped.
+pub fn backoff(base: Duration, cap: Duration, attempt: u32, unit: f64) -> Duration {
+    let ceiling = base
+        .saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX))
+        .min(cap);
+    ceiling.mul_f64(unit.clamp(0.0, 1.0))
+}
+
+/// Shared between the stream loop and the timers.
+struct Link {
+    /// When the control plane was last heard from (or the agent started).
+    last_contact: Mutex<SystemTime>,
+}
+
+/// Runs the control-plane link until `shutdown`: the stream (reconnected
+/// as needed), the reporter, and the loss timer.
+pub async fn run(agent: Arc<Agent>, settings: ControlSettings, shutdown: CancellationToken) {
+    let queue = Arc::new(ReportQueue::default());
+    let mut start = SystemTime::now();
+    if let Some(state) = &settings.state {
+        match state.load() {
+            Ok(Some(saved)) => {
+                let version = saved.snapshot.version;
+                match agent.apply_snapshot(saved.snapshot) {
+                    Ok(()) => {
+                        info!(version, file = %state.path().display(), "serving the last snapshot saved on disk until the control plane answers");
+                        // Faults and shadow expire counting from when it was saved.
+                        start = saved.written;
+                    }
+                    Err(e) => {
+                        warn!(version, error = %e, "the snapshot saved on disk cannot be applied; waiting for the control plane")
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "cannot read the saved snapshot"),
+        }
+    }
+    let link = Arc::new(Link {
+        last_contact: Mutex::new(start),
+    });
+    let reporter = tokio::spawn(report_loop(
+        agent.clone(),
+        queue.clone(),
+        settings.clone(),
+        shutdown.clone(),
+    ));
+    let timer = tokio::spawn(loss_timer(
+        agent.clone(),
+        link.clone(),
+        settings.loss_ttl,
+        shutdown.clone(),
+    ));
+    connect_loop(&agent, &settings, &queue, &link, &shutdown).await;
+    let _ = reporter.await;
+    let _ = timer.await;
+}
+
+async fn connect_loop(
+    agent: &Agent,
+    settings: &ControlSettings,
+    queue: &ReportQueue,
+    link: &Link,
+    shutdown: &CancellationToken,
+) {
+    if settings.endpoints.is_empty() {
+        return;
+    }
+    let mut next = rand::random_range(0..settings.endpoints.len());
+    let mut failures: u32 = 0;
+    loop {
+        let endpoint = &settings.endpoints[next % settings.endpoints.len()];
+        next = next.wrapping_add(1);
+        let outcome = tokio::select! {
+            () = shutdown.cancelled() => return,
+            outcome = stream(agent, settings, endpoint, queue, link, shutdown) => outcome,
+        };
+        agent
+            .stats
+            .control_plane_connected
+            .store(0, Ordering::Relaxed);
+        match outcome {
+            Ok(true) => {
+                info!(control_plane = %endpoint, "control-plane stream ended; reconnecting");
+                failures = 0;
+            }
+            Ok(false) => return,
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                if failures == 1 || failures.is_multiple_of(10) {
+                    warn!(control_plane = %endpoint, error = %e, failures, "cannot reach the control plane; serving the snapshot in force");
+                } else {
+                    debug!(control_plane = %endpoint, error = %e, failures, "cannot reach the control plane");
+                }
+            }
+        }
+        let delay = backoff(
+            settings.backoff_base,
+            settings.backoff_cap,
+            failures,
+            rand::random::<f64>(),
+        );
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// One stream. `Ok(true)`: it was up and ended; `Ok(false)`: shutdown;
+/// `Err`: it could not be set up or failed.
+async fn stream(
+    agent: &Agent,
+    settings: &ControlSettings,
+    endpoint: &str,
+    queue: &ReportQueue,
+    link: &Link,
+    shutdown: &CancellationToken,
+) -> Result<bool, String> {
+    let channel = Endpoint::from_shared(endpoint.to_string())
+        .map_err(|e| format!("control-plane address {endpoint:?}: {e}"))?
+        .connect_timeout(settings.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let mut client = AgentServiceClient::new(channel)
+        .max_decoding_message_size(settings.max_snapshot_bytes)
+        .max_encoding_message_size(4 * 1024 * 1024);
+    let (tx, rx) = mpsc::channel::<v1::AgentMessage>(16);
+    let (version, hash) = agent.running();
+    let hello = v1::AgentMessage {
+        kind: Some(v1::agent_message::Kind::Hello(v1::Hello {
+            agent_id: settings.agent_id.clone(),
+            hostname: settings.hostname.clone(),
+            labels: agent.labels().clone(),
+            build_version: env!("CARGO_PKG_VERSION").to_string(),
+            snapshot_version: version,
+            snapshot_hash: hash,
+        })),
+    };
+    tx.send(hello).await.map_err(|e| e.to_string())?;
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if let Some(token) = &settings.token {
+        let mut value: tonic::metadata::MetadataValue<_> = format!("Bearer {}", token.0.trim())
+            .parse()
+            .map_err(|_| "the agent token holds characters not allowed in a header".to_string())?;
+        value.set_sensitive(true);
+        request.metadata_mut().insert("authorization", value);
+    }
+    let mut inbound = client
+        .connect(request)
+        .await
+        .map_err(|status| describe(&status))?
+        .into_inner();
+    info!(control_plane = %endpoint, version, "connected to the control plane");
+    agent
+        .stats
+        .control_plane_connected
+        .store(1, Ordering::Relaxed);
+    *lock(&link.last_contact) = SystemTime::now();
+    loop {
+        let has_reports = !queue.is_empty();
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(false),
+            message = inbound.message() => {
+                *lock(&link.last_contact) = SystemTime::now();
+                match message {
+                    Ok(Some(v1::ControlMessage { kind: Some(v1::control_message::Kind::Snapshot(snapshot)) })) => {
+                        let reply = apply(agent, settings, snapshot);
+                        if tx.send(reply).await.is_err() {
+                            return Ok(true);
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Ok(true),
+                    Err(status) => return Err(describe(&status)),
+                }
+            }
+            slot = tx.reserve(), if has_reports => {
+                let Ok(slot) = slot else { return Ok(true) };
+                if let Some(report) = queue.pop() {
+                    slot.send(v1::AgentMessage { kind: Some(v1::agent_message::Kind::Report(report)) });
+                }
+            }
+            () = queue.ready.notified(), if !has_reports => {}
+        }
+    }
+}
+
+/// A status as a log line; auth failures say what to fix.
+fn describe(status: &tonic::Status) -> String {
+    match status.code() {
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+            error!(
+                message = status.message(),
+                "the control plane refused the agent token; check SHEPHERD_AGENT_TOKEN(_FILE)"
+            );
+            format!("refused: {}", status.message())
+        }
+        code => format!("{code:?}: {}", status.message()),
+    }
+}
+
+/// Applies a snapshot and says how it went.
+fn apply(agent: &Agent, settings: &ControlSettings, snapshot: v1::Snapshot) -> v1::AgentMessage {
+    use v1::agent_message::Kind;
+    let version = snapshot.version;
+    let policies = snapshot.policies.len();
+    let saved = snapshot.clone();
+    match agent.apply_snapshot(snapshot) {
+        Ok(()) => {
+            agent.stats.reloads_ok.fetch_add(1, Ordering::Relaxed);
+            info!(version, policies, "snapshot applied");
+            if let Some(state) = &settings.state
+                && let Err(e) = state.save(&saved)
+            {
+                warn!(error = %e, "cannot save the snapshot; a restart without the control plane would serve an older one");
+            }
+            v1::AgentMessage {
+                kind: Some(Kind::Ack(v1::Ack { version })),
+            }
+        }
+        Err(reason) => {
+            agent.stats.reloads_failed.fetch_add(1, Ordering::Relaxed);
+            error!(version, %reason, "snapshot refused; the previous one stays in force");
+            v1::AgentMessage {
+                kind: Some(Kind::Nack(v1::Nack { version, reason })),
+            }
+        }
+    }
+}
+
+/// Collects telemetry every interval and queues it as a report.
+async fn report_loop(
+    agent: Arc<Agent>,
+    queue: Arc<ReportQueue>,
+    settings: ControlSettings,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(settings.report_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    let mut sequence = 0u64;
+    let mut start = SystemTime::now();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let end = SystemTime::now();
+        let policies = agent.registry.stats.collect();
+        sequence += 1;
+        let report = v1::TelemetryReport {
+            sequence,
+            start_time: Some(timestamp(start)),
+            end_time: Some(timestamp(end)),
+            policies,
+            reports_lost: 0,
+        };
+        start = end;
+        let dropped = queue.push(report, settings.report_queue);
+        if dropped > 0 {
+            agent
+                .stats
+                .reports_lost
+                .fetch_add(dropped, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Without a control plane, counters of versions no table uses any more
+/// are still folded into the totals now and then (nothing is reported).
+pub async fn retire_counters(agent: Arc<Agent>, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {
+                agent.registry.stats.collect();
+            }
+        }
+    }
+}
+
+fn timestamp(t: SystemTime) -> pbjson_types::Timestamp {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    pbjson_types::Timestamp {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// Drops faults and shadow once the control plane has been out of reach
+/// for `ttl`.
+async fn loss_timer(
+    agent: Arc<Agent>,
+    link: Arc<Link>,
+    ttl: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut ticker =
+        tokio::time::interval(Duration::from_secs(1).min(ttl.max(Duration::from_millis(10))));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if agent.stats.control_plane_connected.load(Ordering::Relaxed) == 1 {
+            continue;
+        }
+        let since = *lock(&link.last_contact);
+        if SystemTime::now().duration_since(since).unwrap_or_default() < ttl {
+            continue;
+        }
+        match agent.drop_experiments() {
+            Ok(true) => warn!(
+                ttl = ?ttl,
+                "no control plane for longer than the loss TTL: faults and shadow traffic stopped; weights stay"
+            ),
+            Ok(false) => {}
+            Err(e) => error!(error = %e, "cannot drop faults and shadow traffic"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(sequence: u64) -> v1::TelemetryReport {
+        v1::TelemetryReport {
+            sequence,
+            ..Default::default()
+        }
+    }
+
+    /// Overflow drops the oldest reports; every report delivered carries the
+    /// count so far.
+    #[test]
+    fn queue_counts_what_it_drops() {
+        let q = ReportQueue::default();
+        for i in 1..=5 {
+            q.push(report(i), 3);
+        }
+        let first = q.pop().unwrap();
+        assert_eq!(first.sequence, 3);
+        assert_eq!(first.reports_lost, 2);
+        let next = q.pop().unwrap();
+        assert_eq!(
+            (next.sequence, next.reports_lost),
+            (4, 2),
+            "the count is a total"
+        );
+    }
+
+    /// Backoff grows from the base, stays under the cap, and is jittered.
+    #[test]
+    fn backoff_is_capped_full_jitter() {
+        let base = Duration::from_millis(100);
+        let cap = Duration::from_secs(2);
+        assert_eq!(backoff(base, cap, 0, 1.0), base);
+        assert_eq!(backoff(base, cap, 3, 1.0), Duration::from_millis(800));
+        assert_eq!(backoff(base, cap, 30, 1.0), cap);
+        assert_eq!(backoff(base, cap, 3, 0.0), Duration::ZERO);
+        assert_eq!(backoff(base, cap, 3, 0.5), Duration::from_millis(400));
+    }
+}

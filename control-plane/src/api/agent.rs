@@ -1,0 +1,183 @@
+//! `shepherd.v1.AgentService`: the agents' Connect stream (agent token) and
+//! the fleet view for operators (admin token).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::Utc;
+use shepherd_proto::v1;
+use shepherd_proto::v1::agent_service_server::AgentService;
+use shepherd_proto::validate::{check_name, labels_match};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{invalid, page};
+use crate::auth::{Authenticator, Role};
+use crate::fleet::{Fleet, session};
+use crate::store::{AgentRecord, Store};
+
+/// Serves AgentService.
+#[derive(Clone)]
+pub struct AgentApi {
+    fleet: Arc<Fleet>,
+    store: Arc<dyn Store>,
+    auth: Authenticator,
+}
+
+impl AgentApi {
+    pub fn new(fleet: Arc<Fleet>, store: Arc<dyn Store>, auth: Authenticator) -> Self {
+        Self { fleet, store, auth }
+    }
+
+    /// Every agent the store knows of, as operators should see it: records
+    /// of this replica's agents are taken from memory (they are fresher).
+    async fn agents_page(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AgentRecord>, Status> {
+        let alive_after = Utc::now()
+            - chrono::Duration::from_std(self.fleet.options.replica_timeout)
+                .unwrap_or(chrono::Duration::MAX);
+        let local = self.fleet.agents.records();
+        let listed = self.store.list_agents(after, limit).await?;
+        Ok(listed
+            .into_iter()
+            .map(|l| match local.get(&l.record.agent_id) {
+                Some(mine) if mine.session >= l.record.session => mine.clone(),
+                _ => l.effective(alive_after),
+            })
+            .collect())
+    }
+
+    /// Every agent, local records overlaid, including those not written yet.
+    async fn all_agents(&self) -> Result<Vec<AgentRecord>, Status> {
+        let mut all: HashMap<String, AgentRecord> = HashMap::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.agents_page(after.as_deref(), 1000).await?;
+            let done = page.len() < 1000;
+            after = page.last().map(|a| a.agent_id.clone());
+            all.extend(page.into_iter().map(|a| (a.agent_id.clone(), a)));
+            if done {
+                break;
+            }
+        }
+        for (id, mine) in self.fleet.agents.records() {
+            if all.get(&id).is_none_or(|a| a.session <= mine.session) {
+                all.insert(id, mine);
+            }
+        }
+        Ok(all.into_values().collect())
+    }
+}
+
+fn agent_info(a: AgentRecord) -> v1::AgentInfo {
+    v1::AgentInfo {
+        agent_id: a.agent_id,
+        hostname: a.hostname,
+        labels: a.labels,
+        build_version: a.build_version,
+        replica: a.replica,
+        connected: a.connected,
+        since: Some(a.since.into()),
+        applied_version: u64::try_from(a.applied_version).unwrap_or(0),
+        nack_version: u64::try_from(a.nack_version).unwrap_or(0),
+        nack_reason: a.nack_reason,
+        last_report_time: a.last_report_time.map(Into::into),
+        reports_lost: u64::try_from(a.reports_lost).unwrap_or(0),
+    }
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    type ConnectStream = ReceiverStream<Result<v1::ControlMessage, Status>>;
+
+    #[tracing::instrument(skip_all, fields(rpc = "Connect"))]
+    async fn connect(
+        &self,
+        request: Request<Streaming<v1::AgentMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        self.auth.check(Role::Agent, request.metadata())?;
+        if self.fleet.stopping.is_cancelled() {
+            return Err(Status::unavailable(
+                "control plane replica shutting down; reconnect to another",
+            ));
+        }
+        let permit = self.fleet.admit().await.ok_or_else(|| {
+            Status::resource_exhausted("too many agents connecting at once; retry after a backoff")
+        })?;
+        let (out, rx) = mpsc::channel(1);
+        tokio::spawn(session::run(
+            self.fleet.clone(),
+            request.into_inner(),
+            out,
+            permit,
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "ListAgents"))]
+    async fn list_agents(
+        &self,
+        request: Request<v1::ListAgentsRequest>,
+    ) -> Result<Response<v1::ListAgentsResponse>, Status> {
+        const SCOPE: &str = "agents";
+        self.auth.check(Role::Admin, request.metadata())?;
+        let request = request.into_inner();
+        let size = page::page_size(request.page_size)?;
+        let after = page::decode(SCOPE, &request.page_token)?;
+        let mut found = self.agents_page(after.as_deref(), size + 1).await?;
+        let next_page_token = if found.len() > size as usize {
+            found.truncate(size as usize);
+            found
+                .last()
+                .map(|a| page::encode(SCOPE, &a.agent_id))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(v1::ListAgentsResponse {
+            agents: found.into_iter().map(agent_info).collect(),
+            next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "GetPolicyStatus"))]
+    async fn get_policy_status(
+        &self,
+        request: Request<v1::GetPolicyStatusRequest>,
+    ) -> Result<Response<v1::PolicyStatus>, Status> {
+        self.auth.check(Role::Admin, request.metadata())?;
+        let request = request.into_inner();
+        check_name(&request.name).map_err(|rule| invalid("name", rule))?;
+        let policy = self.store.get_policy(&request.name).await?;
+        let since = u64::try_from(policy.generation).unwrap_or(0);
+        let selector = policy
+            .spec
+            .as_proto()
+            .selector
+            .as_ref()
+            .map(|s| s.match_labels.clone())
+            .unwrap_or_default();
+        let mut status = v1::PolicyStatus {
+            name: request.name,
+            revision: policy.revision,
+            since_version: since,
+            ..Default::default()
+        };
+        for a in self.all_agents().await? {
+            if !a.connected || !labels_match(&selector, &a.labels) {
+                continue;
+            }
+            status.selected_agents += 1;
+            if u64::try_from(a.applied_version).unwrap_or(0) >= since {
+                status.current_agents += 1;
+            } else if a.nack_version >= policy.generation && a.nack_version > a.applied_version {
+                status.nacking_agents += 1;
+            }
+        }
+        Ok(Response::new(status))
+    }
+}

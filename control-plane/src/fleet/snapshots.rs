@@ -1,0 +1,195 @@
+//! Snapshots per group of agents with the same labels. Every catalog read
+//! rebuilds each group's policy set; a group whose set did not change keeps
+//! its version and its agents hear nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use prost::Message;
+use shepherd_proto::v1;
+use shepherd_proto::validate::labels_match;
+use tokio::sync::watch;
+
+use crate::store::Catalog;
+
+pub type Labels = BTreeMap<String, String>;
+
+/// One group's snapshot, shared by all its agents.
+#[derive(Debug)]
+pub struct Built {
+    /// The generation of the catalog the set was first seen in: the set is
+    /// the one in force as of this generation.
+    pub version: u64,
+    pub hash: u64,
+    pub message: v1::ControlMessage,
+}
+
+struct Group {
+    sender: watch::Sender<Arc<Built>>,
+}
+
+/// A policy ready to send, with the hash of its encoding.
+struct Prepared {
+    selector: Labels,
+    policy: v1::Policy,
+    hash: u64,
+}
+
+#[derive(Default)]
+struct State {
+    catalog: Option<Arc<Catalog>>,
+    prepared: Vec<Prepared>,
+    groups: HashMap<Labels, Group>,
+}
+
+/// Every group's current snapshot.
+#[derive(Default)]
+pub struct Snapshots {
+    state: Mutex<State>,
+    loaded: watch::Sender<u64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// FNV-1a, 64 bits: stable across builds and replicas.
+pub fn fnv64(bytes: &[u8], seed: u64) -> u64 {
+    let mut h = if seed == 0 {
+        0xcbf2_9ce4_8422_2325
+    } else {
+        seed
+    };
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+impl Snapshots {
+    /// The generation of the catalog in force (0 before the first read).
+    pub fn generation(&self) -> u64 {
+        *self.loaded.borrow()
+    }
+
+    /// The catalog in force, if one was read.
+    pub fn catalog(&self) -> Option<Arc<Catalog>> {
+        lock(&self.state).catalog.clone()
+    }
+
+    /// Takes a newly read catalog: each group whose set changed gets a new
+    /// snapshot at the catalog's generation. Returns how many groups changed.
+    pub fn update(&self, catalog: Catalog) -> usize {
+        let generation = u64::try_from(catalog.generation).unwrap_or(0);
+        let mut state = lock(&self.state);
+        if let Some(current) = &state.catalog
+            && current.generation > catalog.generation
+        {
+            // An older read finishing late; never go back.
+            return 0;
+        }
+        state.prepared = catalog
+            .policies
+            .iter()
+            .map(|p| {
+                let policy = p.to_proto();
+                let hash = fnv64(&policy.encode_to_vec(), 0);
+                Prepared {
+                    selector: policy
+                        .selector
+                        .as_ref()
+                        .map(|s| s.match_labels.clone())
+                        .unwrap_or_default(),
+                    policy,
+                    hash,
+                }
+            })
+            .collect();
+        state.catalog = Some(Arc::new(catalog));
+        state.groups.retain(|_, g| g.sender.receiver_count() > 0);
+        let mut changed = 0;
+        let State {
+            prepared, groups, ..
+        } = &mut *state;
+        for (labels, group) in groups.iter() {
+            let hash = set_hash(prepared, labels);
+            if group.sender.borrow().hash != hash {
+                group
+                    .sender
+                    .send_replace(Arc::new(build(prepared, labels, generation, hash)));
+                changed += 1;
+            }
+        }
+        drop(state);
+        self.loaded.send_replace(generation);
+        changed
+    }
+
+    /// Joins the group of `labels`, waiting for the first catalog read; the
+    /// receiver holds the group's snapshot and sees each change.
+    pub async fn join(&self, labels: &Labels) -> watch::Receiver<Arc<Built>> {
+        let mut loaded = self.loaded.subscribe();
+        // The generation is 0 until the first read (an empty store reads as 0
+        // too, so also check that a catalog is present).
+        let _ = loaded
+            .wait_for(|_| lock(&self.state).catalog.is_some())
+            .await;
+        let mut state = lock(&self.state);
+        let generation = state
+            .catalog
+            .as_ref()
+            .map_or(0, |c| u64::try_from(c.generation).unwrap_or(0));
+        let State {
+            prepared, groups, ..
+        } = &mut *state;
+        groups
+            .entry(labels.clone())
+            .or_insert_with(|| {
+                let hash = set_hash(prepared, labels);
+                Group {
+                    sender: watch::channel(Arc::new(build(prepared, labels, generation, hash))).0,
+                }
+            })
+            .sender
+            .subscribe()
+    }
+
+    /// Groups with agents.
+    pub fn groups(&self) -> usize {
+        lock(&self.state).groups.len()
+    }
+}
+
+fn set_hash(prepared: &[Prepared], labels: &Labels) -> u64 {
+    let mut h = fnv64(b"shepherd.v1.Snapshot", 0);
+    for p in prepared
+        .iter()
+        .filter(|p| labels_match(&p.selector, labels))
+    {
+        h = fnv64(&p.hash.to_le_bytes(), h);
+    }
+    h
+}
+
+fn build(prepared: &[Prepared], labels: &Labels, version: u64, hash: u64) -> Built {
+    let policies = prepared
+        .iter()
+        .filter(|p| labels_match(&p.selector, labels))
+        .map(|p| p.policy.clone())
+        .collect();
+    Built {
+        version,
+        hash,
+        message: v1::ControlMessage {
+            kind: Some(v1::control_message::Kind::Snapshot(v1::Snapshot {
+                version,
+                content_hash: hash,
+                policies,
+            })),
+        },
+    }
+}

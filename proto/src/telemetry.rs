@@ -1,0 +1,166 @@
+//! Telemetry reports on the wire: histograms to and from their sparse wire
+//! form, and merging of backend figures (the agent folds intervals, the
+//! control plane folds agents and replicas, with the same code).
+
+use crate::histogram::Histogram;
+use crate::v1;
+
+impl Histogram {
+    /// The wire form: non-empty buckets only.
+    pub fn to_wire(&self) -> v1::Histogram {
+        let (buckets, counts) = self.to_sparse().into_iter().unzip();
+        v1::Histogram {
+            buckets,
+            counts,
+            sum_us: self.sum_us(),
+        }
+    }
+
+    /// Reads the wire form; mismatched lists or buckets out of range are
+    /// refused.
+    pub fn from_wire(wire: &v1::Histogram) -> Result<Histogram, String> {
+        if wire.buckets.len() != wire.counts.len() {
+            return Err(format!(
+                "buckets and counts differ in length ({} and {})",
+                wire.buckets.len(),
+                wire.counts.len()
+            ));
+        }
+        Histogram::from_sparse(
+            wire.buckets
+                .iter()
+                .copied()
+                .zip(wire.counts.iter().copied()),
+            wire.sum_us,
+        )
+    }
+}
+
+/// Adds `from` to `into` (an absent histogram counts as empty).
+pub fn merge_histogram(
+    into: &mut Option<v1::Histogram>,
+    from: &Option<v1::Histogram>,
+) -> Result<(), String> {
+    let Some(from) = from else {
+        return Ok(());
+    };
+    let mut sum = match into {
+        Some(h) => Histogram::from_wire(h)?,
+        None => Histogram::default(),
+    };
+    sum.merge(&Histogram::from_wire(from)?);
+    *into = Some(sum.to_wire());
+    Ok(())
+}
+
+/// Adds one set of outcome counts to another.
+pub fn add_outcomes(into: &mut v1::Outcomes, from: &v1::Outcomes) {
+    into.success += from.success;
+    into.client_error += from.client_error;
+    into.rate_limited += from.rate_limited;
+    into.server_error += from.server_error;
+    into.timeout += from.timeout;
+    into.connect_error += from.connect_error;
+    into.stream_broken += from.stream_broken;
+    into.breaker_rejected += from.breaker_rejected;
+    into.fault_injected += from.fault_injected;
+    into.cancelled += from.cancelled;
+}
+
+/// Adds one backend's figures to another's (same backend).
+pub fn merge_backend(
+    into: &mut v1::BackendTelemetry,
+    from: &v1::BackendTelemetry,
+) -> Result<(), String> {
+    merge_histogram(&mut into.latency, &from.latency).map_err(|e| format!("latency: {e}"))?;
+    merge_histogram(&mut into.ttft, &from.ttft).map_err(|e| format!("ttft: {e}"))?;
+    if let Some(o) = &from.outcomes {
+        add_outcomes(into.outcomes.get_or_insert_with(Default::default), o);
+    }
+    into.input_tokens += from.input_tokens;
+    into.output_tokens += from.output_tokens;
+    into.retries += from.retries;
+    into.fallbacks += from.fallbacks;
+    into.selected += from.selected;
+    Ok(())
+}
+
+/// Attempts counted in a set of outcomes.
+pub fn attempts(o: &v1::Outcomes) -> u64 {
+    o.success
+        + o.client_error
+        + o.rate_limited
+        + o.server_error
+        + o.timeout
+        + o.connect_error
+        + o.stream_broken
+        + o.breaker_rejected
+        + o.fault_injected
+        + o.cancelled
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A histogram survives the wire, and bad wire forms are refused.
+    #[test]
+    fn histogram_wire_round_trip() {
+        let mut h = Histogram::default();
+        h.record(Duration::from_millis(3));
+        h.record(Duration::from_millis(3));
+        h.record(Duration::from_secs(2));
+        let wire = h.to_wire();
+        assert_eq!(wire.buckets.len(), 2);
+        assert_eq!(Histogram::from_wire(&wire).unwrap(), h);
+        let uneven = v1::Histogram {
+            buckets: vec![1, 2],
+            counts: vec![1],
+            sum_us: 0,
+        };
+        assert!(
+            Histogram::from_wire(&uneven)
+                .unwrap_err()
+                .contains("differ")
+        );
+        let out_of_range = v1::Histogram {
+            buckets: vec![10_000],
+            counts: vec![1],
+            sum_us: 0,
+        };
+        assert!(Histogram::from_wire(&out_of_range).is_err());
+    }
+
+    /// Merging adds every counter and histogram.
+    #[test]
+    fn merges_backend_figures() {
+        let mut a_hist = Histogram::default();
+        a_hist.record(Duration::from_millis(10));
+        let a = v1::BackendTelemetry {
+            backend: "b".into(),
+            outcomes: Some(v1::Outcomes {
+                success: 3,
+                server_error: 1,
+                ..Default::default()
+            }),
+            latency: Some(a_hist.to_wire()),
+            input_tokens: 5,
+            selected: 4,
+            ..Default::default()
+        };
+        let mut sum = v1::BackendTelemetry {
+            backend: "b".into(),
+            ..Default::default()
+        };
+        merge_backend(&mut sum, &a).unwrap();
+        merge_backend(&mut sum, &a).unwrap();
+        let o = sum.outcomes.as_ref().unwrap();
+        assert_eq!((o.success, o.server_error), (6, 2));
+        assert_eq!(attempts(o), 8);
+        assert_eq!((sum.input_tokens, sum.selected), (10, 8));
+        let latency = Histogram::from_wire(sum.latency.as_ref().unwrap()).unwrap();
+        assert_eq!(latency.count(), 2);
+        assert!(sum.ttft.is_none());
+    }
+}
