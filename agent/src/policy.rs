@@ -552,12 +552,21 @@ mod tests {
         assert!(e.contains("base_ur"), "{e}");
     }
 
-    /// The local example in the README is a valid file (a list).
+    /// The local examples in the README are valid (a list, and the single
+    /// policy of the fleet walkthrough).
     #[test]
     fn local_example_is_valid() {
         let policies = parse(include_str!("../../deploy/examples/agent-local.json")).unwrap();
         assert_eq!(policies.len(), 1);
         assert_eq!(policies[0].candidate_weight, 1000);
+        let fleet = parse(include_str!(
+            "../../deploy/examples/fleet-local-policy.json"
+        ))
+        .unwrap();
+        assert_eq!(fleet.len(), 1);
+        let demo = BTreeMap::from([("app".to_string(), "demo".to_string())]);
+        assert!(fleet[0].selects(&demo));
+        assert!(!fleet[0].selects(&BTreeMap::new()));
     }
 
     /// Without a retry section a request gets one attempt.

@@ -186,3 +186,97 @@ fn help_lists_flags_and_variables() {
         assert!(text.contains(needle), "--help lacks {needle}:\n{text}");
     }
 }
+
+/// With --control-plane the agent takes its policies from the control plane
+/// with the agent token (never logged), saves each snapshot in the state
+/// directory, and starts from it when the control plane is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_the_control_plane_and_restarts_from_disk() {
+    use shepherd_control_plane::auth::{Authenticator, Token};
+    use shepherd_control_plane::server::ServerOptions;
+    use shepherd_proto::v1;
+    use shepherd_tests::control_plane::TestControlPlane;
+
+    const AGENT_TOKEN: &str = "agent-token-for-binary-test";
+    let provider = MockProvider::new("p");
+    let addr = provider.serve_tcp().await;
+    let store = shepherd_tests::stores::TestStore::sqlite().await;
+    let cp = TestControlPlane::start(
+        store.store.clone(),
+        ServerOptions {
+            auth: Authenticator::new(None, Some(Token::new(AGENT_TOKEN).unwrap())),
+            ..ServerOptions::default()
+        },
+    )
+    .await;
+    let policy: v1::Policy = serde_json::from_str(&policy(addr, 0)).unwrap();
+    cp.policy_client(None)
+        .await
+        .create_policy(v1::CreatePolicyRequest {
+            policy: Some(policy),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, AGENT_TOKEN).unwrap();
+    let cp_url = format!("http://{}", cp.addr);
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--control-plane",
+        &cp_url,
+        "--agent-token-file",
+        token_file.to_str().unwrap(),
+        "--agent-id",
+        "binary-agent",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    let envs = [
+        ("SHEPHERD_TEST_PROVIDER_KEY", KEY),
+        ("SHEPHERD_LOG", "debug"),
+    ];
+    let agent = Spawned::start(BIN, &args, &envs);
+    let line = agent.wait_for_line("agent listening", 0);
+    let proxy = logged_addr(&line, "proxy");
+    // The policy was written moments before; the first snapshot may predate it.
+    agent.wait_for_line("policies=1", 0);
+    let c = Client::tcp(&format!("http://{proxy}"));
+    let r = c.post("/v1/chat/completions", BODY, &[]).await;
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), agent.log());
+    assert!(state.join("snapshot.json").exists());
+    let (_, log) = agent.terminate();
+    assert!(!log.contains(AGENT_TOKEN), "the agent token was logged");
+
+    // The control plane goes away; a new agent process serves from disk.
+    cp.stop().await;
+    let agent = Spawned::start(BIN, &args, &envs);
+    agent.wait_for_line("serving the last snapshot saved on disk", 0);
+    let line = agent.wait_for_line("agent listening", 0);
+    let c = Client::tcp(&format!("http://{}", logged_addr(&line, "proxy")));
+    assert_eq!(c.post("/v1/chat/completions", BODY, &[]).await.status, 200);
+    let (status, _) = agent.terminate();
+    assert!(status.success());
+}
+
+/// A policy file and a control plane are exclusive.
+#[test]
+fn policy_file_and_control_plane_conflict() {
+    let out = std::process::Command::new(BIN)
+        .args([
+            "--policy-file",
+            "/nonexistent.json",
+            "--control-plane",
+            "http://127.0.0.1:4100",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("cannot be used with"), "{text}");
+}

@@ -18,7 +18,9 @@ use shepherd_control_plane::server::ServerOptions;
 use shepherd_control_plane::store;
 use shepherd_proto::v1;
 use shepherd_tests::agent::{FleetAgent, FleetAgentOptions};
-use shepherd_tests::control_plane::{AgentClient, PolicyClient, TestControlPlane, clients_of};
+use shepherd_tests::control_plane::{
+    AgentClient, PolicyClient, TestControlPlane, clients_of, update_latest,
+};
 use shepherd_tests::fleet_sim::SimAgent;
 use shepherd_tests::mock::MockProvider;
 use shepherd_tests::pg::TestDb;
@@ -201,28 +203,6 @@ async fn fleet_shows(
     .await
 }
 
-async fn update(policies: &mut PolicyClient, policy: v1::Policy) -> v1::Policy {
-    let current = policies
-        .get_policy(v1::GetPolicyRequest {
-            name: policy.name.clone(),
-            revision: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    policies
-        .update_policy(v1::UpdatePolicyRequest {
-            policy: Some(v1::Policy {
-                revision: current.revision,
-                ..policy
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 /// Sends requests through every agent until told to stop, counting failures.
 struct Load {
     stop: Arc<AtomicBool>,
@@ -328,7 +308,7 @@ async fn fleet_suite(database_url: String, replicas: usize) {
     fleet_shows(&mut api_last, &ids, v1).await;
 
     // An update on the first replica reaches agents on the last one.
-    update(&mut policies, chat_policy(a, b, 2000, json!({}))).await;
+    update_latest(&mut policies, chat_policy(a, b, 2000, json!({}))).await;
     let v2 = status(&mut api, "chat").await.since_version;
     assert!(v2 > v1);
     for agent in &agents {
@@ -344,7 +324,7 @@ async fn fleet_suite(database_url: String, replicas: usize) {
 
     // A snapshot the agents cannot apply is NACKed with the reason; they
     // keep serving the previous one.
-    update(
+    update_latest(
         &mut policies,
         chat_policy(
             a,
@@ -386,7 +366,7 @@ async fn fleet_suite(database_url: String, replicas: usize) {
     }
 
     // Fixed: everyone converges.
-    update(&mut policies, chat_policy(a, b, 5000, json!({}))).await;
+    update_latest(&mut policies, chat_policy(a, b, 5000, json!({}))).await;
     let v3 = status(&mut api, "chat").await.since_version;
     for agent in &agents {
         agent.wait_version(|v| v >= v3).await;
@@ -737,27 +717,10 @@ async fn reconnect_storm_is_absorbed() {
     // A burst of writes: every agent ends on the last one.
     let mut last = 0;
     for weight in 1..=5 {
-        let current = policies
-            .get_policy(v1::GetPolicyRequest {
-                name: "storm".into(),
-                revision: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        policy.revision = current.revision;
         policy.backends[0]
             .headers
             .insert("x-burst".into(), weight.to_string());
-        let updated = policies
-            .update_policy(v1::UpdatePolicyRequest {
-                policy: Some(policy.clone()),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        last = updated.revision;
+        last = update_latest(&mut policies, policy.clone()).await.revision;
     }
     assert_eq!(last, 6);
     let mut agents_api = cp.agent_client(None).await;

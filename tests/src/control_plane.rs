@@ -53,6 +53,34 @@ pub type PolicyClient = PolicyServiceClient<InterceptedService<Channel, Bearer>>
 /// An AgentService client sending a bearer token.
 pub type AgentClient = AgentServiceClient<InterceptedService<Channel, Bearer>>;
 
+/// Replaces a policy at whatever revision it is now (read first); returns
+/// the stored result.
+pub async fn update_latest(
+    policies: &mut PolicyClient,
+    policy: shepherd_proto::v1::Policy,
+) -> shepherd_proto::v1::Policy {
+    use shepherd_proto::v1;
+    let current = policies
+        .get_policy(v1::GetPolicyRequest {
+            name: policy.name.clone(),
+            revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    policies
+        .update_policy(v1::UpdatePolicyRequest {
+            policy: Some(v1::Policy {
+                revision: current.revision,
+                ..policy
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// A channel to a control plane at `addr` (host:port).
 pub async fn channel_to(addr: &str) -> Channel {
     Channel::from_shared(format!("http://{addr}"))

@@ -549,6 +549,10 @@ macro_rules! impl_sql_store {
                     .execute(&self.pool)
                     .await?
                     .rows_affected();
+                sqlx::query(super::flow::common_sql::PRUNE_REPLICAS)
+                    .bind(super::stored_time(agents_before))
+                    .execute(&self.pool)
+                    .await?;
                 Ok((windows, agents))
             }
         }
@@ -588,7 +592,11 @@ pub(crate) mod common_sql {
          reports, data FROM telemetry_windows \
          WHERE policy = $1 AND window_start >= $2 AND window_start < $3 ORDER BY window_start, id";
     pub const PRUNE_TELEMETRY: &str = "DELETE FROM telemetry_windows WHERE window_start < $1";
-    pub const PRUNE_AGENTS: &str = "DELETE FROM agents WHERE NOT connected AND update_time < $1";
+    /// Agents with no news since the cutoff that are disconnected, or whose
+    /// replica has been silent since then too.
+    pub const PRUNE_AGENTS: &str = "DELETE FROM agents WHERE update_time < $1 AND (NOT connected \
+         OR replica NOT IN (SELECT id FROM replicas WHERE heartbeat_time >= $1))";
+    pub const PRUNE_REPLICAS: &str = "DELETE FROM replicas WHERE heartbeat_time < $1";
     pub const STAMP_HEAD: &str = "UPDATE policies SET generation = $2 WHERE name = $1";
     pub const BUMP_FOR_UPDATE: &str = "UPDATE policies SET revision = revision + 1, update_time = $3 \
          WHERE name = $1 AND revision = $2 AND NOT deleted RETURNING revision, create_time";

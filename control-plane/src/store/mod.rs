@@ -196,9 +196,10 @@ pub trait Store: Send + Sync + 'static {
         to_ms: i64,
     ) -> Result<Vec<TelemetryRow>, StoreError>;
 
-    /// Deletes telemetry windows before `telemetry_before_ms` and agents
-    /// disconnected with no news since `agents_before`; returns how many of
-    /// each.
+    /// Deletes telemetry windows before `telemetry_before_ms`, and agents
+    /// with no news since `agents_before` that are disconnected or whose
+    /// replica is silent too (and such replicas); returns how many windows
+    /// and agents.
     async fn prune(
         &self,
         telemetry_before_ms: i64,
