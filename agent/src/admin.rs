@@ -1,6 +1,7 @@
 //! The admin listener: `/healthz` (the process is up), `/readyz` (a policy
-//! snapshot is loaded and the agent is not shutting down) and `/metrics`
-//! (Prometheus text format).
+//! snapshot is loaded and the agent is not shutting down), `/metrics`
+//! (Prometheus text format) and `/shadow/mismatches` (the latest sampled
+//! shadow mismatches, JSON, newest first).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -53,10 +54,15 @@ pub fn respond(agent: &Agent, req: &Request<Incoming>) -> Response<Full<Bytes>> 
             "text/plain; version=0.0.4; charset=utf-8",
             agent.render_metrics(),
         ),
+        "/shadow/mismatches" => text(
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_string(&agent.registry.samples.list()).unwrap_or_else(|_| "[]".into()),
+        ),
         _ => text(
             StatusCode::NOT_FOUND,
             PLAIN,
-            "not found: try /healthz, /readyz or /metrics\n",
+            "not found: try /healthz, /readyz, /metrics or /shadow/mismatches\n",
         ),
     }
 }

@@ -10,6 +10,8 @@
 //!   fallback, delivery.
 //! - [`split`], [`retry`], [`breaker`], [`fault`]: the generic pieces, each
 //!   reading plain settings.
+//! - [`shadow`]: mirrored requests to the shadow backend, compared with the
+//!   primary's answers in the background.
 //! - [`upstream`]: pooled HTTPS/HTTP clients.
 //! - [`stream`]: response bodies passed through and watched (SSE end, idle
 //!   timeout, usage, time to first token).
@@ -33,6 +35,7 @@ pub mod reload;
 pub mod retry;
 pub mod runtime;
 pub mod server;
+pub mod shadow;
 pub mod split;
 pub mod state;
 pub mod stream;
@@ -214,9 +217,11 @@ impl Agent {
         }
     }
 
-    /// Marks the agent as stopping (readiness fails from now on).
+    /// Marks the agent as stopping (readiness fails from now on) and stops
+    /// shadow work.
     pub fn set_stopping(&self) {
         self.stopping.store(true, Ordering::Release);
+        self.registry.shadow_stop.cancel();
     }
 
     /// Prometheus text of every counter.

@@ -61,12 +61,23 @@ async fn run(cli: Cli) -> Result<(), String> {
     let control_settings = if cli.control_plane.is_empty() {
         None
     } else {
-        let mut settings = ControlSettings::new(
-            cli.control_plane.clone(),
-            cli.agent_id
-                .clone()
-                .unwrap_or_else(|| format!("{}-{}", control::hostname(), cli.listen.port())),
-        );
+        let agent_id = cli
+            .agent_id
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", control::hostname(), cli.listen.port()));
+        shepherd_proto::validate::check_agent_id(&agent_id)
+            .map_err(|rule| format!("--agent-id {agent_id:?}: {rule}"))?;
+        for url in &cli.control_plane {
+            let ok = url.parse::<http::Uri>().ok().is_some_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+            });
+            if !ok {
+                return Err(format!(
+                    "--control-plane {url:?}: must be an http:// or https:// URL with a host"
+                ));
+            }
+        }
+        let mut settings = ControlSettings::new(cli.control_plane.clone(), agent_id);
         settings.token = cli.agent_token()?.map(control::Secret);
         settings.state = Some(StateDir::open(&cli.state_dir)?);
         settings.report_interval = cli.report_interval;

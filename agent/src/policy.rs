@@ -37,8 +37,23 @@ pub struct Policy {
     pub fallback: Vec<usize>,
     /// Faults per backend (same index as `backends`).
     pub faults: Vec<Option<FaultSettings>>,
+    /// Mirrored traffic, if on.
+    pub shadow: Option<ShadowSettings>,
     /// The wire form this was made from, kept for reports and the disk copy.
     pub source: Arc<v1::Policy>,
+}
+
+/// Mirroring of requests to a shadow backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowSettings {
+    /// Index into `backends`.
+    pub backend: usize,
+    /// Share of requests mirrored, in basis points.
+    pub basis_points: u32,
+    pub max_concurrency: usize,
+    pub max_requests_per_second: Option<f64>,
+    pub max_tokens_per_minute: Option<u64>,
+    pub keep_prompts: bool,
 }
 
 /// Which requests a policy handles.
@@ -222,6 +237,28 @@ impl TryFrom<&v1::Policy> for Policy {
                 .ok_or_else(|| err(name, format!("faults[{i}].backend"), "no such backend"))?;
             faults[at] = Some(fault(name, i, f)?);
         }
+        let shadow = match &p.shadow {
+            Some(sh) if sh.percent > 0.0 => {
+                let target = if sh.backend.is_empty() {
+                    traffic.candidate.as_str()
+                } else {
+                    sh.backend.as_str()
+                };
+                Some(ShadowSettings {
+                    backend: index_of(target)
+                        .ok_or_else(|| err(name, "shadow.backend", "no such backend"))?,
+                    basis_points: (sh.percent * 100.0).round() as u32,
+                    max_concurrency: match sh.max_concurrency {
+                        0 => 16,
+                        n => n as usize,
+                    },
+                    max_requests_per_second: sh.max_requests_per_second,
+                    max_tokens_per_minute: sh.max_tokens_per_minute,
+                    keep_prompts: sh.keep_prompts,
+                })
+            }
+            _ => None,
+        };
 
         Ok(Policy {
             name: Arc::from(name),
@@ -244,6 +281,7 @@ impl TryFrom<&v1::Policy> for Policy {
             breaker: p.circuit_breaker.as_ref().map(breaker),
             fallback,
             faults,
+            shadow,
             source: Arc::new(p.clone()),
         })
     }

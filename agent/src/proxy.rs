@@ -25,6 +25,7 @@ use crate::fault;
 use crate::policy::Backend;
 use crate::retry::{self, Failure, RetrySettings};
 use crate::runtime::{LiveBackend, LivePolicy, Table};
+use crate::shadow;
 use crate::split;
 use crate::stream::{Attempt, InflightGuard, ObservedBody, ProxyBody, Watch};
 use crate::telemetry::{AgentStats, Outcome};
@@ -94,7 +95,7 @@ pub struct Proxy {
 }
 
 /// What one attempt came to.
-enum Tried {
+pub(crate) enum Tried {
     /// The upstream answered (on a lent connection, for HTTP/1.1).
     Response(Response<Incoming>, Option<Lease>),
     /// A fault answered in its place.
@@ -213,6 +214,7 @@ impl Proxy {
             _ => policy.baseline,
         };
         bump(&live.backends[chosen].stats.selected);
+        let mirror = plan_mirror(&live, &parts, &body, chosen);
 
         let deadline = started + policy.backends[chosen].timeouts.overall;
         let replayable = body.len() <= self.limits.retry_body_limit;
@@ -273,7 +275,7 @@ impl Proxy {
                 }
                 let tried = match decision.abort {
                     Some((status, retry_after)) => Tried::Fault(status, retry_after),
-                    None => send(&parts, backend, lb, payload.clone(), deadline).await,
+                    None => send(&parts, backend, lb, payload.clone(), deadline, false).await,
                 };
 
                 let (failure, headers_retry_after) = match tried {
@@ -294,7 +296,10 @@ impl Proxy {
                                 attempt: Some(attempt),
                                 lease,
                             };
-                            return deliver(resp, &live, index, delivery, guard);
+                            return with_mirror(
+                                mirror,
+                                deliver(resp, &live, index, delivery, guard),
+                            );
                         };
                         lb.stats.record(Outcome::of_status(status));
                         permit.record(lb.breaker.as_deref(), class == Failure::RateLimited);
@@ -308,7 +313,10 @@ impl Proxy {
                         bump(&lb.stats.faults_abort);
                         drop(permit);
                         let Some(class) = retry::classify_status(status) else {
-                            return fault_response(shape, &live, index, attempts, status, ra);
+                            return with_mirror(
+                                mirror,
+                                fault_response(shape, &live, index, attempts, status, ra),
+                            );
                         };
                         notes.push(format!(
                             "{}: injected HTTP {}",
@@ -346,7 +354,7 @@ impl Proxy {
             }
         }
 
-        match last {
+        let answer = match last {
             Some(LastFailure::Response(resp, lease, index, n)) => {
                 let delivery = Delivery {
                     attempts: n,
@@ -371,8 +379,75 @@ impl Proxy {
                 &format!("no backend could take the request ({})", notes.join("; ")),
             ),
         }
-        .with_attempts(attempts)
+        .with_attempts(attempts);
+        with_mirror(mirror, answer)
     }
+}
+
+/// Whether to mirror a request to the policy's shadow backend (never when
+/// the shadow is the backend chosen for it); admits it if so.
+fn plan_mirror(
+    live: &Arc<LivePolicy>,
+    parts: &request::Parts,
+    body: &Bytes,
+    chosen: usize,
+) -> Option<shadow::Mirror> {
+    let sh = live.shadow.as_ref()?;
+    let index = sh.gate.settings.backend;
+    if index == chosen {
+        return None;
+    }
+    let key = live
+        .policy
+        .sticky_header
+        .as_ref()
+        .and_then(|h| parts.headers.get(h))
+        .map(HeaderValue::as_bytes);
+    let admission = sh
+        .gate
+        .admit(sh.gate.bucket(key), &live.backends[index].stats.shadow)?;
+    let request_id = parts
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(|| format!("{:016x}", rand::random::<u64>()), str::to_string);
+    Some(shadow::Mirror {
+        admission,
+        live: live.clone(),
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        headers: parts.headers.clone(),
+        body: body.clone(),
+        request_id,
+        stop: sh.stop.clone(),
+        samples: sh.samples.clone(),
+    })
+}
+
+/// Starts the shadow request of a mirrored request, handing it what the app
+/// gets (a copy of the body as it passes, or the agent's own answer).
+fn with_mirror(
+    mirror: Option<shadow::Mirror>,
+    mut resp: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    let Some(mirror) = mirror else {
+        return resp;
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let status = resp.status().as_u16();
+    match resp.body_mut() {
+        ProxyBody::Observed(o) => o.set_tap(shadow::Tap::new(status, o.is_sse(), tx)),
+        ProxyBody::Full(bytes) => {
+            let _ = tx.send(shadow::Seen {
+                status,
+                sse: false,
+                body: bytes.clone().unwrap_or_default(),
+                complete: true,
+            });
+        }
+    }
+    shadow::spawn(mirror, rx);
+    resp
 }
 
 /// Why a request body could not be read.
@@ -435,14 +510,15 @@ fn plan_retry(
 }
 
 /// Sends one attempt, with the per-try timeout (bounded by the deadline).
-async fn send(
+pub(crate) async fn send(
     parts: &request::Parts,
     backend: &Backend,
     lb: &LiveBackend,
     body: Bytes,
     deadline: Instant,
+    shadow: bool,
 ) -> Tried {
-    let request = match upstream_request(parts, backend, lb, body) {
+    let request = match upstream_request(parts, backend, lb, body, shadow) {
         Ok(r) => r,
         Err(e) => return Tried::Failed(Failure::Connect, format!("cannot build the request: {e}")),
     };
@@ -467,6 +543,7 @@ fn upstream_request(
     backend: &Backend,
     lb: &LiveBackend,
     body: Bytes,
+    shadow: bool,
 ) -> Result<Request<Full<Bytes>>, http::Error> {
     let base = &backend.base;
     let target = match (
@@ -509,6 +586,9 @@ fn upstream_request(
         }
     }
     headers.insert(http::header::HOST, lb.host.clone());
+    if shadow {
+        headers.insert(SHADOW_HEADER, HeaderValue::from_static("1"));
+    }
     // Bodies are watched on the way back; ask for them uncompressed.
     headers.insert(
         http::header::ACCEPT_ENCODING,
@@ -528,7 +608,7 @@ fn upstream_request(
 }
 
 /// The body for a backend: `model` rewritten by its model map, or as sent.
-fn rewrite_model(backend: &Backend, body: &Bytes) -> Bytes {
+pub(crate) fn rewrite_model(backend: &Backend, body: &Bytes) -> Bytes {
     if !backend.rewrites_model() || body.first() != Some(&b'{') {
         return body.clone();
     }

@@ -12,10 +12,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
+use tokio_util::sync::CancellationToken;
 
 use crate::breaker::{Breaker, BreakerSettings};
-use crate::policy::{Backend, Policy, Protocol, SecretRef};
+use crate::policy::{Backend, Policy, Protocol, SecretRef, ShadowSettings};
 use crate::retry::RetryBudget;
+use crate::shadow::{Samples, ShadowGate};
 use crate::telemetry::{BackendStats, StatsRegistry};
 use crate::upstream::{self, Clients, Connector, Tls};
 
@@ -41,6 +43,16 @@ pub struct LivePolicy {
     pub backends: Vec<LiveBackend>,
     pub budget: Arc<RetryBudget>,
     pub requests: Arc<AtomicU64>,
+    /// Mirroring to the shadow backend, if on.
+    pub shadow: Option<LiveShadow>,
+}
+
+/// A policy's shadow traffic: its admission gate (kept across reloads while
+/// the settings stay), and the agent-wide samples and stop signal.
+pub struct LiveShadow {
+    pub gate: Arc<ShadowGate>,
+    pub samples: Arc<Samples>,
+    pub stop: CancellationToken,
 }
 
 /// The policies in force, in matching order.
@@ -109,7 +121,12 @@ pub struct Registry {
     clients: Mutex<HashMap<ClientKey, Clients>>,
     breakers: Mutex<HashMap<(String, String), Arc<Breaker>>>,
     budgets: Mutex<HashMap<String, BudgetEntry>>,
+    shadows: Mutex<HashMap<String, Arc<ShadowGate>>>,
     pub stats: Arc<StatsRegistry>,
+    /// Sampled shadow mismatches.
+    pub samples: Arc<Samples>,
+    /// Stops all shadow work (shutdown).
+    pub shadow_stop: CancellationToken,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -129,7 +146,10 @@ impl Registry {
             clients: Mutex::default(),
             breakers: Mutex::default(),
             budgets: Mutex::default(),
+            shadows: Mutex::default(),
             stats: Arc::default(),
+            samples: Arc::default(),
+            shadow_stop: CancellationToken::new(),
         }
     }
 
@@ -154,6 +174,7 @@ impl Registry {
         let mut used_clients = Vec::new();
         let mut used_breakers = Vec::new();
         let mut used_budgets = Vec::new();
+        let mut used_shadows = Vec::new();
         for policy in policies {
             let mut backends = Vec::with_capacity(policy.backends.len());
             for (i, b) in policy.backends.iter().enumerate() {
@@ -199,11 +220,20 @@ impl Registry {
                     field: "name".into(),
                     message: e.to_string(),
                 })?;
+            let shadow = policy.shadow.as_ref().map(|settings| {
+                used_shadows.push(policy.name.to_string());
+                LiveShadow {
+                    gate: self.shadow_gate(&policy.name, settings),
+                    samples: self.samples.clone(),
+                    stop: self.shadow_stop.clone(),
+                }
+            });
             live.push(Arc::new(LivePolicy {
                 name_header,
                 requests: self.stats.policy_requests(&policy.name),
                 backends,
                 budget,
+                shadow,
                 policy,
             }));
         }
@@ -218,6 +248,7 @@ impl Registry {
         lock(&self.clients).retain(|k, _| used_clients.contains(k));
         lock(&self.breakers).retain(|k, _| used_breakers.contains(k));
         lock(&self.budgets).retain(|k, _| used_budgets.contains(k));
+        lock(&self.shadows).retain(|k, _| used_shadows.contains(k));
         Ok(Table {
             version,
             policies: live,
@@ -245,6 +276,18 @@ impl Registry {
                 let b = Arc::new(Breaker::new(settings.clone()));
                 breakers.insert(key.clone(), b.clone());
                 b
+            }
+        }
+    }
+
+    fn shadow_gate(&self, policy: &str, settings: &ShadowSettings) -> Arc<ShadowGate> {
+        let mut gates = lock(&self.shadows);
+        match gates.get(policy) {
+            Some(g) if g.settings == *settings => g.clone(),
+            _ => {
+                let g = Arc::new(ShadowGate::new(policy, settings.clone()));
+                gates.insert(policy.to_string(), g.clone());
+                g
             }
         }
     }

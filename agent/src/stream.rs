@@ -21,6 +21,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::breaker::{Breaker, Permit};
 use crate::errors::{self, ErrorKind, Shape};
+use crate::shadow::Tap;
 use crate::telemetry::{AgentStats, BackendStats, Outcome};
 use crate::upstream::Lease;
 
@@ -440,6 +441,8 @@ pub struct ObservedBody {
     attempt: Option<Attempt>,
     /// The upstream connection, returned to its pool at a proper end.
     lease: Option<Lease>,
+    /// A copy for the shadow comparison, when the request is mirrored.
+    tap: Option<Box<Tap>>,
     _inflight: Option<InflightGuard>,
 }
 
@@ -480,11 +483,25 @@ impl ObservedBody {
             first_byte: None,
             attempt,
             lease,
+            tap: None,
             _inflight: inflight,
         }
     }
 
+    /// Copies the body, as it passes, for the shadow comparison.
+    pub fn set_tap(&mut self, tap: Tap) {
+        self.tap = Some(Box::new(tap));
+    }
+
+    /// True for a server-sent event stream.
+    pub fn is_sse(&self) -> bool {
+        self.sse
+    }
+
     fn settle(&mut self, outcome: Outcome) {
+        if let Some(tap) = &mut self.tap {
+            tap.finish(outcome == Outcome::Success);
+        }
         if let Some(attempt) = self.attempt.take() {
             let outcome = if outcome == Outcome::Success {
                 attempt.outcome
@@ -614,6 +631,9 @@ impl ObservedBody {
                         return self.poll(cx);
                     }
                     return Poll::Ready(Some(Ok(Frame::data(passed))));
+                }
+                if let Some(tap) = &mut self.tap {
+                    tap.push(&data);
                 }
                 if self.sse {
                     if !self.saw_terminal && self.saw_terminal_in(&data) {

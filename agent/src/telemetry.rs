@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shepherd_proto::histogram::{AtomicHistogram, Histogram, prometheus_bounds};
+use shepherd_proto::telemetry::{SIMILARITY_BUCKETS, similarity_bucket};
 use shepherd_proto::v1;
 
 /// The class of an attempt's outcome.
@@ -111,6 +112,178 @@ pub struct BackendStats {
     pub faults_abort: AtomicU64,
     pub faults_delay: AtomicU64,
     pub faults_cut: AtomicU64,
+    /// This backend as the shadow of its policy.
+    pub shadow: ShadowStats,
+}
+
+/// Shadow counters, by index into [`ShadowStats::counters`].
+pub mod shadow_counter {
+    pub const MIRRORED: usize = 0;
+    pub const SKIPPED_RATE: usize = 1;
+    pub const SKIPPED_TOKENS: usize = 2;
+    pub const SHED: usize = 3;
+    pub const CANCELLED: usize = 4;
+    pub const COMPARED: usize = 5;
+    pub const STATUS_MISMATCH: usize = 6;
+    pub const PRIMARY_SCHEMA_ERRORS: usize = 7;
+    pub const SHADOW_SCHEMA_ERRORS: usize = 8;
+    pub const DIVERGED: usize = 9;
+    pub const INPUT_TOKENS: usize = 10;
+    pub const OUTPUT_TOKENS: usize = 11;
+    pub const PRIMARY_INPUT_TOKENS: usize = 12;
+    pub const PRIMARY_OUTPUT_TOKENS: usize = 13;
+    pub const COUNT: usize = 14;
+    /// Names in metrics, same order.
+    pub const NAMES: [&str; COUNT] = [
+        "mirrored",
+        "skipped_rate",
+        "skipped_tokens",
+        "shed",
+        "cancelled",
+        "compared",
+        "status_mismatch",
+        "primary_schema_errors",
+        "shadow_schema_errors",
+        "diverged",
+        "input_tokens",
+        "output_tokens",
+        "primary_input_tokens",
+        "primary_output_tokens",
+    ];
+}
+
+/// Counters of mirrored requests to one backend.
+#[derive(Debug, Default)]
+pub struct ShadowStats {
+    pub counters: [AtomicU64; shadow_counter::COUNT],
+    pub outcomes: [AtomicU64; Outcome::ALL.len()],
+    pub latency: AtomicHistogram,
+    pub ttft: AtomicHistogram,
+    pub similarity: [AtomicU64; SIMILARITY_BUCKETS],
+}
+
+impl ShadowStats {
+    pub fn bump(&self, counter: usize) {
+        self.add(counter, 1);
+    }
+
+    pub fn add(&self, counter: usize, n: u64) {
+        if n > 0 {
+            self.counters[counter].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    pub fn record(&self, outcome: Outcome) {
+        self.outcomes[outcome.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_similarity(&self, score: f64) {
+        self.similarity[similarity_bucket(score)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn counts(&self) -> ShadowCounts {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ShadowCounts {
+            counters: std::array::from_fn(|i| load(&self.counters[i])),
+            outcomes: std::array::from_fn(|i| load(&self.outcomes[i])),
+            latency: self.latency.snapshot(),
+            ttft: self.ttft.snapshot(),
+            similarity: std::array::from_fn(|i| load(&self.similarity[i])),
+        }
+    }
+}
+
+/// A copy of [`ShadowStats`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ShadowCounts {
+    pub counters: [u64; shadow_counter::COUNT],
+    pub outcomes: [u64; Outcome::ALL.len()],
+    pub latency: Histogram,
+    pub ttft: Histogram,
+    pub similarity: [u64; SIMILARITY_BUCKETS],
+}
+
+fn add_arrays<const N: usize>(a: &mut [u64; N], b: &[u64; N]) {
+    for (x, y) in a.iter_mut().zip(b) {
+        *x += y;
+    }
+}
+
+fn sub_arrays<const N: usize>(a: &[u64; N], b: &[u64; N]) -> [u64; N] {
+    std::array::from_fn(|i| a[i].saturating_sub(b[i]))
+}
+
+fn outcomes_wire(o: &[u64; Outcome::ALL.len()]) -> v1::Outcomes {
+    let get = |x: Outcome| o[x.index()];
+    v1::Outcomes {
+        success: get(Outcome::Success),
+        client_error: get(Outcome::ClientError),
+        rate_limited: get(Outcome::RateLimited),
+        server_error: get(Outcome::ServerError),
+        timeout: get(Outcome::Timeout),
+        connect_error: get(Outcome::Connect),
+        stream_broken: get(Outcome::StreamBroken),
+        breaker_rejected: get(Outcome::BreakerRejected),
+        fault_injected: get(Outcome::FaultInjected),
+        cancelled: get(Outcome::Cancelled),
+    }
+}
+
+impl ShadowCounts {
+    pub fn get(&self, counter: usize) -> u64 {
+        self.counters[counter]
+    }
+
+    fn add(&mut self, other: &ShadowCounts) {
+        add_arrays(&mut self.counters, &other.counters);
+        add_arrays(&mut self.outcomes, &other.outcomes);
+        self.latency.merge(&other.latency);
+        self.ttft.merge(&other.ttft);
+        add_arrays(&mut self.similarity, &other.similarity);
+    }
+
+    fn since(&self, earlier: &ShadowCounts) -> ShadowCounts {
+        ShadowCounts {
+            counters: sub_arrays(&self.counters, &earlier.counters),
+            outcomes: sub_arrays(&self.outcomes, &earlier.outcomes),
+            latency: self.latency.since(&earlier.latency),
+            ttft: self.ttft.since(&earlier.ttft),
+            similarity: sub_arrays(&self.similarity, &earlier.similarity),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.counters.iter().all(|n| *n == 0) && self.outcomes.iter().all(|n| *n == 0)
+    }
+
+    fn to_wire(&self) -> v1::ShadowTelemetry {
+        use shadow_counter as c;
+        let g = |i: usize| self.counters[i];
+        v1::ShadowTelemetry {
+            mirrored: g(c::MIRRORED),
+            skipped_rate: g(c::SKIPPED_RATE),
+            skipped_tokens: g(c::SKIPPED_TOKENS),
+            shed: g(c::SHED),
+            cancelled: g(c::CANCELLED),
+            compared: g(c::COMPARED),
+            status_mismatch: g(c::STATUS_MISMATCH),
+            primary_schema_errors: g(c::PRIMARY_SCHEMA_ERRORS),
+            shadow_schema_errors: g(c::SHADOW_SCHEMA_ERRORS),
+            diverged: g(c::DIVERGED),
+            outcomes: Some(outcomes_wire(&self.outcomes)),
+            latency: (self.latency.count() > 0).then(|| self.latency.to_wire()),
+            ttft: (self.ttft.count() > 0).then(|| self.ttft.to_wire()),
+            input_tokens: g(c::INPUT_TOKENS),
+            output_tokens: g(c::OUTPUT_TOKENS),
+            primary_input_tokens: g(c::PRIMARY_INPUT_TOKENS),
+            primary_output_tokens: g(c::PRIMARY_OUTPUT_TOKENS),
+            similarity: if self.similarity.iter().any(|n| *n > 0) {
+                self.similarity.to_vec()
+            } else {
+                Vec::new()
+            },
+        }
+    }
 }
 
 impl BackendStats {
@@ -152,6 +325,7 @@ impl BackendStats {
                 load(&self.faults_delay),
                 load(&self.faults_cut),
             ],
+            shadow: self.shadow.counts(),
         }
     }
 }
@@ -169,6 +343,7 @@ pub struct Counts {
     pub selected: u64,
     /// Abort, delay, stream cut.
     pub faults: [u64; 3],
+    pub shadow: ShadowCounts,
 }
 
 impl Counts {
@@ -191,6 +366,7 @@ impl Counts {
         for (a, b) in self.faults.iter_mut().zip(&other.faults) {
             *a += b;
         }
+        self.shadow.add(&other.shadow);
     }
 
     /// What was added since `earlier`, a copy of the same counters.
@@ -205,6 +381,7 @@ impl Counts {
             fallbacks: self.fallbacks.saturating_sub(earlier.fallbacks),
             selected: self.selected.saturating_sub(earlier.selected),
             faults: std::array::from_fn(|i| self.faults[i].saturating_sub(earlier.faults[i])),
+            shadow: self.shadow.since(&earlier.shadow),
         }
     }
 
@@ -214,25 +391,14 @@ impl Counts {
             && self.retries == 0
             && self.fallbacks == 0
             && self.outcomes.iter().all(|n| *n == 0)
+            && self.shadow.is_empty()
     }
 
     /// The wire form, for a telemetry report.
     pub fn to_wire(&self, backend: &str) -> v1::BackendTelemetry {
-        let o = |x: Outcome| self.outcome(x);
         v1::BackendTelemetry {
             backend: backend.to_string(),
-            outcomes: Some(v1::Outcomes {
-                success: o(Outcome::Success),
-                client_error: o(Outcome::ClientError),
-                rate_limited: o(Outcome::RateLimited),
-                server_error: o(Outcome::ServerError),
-                timeout: o(Outcome::Timeout),
-                connect_error: o(Outcome::Connect),
-                stream_broken: o(Outcome::StreamBroken),
-                breaker_rejected: o(Outcome::BreakerRejected),
-                fault_injected: o(Outcome::FaultInjected),
-                cancelled: o(Outcome::Cancelled),
-            }),
+            outcomes: Some(outcomes_wire(&self.outcomes)),
             latency: (self.latency.count() > 0).then(|| self.latency.to_wire()),
             ttft: (self.ttft.count() > 0).then(|| self.ttft.to_wire()),
             input_tokens: self.input_tokens,
@@ -240,6 +406,7 @@ impl Counts {
             retries: self.retries,
             fallbacks: self.fallbacks,
             selected: self.selected,
+            shadow: (!self.shadow.is_empty()).then(|| self.shadow.to_wire()),
         }
     }
 }
@@ -493,6 +660,26 @@ impl StatsRegistry {
                     "shepherd_agent_faults_injected_total{{policy=\"{}\",backend=\"{}\",kind=\"{kind}\"}} {v}",
                     esc(policy),
                     esc(backend),
+                );
+            }
+        }
+        header(
+            &mut out,
+            "shepherd_agent_shadow_total",
+            "counter",
+            "Shadow (mirrored) requests to a backend: what happened to them and how their answers compared.",
+        );
+        for ((policy, backend), s) in &backends {
+            if s.shadow.is_empty() {
+                continue;
+            }
+            for (i, kind) in shadow_counter::NAMES.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "shepherd_agent_shadow_total{{policy=\"{}\",backend=\"{}\",kind=\"{kind}\"}} {}",
+                    esc(policy),
+                    esc(backend),
+                    s.shadow.get(i)
                 );
             }
         }

@@ -264,6 +264,29 @@ async fn follows_the_control_plane_and_restarts_from_disk() {
     assert!(status.success());
 }
 
+/// A bad control-plane address or agent id is refused at start, naming the
+/// flag.
+#[test]
+fn refuses_bad_control_plane_settings() {
+    for (flag, value, expected) in [
+        ("--control-plane", "127.0.0.1:4100", "--control-plane"),
+        ("--agent-id", "two words", "--agent-id"),
+    ] {
+        let mut args = vec!["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
+        if flag != "--control-plane" {
+            args.extend(["--control-plane", "http://127.0.0.1:4100"]);
+        }
+        args.extend([flag, value]);
+        let out = std::process::Command::new(BIN)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains(expected), "{text}");
+    }
+}
+
 /// A policy file and a control plane are exclusive.
 #[test]
 fn policy_file_and_control_plane_conflict() {

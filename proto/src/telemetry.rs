@@ -82,7 +82,79 @@ pub fn merge_backend(
     into.retries += from.retries;
     into.fallbacks += from.fallbacks;
     into.selected += from.selected;
+    if let Some(shadow) = &from.shadow {
+        merge_shadow(into.shadow.get_or_insert_with(Default::default), shadow)
+            .map_err(|e| format!("shadow.{e}"))?;
+    }
     Ok(())
+}
+
+/// Buckets of the shadow similarity histogram (steps of 0.05).
+pub const SIMILARITY_BUCKETS: usize = 20;
+
+/// The bucket of a similarity score (0 to 1).
+pub fn similarity_bucket(score: f64) -> usize {
+    ((score.clamp(0.0, 1.0) * SIMILARITY_BUCKETS as f64) as usize).min(SIMILARITY_BUCKETS - 1)
+}
+
+/// Adds one set of shadow figures to another.
+pub fn merge_shadow(
+    into: &mut v1::ShadowTelemetry,
+    from: &v1::ShadowTelemetry,
+) -> Result<(), String> {
+    if from.similarity.len() > SIMILARITY_BUCKETS {
+        return Err(format!("similarity: at most {SIMILARITY_BUCKETS} buckets"));
+    }
+    merge_histogram(&mut into.latency, &from.latency).map_err(|e| format!("latency: {e}"))?;
+    merge_histogram(&mut into.ttft, &from.ttft).map_err(|e| format!("ttft: {e}"))?;
+    if let Some(o) = &from.outcomes {
+        add_outcomes(into.outcomes.get_or_insert_with(Default::default), o);
+    }
+    into.mirrored += from.mirrored;
+    into.skipped_rate += from.skipped_rate;
+    into.skipped_tokens += from.skipped_tokens;
+    into.shed += from.shed;
+    into.cancelled += from.cancelled;
+    into.compared += from.compared;
+    into.status_mismatch += from.status_mismatch;
+    into.primary_schema_errors += from.primary_schema_errors;
+    into.shadow_schema_errors += from.shadow_schema_errors;
+    into.diverged += from.diverged;
+    into.input_tokens += from.input_tokens;
+    into.output_tokens += from.output_tokens;
+    into.primary_input_tokens += from.primary_input_tokens;
+    into.primary_output_tokens += from.primary_output_tokens;
+    if into.similarity.len() < from.similarity.len() {
+        into.similarity.resize(from.similarity.len(), 0);
+    }
+    for (a, b) in into.similarity.iter_mut().zip(&from.similarity) {
+        *a += b;
+    }
+    Ok(())
+}
+
+/// Mean similarity of a similarity histogram (bucket midpoints); `None`
+/// when empty.
+pub fn mean_similarity(buckets: &[u64]) -> Option<f64> {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let width = 1.0 / SIMILARITY_BUCKETS as f64;
+    let sum: f64 = buckets
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            // The last bucket holds the exact matches (1.0) too.
+            let mid = if i + 1 == SIMILARITY_BUCKETS {
+                1.0 - width / 4.0
+            } else {
+                (i as f64 + 0.5) * width
+            };
+            mid * *n as f64
+        })
+        .sum();
+    Some(sum / total as f64)
 }
 
 /// Attempts counted in a set of outcomes.
@@ -162,5 +234,51 @@ mod tests {
         let latency = Histogram::from_wire(sum.latency.as_ref().unwrap()).unwrap();
         assert_eq!(latency.count(), 2);
         assert!(sum.ttft.is_none());
+        assert!(sum.shadow.is_none());
+    }
+
+    /// Shadow figures merge field by field; similarity buckets add up.
+    #[test]
+    fn merges_shadow_figures() {
+        let mut similarity = vec![0; SIMILARITY_BUCKETS];
+        similarity[similarity_bucket(1.0)] = 2;
+        similarity[similarity_bucket(0.0)] = 2;
+        let b = v1::BackendTelemetry {
+            backend: "b".into(),
+            shadow: Some(v1::ShadowTelemetry {
+                mirrored: 4,
+                compared: 4,
+                status_mismatch: 1,
+                diverged: 2,
+                similarity,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut sum = v1::BackendTelemetry::default();
+        merge_backend(&mut sum, &b).unwrap();
+        merge_backend(&mut sum, &b).unwrap();
+        let s = sum.shadow.clone().unwrap();
+        assert_eq!(
+            (s.mirrored, s.compared, s.status_mismatch, s.diverged),
+            (8, 8, 2, 4)
+        );
+        let mean = mean_similarity(&s.similarity).unwrap();
+        assert!((mean - 0.5).abs() < 0.02, "{mean}");
+        assert_eq!(similarity_bucket(0.049), 0);
+        assert_eq!(similarity_bucket(0.05), 1);
+        assert!(mean_similarity(&[]).is_none());
+        let bad = v1::BackendTelemetry {
+            shadow: Some(v1::ShadowTelemetry {
+                similarity: vec![1; 21],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(
+            merge_backend(&mut sum, &bad)
+                .unwrap_err()
+                .starts_with("shadow.similarity")
+        );
     }
 }

@@ -66,6 +66,8 @@ pub struct Behavior {
     pub omit_final_event: bool,
     /// Hold each request until [`MockProvider::release`].
     pub gated: bool,
+    /// Answer 200 with a body that is JSON but not a valid answer.
+    pub malformed: bool,
 }
 
 impl Default for Behavior {
@@ -82,6 +84,7 @@ impl Default for Behavior {
             stall_after: None,
             omit_final_event: false,
             gated: false,
+            malformed: false,
         }
     }
 }
@@ -312,6 +315,12 @@ impl MockProvider {
         }
         if let Some(resp) = self.failure(&behavior, n) {
             return resp;
+        }
+        if behavior.malformed {
+            return json_response(
+                StatusCode::OK,
+                serde_json::json!({"id": format!("bad-{n}"), "object": "chat.completion", "choices": "not a list"}),
+            );
         }
         if let Some(status) = asked("x-mock-status") {
             let status = u16::try_from(status).unwrap_or(500);

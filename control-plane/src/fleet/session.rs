@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use chrono::Utc;
 use shepherd_proto::v1;
 use shepherd_proto::v1::agent_message::Kind;
-use shepherd_proto::validate::check_label;
+use shepherd_proto::validate::{check_agent_id, check_label};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tonic::{Status, Streaming};
 use tracing::{debug, info, warn};
@@ -32,20 +32,8 @@ pub type Outbound = mpsc::Sender<Result<v1::ControlMessage, Status>>;
 
 /// Checks a hello, naming the field and the rule.
 pub fn check_hello(hello: &v1::Hello) -> Result<(), Status> {
-    let id = &hello.agent_id;
-    if id.is_empty() || id.len() > 128 {
-        return Err(Status::invalid_argument(
-            "hello.agent_id: required, at most 128 characters",
-        ));
-    }
-    if !id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-_.:/@".contains(&b))
-    {
-        return Err(Status::invalid_argument(
-            "hello.agent_id: letters, digits and '-', '_', '.', ':', '/', '@' only",
-        ));
-    }
+    check_agent_id(&hello.agent_id)
+        .map_err(|rule| Status::invalid_argument(format!("hello.agent_id: {rule}")))?;
     if hello.hostname.len() > 255 {
         return Err(Status::invalid_argument(
             "hello.hostname: at most 255 characters",

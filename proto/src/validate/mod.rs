@@ -151,6 +151,21 @@ pub fn check_label(key: &str, value: &str) -> Result<(), String> {
     }
 }
 
+/// Checks an agent id: 1 to 128 of letters, digits and '-', '_', '.', ':',
+/// '/', '@' (a pod name, a host name and port, ...).
+pub fn check_agent_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 128 {
+        return Err("required, at most 128 characters".into());
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.:/@".contains(&b))
+    {
+        return Err("letters, digits and '-', '_', '.', ':', '/', '@' only".into());
+    }
+    Ok(())
+}
+
 /// True when an agent with `labels` has every label of `required` with the
 /// same value (an empty selector selects every agent).
 pub fn labels_match(
@@ -673,6 +688,20 @@ impl Checker {
             "rollout.gates.max_shadow_divergence_percent",
             g.max_shadow_divergence_percent,
         );
+        self.opt_percent(
+            "rollout.gates.max_shadow_status_mismatch_percent",
+            g.max_shadow_status_mismatch_percent,
+        );
+        self.opt_percent(
+            "rollout.gates.max_shadow_schema_error_percent",
+            g.max_shadow_schema_error_percent,
+        );
+        self.opt_number(
+            "rollout.gates.min_shadow_similarity",
+            g.min_shadow_similarity,
+            |s| (0.0..=1.0).contains(&s),
+            "must be from 0 to 1",
+        );
     }
 
     fn retry(&mut self, r: &RetryPolicy) {
@@ -803,6 +832,18 @@ impl Checker {
             self.fail(
                 "shadow.max_concurrency",
                 "must be 1 to 10000 (0 for the default)",
+            );
+        }
+        self.opt_number(
+            "shadow.max_requests_per_second",
+            s.max_requests_per_second,
+            |r| r > 0.0 && r <= 100_000.0,
+            "must be above 0 and at most 100000",
+        );
+        if s.max_tokens_per_minute == Some(0) {
+            self.fail(
+                "shadow.max_tokens_per_minute",
+                "must be positive (absent for no cap)",
             );
         }
     }

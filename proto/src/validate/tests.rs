@@ -450,41 +450,17 @@ fn percentage_and_significance_rules() {
         "0 to 100",
     );
     assert_one(
-        violations(|p| {
-            p.rollout
-                .as_mut()
-                .unwrap()
-                .gates
-                .as_mut()
-                .unwrap()
-                .max_error_rate_percent = Some(-1.0)
-        }),
+        violations(|p| gates(p).max_error_rate_percent = Some(-1.0)),
         "rollout.gates.max_error_rate_percent",
         "0 to 100",
     );
     assert_one(
-        violations(|p| {
-            p.rollout
-                .as_mut()
-                .unwrap()
-                .gates
-                .as_mut()
-                .unwrap()
-                .significance = Some(0.5)
-        }),
+        violations(|p| gates(p).significance = Some(0.5)),
         "rollout.gates.significance",
         "between 0 and 0.5",
     );
     assert_one(
-        violations(|p| {
-            p.rollout
-                .as_mut()
-                .unwrap()
-                .gates
-                .as_mut()
-                .unwrap()
-                .max_latency_p99_ratio = Some(0.9)
-        }),
+        violations(|p| gates(p).max_latency_p99_ratio = Some(0.9)),
         "rollout.gates.max_latency_p99_ratio",
         "from 1",
     );
@@ -657,4 +633,34 @@ fn secret_detector() {
     ] {
         assert!(!looks_like_secret(plain), "{plain}");
     }
+}
+
+/// Shadow caps are positive when set; the shadow gates are in range.
+#[test]
+fn shadow_caps_and_gates() {
+    assert_one(
+        violations(|p| p.shadow.as_mut().unwrap().max_requests_per_second = Some(0.0)),
+        "shadow.max_requests_per_second",
+        "above 0",
+    );
+    assert_one(
+        violations(|p| p.shadow.as_mut().unwrap().max_tokens_per_minute = Some(0)),
+        "shadow.max_tokens_per_minute",
+        "positive",
+    );
+    assert_one(
+        violations(|p| gates(p).min_shadow_similarity = Some(1.5)),
+        "rollout.gates.min_shadow_similarity",
+        "0 to 1",
+    );
+    assert_one(
+        violations(|p| gates(p).max_shadow_schema_error_percent = Some(101.0)),
+        "rollout.gates.max_shadow_schema_error_percent",
+        "percentage",
+    );
+}
+
+/// The rollout gates of the example policy, to change one.
+fn gates(p: &mut Policy) -> &mut Gates {
+    p.rollout.as_mut().unwrap().gates.as_mut().unwrap()
 }

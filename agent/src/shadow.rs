@@ -1,0 +1,924 @@
+//! Shadow traffic: a share of requests (sticky by key, like the split) is
+//! also sent to the shadow backend, in the background, after the primary's
+//! answer has started; its answer is read to the end, compared with the
+//! primary's and discarded. The app's response never waits for it.
+//!
+//! Bounded: at most `max_concurrency` shadow requests run at once and as many
+//! wait for a slot; more are shed (counted). A request rate cap and a token
+//! cap (tokens per minute, from the shadow answers' usage) skip mirroring
+//! when reached (counted). Shadow work stops with the agent.
+//!
+//! The comparison: status classes, the response schema of each side (a chat
+//! completion or an Anthropic message: required fields, the shape of
+//! `choices`/`content`, a known finish reason; streamed or not), tokens,
+//! latency and time to first token, and a content similarity (token-set
+//! overlap of the answers' text). Mismatches are sampled, with the request
+//! id, into a bounded list an operator reads on the admin endpoint.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Uri};
+use http_body_util::BodyExt;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::{Semaphore, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::policy::ShadowSettings;
+use crate::runtime::LivePolicy;
+use crate::telemetry::{Outcome, ShadowStats, shadow_counter as c};
+
+/// Largest answer body kept for comparison (each side).
+pub const MAX_COMPARED_BODY: usize = 1 << 20;
+/// Mismatch samples kept.
+pub const MAX_SAMPLES: usize = 100;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// Admission to shadow traffic for one policy: slots, queue, rate and token
+/// caps. Kept across reloads while the settings stay the same.
+pub struct ShadowGate {
+    pub settings: ShadowSettings,
+    /// The split's seed for the shadow's own sticky buckets.
+    seed: String,
+    slots: Arc<Semaphore>,
+    /// Admitted and not yet finished (running or waiting for a slot).
+    admitted: AtomicUsize,
+    rate: Mutex<Bucket>,
+    tokens: Mutex<TokenWindow>,
+}
+
+/// A token bucket for the request rate cap.
+struct Bucket {
+    available: f64,
+    last: Instant,
+}
+
+/// Tokens used per second over the last minute.
+struct TokenWindow {
+    seconds: [u64; 60],
+    /// The second (since `origin`) each slot holds.
+    stamps: [u64; 60],
+    origin: Instant,
+}
+
+impl TokenWindow {
+    fn second(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.origin).as_secs()
+    }
+
+    fn total(&self, now: Instant) -> u64 {
+        let s = self.second(now);
+        self.seconds
+            .iter()
+            .zip(&self.stamps)
+            .filter(|(_, stamp)| s < **stamp + 60)
+            .map(|(n, _)| *n)
+            .sum()
+    }
+
+    fn add(&mut self, now: Instant, n: u64) {
+        let s = self.second(now);
+        let slot = (s % 60) as usize;
+        if self.stamps[slot] != s {
+            self.stamps[slot] = s;
+            self.seconds[slot] = 0;
+        }
+        self.seconds[slot] += n;
+    }
+}
+
+/// A shadow request admitted; dropping it gives its place back.
+pub struct Admission {
+    gate: Arc<ShadowGate>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.gate.admitted.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl ShadowGate {
+    pub fn new(policy: &str, settings: ShadowSettings) -> Self {
+        let now = Instant::now();
+        Self {
+            seed: format!("{policy}\u{0}shadow"),
+            slots: Arc::new(Semaphore::new(settings.max_concurrency.max(1))),
+            admitted: AtomicUsize::new(0),
+            rate: Mutex::new(Bucket {
+                available: settings.max_requests_per_second.unwrap_or(0.0).max(1.0),
+                last: now,
+            }),
+            tokens: Mutex::new(TokenWindow {
+                seconds: [0; 60],
+                stamps: [u64::MAX - 60; 60],
+                origin: now,
+            }),
+            settings,
+        }
+    }
+
+    /// The sticky bucket of a request for mirroring (independent of the
+    /// split's).
+    pub fn bucket(&self, key: Option<&[u8]>) -> u32 {
+        match key {
+            Some(k) => crate::split::bucket(&self.seed, k),
+            None => crate::split::random_bucket(),
+        }
+    }
+
+    /// Whether a request in `bucket` is mirrored now; counts those picked but
+    /// skipped (caps) or shed (no slot or queue place).
+    pub fn admit(self: &Arc<Self>, bucket: u32, stats: &ShadowStats) -> Option<Admission> {
+        if bucket >= self.settings.basis_points {
+            return None;
+        }
+        let now = Instant::now();
+        if let Some(cap) = self.settings.max_tokens_per_minute
+            && lock(&self.tokens).total(now) >= cap
+        {
+            stats.bump(c::SKIPPED_TOKENS);
+            return None;
+        }
+        if let Some(rps) = self.settings.max_requests_per_second {
+            let mut b = lock(&self.rate);
+            let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
+            b.available = (b.available + elapsed * rps).min(rps.max(1.0));
+            b.last = now;
+            if b.available < 1.0 {
+                stats.bump(c::SKIPPED_RATE);
+                return None;
+            }
+            b.available -= 1.0;
+        }
+        // Running plus waiting: at most twice the slots.
+        let limit = self.settings.max_concurrency.max(1) * 2;
+        if self.admitted.fetch_add(1, Ordering::AcqRel) >= limit {
+            self.admitted.fetch_sub(1, Ordering::AcqRel);
+            stats.bump(c::SHED);
+            return None;
+        }
+        Some(Admission { gate: self.clone() })
+    }
+
+    fn used_tokens(&self, n: u64) {
+        if n > 0 {
+            lock(&self.tokens).add(Instant::now(), n);
+        }
+    }
+}
+
+/// What the app got from the primary, for comparison.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub status: u16,
+    pub sse: bool,
+    /// The body as passed to the app (up to [`MAX_COMPARED_BODY`]).
+    pub body: Bytes,
+    /// The body ended properly and was kept whole.
+    pub complete: bool,
+}
+
+/// Collects a copy of the primary's body as it passes to the app.
+pub struct Tap {
+    status: u16,
+    sse: bool,
+    buf: Vec<u8>,
+    truncated: bool,
+    tx: Option<oneshot::Sender<Seen>>,
+}
+
+impl Tap {
+    pub fn new(status: u16, sse: bool, tx: oneshot::Sender<Seen>) -> Self {
+        Self {
+            status,
+            sse,
+            buf: Vec::new(),
+            truncated: false,
+            tx: Some(tx),
+        }
+    }
+
+    pub fn push(&mut self, data: &[u8]) {
+        if self.buf.len() + data.len() > MAX_COMPARED_BODY {
+            self.truncated = true;
+            return;
+        }
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The body ended (`ok`: properly).
+    pub fn finish(&mut self, ok: bool) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Seen {
+                status: self.status,
+                sse: self.sse,
+                body: Bytes::from(std::mem::take(&mut self.buf)),
+                complete: ok && !self.truncated,
+            });
+        }
+    }
+}
+
+/// A mismatch kept for an operator.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub time: String,
+    pub policy: String,
+    pub backend: String,
+    pub request_id: String,
+    pub primary_status: u16,
+    /// 0 when the shadow got no answer.
+    pub shadow_status: u16,
+    pub reason: String,
+    /// The request body, when the policy keeps prompts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+}
+
+/// The latest mismatch samples, bounded.
+#[derive(Default)]
+pub struct Samples {
+    inner: Mutex<VecDeque<Sample>>,
+}
+
+impl Samples {
+    pub fn push(&self, sample: Sample) {
+        let mut q = lock(&self.inner);
+        if q.len() >= MAX_SAMPLES {
+            q.pop_front();
+        }
+        q.push_back(sample);
+    }
+
+    /// Newest first.
+    pub fn list(&self) -> Vec<Sample> {
+        lock(&self.inner).iter().rev().cloned().collect()
+    }
+}
+
+/// A request to mirror.
+pub struct Mirror {
+    pub admission: Admission,
+    pub live: Arc<LivePolicy>,
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub request_id: String,
+    pub stop: CancellationToken,
+    pub samples: Arc<Samples>,
+}
+
+/// Runs a mirrored request in the background: waits for a slot, sends it,
+/// reads the answer, compares it with the primary's (from `primary`).
+pub fn spawn(mirror: Mirror, primary: oneshot::Receiver<Seen>) {
+    tokio::spawn(async move {
+        let stop = mirror.stop.clone();
+        let live = mirror.live.clone();
+        let index = mirror.admission.gate.settings.backend;
+        tokio::select! {
+            () = stop.cancelled() => live.backends[index].stats.shadow.bump(c::CANCELLED),
+            () = run(mirror, primary) => {}
+        }
+    });
+}
+
+async fn run(mirror: Mirror, primary: oneshot::Receiver<Seen>) {
+    let gate = mirror.admission.gate.clone();
+    let live = &mirror.live;
+    let index = gate.settings.backend;
+    let backend = &live.policy.backends[index];
+    let lb = &live.backends[index];
+    let stats = &lb.stats.shadow;
+    let Ok(_slot) = gate.slots.clone().acquire_owned().await else {
+        return;
+    };
+    stats.bump(c::MIRRORED);
+
+    // Marked as shadow traffic (`x-shepherd-shadow: 1`) on the way out.
+    let mut parts = http::Request::new(());
+    *parts.method_mut() = mirror.method.clone();
+    *parts.uri_mut() = mirror.uri.clone();
+    *parts.headers_mut() = mirror.headers.clone();
+    let (parts, ()) = parts.into_parts();
+    let payload = crate::proxy::rewrite_model(backend, &mirror.body);
+    let started = Instant::now();
+    let deadline = started + backend.timeouts.overall;
+    let answer = match crate::proxy::send(&parts, backend, lb, payload, deadline, true).await {
+        crate::proxy::Tried::Response(resp, lease) => {
+            let status = resp.status();
+            let sse = is_sse(resp.headers());
+            let (body, ttft, ended) = read_all(
+                resp.into_body(),
+                backend.timeouts.stream_idle,
+                deadline,
+                started,
+            )
+            .await;
+            if ended && let Some(lease) = lease {
+                lease.release();
+            }
+            let outcome = if ended {
+                Outcome::of_status(status)
+            } else {
+                Outcome::StreamBroken
+            };
+            stats.record(outcome);
+            stats.latency.record(started.elapsed());
+            if sse && let Some(t) = ttft {
+                stats.ttft.record(t);
+            }
+            Some((status.as_u16(), sse, body, ended))
+        }
+        crate::proxy::Tried::Failed(failure, _) => {
+            stats.record(match failure {
+                crate::retry::Failure::Timeout => Outcome::Timeout,
+                _ => Outcome::Connect,
+            });
+            None
+        }
+        crate::proxy::Tried::Fault(..) => None,
+    };
+    let kind = Kind::of_path(mirror.uri.path());
+    let shadow = answer.map(|(status, sse, body, ended)| {
+        let parsed = inspect(kind, status, sse, &body, ended);
+        (status, parsed)
+    });
+    if let Some((_, a)) = &shadow {
+        stats.add(c::INPUT_TOKENS, a.input_tokens);
+        stats.add(c::OUTPUT_TOKENS, a.output_tokens);
+        gate.used_tokens(a.input_tokens + a.output_tokens);
+    }
+
+    // The primary's answer; none if its body was dropped unread.
+    let Ok(seen) = primary.await else {
+        return;
+    };
+    let theirs = inspect(kind, seen.status, seen.sse, &seen.body, seen.complete);
+    stats.bump(c::COMPARED);
+    stats.add(c::PRIMARY_INPUT_TOKENS, theirs.input_tokens);
+    stats.add(c::PRIMARY_OUTPUT_TOKENS, theirs.output_tokens);
+    let shadow_class = shadow.as_ref().map(|(s, _)| class(*s));
+    let status_mismatch = shadow_class != Some(class(seen.status));
+    if status_mismatch {
+        stats.bump(c::STATUS_MISMATCH);
+    }
+    if theirs.schema_error.is_some() {
+        stats.bump(c::PRIMARY_SCHEMA_ERRORS);
+    }
+    let shadow_schema = shadow.as_ref().and_then(|(_, a)| a.schema_error.clone());
+    if shadow_schema.is_some() {
+        stats.bump(c::SHADOW_SCHEMA_ERRORS);
+    }
+    let schema_diverged = shadow_schema.is_some() && theirs.schema_error.is_none();
+    if status_mismatch || schema_diverged {
+        stats.bump(c::DIVERGED);
+    }
+    if let Some((_, a)) = &shadow
+        && a.checked
+        && theirs.checked
+    {
+        stats.record_similarity(similarity(&theirs.text, &a.text));
+    }
+    if status_mismatch || shadow_schema.is_some() {
+        let reason = match (&shadow, status_mismatch, &shadow_schema) {
+            (None, _, _) => "the shadow got no answer".to_string(),
+            (Some((s, _)), true, _) => format!(
+                "status {} from the shadow, {} from the primary",
+                s, seen.status
+            ),
+            (_, _, Some(e)) => format!("the shadow's answer breaks the schema: {e}"),
+            _ => String::new(),
+        };
+        mirror.samples.push(Sample {
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            policy: live.policy.name.to_string(),
+            backend: backend.name.to_string(),
+            request_id: mirror.request_id.clone(),
+            primary_status: seen.status,
+            shadow_status: shadow.as_ref().map_or(0, |(s, _)| *s),
+            reason,
+            request: gate
+                .settings
+                .keep_prompts
+                .then(|| String::from_utf8_lossy(&mirror.body).into_owned()),
+        });
+    }
+}
+
+fn is_sse(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+/// Reads a body to its end (or the deadline, or an idle gap); returns what
+/// was kept, the time to the first byte, and whether it ended properly.
+async fn read_all(
+    mut body: hyper::body::Incoming,
+    idle: Duration,
+    deadline: Instant,
+    started: Instant,
+) -> (Bytes, Option<Duration>, bool) {
+    let mut buf = Vec::new();
+    let mut ttft = None;
+    loop {
+        let limit = idle.min(deadline.saturating_duration_since(Instant::now()));
+        match tokio::time::timeout(limit, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    if ttft.is_none() && !data.is_empty() {
+                        ttft = Some(started.elapsed());
+                    }
+                    if buf.len() + data.len() <= MAX_COMPARED_BODY {
+                        buf.extend_from_slice(&data);
+                    }
+                }
+            }
+            Ok(None) => return (Bytes::from(buf), ttft, true),
+            Ok(Some(Err(_))) | Err(_) => return (Bytes::from(buf), ttft, false),
+        }
+    }
+}
+
+/// The status class compared: 2xx (and other successes), 4xx, 429, 5xx.
+fn class(status: u16) -> u8 {
+    match status {
+        429 => 3,
+        400..=499 => 4,
+        500..=599 => 5,
+        _ => 2,
+    }
+}
+
+/// Which API an answer belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    ChatCompletion,
+    AnthropicMessage,
+    Other,
+}
+
+impl Kind {
+    pub fn of_path(path: &str) -> Kind {
+        if path.ends_with("/chat/completions") {
+            Kind::ChatCompletion
+        } else if path.ends_with("/messages") {
+            Kind::AnthropicMessage
+        } else {
+            Kind::Other
+        }
+    }
+}
+
+/// What an answer says, as far as the comparison cares.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Inspected {
+    /// A successful answer whose schema was checked.
+    pub checked: bool,
+    /// Why a successful answer breaks the schema.
+    pub schema_error: Option<String>,
+    /// The answer's text.
+    pub text: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+const OPENAI_FINISH: [&str; 5] = [
+    "stop",
+    "length",
+    "tool_calls",
+    "content_filter",
+    "function_call",
+];
+const ANTHROPIC_STOP: [&str; 6] = [
+    "end_turn",
+    "max_tokens",
+    "stop_sequence",
+    "tool_use",
+    "pause_turn",
+    "refusal",
+];
+
+/// Checks and reads an answer. Only successful (2xx) answers are checked;
+/// an answer cut short is a schema error.
+pub fn inspect(kind: Kind, status: u16, sse: bool, body: &[u8], complete: bool) -> Inspected {
+    let mut out = Inspected::default();
+    if !(200..300).contains(&status) {
+        return out;
+    }
+    out.checked = true;
+    let result = if !complete {
+        Err("the answer did not end properly".to_string())
+    } else if sse {
+        inspect_stream(kind, body, &mut out)
+    } else {
+        match serde_json::from_slice::<Value>(body) {
+            Err(e) => Err(format!("not JSON: {e}")),
+            Ok(v) => {
+                read_usage(&v, &mut out);
+                inspect_document(kind, &v, &mut out)
+            }
+        }
+    };
+    out.schema_error = result.err();
+    out
+}
+
+fn read_usage(v: &Value, out: &mut Inspected) {
+    let Some(u) = v.get("usage").filter(|u| u.is_object()) else {
+        return;
+    };
+    let n = |k: &str| u.get(k).and_then(Value::as_u64);
+    if let Some(i) = n("prompt_tokens").or(n("input_tokens")) {
+        out.input_tokens = out.input_tokens.max(i);
+    }
+    if let Some(o) = n("completion_tokens").or(n("output_tokens")) {
+        out.output_tokens = out.output_tokens.max(o);
+    }
+}
+
+fn inspect_document(kind: Kind, v: &Value, out: &mut Inspected) -> Result<(), String> {
+    match kind {
+        Kind::ChatCompletion => {
+            let choices = v
+                .get("choices")
+                .and_then(Value::as_array)
+                .filter(|c| !c.is_empty())
+                .ok_or("choices: must be a non-empty list")?;
+            for (i, c) in choices.iter().enumerate() {
+                let m = c
+                    .get("message")
+                    .filter(|m| m.is_object())
+                    .ok_or(format!("choices[{i}].message: required object"))?;
+                if m.get("role").and_then(Value::as_str) != Some("assistant") {
+                    return Err(format!("choices[{i}].message.role: must be \"assistant\""));
+                }
+                match m.get("content") {
+                    Some(Value::String(s)) => out.text.push_str(s),
+                    Some(Value::Null) | None
+                        if m.get("tool_calls").is_some_and(Value::is_array) => {}
+                    _ => {
+                        return Err(format!(
+                            "choices[{i}].message.content: must be text (or null with tool_calls)"
+                        ));
+                    }
+                }
+                finish(
+                    c.get("finish_reason"),
+                    &OPENAI_FINISH,
+                    &format!("choices[{i}].finish_reason"),
+                )?;
+            }
+            Ok(())
+        }
+        Kind::AnthropicMessage => {
+            if v.get("type").and_then(Value::as_str) != Some("message") {
+                return Err("type: must be \"message\"".into());
+            }
+            if v.get("role").and_then(Value::as_str) != Some("assistant") {
+                return Err("role: must be \"assistant\"".into());
+            }
+            let content = v
+                .get("content")
+                .and_then(Value::as_array)
+                .ok_or("content: must be a list")?;
+            for (i, block) in content.iter().enumerate() {
+                match block.get("type").and_then(Value::as_str) {
+                    Some("text") => {
+                        let text = block
+                            .get("text")
+                            .and_then(Value::as_str)
+                            .ok_or(format!("content[{i}].text: required"))?;
+                        out.text.push_str(text);
+                    }
+                    Some(_) => {}
+                    None => return Err(format!("content[{i}].type: required")),
+                }
+            }
+            finish(v.get("stop_reason"), &ANTHROPIC_STOP, "stop_reason")
+        }
+        Kind::Other => Ok(()),
+    }
+}
+
+fn finish(value: Option<&Value>, known: &[&str], field: &str) -> Result<(), String> {
+    match value.and_then(Value::as_str) {
+        Some(r) if known.contains(&r) => Ok(()),
+        Some(r) => Err(format!("{field}: unknown value {r:?}")),
+        None => Err(format!("{field}: required")),
+    }
+}
+
+/// The `data:` payloads of a server-sent event stream, with event names.
+fn events(body: &[u8]) -> Vec<(Option<String>, String)> {
+    let text = String::from_utf8_lossy(body);
+    let mut out = Vec::new();
+    for block in text.split("\n\n") {
+        let mut name = None;
+        let mut data = String::new();
+        for line in block.lines() {
+            if let Some(n) = line.strip_prefix("event:") {
+                name = Some(n.trim().to_string());
+            } else if let Some(d) = line.strip_prefix("data:") {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(d.trim_start());
+            }
+        }
+        if !data.is_empty() {
+            out.push((name, data));
+        }
+    }
+    out
+}
+
+fn inspect_stream(kind: Kind, body: &[u8], out: &mut Inspected) -> Result<(), String> {
+    let events = events(body);
+    match kind {
+        Kind::ChatCompletion => {
+            let mut done = false;
+            let mut finished = false;
+            for (i, (_, data)) in events.iter().enumerate() {
+                if data == "[DONE]" {
+                    done = true;
+                    continue;
+                }
+                let v: Value =
+                    serde_json::from_str(data).map_err(|e| format!("chunk {i}: not JSON: {e}"))?;
+                read_usage(&v, out);
+                let choices = v
+                    .get("choices")
+                    .and_then(Value::as_array)
+                    .ok_or(format!("chunk {i}: choices: must be a list"))?;
+                for c in choices {
+                    let delta = c
+                        .get("delta")
+                        .filter(|d| d.is_object())
+                        .ok_or(format!("chunk {i}: choices[].delta: required object"))?;
+                    if let Some(s) = delta.get("content").and_then(Value::as_str) {
+                        out.text.push_str(s);
+                    }
+                    if let Some(r) = c.get("finish_reason").filter(|r| !r.is_null()) {
+                        finish(
+                            Some(r),
+                            &OPENAI_FINISH,
+                            &format!("chunk {i}: finish_reason"),
+                        )?;
+                        finished = true;
+                    }
+                }
+            }
+            if !finished {
+                return Err("no chunk gave a finish_reason".into());
+            }
+            if !done {
+                return Err("the stream did not end with [DONE]".into());
+            }
+            Ok(())
+        }
+        Kind::AnthropicMessage => {
+            let (mut started, mut stopped, mut reason) = (false, false, false);
+            for (i, (name, data)) in events.iter().enumerate() {
+                let v: Value =
+                    serde_json::from_str(data).map_err(|e| format!("event {i}: not JSON: {e}"))?;
+                let kind = v
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .or(name.as_deref())
+                    .unwrap_or_default();
+                match kind {
+                    "message_start" => {
+                        started = true;
+                        if let Some(m) = v.get("message") {
+                            read_usage(m, out);
+                        }
+                    }
+                    "content_block_delta" => {
+                        if let Some(t) = v.pointer("/delta/text").and_then(Value::as_str) {
+                            out.text.push_str(t);
+                        }
+                    }
+                    "message_delta" => {
+                        read_usage(&v, out);
+                        if let Some(r) = v.pointer("/delta/stop_reason").filter(|r| !r.is_null()) {
+                            finish(Some(r), &ANTHROPIC_STOP, &format!("event {i}: stop_reason"))?;
+                            reason = true;
+                        }
+                    }
+                    "message_stop" => stopped = true,
+                    _ => {}
+                }
+            }
+            if !started {
+                return Err("no message_start event".into());
+            }
+            if !reason {
+                return Err("no stop_reason".into());
+            }
+            if !stopped {
+                return Err("no message_stop event".into());
+            }
+            Ok(())
+        }
+        Kind::Other => {
+            for (i, (_, data)) in events.iter().enumerate() {
+                if data != "[DONE]" && serde_json::from_str::<Value>(data).is_err() {
+                    return Err(format!("event {i}: not JSON"));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Token-set overlap (Jaccard) of two texts' lowercase words; 1 when both
+/// are empty.
+pub fn similarity(a: &str, b: &str) -> f64 {
+    let words = |s: &str| -> HashSet<String> {
+        s.split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .collect()
+    };
+    let (a, b) = (words(a), words(b));
+    if a.is_empty() && b.is_empty() {
+        return 1.0;
+    }
+    let common = a.intersection(&b).count();
+    common as f64 / (a.len() + b.len() - common) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHAT: &str = r#"{"id":"c1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there"},"finish_reason":"stop"}],"usage":{"prompt_tokens":10,"completion_tokens":2}}"#;
+
+    /// A valid chat completion passes and is read; broken ones name the
+    /// field.
+    #[test]
+    fn checks_chat_completions() {
+        let ok = inspect(Kind::ChatCompletion, 200, false, CHAT.as_bytes(), true);
+        assert_eq!(ok.schema_error, None);
+        assert_eq!(ok.text, "Hello there");
+        assert_eq!((ok.input_tokens, ok.output_tokens), (10, 2));
+        let bad = inspect(
+            Kind::ChatCompletion,
+            200,
+            false,
+            br#"{"choices": "not a list"}"#,
+            true,
+        );
+        assert_eq!(
+            bad.schema_error.as_deref(),
+            Some("choices: must be a non-empty list")
+        );
+        let reason = CHAT.replace("\"stop\"", "\"exploded\"");
+        let bad = inspect(Kind::ChatCompletion, 200, false, reason.as_bytes(), true);
+        assert!(
+            bad.schema_error
+                .unwrap()
+                .contains("finish_reason: unknown value")
+        );
+        let not_json = inspect(Kind::ChatCompletion, 200, false, b"<html>", true);
+        assert!(not_json.schema_error.unwrap().starts_with("not JSON"));
+        let cut = inspect(Kind::ChatCompletion, 200, false, CHAT.as_bytes(), false);
+        assert!(cut.schema_error.is_some());
+        // Error answers are compared by status only.
+        let err = inspect(Kind::ChatCompletion, 503, false, b"oops", true);
+        assert!(!err.checked && err.schema_error.is_none());
+    }
+
+    /// Streams: chunks with deltas, a finish reason and [DONE]; Anthropic
+    /// events from message_start to message_stop.
+    #[test]
+    fn checks_streams() {
+        let stream = "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n\
+                      data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\" you\"},\"finish_reason\":\"stop\"}]}\n\n\
+                      data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\n\
+                      data: [DONE]\n\n";
+        let ok = inspect(Kind::ChatCompletion, 200, true, stream.as_bytes(), true);
+        assert_eq!(ok.schema_error, None);
+        assert_eq!(ok.text, "Hi you");
+        assert_eq!(ok.output_tokens, 2);
+        let no_done = stream.replace("data: [DONE]\n\n", "");
+        let bad = inspect(Kind::ChatCompletion, 200, true, no_done.as_bytes(), true);
+        assert!(bad.schema_error.unwrap().contains("[DONE]"));
+
+        let anthropic = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":9}}}\n\n\
+                         event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"Hey\"}}\n\n\
+                         event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":1}}\n\n\
+                         event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+        let ok = inspect(
+            Kind::AnthropicMessage,
+            200,
+            true,
+            anthropic.as_bytes(),
+            true,
+        );
+        assert_eq!(ok.schema_error, None);
+        assert_eq!(
+            (ok.text.as_str(), ok.input_tokens, ok.output_tokens),
+            ("Hey", 9, 1)
+        );
+        let unstopped = anthropic.replace("message_stop", "ping");
+        let bad = inspect(
+            Kind::AnthropicMessage,
+            200,
+            true,
+            unstopped.as_bytes(),
+            true,
+        );
+        assert!(bad.schema_error.unwrap().contains("message_stop"));
+    }
+
+    /// Anthropic messages need the type, role, content blocks and a known
+    /// stop reason.
+    #[test]
+    fn checks_anthropic_messages() {
+        let ok = br#"{"type":"message","role":"assistant","content":[{"type":"text","text":"Yes"}],"stop_reason":"end_turn","usage":{"input_tokens":4,"output_tokens":1}}"#;
+        let a = inspect(Kind::AnthropicMessage, 200, false, ok, true);
+        assert_eq!(a.schema_error, None);
+        assert_eq!(a.text, "Yes");
+        let bad = br#"{"type":"message","role":"assistant","content":[{"type":"text"}],"stop_reason":"end_turn"}"#;
+        let a = inspect(Kind::AnthropicMessage, 200, false, bad, true);
+        assert_eq!(a.schema_error.as_deref(), Some("content[0].text: required"));
+    }
+
+    /// Similarity is the overlap of word sets.
+    #[test]
+    fn similarity_is_token_set_overlap() {
+        assert_eq!(similarity("Hello, world", "hello WORLD"), 1.0);
+        assert_eq!(similarity("reply from a", "reply from b"), 0.5);
+        assert_eq!(similarity("", ""), 1.0);
+        assert_eq!(similarity("x", ""), 0.0);
+    }
+
+    fn settings(percent_bp: u32, concurrency: usize) -> ShadowSettings {
+        ShadowSettings {
+            backend: 1,
+            basis_points: percent_bp,
+            max_concurrency: concurrency,
+            max_requests_per_second: None,
+            max_tokens_per_minute: None,
+            keep_prompts: false,
+        }
+    }
+
+    /// Only buckets under the percentage are picked; beyond twice the slots
+    /// requests are shed, and places come back when admissions end.
+    #[test]
+    fn admits_within_percent_and_sheds_beyond_the_queue() {
+        let gate = Arc::new(ShadowGate::new("chat", settings(1000, 2)));
+        let stats = ShadowStats::default();
+        assert!(gate.admit(1000, &stats).is_none(), "not picked");
+        let held: Vec<_> = (0..4).map(|_| gate.admit(0, &stats).unwrap()).collect();
+        assert!(gate.admit(0, &stats).is_none());
+        assert_eq!(stats.counters[c::SHED].load(Ordering::Relaxed), 1);
+        drop(held);
+        assert!(gate.admit(0, &stats).is_some());
+        // The shadow's bucket of a key is sticky.
+        assert_eq!(gate.bucket(Some(b"alice")), gate.bucket(Some(b"alice")));
+    }
+
+    /// The request rate cap and the token cap skip mirroring, counted.
+    #[tokio::test(start_paused = true)]
+    async fn caps_rate_and_tokens() {
+        let mut s = settings(10_000, 100);
+        s.max_requests_per_second = Some(2.0);
+        s.max_tokens_per_minute = Some(100);
+        let gate = Arc::new(ShadowGate::new("chat", s));
+        let stats = ShadowStats::default();
+        assert!(gate.admit(0, &stats).is_some());
+        assert!(gate.admit(0, &stats).is_some());
+        assert!(gate.admit(0, &stats).is_none());
+        assert_eq!(stats.counters[c::SKIPPED_RATE].load(Ordering::Relaxed), 1);
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(
+            gate.admit(0, &stats).is_some(),
+            "one more after half a second"
+        );
+        gate.used_tokens(100);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(gate.admit(0, &stats).is_none());
+        assert_eq!(stats.counters[c::SKIPPED_TOKENS].load(Ordering::Relaxed), 1);
+        // The tokens leave the window after a minute.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(gate.admit(0, &stats).is_some());
+    }
+}
