@@ -6,10 +6,13 @@
 #
 #   agent/bench/compare.sh                          # 2 rounds: direct nginx envoy shepherd
 #   ROUNDS=3 PEERS="direct nginx shepherd" agent/bench/compare.sh
+#   PEERS="shepherd shepherd-shadow" agent/bench/compare.sh   # 10% shadow on and off
 #
 # Needs ../shared/bench/setup.sh run once. The agent runs the realistic policy in
 # agent/bench/policy.json: a 90/10 sticky split between two backends (both the
-# mock), credentials injected, a model map, retries, a breaker, telemetry.
+# mock), credentials injected, a model map, retries, a breaker, telemetry;
+# "shepherd-shadow" runs agent/bench/policy-shadow.json, the same plus 10% of
+# requests mirrored to a third backend (the mock again).
 # Results: $RESULTS (default $BENCH_HOME/results-agent), summary in summary.md.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -24,7 +27,7 @@ AGENT="$root/target/release/shepherd-agent"
 (cd "$root" && cargo build --release --locked -p shepherd-agent -p shepherd-tests --bin stream-bench)
 
 start_shepherd() {
-  BENCH_PROVIDER_KEY=sk-bench-provider-key nohup "$AGENT" --policy-file "$root/agent/bench/policy.json" \
+  BENCH_PROVIDER_KEY=sk-bench-provider-key nohup "$AGENT" --policy-file "$root/agent/bench/$1" \
     --listen "127.0.0.1:$PORT" --admin-listen 127.0.0.1:18111 --log warn >"$RUN/shepherd.log" 2>&1 &
   echo $! >"$RUN/shepherd.pid"
   wait_ready "http://127.0.0.1:$PORT" 30 "$(cat "$RUN/shepherd.pid")" || { tail "$RUN/shepherd.log"; exit 1; }
@@ -48,8 +51,9 @@ for round in $(seq 1 "$ROUNDS"); do
   if [ $((round % 2)) -eq 0 ]; then order=$(echo "$PEERS" | tr ' ' '\n' | tac | tr '\n' ' '); fi
   log "round $round: $order"
   for p in $order; do
-    if [ "$p" = shepherd ]; then
-      start_shepherd; url="http://127.0.0.1:$PORT"; pids=$(cat "$RUN/shepherd.pid")
+    if [ "$p" = shepherd ] || [ "$p" = shepherd-shadow ]; then
+      policy=$([ "$p" = shepherd ] && echo policy.json || echo policy-shadow.json)
+      start_shepherd "$policy"; url="http://127.0.0.1:$PORT"; pids=$(cat "$RUN/shepherd.pid")
     else
       "$BENCH/peers.sh" start "$p"; url=$("$BENCH/peers.sh" url "$p"); pids=$("$BENCH/peers.sh" pids "$p")
     fi
@@ -61,7 +65,7 @@ for round in $(seq 1 "$ROUNDS"); do
       "$root/target/release/stream-bench" --url "$url/v1/chat/completions" --requests 2000 --rate 200 $flag \
         | sed "s/^/$p-r$round $mode: /" | tee -a "$RESULTS/$p-r$round/stream.txt" "$RESULTS/stream-digest.txt"
     done
-    if [ "$p" = shepherd ]; then stop_shepherd; elif [ "$p" != direct ]; then "$BENCH/peers.sh" stop "$p"; fi
+    if [ "${p%-shadow}" = shepherd ]; then stop_shepherd; elif [ "$p" != direct ]; then "$BENCH/peers.sh" stop "$p"; fi
     sleep 3
   done
 done

@@ -7,6 +7,7 @@
 //!   implementations and their migrations.
 //! - [`api`]: the gRPC services and the one place domain errors become
 //!   `tonic::Status`.
+//! - [`analysis`]: gate checks over the fleet's telemetry windows.
 //! - [`fleet`]: agents on their Connect streams: snapshots down, ACK/NACK
 //!   and telemetry up.
 //! - [`auth`]: bearer tokens for operators and agents.
@@ -15,6 +16,7 @@
 //! - [`config`]: command-line flags and environment variables.
 //! - [`logging`]: structured logs and shutdown signals.
 
+pub mod analysis;
 pub mod api;
 pub mod auth;
 pub mod config;

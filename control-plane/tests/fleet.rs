@@ -730,3 +730,74 @@ async fn reconnect_storm_is_absorbed() {
     }
     cp.stop().await;
 }
+
+/// Shadow figures travel from the agent to the control plane's telemetry
+/// windows, where the shadow gates judge them: a healthy shadow passes, one
+/// answering with malformed JSON fails the schema gate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_figures_reach_the_control_plane_and_its_gates() {
+    use shepherd_control_plane::analysis::{Check, judge_shadow, shadow_figures};
+    let store = shepherd_tests::stores::TestStore::sqlite().await;
+    let mut options = ServerOptions::default();
+    options.fleet.flush_interval = Duration::from_millis(100);
+    let cp = TestControlPlane::start(store.store.clone(), options).await;
+    let mock_a = MockProvider::new("a");
+    let mock_b = MockProvider::new("b");
+    let (a, b) = (mock_a.serve_tcp().await, mock_b.serve_tcp().await);
+    let mut policies = cp.policy_client(None).await;
+    policies
+        .create_policy(v1::CreatePolicyRequest {
+            policy: Some(chat_policy(a, b, 0, json!({"shadow": {"percent": 100.0}}))),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent_options =
+        FleetAgentOptions::new(&[format!("http://{}", cp.addr)], "shadow-agent", dir.path());
+    agent_options.labels = labels("chat");
+    let agent = FleetAgent::start(agent_options).await;
+    let version = agent.wait_version(|v| v > 0).await;
+    let gates = v1::Gates {
+        max_shadow_schema_error_percent: Some(5.0),
+        ..Default::default()
+    };
+    let judge = |store: Arc<dyn store::Store>, wanted: u64| async move {
+        let rows = store
+            .read_telemetry("chat", 0, i64::MAX)
+            .await
+            .map_err(|e| e.to_string())?;
+        let figures = shadow_figures(&rows, "b", i64::try_from(version).unwrap());
+        if figures.compared >= wanted {
+            Ok((figures.compared, judge_shadow(&figures, &gates, wanted)))
+        } else {
+            Err(format!("{} compared so far", figures.compared))
+        }
+    };
+    for _ in 0..20 {
+        assert_eq!(agent.client().post(CHAT, BODY, &[]).await.status, 200);
+    }
+    let (_, check) = eventually("shadow figures in the telemetry windows", || {
+        judge(store.store.clone(), 20)
+    })
+    .await;
+    assert!(matches!(check, Check::Pass(_)), "{check:?}");
+
+    mock_b.set(|x| x.malformed = true);
+    for _ in 0..20 {
+        assert_eq!(agent.client().post(CHAT, BODY, &[]).await.status, 200);
+    }
+    let (_, check) = eventually("the malformed answers in the windows", || {
+        judge(store.store.clone(), 40)
+    })
+    .await;
+    match check {
+        Check::Fail(why) => assert!(
+            why.contains("shadow schema errors 50.00% (20 of 40"),
+            "{why}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    agent.stop().await;
+    cp.stop().await;
+}
