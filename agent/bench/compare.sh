@@ -24,7 +24,7 @@ ROUNDS=${ROUNDS:-2}
 PORT=18110
 AGENT="$root/target/release/shepherd-agent"
 
-(cd "$root" && cargo build --release --locked -p shepherd-agent -p shepherd-tests --bin stream-bench)
+(cd "$root" && cargo build --release --locked -p shepherd-agent -p shepherd-tests --bin shepherd-agent --bin stream-bench)
 
 start_shepherd() {
   BENCH_PROVIDER_KEY=sk-bench-provider-key nohup "$AGENT" --policy-file "$root/agent/bench/$1" \

@@ -218,16 +218,21 @@ impl Tap {
         self.buf.extend_from_slice(data);
     }
 
-    /// The body ended (`ok`: properly).
-    pub fn finish(&mut self, ok: bool) {
-        if let Some(tx) = self.tx.take() {
-            let _ = tx.send(Seen {
-                status: self.status,
-                sse: self.sse,
-                body: Bytes::from(std::mem::take(&mut self.buf)),
-                complete: ok && !self.truncated,
-            });
+    /// The body ended with `outcome`. When the app went away first there is
+    /// nothing to compare: the shadow side hears nothing.
+    pub fn finish(&mut self, outcome: Outcome) {
+        let Some(tx) = self.tx.take() else {
+            return;
+        };
+        if outcome == Outcome::Cancelled {
+            return;
         }
+        let _ = tx.send(Seen {
+            status: self.status,
+            sse: self.sse,
+            body: Bytes::from(std::mem::take(&mut self.buf)),
+            complete: outcome == Outcome::Success && !self.truncated,
+        });
     }
 }
 
@@ -867,6 +872,27 @@ mod tests {
         assert_eq!(similarity("reply from a", "reply from b"), 0.5);
         assert_eq!(similarity("", ""), 1.0);
         assert_eq!(similarity("x", ""), 0.0);
+    }
+
+    /// The primary's copy reaches the shadow side when its body ends, cut
+    /// short or not; when the app went away first, nothing is compared.
+    #[test]
+    fn the_tap_hands_over_the_primary_answer() {
+        let (tx, mut rx) = oneshot::channel();
+        let mut tap = Tap::new(200, false, tx);
+        tap.push(b"{}");
+        tap.finish(Outcome::Success);
+        let seen = rx.try_recv().unwrap();
+        assert!(seen.complete);
+        assert_eq!(seen.body, "{}");
+        let (tx, mut rx) = oneshot::channel();
+        let mut tap = Tap::new(200, true, tx);
+        tap.finish(Outcome::StreamBroken);
+        assert!(!rx.try_recv().unwrap().complete);
+        let (tx, mut rx) = oneshot::channel();
+        let mut tap = Tap::new(200, false, tx);
+        tap.finish(Outcome::Cancelled);
+        assert!(rx.try_recv().is_err());
     }
 
     fn settings(percent_bp: u32, concurrency: usize) -> ShadowSettings {

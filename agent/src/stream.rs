@@ -500,7 +500,7 @@ impl ObservedBody {
 
     fn settle(&mut self, outcome: Outcome) {
         if let Some(tap) = &mut self.tap {
-            tap.finish(outcome == Outcome::Success);
+            tap.finish(outcome);
         }
         if let Some(attempt) = self.attempt.take() {
             let outcome = if outcome == Outcome::Success {
