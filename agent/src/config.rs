@@ -142,10 +142,8 @@ impl Cli {
                 .map_err(|e| format!("agent token file {}: {e}", path.display()))?,
             (None, None) => return Ok(None),
         };
-        let token = raw.trim();
-        if token.is_empty() || !token.bytes().all(|b| (0x21..0x7f).contains(&b)) {
-            return Err("agent token: must be visible ASCII characters without spaces".into());
-        }
+        let token = shepherd_proto::validate::check_token(&raw)
+            .map_err(|rule| format!("agent token: {rule}"))?;
         Ok(Some(token.to_string()))
     }
 }

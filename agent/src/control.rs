@@ -25,6 +25,7 @@ use tonic::transport::Endpoint;
 use tracing::{debug, error, info, warn};
 
 use crate::Agent;
+use crate::lock;
 use crate::state::StateDir;
 
 /// How the agent reaches the control plane.
@@ -103,13 +104,6 @@ struct QueueState {
     lost: u64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    }
-}
-
 impl ReportQueue {
     /// Queues a report, dropping (and counting) the oldest beyond `capacity`.
     /// Returns how many were dropped.
@@ -135,12 +129,8 @@ impl ReportQueue {
         Some(report)
     }
 
-    pub fn len(&self) -> usize {
-        lock(&self.inner).reports.len()
-    }
-
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        lock(&self.inner).reports.is_empty()
     }
 }
 

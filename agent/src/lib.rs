@@ -61,7 +61,9 @@ struct Running {
     degraded: bool,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks a mutex; a panic elsewhere while it was held does not poison the
+/// data for the rest of the agent.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
         Err(poisoned) => poisoned.into_inner(),
@@ -162,11 +164,6 @@ impl Agent {
             Some(r) if r.degraded => (r.snapshot.version, 0),
             Some(r) => (r.snapshot.version, r.snapshot.content_hash),
         }
-    }
-
-    /// The snapshot in force, as received.
-    pub fn running_snapshot(&self) -> Option<v1::Snapshot> {
-        lock(&self.running).as_ref().map(|r| r.snapshot.clone())
     }
 
     /// Without the control plane for too long: drops faults and shadow

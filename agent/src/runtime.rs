@@ -8,13 +8,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio_util::sync::CancellationToken;
 
 use crate::breaker::{Breaker, BreakerSettings};
+use crate::lock;
 use crate::policy::{Backend, Policy, Protocol, SecretRef, ShadowSettings};
 use crate::retry::RetryBudget;
 use crate::shadow::{Samples, ShadowGate};
@@ -127,13 +128,6 @@ pub struct Registry {
     pub samples: Arc<Samples>,
     /// Stops all shadow work (shutdown).
     pub shadow_stop: CancellationToken,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    }
 }
 
 impl Registry {

@@ -29,6 +29,7 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::lock;
 use crate::policy::ShadowSettings;
 use crate::runtime::LivePolicy;
 use crate::telemetry::{Outcome, ShadowStats, shadow_counter as c};
@@ -37,13 +38,6 @@ use crate::telemetry::{Outcome, ShadowStats, shadow_counter as c};
 pub const MAX_COMPARED_BODY: usize = 1 << 20;
 /// Mismatch samples kept.
 pub const MAX_SAMPLES: usize = 100;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    }
-}
 
 /// Admission to shadow traffic for one policy: slots, queue, rate and token
 /// caps. Kept across reloads while the settings stay the same.

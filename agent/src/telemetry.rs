@@ -16,6 +16,8 @@ use shepherd_proto::histogram::{AtomicHistogram, Histogram, prometheus_bounds};
 use shepherd_proto::telemetry::{SIMILARITY_BUCKETS, similarity_bucket};
 use shepherd_proto::v1;
 
+use crate::lock;
+
 /// The class of an attempt's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
@@ -450,13 +452,6 @@ pub struct StatsRegistry {
     versions: Mutex<BTreeMap<(BackendKey, u64), VersionEntry>>,
     retired: Mutex<HashMap<BackendKey, Counts>>,
     policies: Mutex<HashMap<String, Arc<AtomicU64>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    }
 }
 
 impl StatsRegistry {

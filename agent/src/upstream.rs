@@ -30,6 +30,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tower_service::Service;
 
+use crate::lock;
+
 /// Opens an in-process connection to the server for a URI.
 pub type MemoryDial = Arc<dyn Fn(&Uri) -> io::Result<DuplexStream> + Send + Sync>;
 
@@ -280,13 +282,6 @@ impl Lease {
                 since: Instant::now(),
             });
         }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
     }
 }
 

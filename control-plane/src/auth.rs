@@ -17,13 +17,7 @@ impl Token {
     /// Wraps a token; refuses an empty one or one with characters that cannot
     /// travel in a header.
     pub fn new(value: &str) -> Result<Self, String> {
-        let value = value.trim();
-        if value.is_empty() {
-            return Err("must not be empty".into());
-        }
-        if !value.bytes().all(|b| (0x21..0x7f).contains(&b)) {
-            return Err("must be visible ASCII characters without spaces".into());
-        }
+        let value = shepherd_proto::validate::check_token(value)?;
         Ok(Self(Arc::from(value.as_bytes())))
     }
 

@@ -19,6 +19,40 @@ use tokio_util::sync::CancellationToken;
 use crate::http::Client;
 use crate::mock::MockProvider;
 
+/// An agent's proxy and admin listeners on `127.0.0.1:0`, served until
+/// `shutdown`.
+struct Served {
+    addr: SocketAddr,
+    admin_addr: SocketAddr,
+    shutdown: CancellationToken,
+    server: JoinHandle<()>,
+}
+
+async fn serve_on_loopback(agent: &Arc<Agent>, settings: ServerSettings) -> Served {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let admin_addr = admin_listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(admin::serve(
+        admin_listener,
+        agent.clone(),
+        shutdown.clone(),
+    ));
+    let server = tokio::spawn(server::serve(
+        listener,
+        agent.proxy.clone(),
+        settings,
+        shutdown.clone(),
+    ));
+    Served {
+        addr,
+        admin_addr,
+        shutdown,
+        server,
+    }
+}
+
 /// An agent on `127.0.0.1:0`, its policy in a temporary file.
 pub struct TestAgent {
     pub agent: Arc<Agent>,
@@ -59,22 +93,12 @@ impl TestAgent {
         agent
             .apply_file(policy::load_file(&policy_file).unwrap())
             .unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let admin_addr = admin_listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        tokio::spawn(admin::serve(
-            admin_listener,
-            agent.clone(),
-            shutdown.clone(),
-        ));
-        let server = tokio::spawn(server::serve(
-            listener,
-            agent.proxy.clone(),
-            options.settings,
-            shutdown.clone(),
-        ));
+        let Served {
+            addr,
+            admin_addr,
+            shutdown,
+            server,
+        } = serve_on_loopback(&agent, options.settings).await;
         Self {
             agent,
             addr,
@@ -248,23 +272,13 @@ impl FleetAgent {
         settings.loss_ttl = options.loss_ttl;
         settings.backoff_base = std::time::Duration::from_millis(50);
         settings.backoff_cap = std::time::Duration::from_millis(500);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let admin_addr = admin_listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        tokio::spawn(admin::serve(
-            admin_listener,
-            agent.clone(),
-            shutdown.clone(),
-        ));
+        let Served {
+            addr,
+            admin_addr,
+            shutdown,
+            server,
+        } = serve_on_loopback(&agent, ServerSettings::default()).await;
         let control = tokio::spawn(control::run(agent.clone(), settings, shutdown.clone()));
-        let server = tokio::spawn(server::serve(
-            listener,
-            agent.proxy.clone(),
-            ServerSettings::default(),
-            shutdown.clone(),
-        ));
         Self {
             agent,
             addr,

@@ -30,17 +30,18 @@ impl AgentApi {
         Self { fleet, store, auth }
     }
 
-    /// Every agent the store knows of, as operators should see it: records
-    /// of this replica's agents are taken from memory (they are fresher).
+    /// A page of the agents the store knows of, as operators should see
+    /// them: records of this replica's agents (`local`) are taken from
+    /// memory, being fresher.
     async fn agents_page(
         &self,
         after: Option<&str>,
         limit: u32,
+        local: &HashMap<String, AgentRecord>,
     ) -> Result<Vec<AgentRecord>, Status> {
         let alive_after = Utc::now()
             - chrono::Duration::from_std(self.fleet.options.replica_timeout)
                 .unwrap_or(chrono::Duration::MAX);
-        let local = self.fleet.agents.records();
         let listed = self.store.list_agents(after, limit).await?;
         Ok(listed
             .into_iter()
@@ -53,10 +54,11 @@ impl AgentApi {
 
     /// Every agent, local records overlaid, including those not written yet.
     async fn all_agents(&self) -> Result<Vec<AgentRecord>, Status> {
+        let local = self.fleet.agents.records();
         let mut all: HashMap<String, AgentRecord> = HashMap::new();
         let mut after: Option<String> = None;
         loop {
-            let page = self.agents_page(after.as_deref(), 1000).await?;
+            let page = self.agents_page(after.as_deref(), 1000, &local).await?;
             let done = page.len() < 1000;
             after = page.last().map(|a| a.agent_id.clone());
             all.extend(page.into_iter().map(|a| (a.agent_id.clone(), a)));
@@ -64,7 +66,7 @@ impl AgentApi {
                 break;
             }
         }
-        for (id, mine) in self.fleet.agents.records() {
+        for (id, mine) in local {
             if all.get(&id).is_none_or(|a| a.session <= mine.session) {
                 all.insert(id, mine);
             }
@@ -128,7 +130,8 @@ impl AgentService for AgentApi {
         let request = request.into_inner();
         let size = page::page_size(request.page_size)?;
         let after = page::decode(SCOPE, &request.page_token)?;
-        let mut found = self.agents_page(after.as_deref(), size + 1).await?;
+        let local = self.fleet.agents.records();
+        let mut found = self.agents_page(after.as_deref(), size + 1, &local).await?;
         let next_page_token = if found.len() > size as usize {
             found.truncate(size as usize);
             found

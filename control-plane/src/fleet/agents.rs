@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
+use super::lock;
 use crate::store::AgentRecord;
 
 struct Entry {
@@ -23,13 +24,6 @@ struct Entry {
 #[derive(Default)]
 pub struct AgentTable {
     entries: Mutex<HashMap<String, Entry>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    }
 }
 
 impl AgentTable {
@@ -117,14 +111,6 @@ impl AgentTable {
             .iter()
             .map(|(k, e)| (k.clone(), e.record.clone()))
             .collect()
-    }
-
-    /// Connected agents here.
-    pub fn connected(&self) -> usize {
-        lock(&self.entries)
-            .values()
-            .filter(|e| e.record.connected)
-            .count()
     }
 
     /// Cancels every session (shutdown).

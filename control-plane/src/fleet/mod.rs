@@ -91,6 +91,15 @@ pub fn default_replica_name() -> String {
     format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
 }
 
+/// Locks a mutex; a panic elsewhere while it was held does not poison the
+/// data for the rest of the fleet.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
 /// The fleet as this replica serves it.
 pub struct Fleet {
     pub(crate) store: Arc<dyn Store>,
@@ -223,6 +232,16 @@ impl Fleet {
                 warn!(error = %e, agents = records.len(), "cannot write agent records; will retry");
                 self.agents.unflushed(&records);
             }
+        }
+        let dropped = self
+            .telemetry
+            .dropped
+            .swap(0, std::sync::atomic::Ordering::Relaxed);
+        if dropped > 0 {
+            warn!(
+                dropped,
+                "telemetry dropped: too many windows pending while the database could not be written"
+            );
         }
         let rows = self.telemetry.take(&self.options.replica);
         if !rows.is_empty()

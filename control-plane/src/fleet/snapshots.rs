@@ -10,6 +10,7 @@ use shepherd_proto::v1;
 use shepherd_proto::validate::labels_match;
 use tokio::sync::watch;
 
+use super::lock;
 use crate::store::Catalog;
 
 pub type Labels = BTreeMap<String, String>;
@@ -37,7 +38,8 @@ struct Prepared {
 
 #[derive(Default)]
 struct State {
-    catalog: Option<Arc<Catalog>>,
+    /// The generation of the catalog in force; none before the first read.
+    generation: Option<i64>,
     prepared: Vec<Prepared>,
     groups: HashMap<Labels, Group>,
 }
@@ -46,14 +48,8 @@ struct State {
 #[derive(Default)]
 pub struct Snapshots {
     state: Mutex<State>,
-    loaded: watch::Sender<u64>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    }
+    /// True once a catalog was read.
+    loaded: watch::Sender<bool>,
 }
 
 /// FNV-1a, 64 bits: stable across builds and replicas.
@@ -71,24 +67,12 @@ pub fn fnv64(bytes: &[u8], seed: u64) -> u64 {
 }
 
 impl Snapshots {
-    /// The generation of the catalog in force (0 before the first read).
-    pub fn generation(&self) -> u64 {
-        *self.loaded.borrow()
-    }
-
-    /// The catalog in force, if one was read.
-    pub fn catalog(&self) -> Option<Arc<Catalog>> {
-        lock(&self.state).catalog.clone()
-    }
-
     /// Takes a newly read catalog: each group whose set changed gets a new
     /// snapshot at the catalog's generation. Returns how many groups changed.
     pub fn update(&self, catalog: Catalog) -> usize {
         let generation = u64::try_from(catalog.generation).unwrap_or(0);
         let mut state = lock(&self.state);
-        if let Some(current) = &state.catalog
-            && current.generation > catalog.generation
-        {
+        if state.generation.is_some_and(|g| g > catalog.generation) {
             // An older read finishing late; never go back.
             return 0;
         }
@@ -109,7 +93,7 @@ impl Snapshots {
                 }
             })
             .collect();
-        state.catalog = Some(Arc::new(catalog));
+        state.generation = Some(catalog.generation);
         state.groups.retain(|_, g| g.sender.receiver_count() > 0);
         let mut changed = 0;
         let State {
@@ -125,24 +109,18 @@ impl Snapshots {
             }
         }
         drop(state);
-        self.loaded.send_replace(generation);
+        self.loaded.send_replace(true);
         changed
     }
 
     /// Joins the group of `labels`, waiting for the first catalog read; the
     /// receiver holds the group's snapshot and sees each change.
     pub async fn join(&self, labels: &Labels) -> watch::Receiver<Arc<Built>> {
-        let mut loaded = self.loaded.subscribe();
-        // The generation is 0 until the first read (an empty store reads as 0
-        // too, so also check that a catalog is present).
-        let _ = loaded
-            .wait_for(|_| lock(&self.state).catalog.is_some())
-            .await;
+        let _ = self.loaded.subscribe().wait_for(|loaded| *loaded).await;
         let mut state = lock(&self.state);
         let generation = state
-            .catalog
-            .as_ref()
-            .map_or(0, |c| u64::try_from(c.generation).unwrap_or(0));
+            .generation
+            .map_or(0, |g| u64::try_from(g).unwrap_or(0));
         let State {
             prepared, groups, ..
         } = &mut *state;
@@ -156,11 +134,6 @@ impl Snapshots {
             })
             .sender
             .subscribe()
-    }
-
-    /// Groups with agents.
-    pub fn groups(&self) -> usize {
-        lock(&self.state).groups.len()
     }
 }
 

@@ -11,6 +11,7 @@ use shepherd_proto::telemetry::merge_backend;
 use shepherd_proto::v1;
 use shepherd_proto::validate::timestamp_to_system_time;
 
+use super::lock;
 use crate::store::TelemetryRow;
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -33,13 +34,6 @@ pub struct Aggregator {
     pending: Mutex<HashMap<Key, Sum>>,
     /// Windows dropped because too many were pending (the store was down).
     pub dropped: std::sync::atomic::AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    }
 }
 
 fn unix_ms(t: SystemTime) -> i64 {
@@ -90,20 +84,9 @@ impl Aggregator {
         }
         let mut pending = lock(&self.pending);
         for (key, data) in parsed {
-            match pending.get_mut(&key) {
-                Some(s) => {
-                    // Both sides parsed above: merging cannot fail.
-                    let _ = merge_backend(&mut s.data, &data);
-                    s.reports += 1;
-                }
-                None => {
-                    if pending.len() >= self.max_keys {
-                        self.dropped
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        continue;
-                    }
-                    pending.insert(key, Sum { data, reports: 1 });
-                }
+            if !add(&mut pending, key, data, 1, self.max_keys) {
+                self.dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
         Ok(())
@@ -136,23 +119,34 @@ impl Aggregator {
                 backend: r.backend,
                 window_start_ms: r.window_start_ms,
             };
-            match pending.get_mut(&key) {
-                Some(s) => {
-                    let _ = merge_backend(&mut s.data, &r.data);
-                    s.reports += r.reports;
-                }
-                None => {
-                    pending.insert(
-                        key,
-                        Sum {
-                            data: r.data,
-                            reports: r.reports,
-                        },
-                    );
-                }
-            }
+            // What was taken out goes back whatever the limit.
+            add(&mut pending, key, r.data, r.reports, usize::MAX);
         }
     }
+}
+
+/// Adds figures (already checked, so merging cannot fail) to the sum of
+/// their key; a new key is refused beyond `max_keys`. Returns whether the
+/// figures were kept.
+fn add(
+    pending: &mut HashMap<Key, Sum>,
+    key: Key,
+    data: v1::BackendTelemetry,
+    reports: i64,
+    max_keys: usize,
+) -> bool {
+    let full = pending.len() >= max_keys;
+    match pending.get_mut(&key) {
+        Some(s) => {
+            let _ = merge_backend(&mut s.data, &data);
+            s.reports += reports;
+        }
+        None if full => return false,
+        None => {
+            pending.insert(key, Sum { data, reports });
+        }
+    }
+    true
 }
 
 /// Sums telemetry rows per (snapshot version, backend), for readers.

@@ -151,6 +151,20 @@ pub fn check_label(key: &str, value: &str) -> Result<(), String> {
     }
 }
 
+/// Checks a bearer token (admin or agent) and returns it without
+/// surrounding whitespace: not empty, visible ASCII without spaces, so it can
+/// travel in an `authorization` header.
+pub fn check_token(value: &str) -> Result<&str, String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if !value.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+        return Err("must be visible ASCII characters without spaces".into());
+    }
+    Ok(value)
+}
+
 /// Checks an agent id: 1 to 128 of letters, digits and '-', '_', '.', ':',
 /// '/', '@' (a pod name, a host name and port, ...).
 pub fn check_agent_id(id: &str) -> Result<(), String> {
