@@ -72,7 +72,7 @@ pub struct Cli {
     pub state_dir: PathBuf,
 
     /// How often telemetry is reported to the control plane.
-    #[arg(long, env = "SHEPHERD_AGENT_REPORT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SHEPHERD_AGENT_REPORT_INTERVAL", default_value = "1s", value_parser = positive_duration)]
     pub report_interval: Duration,
 
     /// After this long without the control plane, faults and shadow traffic
@@ -160,6 +160,15 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Labels(pub BTreeMap<String, String>);
 
+/// A duration above zero.
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be above 0".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn parse_labels(s: &str) -> Result<Labels, String> {
     let mut labels = BTreeMap::new();
     for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -181,6 +190,18 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    /// A zero report interval is refused, naming the flag.
+    #[test]
+    fn refuses_zero_report_interval() {
+        let err = Cli::try_parse_from(["shepherd-agent", "--report-interval", "0s"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--report-interval") && err.contains("above 0"),
+            "{err}"
+        );
     }
 
     /// Labels parse from key=value pairs; bad ones say why.

@@ -104,29 +104,29 @@ pub struct FleetArgs {
     pub replica_id: Option<String>,
 
     /// How often agent records and telemetry are written to the database.
-    #[arg(long, env = "SHEPHERD_FLEET_FLUSH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SHEPHERD_FLEET_FLUSH_INTERVAL", default_value = "1s", value_parser = positive_duration)]
     pub fleet_flush_interval: Duration,
 
     /// A replica not heard of for this long counts as gone, and its agents
     /// as disconnected.
-    #[arg(long, env = "SHEPHERD_REPLICA_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SHEPHERD_REPLICA_TIMEOUT", default_value = "15s", value_parser = positive_duration)]
     pub replica_timeout: Duration,
 
     /// Most agents handed their first snapshot at once (a reconnect storm
     /// queues behind this).
-    #[arg(long, env = "SHEPHERD_MAX_CONNECTING_AGENTS", default_value_t = 256)]
+    #[arg(long, env = "SHEPHERD_MAX_CONNECTING_AGENTS", default_value_t = 256, value_parser = at_least_one)]
     pub max_connecting_agents: usize,
 
     /// Length of the telemetry windows written to the database.
-    #[arg(long, env = "SHEPHERD_TELEMETRY_WINDOW", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SHEPHERD_TELEMETRY_WINDOW", default_value = "1s", value_parser = positive_duration)]
     pub telemetry_window: Duration,
 
     /// How long telemetry windows are kept.
-    #[arg(long, env = "SHEPHERD_TELEMETRY_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SHEPHERD_TELEMETRY_RETENTION", default_value = "24h", value_parser = positive_duration)]
     pub telemetry_retention: Duration,
 
     /// How long disconnected agents stay listed.
-    #[arg(long, env = "SHEPHERD_AGENT_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SHEPHERD_AGENT_RETENTION", default_value = "7d", value_parser = positive_duration)]
     pub agent_retention: Duration,
 }
 
@@ -243,6 +243,24 @@ impl ServeArgs {
     }
 }
 
+/// A duration above zero.
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be above 0".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A count of at least one.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Reads a token given directly or in a file.
 pub fn read_token(
     what: &str,
@@ -318,6 +336,22 @@ mod tests {
                 .check_exposure(false, false)
                 .is_ok()
         );
+    }
+
+    /// Fleet intervals must be above zero and the admission limit at least
+    /// one; the error names the flag.
+    #[test]
+    fn refuses_zero_fleet_settings() {
+        for (flag, value) in [
+            ("--fleet-flush-interval", "0s"),
+            ("--telemetry-window", "0ms"),
+            ("--max-connecting-agents", "0"),
+        ] {
+            let err = Cli::try_parse_from(["shepherd-control-plane", flag, value])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(flag), "{err}");
+        }
     }
 
     /// A token file is read and trimmed; an empty one is refused.
