@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "shepherd/v1/policy.proto",
     "shepherd/v1/policy_service.proto",
     "shepherd/v1/agent.proto",
+    "shepherd/v1/rollout.proto",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {

@@ -110,6 +110,7 @@ mod tests {
                 name: "chat".into(),
                 ..Default::default()
             }],
+            ..Default::default()
         };
         state.save(&snapshot).unwrap();
         state.save(&snapshot).unwrap();

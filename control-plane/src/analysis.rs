@@ -2,7 +2,10 @@
 //! says PASS, FAIL (with the numbers it was made from) or WAIT (too little
 //! data: no data is never a pass).
 
-use shepherd_proto::telemetry::{mean_similarity, merge_shadow};
+use std::time::Duration;
+
+use shepherd_proto::histogram::Histogram;
+use shepherd_proto::telemetry::{attempts, mean_similarity, merge_backend, merge_shadow};
 use shepherd_proto::v1;
 
 use crate::store::TelemetryRow;
@@ -113,6 +116,541 @@ pub fn judge_shadow(s: &v1::ShadowTelemetry, gates: &v1::Gates, min_compared: u6
             seen.join(", ")
         }
     ))
+}
+
+/// Figures summed over a stage's windows: each backend's, from the stage's
+/// snapshot version on.
+pub fn backend_sums(
+    rows: &[TelemetryRow],
+    backend: &str,
+    since_version: i64,
+) -> v1::BackendTelemetry {
+    let mut sum = v1::BackendTelemetry {
+        backend: backend.into(),
+        ..Default::default()
+    };
+    for r in rows
+        .iter()
+        .filter(|r| r.backend == backend && r.snapshot_version >= since_version)
+    {
+        // Rows were checked when they were merged; a bad one adds nothing.
+        let _ = merge_backend(&mut sum, &r.data);
+    }
+    sum
+}
+
+/// Attempts that count against a backend: 5xx, timeouts, connect errors,
+/// broken streams, breaker rejections and injected faults.
+pub fn errors(o: &v1::Outcomes) -> u64 {
+    o.server_error
+        + o.timeout
+        + o.connect_error
+        + o.stream_broken
+        + o.breaker_rejected
+        + o.fault_injected
+}
+
+/// Attempts judged: all but those the caller cancelled.
+pub fn judged(o: &v1::Outcomes) -> u64 {
+    attempts(o).saturating_sub(o.cancelled)
+}
+
+/// Fewest rate events (errors, 429s) behind a failed rate gate: a handful of
+/// early errors is noise, not evidence.
+pub const MIN_EVENTS_TO_FAIL: u64 = 5;
+
+/// Significance used where a policy sets none.
+pub const DEFAULT_SIGNIFICANCE: f64 = 0.01;
+
+/// Quantile `p` of the standard normal distribution (Acklam's rational
+/// approximation, relative error below 1.2e-9).
+pub fn normal_quantile(p: f64) -> f64 {
+    const A: [f64; 6] = [
+        -3.969_683_028_665_376e1,
+        2.209_460_984_245_205e2,
+        -2.759_285_104_469_687e2,
+        1.383_577_518_672_69e2,
+        -3.066_479_806_614_716e1,
+        2.506_628_277_459_239,
+    ];
+    const B: [f64; 5] = [
+        -5.447_609_879_822_406e1,
+        1.615_858_368_580_409e2,
+        -1.556_989_798_598_866e2,
+        6.680_131_188_771_972e1,
+        -1.328_068_155_288_572e1,
+    ];
+    const C: [f64; 6] = [
+        -7.784_894_002_430_293e-3,
+        -3.223_964_580_411_365e-1,
+        -2.400_758_277_161_838,
+        -2.549_732_539_343_734,
+        4.374_664_141_464_968,
+        2.938_163_982_698_783,
+    ];
+    const D: [f64; 4] = [
+        7.784_695_709_041_462e-3,
+        3.224_671_290_700_398e-1,
+        2.445_134_137_142_996,
+        3.754_408_661_907_416,
+    ];
+    let p = p.clamp(1e-300, 1.0 - 1e-16);
+    let low = 0.024_25;
+    if p < low {
+        let q = (-2.0 * p.ln()).sqrt();
+        (((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5])
+            / ((((D[0] * q + D[1]) * q + D[2]) * q + D[3]) * q + 1.0)
+    } else if p <= 1.0 - low {
+        let q = p - 0.5;
+        let r = q * q;
+        (((((A[0] * r + A[1]) * r + A[2]) * r + A[3]) * r + A[4]) * r + A[5]) * q
+            / (((((B[0] * r + B[1]) * r + B[2]) * r + B[3]) * r + B[4]) * r + 1.0)
+    } else {
+        -normal_quantile(1.0 - p)
+    }
+}
+
+/// Lower end of the one-sided Wilson score interval of a proportion.
+pub fn wilson_lower(events: u64, n: u64, z: f64) -> f64 {
+    if n == 0 {
+        return 0.0;
+    }
+    let n = n as f64;
+    let p = events as f64 / n;
+    let z2 = z * z;
+    let centre = p + z2 / (2.0 * n);
+    let spread = z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    ((centre - spread) / (1.0 + z2 / n)).max(0.0)
+}
+
+/// Statistic of the one-sided test that the candidate's error proportion
+/// exceeds the baseline's by more than `effect` (a fraction), with one
+/// success and one failure added to each side (Agresti-Caffo), which keeps
+/// it sane with few requests or no errors.
+pub fn excess_z(xc: u64, nc: u64, xb: u64, nb: u64, effect: f64) -> f64 {
+    let pc = (xc as f64 + 1.0) / (nc as f64 + 2.0);
+    let pb = (xb as f64 + 1.0) / (nb as f64 + 2.0);
+    let se = (pc * (1.0 - pc) / (nc as f64 + 2.0) + pb * (1.0 - pb) / (nb as f64 + 2.0)).sqrt();
+    (pc - pb - effect) / se
+}
+
+/// What one stage's judge is given.
+pub struct StageInput<'a> {
+    pub stage: &'a v1::Stage,
+    pub gates: &'a v1::Gates,
+    /// Time since the stage's clock started.
+    pub elapsed: Duration,
+    pub candidate: &'a v1::BackendTelemetry,
+    pub baseline: &'a v1::BackendTelemetry,
+}
+
+/// A verdict, why, and the numbers behind it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judgement {
+    pub verdict: v1::Verdict,
+    pub reason: String,
+    pub figures: v1::Figures,
+}
+
+fn side(t: &v1::BackendTelemetry) -> v1::SideFigures {
+    let o = t.outcomes.unwrap_or_default();
+    let requests = judged(&o);
+    let quantile = |h: &Option<v1::Histogram>, q: f64| {
+        h.as_ref()
+            .and_then(|h| Histogram::from_wire(h).ok())
+            .and_then(|h| h.quantile(q))
+            .map(pbjson_types::Duration::from)
+    };
+    v1::SideFigures {
+        backend: t.backend.clone(),
+        requests,
+        errors: errors(&o),
+        rate_limited: o.rate_limited,
+        error_rate_percent: percent(errors(&o), requests),
+        rate_limited_percent: percent(o.rate_limited, requests),
+        latency_p95: quantile(&t.latency, 0.95),
+        latency_p99: quantile(&t.latency, 0.99),
+        ttft_p95: quantile(&t.ttft, 0.95),
+    }
+}
+
+/// Fewest samples before quantile `q` of a histogram is judged.
+pub fn min_samples(q: f64) -> u64 {
+    (5.0 / (1.0 - q)).ceil() as u64
+}
+
+fn secs(d: &Option<pbjson_types::Duration>) -> Option<f64> {
+    d.as_ref()
+        .map(|d| d.seconds as f64 + f64::from(d.nanos) / 1e9)
+}
+
+struct Gatekeeper {
+    results: Vec<v1::GateResult>,
+}
+
+impl Gatekeeper {
+    fn add(&mut self, gate: &str, value: f64, limit: f64, verdict: v1::Verdict, detail: String) {
+        self.results.push(v1::GateResult {
+            gate: gate.into(),
+            value,
+            limit,
+            verdict: verdict as i32,
+            detail,
+        });
+    }
+
+    /// A ceiling on a rate: FAIL once the rate is above it with confidence
+    /// (and a few events), PASS while the observed rate is at or below it,
+    /// WAIT between the two.
+    fn rate_ceiling(&mut self, gate: &str, what: &str, events: u64, n: u64, ceiling: f64, z: f64) {
+        let rate = percent(events, n);
+        let lower = wilson_lower(events, n, z) * 100.0;
+        let (verdict, detail) = if events >= MIN_EVENTS_TO_FAIL && lower > ceiling {
+            (
+                v1::Verdict::Fail,
+                format!(
+                    "{what} {rate:.2}% ({events} of {n}) is above the {ceiling}% ceiling (lower confidence bound {lower:.2}%)"
+                ),
+            )
+        } else if n > 0 && rate <= ceiling {
+            (
+                v1::Verdict::Pass,
+                format!("{what} {rate:.2}% ({events} of {n}), ceiling {ceiling}%"),
+            )
+        } else if n == 0 {
+            (v1::Verdict::Wait, format!("no {what} data yet"))
+        } else {
+            (
+                v1::Verdict::Wait,
+                format!(
+                    "{what} {rate:.2}% ({events} of {n}) is above the {ceiling}% ceiling, not yet with confidence"
+                ),
+            )
+        };
+        self.add(gate, rate, ceiling, verdict, detail);
+    }
+
+    /// A ceiling on a quantile of a histogram, judged once it has enough
+    /// samples.
+    fn quantile_ceiling(
+        &mut self,
+        gate: &str,
+        what: &str,
+        h: &Option<v1::Histogram>,
+        q: f64,
+        ceiling: f64,
+    ) {
+        let h = h
+            .as_ref()
+            .and_then(|h| Histogram::from_wire(h).ok())
+            .unwrap_or_default();
+        let need = min_samples(q);
+        let (value, verdict, detail) = match h.quantile(q) {
+            Some(v) if h.count() >= need => {
+                let v = v.as_secs_f64();
+                if v > ceiling {
+                    (
+                        v,
+                        v1::Verdict::Fail,
+                        format!(
+                            "{what} {v:.3}s over {} samples is above the {ceiling}s ceiling",
+                            h.count()
+                        ),
+                    )
+                } else {
+                    (
+                        v,
+                        v1::Verdict::Pass,
+                        format!("{what} {v:.3}s, ceiling {ceiling}s"),
+                    )
+                }
+            }
+            _ => (
+                0.0,
+                v1::Verdict::Wait,
+                format!("{what}: {} of {need} samples needed", h.count()),
+            ),
+        };
+        self.add(gate, value, ceiling, verdict, detail);
+    }
+
+    /// A ceiling on the candidate's quantile divided by the baseline's.
+    #[allow(clippy::too_many_arguments)]
+    fn quantile_ratio(
+        &mut self,
+        gate: &str,
+        what: &str,
+        candidate: &Option<v1::Histogram>,
+        baseline: &Option<v1::Histogram>,
+        q: f64,
+        ceiling: f64,
+        baseline_expected: bool,
+    ) {
+        let read = |h: &Option<v1::Histogram>| {
+            h.as_ref()
+                .and_then(|h| Histogram::from_wire(h).ok())
+                .unwrap_or_default()
+        };
+        let (c, b) = (read(candidate), read(baseline));
+        let need = min_samples(q);
+        if !baseline_expected && b.count() == 0 {
+            self.add(
+                gate,
+                0.0,
+                ceiling,
+                v1::Verdict::Pass,
+                format!("{what} ratio not judged: no baseline traffic at this weight"),
+            );
+            return;
+        }
+        let (value, verdict, detail) = match (c.quantile(q), b.quantile(q)) {
+            (Some(cv), Some(bv)) if c.count() >= need && b.count() >= need => {
+                let ratio = cv.as_secs_f64() / bv.as_secs_f64().max(1e-6);
+                let detail = format!(
+                    "{what} candidate {:.3}s / baseline {:.3}s = {ratio:.2}",
+                    cv.as_secs_f64(),
+                    bv.as_secs_f64()
+                );
+                if ratio > ceiling {
+                    (
+                        ratio,
+                        v1::Verdict::Fail,
+                        format!("{detail}, above the {ceiling} ceiling"),
+                    )
+                } else {
+                    (
+                        ratio,
+                        v1::Verdict::Pass,
+                        format!("{detail}, ceiling {ceiling}"),
+                    )
+                }
+            }
+            _ => (
+                0.0,
+                v1::Verdict::Wait,
+                format!(
+                    "{what} ratio: {} and {} of {need} samples needed",
+                    c.count(),
+                    b.count()
+                ),
+            ),
+        };
+        self.add(gate, value, ceiling, verdict, detail);
+    }
+}
+
+/// Judges a stage where the candidate takes live traffic: every gate of the
+/// policy over the stage's window, then the stage's time and request
+/// minimums. FAIL needs no minimum (a bad candidate is caught as soon as
+/// the evidence is there); PASS needs them all. The caller turns a WAIT past
+/// the stage's time limit into INCONCLUSIVE.
+pub fn judge_stage(input: &StageInput<'_>) -> Judgement {
+    let g = input.gates;
+    let (c, b) = (side(input.candidate), side(input.baseline));
+    let alpha = g.significance.unwrap_or(DEFAULT_SIGNIFICANCE);
+    let z_critical = normal_quantile(1.0 - alpha);
+    let baseline_expected = input.stage.weight < 10_000;
+    let mut keeper = Gatekeeper {
+        results: Vec::new(),
+    };
+    if let Some(ceiling) = g.max_error_rate_percent {
+        keeper.rate_ceiling(
+            "max_error_rate_percent",
+            "error rate",
+            c.errors,
+            c.requests,
+            ceiling,
+            z_critical,
+        );
+    }
+    let mut z_value = None;
+    if g.significance.is_some() {
+        let effect = g.min_error_rate_effect_percent.unwrap_or(0.0);
+        let excess = c.error_rate_percent - b.error_rate_percent;
+        if b.requests == 0 && !baseline_expected {
+            keeper.add(
+                "significance",
+                0.0,
+                z_critical,
+                v1::Verdict::Pass,
+                "error rate test not run: no baseline traffic at this weight".into(),
+            );
+        } else if c.requests == 0 || b.requests == 0 {
+            keeper.add(
+                "significance",
+                0.0,
+                z_critical,
+                v1::Verdict::Wait,
+                format!(
+                    "error rate test needs traffic on both sides ({} candidate, {} baseline requests)",
+                    c.requests, b.requests
+                ),
+            );
+        } else {
+            let z = excess_z(c.errors, c.requests, b.errors, b.requests, effect / 100.0);
+            z_value = Some(z);
+            let numbers = format!(
+                "candidate {:.2}% ({} of {}) vs baseline {:.2}% ({} of {}): z = {z:.2}, critical {z_critical:.2} at {alpha}, minimum effect {effect} points",
+                c.error_rate_percent,
+                c.errors,
+                c.requests,
+                b.error_rate_percent,
+                b.errors,
+                b.requests
+            );
+            let (verdict, detail) = if z > z_critical && c.errors >= MIN_EVENTS_TO_FAIL {
+                (
+                    v1::Verdict::Fail,
+                    format!("error rate regression: {numbers}"),
+                )
+            } else if excess <= effect {
+                (v1::Verdict::Pass, numbers)
+            } else {
+                (
+                    v1::Verdict::Wait,
+                    format!("error rate above baseline, not yet significant: {numbers}"),
+                )
+            };
+            keeper.add("significance", z, z_critical, verdict, detail);
+        }
+    }
+    if let Some(ceiling) = g.max_rate_limited_percent {
+        keeper.rate_ceiling(
+            "max_rate_limited_percent",
+            "429 rate",
+            c.rate_limited,
+            c.requests,
+            ceiling,
+            z_critical,
+        );
+    }
+    let latency = &input.candidate.latency;
+    if let Some(ceiling) = secs(&g.max_latency_p95) {
+        keeper.quantile_ceiling("max_latency_p95", "latency p95", latency, 0.95, ceiling);
+    }
+    if let Some(ceiling) = secs(&g.max_latency_p99) {
+        keeper.quantile_ceiling("max_latency_p99", "latency p99", latency, 0.99, ceiling);
+    }
+    if let Some(ceiling) = g.max_latency_p95_ratio {
+        keeper.quantile_ratio(
+            "max_latency_p95_ratio",
+            "latency p95",
+            latency,
+            &input.baseline.latency,
+            0.95,
+            ceiling,
+            baseline_expected,
+        );
+    }
+    if let Some(ceiling) = g.max_latency_p99_ratio {
+        keeper.quantile_ratio(
+            "max_latency_p99_ratio",
+            "latency p99",
+            latency,
+            &input.baseline.latency,
+            0.99,
+            ceiling,
+            baseline_expected,
+        );
+    }
+    if let Some(ceiling) = secs(&g.max_ttft_p95) {
+        keeper.quantile_ceiling(
+            "max_ttft_p95",
+            "time to first token p95",
+            &input.candidate.ttft,
+            0.95,
+            ceiling,
+        );
+    }
+    let figures = v1::Figures {
+        candidate: Some(c.clone()),
+        baseline: Some(b),
+        error_rate_z: z_value,
+        error_rate_z_critical: g.significance.map(|_| z_critical),
+        elapsed_seconds: input.elapsed.as_secs_f64(),
+        gates: keeper.results,
+        ..Default::default()
+    };
+    let first = |verdict: v1::Verdict| {
+        figures
+            .gates
+            .iter()
+            .find(|r| r.verdict == verdict as i32)
+            .map(|r| r.detail.clone())
+    };
+    if let Some(why) = first(v1::Verdict::Fail) {
+        return Judgement {
+            verdict: v1::Verdict::Fail,
+            reason: why,
+            figures,
+        };
+    }
+    let wait = |reason: String| Judgement {
+        verdict: v1::Verdict::Wait,
+        reason,
+        figures: figures.clone(),
+    };
+    let bake = secs(&input.stage.min_bake_time).unwrap_or(0.0);
+    if input.elapsed.as_secs_f64() < bake {
+        return wait(format!(
+            "baking: {:.1}s of {bake}s",
+            input.elapsed.as_secs_f64()
+        ));
+    }
+    let needed = input.stage.min_requests.max(1);
+    if c.requests < needed {
+        return wait(format!(
+            "{} of {needed} candidate requests so far",
+            c.requests
+        ));
+    }
+    if let Some(why) = first(v1::Verdict::Wait) {
+        return wait(why);
+    }
+    Judgement {
+        verdict: v1::Verdict::Pass,
+        reason: format!(
+            "every gate holds over {} candidate requests in {:.1}s",
+            c.requests,
+            input.elapsed.as_secs_f64()
+        ),
+        figures,
+    }
+}
+
+/// Judges a shadow-only stage (weight 0): the shadow gates over the
+/// candidate's compared answers, then the stage's time minimum.
+pub fn judge_shadow_stage(
+    stage: &v1::Stage,
+    gates: &v1::Gates,
+    elapsed: Duration,
+    shadow: &v1::ShadowTelemetry,
+) -> Judgement {
+    let figures = v1::Figures {
+        shadow: Some(shadow.clone()),
+        elapsed_seconds: elapsed.as_secs_f64(),
+        ..Default::default()
+    };
+    let (verdict, reason) = match judge_shadow(shadow, gates, stage.min_requests) {
+        Check::Fail(why) => (v1::Verdict::Fail, why),
+        Check::Wait(why) => (v1::Verdict::Wait, why),
+        Check::Pass(why) => {
+            let bake = secs(&stage.min_bake_time).unwrap_or(0.0);
+            if elapsed.as_secs_f64() < bake {
+                (
+                    v1::Verdict::Wait,
+                    format!("baking: {:.1}s of {bake}s", elapsed.as_secs_f64()),
+                )
+            } else {
+                (v1::Verdict::Pass, why)
+            }
+        }
+    };
+    Judgement {
+        verdict,
+        reason,
+        figures,
+    }
 }
 
 #[cfg(test)]

@@ -128,6 +128,15 @@ pub struct FleetArgs {
     /// How long disconnected agents stay listed.
     #[arg(long, env = "SHEPHERD_AGENT_RETENTION", default_value = "7d", value_parser = positive_duration)]
     pub agent_retention: Duration,
+
+    /// How often the leading replica judges active rollouts.
+    #[arg(long, env = "SHEPHERD_ANALYSIS_INTERVAL", default_value = "500ms", value_parser = positive_duration)]
+    pub analysis_interval: Duration,
+
+    /// Selected agents sending no telemetry for this long during a stage is
+    /// a TELEMETRY_STALE event (decisions wait meanwhile).
+    #[arg(long, env = "SHEPHERD_STALE_TELEMETRY_AFTER", default_value = "10s", value_parser = positive_duration)]
+    pub stale_telemetry_after: Duration,
 }
 
 impl FleetArgs {
@@ -141,6 +150,8 @@ impl FleetArgs {
             telemetry_window: self.telemetry_window,
             telemetry_retention: self.telemetry_retention,
             agent_retention: self.agent_retention,
+            analysis_interval: self.analysis_interval,
+            stale_telemetry_after: self.stale_telemetry_after,
             ..defaults
         }
     }

@@ -8,6 +8,7 @@
 //! - [`api`]: the gRPC services and the one place domain errors become
 //!   `tonic::Status`.
 //! - [`analysis`]: gate checks over the fleet's telemetry windows.
+//! - [`rollout`]: the rollout state machine and the leader's analysis loop.
 //! - [`fleet`]: agents on their Connect streams: snapshots down, ACK/NACK
 //!   and telemetry up.
 //! - [`auth`]: bearer tokens for operators and agents.
@@ -23,5 +24,6 @@ pub mod config;
 pub mod fleet;
 pub mod logging;
 pub mod policy;
+pub mod rollout;
 pub mod server;
 pub mod store;

@@ -35,6 +35,17 @@ impl PolicySpec {
         &self.0
     }
 
+    /// A copy changed by the server itself (a rollout's final weights),
+    /// checked against the structural rules (faults may have expired since
+    /// the operator wrote them; they are passed on as they are).
+    pub fn revise(&self, change: impl FnOnce(&mut v1::Policy)) -> Result<Self, PolicyError> {
+        let mut policy = self.0.clone();
+        change(&mut policy);
+        clear_server_fields(&mut policy);
+        validate_policy(&policy, None)?;
+        Ok(Self(policy))
+    }
+
     /// The stored form: the protobuf JSON mapping, with proto field names.
     pub fn to_json(&self) -> Result<String, serde_json::Error> {
         serde_json::to_string(&self.0)

@@ -1,4 +1,5 @@
-//! Assembles the gRPC server (PolicyService behind the admin token, gRPC
+//! Assembles the gRPC server (PolicyService and RolloutService behind the
+//! admin token, AgentService, gRPC
 //! health, server reflection v1 and v1alpha) and runs it until shutdown.
 //!
 //! Shutdown phases: the token is cancelled (SIGINT/SIGTERM in `main`); the
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use shepherd_proto::v1::agent_service_server::AgentServiceServer;
 use shepherd_proto::v1::policy_service_server::PolicyServiceServer;
+use shepherd_proto::v1::rollout_service_server::RolloutServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -19,7 +21,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
-use crate::api::{AgentApi, PolicyApi};
+use crate::api::{AgentApi, PolicyApi, RolloutApi};
 use crate::auth::{Authenticator, Role};
 use crate::config::{DatabaseArgs, ServeArgs};
 use crate::fleet::{Fleet, FleetOptions};
@@ -181,6 +183,17 @@ pub async fn serve(
     let fleet = Fleet::new(store.clone(), options.fleet.clone());
     info!(replica = %fleet.options.replica, "fleet replica");
     let fleet_done = tokio::spawn(fleet.clone().run(shutdown.clone()));
+    let analysis = crate::rollout::AnalysisOptions {
+        interval: options.fleet.analysis_interval,
+        stale_after: options.fleet.stale_telemetry_after,
+        replica: fleet.options.replica.clone(),
+    };
+    tasks.spawn(crate::rollout::leader::run(
+        store.clone(),
+        analysis,
+        options.fleet.replica_timeout,
+        shutdown.clone(),
+    ));
     health.set_serving::<AgentServiceServer<AgentApi>>().await;
 
     let agents = AgentServiceServer::new(AgentApi::new(
@@ -190,6 +203,12 @@ pub async fn serve(
     ))
     .max_decoding_message_size(options.max_agent_message_bytes)
     .max_encoding_message_size(options.max_snapshot_bytes);
+    let rollouts = RolloutServiceServer::new(RolloutApi::new(store.clone(), fleet.clone()))
+        .max_decoding_message_size(options.max_message_bytes);
+    let rollouts = InterceptedService::new(rollouts, options.auth.interceptor(Role::Admin));
+    health
+        .set_serving::<RolloutServiceServer<RolloutApi>>()
+        .await;
     let policy = PolicyServiceServer::new(PolicyApi::new(store))
         .max_decoding_message_size(options.max_message_bytes);
     let policy = InterceptedService::new(policy, options.auth.interceptor(Role::Admin));
@@ -200,7 +219,12 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         async move {
             shutdown.cancelled().await;
-            for service in ["", "shepherd.v1.PolicyService", "shepherd.v1.AgentService"] {
+            for service in [
+                "",
+                "shepherd.v1.PolicyService",
+                "shepherd.v1.RolloutService",
+                "shepherd.v1.AgentService",
+            ] {
                 health
                     .set_service_status(service, ServingStatus::NotServing)
                     .await;
@@ -217,6 +241,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(policy)
+        .add_service(rollouts)
         .add_service(agents)
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
     tokio::pin!(server);

@@ -6,11 +6,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::json;
@@ -18,147 +18,12 @@ use shepherd_control_plane::server::ServerOptions;
 use shepherd_control_plane::store;
 use shepherd_proto::v1;
 use shepherd_tests::agent::{FleetAgent, FleetAgentOptions};
-use shepherd_tests::control_plane::{
-    AgentClient, PolicyClient, TestControlPlane, clients_of, update_latest,
-};
+use shepherd_tests::control_plane::{AgentClient, TestControlPlane, update_latest};
 use shepherd_tests::fleet_sim::SimAgent;
 use shepherd_tests::mock::MockProvider;
 use shepherd_tests::pg::TestDb;
-use shepherd_tests::process::Spawned;
 
-const BIN: &str = env!("CARGO_BIN_EXE_shepherd-control-plane");
-const ADMIN: &str = "fleet-admin-token";
-const AGENT: &str = "fleet-agent-token";
-const CHAT: &str = "/v1/chat/completions";
-const BODY: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
-
-/// A control-plane process on a fixed port, so it can be killed and started
-/// again where agents expect it.
-struct Cp {
-    process: Option<Spawned>,
-    port: u16,
-    replica: String,
-    database_url: String,
-    dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Cp {
-    fn start(database_url: &str, replica: &str) -> Cp {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("admin"), ADMIN).unwrap();
-        std::fs::write(dir.path().join("agent"), AGENT).unwrap();
-        let mut cp = Cp {
-            process: None,
-            port: free_port(),
-            replica: replica.into(),
-            database_url: database_url.into(),
-            dir,
-        };
-        cp.restart();
-        cp
-    }
-
-    fn restart(&mut self) {
-        assert!(self.process.is_none(), "already running");
-        let listen = format!("127.0.0.1:{}", self.port);
-        let admin = self.dir.path().join("admin");
-        let agent = self.dir.path().join("agent");
-        let p = Spawned::start(
-            BIN,
-            &[
-                "--listen",
-                &listen,
-                "--database-url",
-                &self.database_url,
-                "--replica-id",
-                &self.replica,
-                "--fleet-flush-interval",
-                "100ms",
-                "--admin-token-file",
-                admin.to_str().unwrap(),
-                "--agent-token-file",
-                agent.to_str().unwrap(),
-            ],
-            &[],
-        );
-        p.wait_for_line("control plane listening", 0);
-        self.process = Some(p);
-    }
-
-    /// SIGKILL: no goodbye to agents or the database.
-    fn kill(&mut self) {
-        drop(self.process.take());
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr())
-    }
-
-    async fn clients(&self) -> (PolicyClient, AgentClient) {
-        clients_of(&self.addr(), Some(ADMIN)).await
-    }
-}
-
-fn chat_policy(a: SocketAddr, b: SocketAddr, weight: u32, extra: serde_json::Value) -> v1::Policy {
-    let mut p = json!({
-        "name": "chat",
-        "selector": {"match_labels": {"app": "chat"}},
-        "match": {"path_prefix": "/v1/"},
-        "backends": [
-            {"name": "a", "base_url": format!("http://{a}")},
-            {"name": "b", "base_url": format!("http://{b}")}
-        ],
-        "traffic": {"baseline": "a", "candidate": "b", "candidate_weight": weight}
-    });
-    shepherd_tests::fixtures::merge_json(&mut p, extra);
-    serde_json::from_value(p).unwrap()
-}
-
-fn labels(app: &str) -> BTreeMap<String, String> {
-    [("app".to_string(), app.to_string())].into()
-}
-
-async fn start_agent(endpoints: &[String], id: &str, app: &str, state: &Path) -> FleetAgent {
-    let mut options = FleetAgentOptions::new(endpoints, id, state);
-    options.token = Some(AGENT.into());
-    options.labels = labels(app);
-    options.report_interval = Duration::from_millis(100);
-    options.report_queue = 5;
-    FleetAgent::start(options).await
-}
-
-/// Polls `check` (every 50 ms, for up to 30 s, a guard against hangs) until
-/// it returns `Some`.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let last = match check().await {
-            Ok(v) => return v,
-            Err(e) => e,
-        };
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what} did not happen; last: {last}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use common::*;
 
 async fn list_agents(api: &mut AgentClient) -> BTreeMap<String, v1::AgentInfo> {
     api.list_agents(v1::ListAgentsRequest::default())
@@ -201,69 +66,6 @@ async fn fleet_shows(
         }
     })
     .await
-}
-
-/// Sends requests through every agent until told to stop, counting failures.
-struct Load {
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(agents: &[&FleetAgent]) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let tasks = agents
-            .iter()
-            .map(|a| {
-                let client = a.client();
-                let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        let r = client.post(CHAT, BODY, &[]).await;
-                        sent.fetch_add(1, Ordering::Relaxed);
-                        if r.status != 200 {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            sent,
-            failed,
-            tasks,
-        }
-    }
-
-    /// Waits until `n` more requests were sent.
-    async fn run_for(&self, n: u64) {
-        let target = self.sent.load(Ordering::Relaxed) + n;
-        eventually("requests flowing", || async {
-            let sent = self.sent.load(Ordering::Relaxed);
-            if sent >= target {
-                Ok(())
-            } else {
-                Err(format!("{sent} of {target}"))
-            }
-        })
-        .await
-    }
-
-    async fn stop(self) -> (u64, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            t.await.unwrap();
-        }
-        (
-            self.sent.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-        )
-    }
 }
 
 /// The suite: `cps` replicas on one database, three agents (two on the last

@@ -53,6 +53,19 @@ pub type PolicyClient = PolicyServiceClient<InterceptedService<Channel, Bearer>>
 /// An AgentService client sending a bearer token.
 pub type AgentClient = AgentServiceClient<InterceptedService<Channel, Bearer>>;
 
+/// A RolloutService client sending a bearer token.
+pub type RolloutClient = shepherd_proto::v1::rollout_service_client::RolloutServiceClient<
+    InterceptedService<Channel, Bearer>,
+>;
+
+/// A RolloutService client of a control plane at `addr`, sending `token`.
+pub async fn rollout_client_of(addr: &str, token: Option<&str>) -> RolloutClient {
+    shepherd_proto::v1::rollout_service_client::RolloutServiceClient::with_interceptor(
+        channel_to(addr).await,
+        Bearer::new(token),
+    )
+}
+
 /// Replaces a policy at whatever revision it is now (read first); returns
 /// the stored result.
 pub async fn update_latest(

@@ -4,9 +4,11 @@
 mod agent;
 mod page;
 mod policy;
+mod rollout;
 
 pub use agent::AgentApi;
 pub use policy::PolicyApi;
+pub use rollout::RolloutApi;
 
 use shepherd_proto::validate::PolicyError;
 use tonic::Status;
@@ -30,7 +32,11 @@ impl From<StoreError> for Status {
                 Status::not_found(e.to_string())
             }
             StoreError::AlreadyExists { .. } => Status::already_exists(e.to_string()),
-            StoreError::RevisionMismatch { .. } => Status::aborted(e.to_string()),
+            StoreError::RevisionMismatch { .. } | StoreError::RolloutConflict { .. } => {
+                Status::aborted(e.to_string())
+            }
+            StoreError::RolloutNotFound { .. } => Status::not_found(e.to_string()),
+            StoreError::RolloutActive { .. } => Status::failed_precondition(e.to_string()),
             StoreError::Unavailable(_) => {
                 tracing::warn!(error = %e, "store unavailable");
                 Status::unavailable(format!("{e}; nothing was changed, try again"))

@@ -60,6 +60,10 @@ pub struct FleetOptions {
     pub agent_retention: Duration,
     /// Most telemetry windows pending in memory while the store is down.
     pub max_pending_windows: usize,
+    /// How often the leading replica judges active rollouts.
+    pub analysis_interval: Duration,
+    /// Silence from selected agents for this long during a stage is an event.
+    pub stale_telemetry_after: Duration,
 }
 
 impl Default for FleetOptions {
@@ -76,6 +80,8 @@ impl Default for FleetOptions {
             telemetry_retention: Duration::from_secs(24 * 3600),
             agent_retention: Duration::from_secs(7 * 24 * 3600),
             max_pending_windows: 100_000,
+            analysis_interval: Duration::from_millis(500),
+            stale_telemetry_after: Duration::from_secs(10),
         }
     }
 }
@@ -110,6 +116,9 @@ pub struct Fleet {
     admission: Arc<Semaphore>,
     /// Ends every stream (shutdown).
     pub(crate) stopping: CancellationToken,
+    /// Counts catalog reads: a change here means the store changed
+    /// (policies or rollouts, written by any replica).
+    reads: tokio::sync::watch::Sender<u64>,
     last_session: AtomicI64,
 }
 
@@ -122,6 +131,7 @@ impl Fleet {
             telemetry: Aggregator::new(options.telemetry_window, options.max_pending_windows),
             admission: Arc::new(Semaphore::new(options.max_connecting.max(1))),
             stopping: CancellationToken::new(),
+            reads: tokio::sync::watch::channel(0).0,
             last_session: AtomicI64::new(0),
             options,
         })
@@ -136,6 +146,11 @@ impl Fleet {
         .await
         .ok()?
         .ok()
+    }
+
+    /// Changes each time the store was seen to change.
+    pub fn store_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reads.subscribe()
     }
 
     /// A session id: the time in microseconds, strictly increasing here.
@@ -184,6 +199,7 @@ impl Fleet {
                     let generation = catalog.generation;
                     let changed = self.snapshots.update(catalog);
                     debug!(generation, groups_changed = changed, "catalog read");
+                    self.reads.send_modify(|n| *n += 1);
                 }
                 Err(e) => {
                     warn!(error = %e, "cannot read policies; agents keep their snapshots; retrying");

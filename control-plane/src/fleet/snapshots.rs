@@ -33,6 +33,8 @@ struct Group {
 struct Prepared {
     selector: Labels,
     policy: v1::Policy,
+    /// The rollout stage that set its weight, if one did.
+    stage: Option<String>,
     hash: u64,
 }
 
@@ -76,13 +78,25 @@ impl Snapshots {
             // An older read finishing late; never go back.
             return 0;
         }
+        let rollouts: HashMap<&str, &v1::Rollout> = catalog
+            .rollouts
+            .iter()
+            .map(|r| (r.policy.as_str(), r))
+            .collect();
         state.prepared = catalog
             .policies
             .iter()
             .map(|p| {
-                let policy = p.to_proto();
-                let hash = fnv64(&policy.encode_to_vec(), 0);
+                let mut policy = p.to_proto();
+                let stage = rollouts
+                    .get(policy.name.as_str())
+                    .and_then(|r| effective_weight(&mut policy, r));
+                let mut hash = fnv64(&policy.encode_to_vec(), 0);
+                if let Some(stage) = &stage {
+                    hash = fnv64(stage.as_bytes(), hash);
+                }
                 Prepared {
+                    stage,
                     selector: policy
                         .selector
                         .as_ref()
@@ -137,6 +151,21 @@ impl Snapshots {
     }
 }
 
+/// Sets the weight an active rollout gives a policy, if the rollout is still
+/// of the policy's baseline and candidate; returns the stage mark.
+fn effective_weight(policy: &mut v1::Policy, rollout: &v1::Rollout) -> Option<String> {
+    let traffic = policy.traffic.as_mut()?;
+    if traffic.baseline != rollout.baseline || traffic.candidate != rollout.candidate {
+        // The policy changed under the rollout; the leader ends it.
+        return None;
+    }
+    traffic.candidate_weight = rollout.weight;
+    Some(format!(
+        "{}/{}/{}",
+        rollout.number, rollout.stage, rollout.stage_version
+    ))
+}
+
 fn set_hash(prepared: &[Prepared], labels: &Labels) -> u64 {
     let mut h = fnv64(b"shepherd.v1.Snapshot", 0);
     for p in prepared
@@ -149,10 +178,14 @@ fn set_hash(prepared: &[Prepared], labels: &Labels) -> u64 {
 }
 
 fn build(prepared: &[Prepared], labels: &Labels, version: u64, hash: u64) -> Built {
-    let policies = prepared
-        .iter()
-        .filter(|p| labels_match(&p.selector, labels))
-        .map(|p| p.policy.clone())
+    let selected = || {
+        prepared
+            .iter()
+            .filter(|p| labels_match(&p.selector, labels))
+    };
+    let policies = selected().map(|p| p.policy.clone()).collect();
+    let rollout_stages = selected()
+        .filter_map(|p| Some((p.policy.name.clone(), p.stage.clone()?)))
         .collect();
     Built {
         version,
@@ -162,6 +195,7 @@ fn build(prepared: &[Prepared], labels: &Labels, version: u64, hash: u64) -> Bui
                 version,
                 content_hash: hash,
                 policies,
+                rollout_stages,
             })),
         },
     }

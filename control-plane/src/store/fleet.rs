@@ -17,6 +17,8 @@ pub struct Catalog {
     pub generation: i64,
     /// Live policies, by name.
     pub policies: Vec<StoredPolicy>,
+    /// Active rollouts (they set their policies' weights), by policy.
+    pub rollouts: Vec<v1::Rollout>,
 }
 
 /// Notices that policies may have changed. The value only ever grows; a

@@ -387,10 +387,18 @@ macro_rules! impl_sql_store {
                 let rows: Vec<PolicyTuple> = sqlx::query_as(sql::LIST_LIVE)
                     .fetch_all(&mut *tx)
                     .await?;
+                let rollouts: Vec<(String,)> =
+                    sqlx::query_as(super::flow_rollouts::sql::ACTIVE_ROLLOUTS)
+                        .fetch_all(&mut *tx)
+                        .await?;
                 tx.commit().await?;
                 Ok(super::fleet::Catalog {
                     generation,
                     policies: rows.into_iter().map(policy_row).collect::<Result<_, _>>()?,
+                    rollouts: rollouts
+                        .iter()
+                        .map(|(body,)| super::rollouts::rollout_from_json(body))
+                        .collect::<Result<_, _>>()?,
                 })
             }
 

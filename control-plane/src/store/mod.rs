@@ -7,7 +7,9 @@
 
 pub mod fleet;
 mod flow;
+mod flow_rollouts;
 pub mod postgres;
+pub mod rollouts;
 pub mod sqlite;
 
 use std::fmt;
@@ -19,6 +21,7 @@ use chrono::{DateTime, Utc};
 
 use crate::policy::{PolicySpec, Revision, StoredPolicy};
 pub use fleet::{AgentRecord, Catalog, ChangeFeed, ListedAgent, TelemetryRow};
+pub use rollouts::{Leadership, PolicyWrite, RolloutStore, RolloutWrite};
 
 /// What the store can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +41,14 @@ pub enum StoreError {
         expected: i64,
         actual: i64,
     },
+    #[error("{}", rollout_not_found(policy, *number))]
+    RolloutNotFound { policy: String, number: Option<i64> },
+    /// At most one rollout of a policy is active.
+    #[error("policy {policy:?} already has an active rollout: {policy}#{number}")]
+    RolloutActive { policy: String, number: i64 },
+    /// Optimistic concurrency: the rollout moved on since it was read.
+    #[error("rollout {policy}#{number} changed since it was read; read it again")]
+    RolloutConflict { policy: String, number: i64 },
     /// The database cannot be reached or is overloaded; the call may succeed
     /// later.
     #[error("database unavailable: {0}")]
@@ -45,6 +56,13 @@ pub enum StoreError {
     /// Anything else: a bug, or data the store cannot read.
     #[error("store error: {0}")]
     Internal(String),
+}
+
+fn rollout_not_found(policy: &str, number: Option<i64>) -> String {
+    match number {
+        Some(n) => format!("policy {policy:?} has no rollout {n}"),
+        None => format!("policy {policy:?} has no rollout"),
+    }
 }
 
 impl StoreError {
@@ -104,7 +122,7 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
 /// Every write stores a new revision in one transaction; a write that fails
 /// changes nothing.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: RolloutStore + Send + Sync + 'static {
     /// Applies pending migrations. Safe to run from several replicas at once.
     async fn migrate(&self) -> Result<(), StoreError>;
 

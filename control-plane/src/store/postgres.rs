@@ -11,6 +11,8 @@ use tracing::{debug, warn};
 
 use super::fleet::{AbortOnDrop, ChangeFeed};
 use super::flow::impl_sql_store;
+use super::flow_rollouts::impl_rollout_store;
+use super::rollouts::Leadership;
 use super::{StoreError, StoreOptions};
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -23,6 +25,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "fleet",
         include_str!("../../../migrations/postgres/0002_fleet.sql"),
+    ),
+    (
+        3,
+        "rollouts",
+        include_str!("../../../migrations/postgres/0003_rollouts.sql"),
     ),
 ];
 
@@ -63,6 +70,10 @@ mod sql {
          a.nack_reason, a.last_report_time, a.reports_lost, r.heartbeat_time \
          FROM agents a LEFT JOIN replicas r ON r.id = a.replica \
          WHERE ($1::text IS NULL OR a.agent_id > $1) ORDER BY a.agent_id LIMIT $2";
+    pub const LIST_ROLLOUTS: &str = "SELECT body FROM rollouts \
+         WHERE ($1::text IS NULL OR policy = $1) AND (NOT $2 OR active) \
+         AND ($3::text IS NULL OR policy > $3 OR (policy = $3 AND number < $4)) \
+         ORDER BY policy, number DESC LIMIT $5";
     pub const GET_REVISION: &str = concat!(revision_select!(), "WHERE name = $1 AND revision = $2");
     pub const LIST_REVISIONS: &str = concat!(
         revision_select!(),
@@ -115,11 +126,54 @@ impl PgStore {
         self.notices.send_modify(|n| *n += 1);
     }
 
+    /// Takes the leader's advisory lock on a connection of its own, if no
+    /// other session holds it. The lock lives as long as that connection:
+    /// if this process dies or loses the database, another replica gets it.
+    async fn lead(&self) -> Result<Option<Box<dyn Leadership>>, StoreError> {
+        let mut conn = self.pool.acquire().await?.detach();
+        let (taken,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+            .bind(LEADER_LOCK)
+            .fetch_one(&mut conn)
+            .await?;
+        Ok(taken.then(|| Box::new(PgLeadership { conn: Some(conn) }) as Box<dyn Leadership>))
+    }
+
     /// A feed of this replica's writes and every replica's NOTIFY.
     fn change_feed(&self) -> ChangeFeed {
         let receiver = self.notices.subscribe();
         let listener = tokio::spawn(listen(self.pool.clone(), self.notices.clone()));
         ChangeFeed::new(receiver, Some(AbortOnDrop(listener)))
+    }
+}
+
+/// The advisory lock key of the analysis leader ("shepherd" in ASCII).
+const LEADER_LOCK: i64 = 0x7368_6570_6865_7264;
+
+/// The leader's lock, held by its connection.
+struct PgLeadership {
+    conn: Option<sqlx::PgConnection>,
+}
+
+#[async_trait::async_trait]
+impl Leadership for PgLeadership {
+    async fn holds(&mut self) -> bool {
+        let Some(conn) = self.conn.as_mut() else {
+            return false;
+        };
+        let check = sqlx::query_as::<_, (bool,)>(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
+             AND pid = pg_backend_pid() AND granted)",
+        )
+        .fetch_one(&mut *conn);
+        match tokio::time::timeout(Duration::from_secs(2), check).await {
+            Ok(Ok((true,))) => true,
+            _ => {
+                // Closing the connection releases the lock if the server
+                // still holds it for us.
+                self.conn = None;
+                false
+            }
+        }
     }
 }
 
@@ -163,4 +217,5 @@ async fn listen(pool: PgPool, notices: Arc<watch::Sender<u64>>) {
     }
 }
 
+impl_rollout_store!(PgStore, sqlx::PgConnection);
 impl_sql_store!(PgStore, sqlx::PgConnection, sqlx::Postgres);

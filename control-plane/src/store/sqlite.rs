@@ -12,6 +12,8 @@ use tokio::sync::watch;
 
 use super::fleet::ChangeFeed;
 use super::flow::impl_sql_store;
+use super::flow_rollouts::impl_rollout_store;
+use super::rollouts::Leadership;
 use super::{StoreError, StoreOptions};
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -24,6 +26,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "fleet",
         include_str!("../../../migrations/sqlite/0002_fleet.sql"),
+    ),
+    (
+        3,
+        "rollouts",
+        include_str!("../../../migrations/sqlite/0003_rollouts.sql"),
     ),
 ];
 
@@ -61,6 +68,10 @@ mod sql {
          a.nack_reason, a.last_report_time, a.reports_lost, r.heartbeat_time \
          FROM agents a LEFT JOIN replicas r ON r.id = a.replica \
          WHERE ($1 IS NULL OR a.agent_id > $1) ORDER BY a.agent_id LIMIT $2";
+    pub const LIST_ROLLOUTS: &str = "SELECT body FROM rollouts \
+         WHERE ($1 IS NULL OR policy = $1) AND (NOT $2 OR active) \
+         AND ($3 IS NULL OR policy > $3 OR (policy = $3 AND number < $4)) \
+         ORDER BY policy, number DESC LIMIT $5";
     pub const GET_REVISION: &str = concat!(revision_select!(), "WHERE name = $1 AND revision = $2");
     pub const LIST_REVISIONS: &str = concat!(
         revision_select!(),
@@ -107,9 +118,24 @@ impl SqliteStore {
         self.notices.send_modify(|n| *n += 1);
     }
 
+    /// One replica only: it always leads.
+    async fn lead(&self) -> Result<Option<Box<dyn Leadership>>, StoreError> {
+        Ok(Some(Box::new(SoleReplica)))
+    }
+
     fn change_feed(&self) -> ChangeFeed {
         ChangeFeed::new(self.notices.subscribe(), None)
     }
 }
 
+struct SoleReplica;
+
+#[async_trait::async_trait]
+impl Leadership for SoleReplica {
+    async fn holds(&mut self) -> bool {
+        true
+    }
+}
+
+impl_rollout_store!(SqliteStore, sqlx::SqliteConnection);
 impl_sql_store!(SqliteStore, sqlx::SqliteConnection, sqlx::Sqlite);

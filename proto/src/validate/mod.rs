@@ -386,7 +386,7 @@ impl Checker {
         // required" already says what is wrong.
         let candidate = p.traffic.as_ref().map(|t| t.candidate.as_str());
         if let Some(r) = &p.rollout {
-            self.rollout(r);
+            self.rollout(r, p.shadow.as_ref());
         }
         if let Some(r) = &p.retry {
             self.retry(r);
@@ -572,7 +572,7 @@ impl Checker {
         }
     }
 
-    fn rollout(&mut self, r: &RolloutSpec) {
+    fn rollout(&mut self, r: &RolloutSpec, shadow: Option<&Shadow>) {
         if r.stages.is_empty() {
             self.fail("rollout.stages", "at least one stage is required");
         }
@@ -594,6 +594,12 @@ impl Checker {
                 );
             }
             previous = Some(s.weight);
+            if s.weight == 0 && shadow.is_none_or(|sh| sh.percent <= 0.0) {
+                self.fail(
+                    format!("{at}.weight"),
+                    "a shadow-only stage (weight 0) needs shadow with a percent above 0",
+                );
+            }
             let bake = self.duration(
                 &format!("{at}.min_bake_time"),
                 s.min_bake_time.as_ref(),

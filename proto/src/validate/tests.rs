@@ -396,6 +396,24 @@ fn weight_rules() {
 /// Stage weights strictly increase and end at 10000; stage times are required.
 #[test]
 fn stage_rules() {
+    // A first stage at weight 0 is a shadow-only stage: it needs shadow on.
+    assert!(violations(|p| p.rollout.as_mut().unwrap().stages[0].weight = 0).is_empty());
+    assert_one(
+        violations(|p| {
+            p.rollout.as_mut().unwrap().stages[0].weight = 0;
+            p.shadow = None;
+        }),
+        "rollout.stages[0].weight",
+        "shadow-only stage",
+    );
+    assert_one(
+        violations(|p| {
+            p.rollout.as_mut().unwrap().stages[0].weight = 0;
+            p.shadow.as_mut().unwrap().percent = 0.0;
+        }),
+        "rollout.stages[0].weight",
+        "percent above 0",
+    );
     assert_one(
         violations(|p| p.rollout.as_mut().unwrap().stages[0].weight = 10_000),
         "rollout.stages[1].weight",

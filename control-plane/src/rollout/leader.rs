@@ -1,0 +1,196 @@
+//! The analysis loop. One replica leads (with Postgres, the holder of an
+//! advisory lock; with SQLite, the only replica): each interval it reads the
+//! active rollouts, what their agents applied and the telemetry of their
+//! current stage, judges them and writes what changed. A replica that loses
+//! the lock stops at once; any write it still makes from an older state is
+//! refused by the store.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use shepherd_proto::v1;
+use shepherd_proto::validate::labels_match;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::{AnalysisOptions, Observed, Quorum, tick};
+use crate::analysis::{backend_sums, shadow_figures};
+use crate::policy::StoredPolicy;
+use crate::store::rollouts::from_timestamp;
+use crate::store::{Leadership, Store, StoreError};
+
+/// Runs the analysis loop until `shutdown`.
+pub async fn run(
+    store: Arc<dyn Store>,
+    options: AnalysisOptions,
+    replica_timeout: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    let mut leadership: Option<Box<dyn Leadership>> = None;
+    let mut ticker = tokio::time::interval(options.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        match leadership.as_mut() {
+            Some(l) => {
+                if !l.holds().await {
+                    warn!("lost the analysis lead");
+                    leadership = None;
+                    continue;
+                }
+            }
+            None => match store.try_lead().await {
+                Ok(Some(l)) => {
+                    info!(replica = %options.replica, "leading the rollout analysis");
+                    leadership = Some(l);
+                }
+                Ok(None) => continue,
+                Err(e) => {
+                    warn!(error = %e, "cannot ask for the analysis lead");
+                    continue;
+                }
+            },
+        }
+        if let Err(e) = judge_all(store.as_ref(), &options, replica_timeout).await {
+            warn!(error = %e, "rollout analysis failed this tick; decisions wait");
+        }
+    }
+}
+
+/// One tick over every active rollout.
+pub async fn judge_all(
+    store: &dyn Store,
+    options: &AnalysisOptions,
+    replica_timeout: std::time::Duration,
+) -> Result<(), StoreError> {
+    let active = store.list_rollouts(None, true, None, 1000).await?;
+    if active.is_empty() {
+        return Ok(());
+    }
+    let agents = connected_agents(store, replica_timeout).await?;
+    for rollout in active {
+        let policy = match store.get_policy(&rollout.policy).await {
+            Ok(p) => Some(p),
+            Err(StoreError::NotFound { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let now = Utc::now();
+        let seen = match &policy {
+            Some(p) => observe(store, &rollout, p, &agents, now).await?,
+            None => Observed::default(),
+        };
+        let (write, judgement) = tick(&rollout, policy.as_ref(), &seen, now, options);
+        if let Some(j) = &judgement {
+            debug!(policy = %rollout.policy, number = rollout.number, verdict = ?j.verdict, reason = %j.reason, "stage judged");
+        }
+        let Some(write) = write else { continue };
+        let kinds: Vec<&str> = write
+            .events
+            .iter()
+            .map(|e| {
+                e.kind()
+                    .as_str_name()
+                    .trim_start_matches("ROLLOUT_EVENT_KIND_")
+            })
+            .collect();
+        let kinds = kinds.join(",");
+        match store.write_rollout(write, now).await {
+            Ok(r) => info!(
+                policy = %r.policy,
+                number = r.number,
+                state = r.state().as_str_name(),
+                stage = r.stage,
+                weight = r.weight,
+                events = %kinds,
+                reason = %r.reason,
+                "rollout changed"
+            ),
+            // Someone acted first; the next tick starts from their state.
+            Err(StoreError::RolloutConflict { .. } | StoreError::RevisionMismatch { .. }) => {
+                debug!(policy = %rollout.policy, "rollout moved on meanwhile");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Labels and applied versions of every connected agent.
+async fn connected_agents(
+    store: &dyn Store,
+    replica_timeout: std::time::Duration,
+) -> Result<Vec<(BTreeMap<String, String>, u64)>, StoreError> {
+    let alive_after =
+        Utc::now() - chrono::Duration::from_std(replica_timeout).unwrap_or(chrono::Duration::MAX);
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.list_agents(after.as_deref(), 1000).await?;
+        let done = page.len() < 1000;
+        after = page.last().map(|a| a.record.agent_id.clone());
+        for a in page {
+            let a = a.effective(alive_after);
+            if a.connected {
+                out.push((a.labels, u64::try_from(a.applied_version).unwrap_or(0)));
+            }
+        }
+        if done {
+            return Ok(out);
+        }
+    }
+}
+
+async fn observe(
+    store: &dyn Store,
+    r: &v1::Rollout,
+    policy: &StoredPolicy,
+    agents: &[(BTreeMap<String, String>, u64)],
+    now: DateTime<Utc>,
+) -> Result<Observed, StoreError> {
+    let p = policy.spec.as_proto();
+    let selector = p
+        .selector
+        .as_ref()
+        .map(|s| s.match_labels.clone())
+        .unwrap_or_default();
+    let mut quorum = Quorum::default();
+    for (labels, applied) in agents {
+        if labels_match(&selector, labels) {
+            quorum.selected += 1;
+            if *applied >= r.stage_version {
+                quorum.acked += 1;
+            }
+        }
+    }
+    let from = from_timestamp(r.stage_set_time.as_ref()).unwrap_or(now);
+    // Windows start on whole seconds (or the window length): one before the
+    // stage was set may hold its first reports.
+    let from_ms = from.timestamp_millis() - 60_000;
+    let rows = store
+        .read_telemetry(&r.policy, from_ms, now.timestamp_millis() + 60_000)
+        .await?;
+    let version = i64::try_from(r.stage_version).unwrap_or(i64::MAX);
+    let shadow_backend = p
+        .shadow
+        .as_ref()
+        .map(|s| s.backend.clone())
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| r.candidate.clone());
+    let latest_window = rows
+        .iter()
+        .filter(|row| row.snapshot_version >= version)
+        .map(|row| row.window_start_ms)
+        .max()
+        .and_then(DateTime::from_timestamp_millis);
+    Ok(Observed {
+        quorum,
+        candidate: backend_sums(&rows, &r.candidate, version),
+        baseline: backend_sums(&rows, &r.baseline, version),
+        shadow: shadow_figures(&rows, &shadow_backend, version),
+        latest_window,
+    })
+}

@@ -1,0 +1,730 @@
+//! Rollouts: the state machine that moves a policy's traffic stage by stage
+//! and takes it back, written as pure functions of a rollout, what was
+//! observed and the time ([`tick`], [`command`]), and the leader loop that
+//! feeds them from the store ([`leader`]).
+//!
+//! Every change is a [`RolloutWrite`] made from the state at one event
+//! sequence: if the rollout moved on meanwhile (another replica acted, an
+//! operator's command landed), the write changes nothing and the next tick
+//! starts from the new state. That is what rules out double actions.
+
+pub mod leader;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use shepherd_proto::v1;
+
+use crate::analysis::{Judgement, StageInput, judge_shadow_stage, judge_stage};
+use crate::policy::StoredPolicy;
+use crate::store::rollouts::{from_timestamp, timestamp};
+use crate::store::{PolicyWrite, RolloutWrite};
+
+/// Actor of commands.
+pub const OPERATOR: &str = "operator";
+
+/// Defaults of a rollout spec's optional fields.
+pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_ROLLBACK_STEP: Duration = Duration::from_secs(10);
+pub const DEFAULT_QUORUM_PERCENT: f64 = 100.0;
+
+fn dur(d: Option<&pbjson_types::Duration>, default: Duration) -> Duration {
+    d.and_then(|d| Duration::try_from(*d).ok())
+        .unwrap_or(default)
+}
+
+fn chrono_dur(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// The agents behind a stage's quorum.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quorum {
+    /// Connected agents the policy selects.
+    pub selected: u32,
+    /// Of those, agents that applied the stage's snapshot version.
+    pub acked: u32,
+}
+
+/// What the leader saw of one rollout's stage.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub quorum: Quorum,
+    /// Sums over the stage's windows.
+    pub candidate: v1::BackendTelemetry,
+    pub baseline: v1::BackendTelemetry,
+    /// Shadow figures of the backend the policy mirrors to.
+    pub shadow: v1::ShadowTelemetry,
+    /// Start of the newest telemetry window under the stage's version.
+    pub latest_window: Option<DateTime<Utc>>,
+}
+
+/// Settings of the analysis.
+#[derive(Debug, Clone)]
+pub struct AnalysisOptions {
+    /// How often active rollouts are judged.
+    pub interval: Duration,
+    /// Selected agents sending no telemetry for this long is an event.
+    pub stale_after: Duration,
+    /// The replica's name, the actor of its decisions.
+    pub replica: String,
+}
+
+fn event(
+    r: &v1::Rollout,
+    kind: v1::RolloutEventKind,
+    now: DateTime<Utc>,
+    actor: &str,
+    reason: String,
+) -> v1::RolloutEvent {
+    v1::RolloutEvent {
+        time: Some(timestamp(now)),
+        kind: kind as i32,
+        state: r.state,
+        stage: r.stage,
+        weight: r.weight,
+        reason,
+        actor: actor.into(),
+        ..Default::default()
+    }
+}
+
+fn judged_event(
+    r: &v1::Rollout,
+    kind: v1::RolloutEventKind,
+    now: DateTime<Utc>,
+    actor: &str,
+    j: &Judgement,
+) -> v1::RolloutEvent {
+    let mut e = event(r, kind, now, actor, j.reason.clone());
+    e.verdict = j.verdict as i32;
+    e.figures = Some(j.figures.clone());
+    e
+}
+
+/// A change being assembled.
+struct Change {
+    rollout: v1::Rollout,
+    expected: i64,
+    events: Vec<v1::RolloutEvent>,
+    new_stage: bool,
+    policy: Option<PolicyWrite>,
+}
+
+impl Change {
+    fn of(r: &v1::Rollout) -> Self {
+        Self {
+            rollout: r.clone(),
+            expected: r.sequence,
+            events: Vec::new(),
+            new_stage: false,
+            policy: None,
+        }
+    }
+
+    fn push(&mut self, mut e: v1::RolloutEvent) {
+        e.state = self.rollout.state;
+        e.stage = self.rollout.stage;
+        e.weight = self.rollout.weight;
+        self.events.push(e);
+    }
+
+    fn set_state(&mut self, state: v1::RolloutState, reason: &str) {
+        self.rollout.state = state as i32;
+        self.rollout.reason = reason.into();
+    }
+
+    /// Sets a new weight at stage `stage`: a new snapshot version, and the
+    /// stage clock waits for the agents again.
+    fn set_stage(&mut self, stage: u32, weight: u32, now: DateTime<Utc>) {
+        self.rollout.stage = stage;
+        self.rollout.weight = weight;
+        self.rollout.stage_set_time = Some(timestamp(now));
+        self.rollout.clock_start_time = None;
+        self.rollout.telemetry_stale = false;
+        self.new_stage = true;
+    }
+
+    fn end(&mut self, state: v1::RolloutState, reason: &str, now: DateTime<Utc>) {
+        self.set_state(state, reason);
+        self.rollout.end_time = Some(timestamp(now));
+        self.rollout.next_step_time = None;
+        self.new_stage = true;
+    }
+
+    fn done(self) -> RolloutWrite {
+        RolloutWrite {
+            rollout: self.rollout,
+            expected_sequence: self.expected,
+            events: self.events,
+            new_stage: self.new_stage,
+            policy: self.policy,
+        }
+    }
+}
+
+fn spec(r: &v1::Rollout) -> v1::RolloutSpec {
+    r.spec.clone().unwrap_or_default()
+}
+
+/// A new rollout of `policy` at its first stage (`retry_of` names the one it
+/// retries). The store numbers it and sets its stage version.
+pub fn start(
+    policy: &StoredPolicy,
+    now: DateTime<Utc>,
+    reason: &str,
+    retry_of: i64,
+) -> Result<(v1::Rollout, v1::RolloutEvent), String> {
+    let p = policy.spec.as_proto();
+    let spec = p.rollout.clone().ok_or_else(|| {
+        format!(
+            "policy {:?} has no rollout spec (field \"rollout\")",
+            p.name
+        )
+    })?;
+    let traffic = p.traffic.clone().unwrap_or_default();
+    if traffic.candidate.is_empty() {
+        return Err(format!(
+            "policy {:?} has no candidate (traffic.candidate) to roll out",
+            p.name
+        ));
+    }
+    let first = spec.stages.first().map_or(0, |s| s.weight);
+    let rollout = v1::Rollout {
+        policy: p.name.clone(),
+        state: v1::RolloutState::Running as i32,
+        stage: 0,
+        weight: first,
+        baseline: traffic.baseline.clone(),
+        candidate: traffic.candidate.clone(),
+        policy_revision: policy.revision,
+        spec: Some(spec),
+        stage_set_time: Some(timestamp(now)),
+        reason: if reason.is_empty() {
+            "started".into()
+        } else {
+            reason.into()
+        },
+        retry_of,
+        ..Default::default()
+    };
+    let why = format!(
+        "{} from {} to {} at stage 1 ({}){}",
+        if retry_of > 0 {
+            "retrying rollout"
+        } else {
+            "rolling out"
+        },
+        traffic.baseline,
+        traffic.candidate,
+        weight_text(first),
+        if reason.is_empty() {
+            String::new()
+        } else {
+            format!(": {reason}")
+        }
+    );
+    let mut e = event(&rollout, v1::RolloutEventKind::Started, now, OPERATOR, why);
+    e.state = rollout.state;
+    Ok((rollout, e))
+}
+
+/// A weight in basis points as a percentage, or "shadow only" for 0.
+pub fn weight_text(weight: u32) -> String {
+    if weight == 0 {
+        "shadow only".into()
+    } else {
+        format!("{}%", f64::from(weight) / 100.0)
+    }
+}
+
+/// The policy revision that makes a rollout's end the policy's own state:
+/// after a rollback the candidate's weight is 0; after success the candidate
+/// is the baseline (and a shadow that mirrored to it is dropped).
+fn final_policy(
+    policy: &StoredPolicy,
+    r: &v1::Rollout,
+    succeeded: bool,
+    reason: &str,
+) -> Option<PolicyWrite> {
+    let write = |spec| PolicyWrite {
+        spec,
+        expected_revision: policy.revision,
+        reason: reason.to_string(),
+    };
+    if !succeeded {
+        let weight = policy
+            .spec
+            .as_proto()
+            .traffic
+            .as_ref()
+            .map_or(0, |t| t.candidate_weight);
+        if weight == 0 {
+            return None;
+        }
+        return policy
+            .spec
+            .revise(|p| {
+                if let Some(t) = p.traffic.as_mut() {
+                    t.candidate_weight = 0;
+                }
+            })
+            .ok()
+            .map(write);
+    }
+    let promoted = policy.spec.revise(|p| {
+        if let Some(t) = p.traffic.as_mut() {
+            t.baseline = r.candidate.clone();
+            t.candidate.clear();
+            t.candidate_weight = 0;
+        }
+        if p.shadow
+            .as_ref()
+            .is_some_and(|s| s.backend.is_empty() || s.backend == r.candidate)
+        {
+            p.shadow = None;
+        }
+        // A rollout spec needs a candidate to run again; it stays for the
+        // next migration.
+    });
+    match promoted {
+        Ok(spec) => Some(write(spec)),
+        // Keep everything on the candidate if the swap is refused.
+        Err(e) => {
+            tracing::warn!(policy = %r.policy, error = %e, "cannot make the candidate the baseline; keeping it at 100%");
+            policy
+                .spec
+                .revise(|p| {
+                    if let Some(t) = p.traffic.as_mut() {
+                        t.candidate_weight = 10_000;
+                    }
+                })
+                .ok()
+                .map(write)
+        }
+    }
+}
+
+/// The policy's traffic no longer matches the rollout's (changed or
+/// deleted): why, if so.
+fn policy_moved(policy: Option<&StoredPolicy>, r: &v1::Rollout) -> Option<String> {
+    let Some(p) = policy else {
+        return Some(format!("policy {:?} was deleted", r.policy));
+    };
+    let t = p.spec.as_proto().traffic.clone().unwrap_or_default();
+    if t.baseline != r.baseline || t.candidate != r.candidate {
+        return Some(format!(
+            "the policy's traffic changed under the rollout: baseline {:?} and candidate {:?} are now {:?} and {:?}",
+            r.baseline, r.candidate, t.baseline, t.candidate
+        ));
+    }
+    None
+}
+
+/// Moves a rollout to the next stage, or to success after the last.
+fn promote(
+    c: &mut Change,
+    policy: &StoredPolicy,
+    now: DateTime<Utc>,
+    actor: &str,
+    judgement: Option<&Judgement>,
+    reason: &str,
+    full: bool,
+) {
+    let stages = spec(&c.rollout).stages;
+    let next = c.rollout.stage as usize + 1;
+    if full || next >= stages.len() {
+        c.rollout.weight = 10_000;
+        c.rollout.stage = u32::try_from(stages.len().saturating_sub(1)).unwrap_or(0);
+        let why = format!("{} is the baseline now: {reason}", c.rollout.candidate);
+        c.end(v1::RolloutState::Succeeded, &why, now);
+        c.policy = final_policy(
+            policy,
+            &c.rollout,
+            true,
+            &format!("rollout {} succeeded", c.rollout.number),
+        );
+        let mut e = event(&c.rollout, v1::RolloutEventKind::Succeeded, now, actor, why);
+        if let Some(j) = judgement {
+            e.verdict = j.verdict as i32;
+            e.figures = Some(j.figures.clone());
+        }
+        c.push(e);
+        return;
+    }
+    let weight = stages[next].weight;
+    c.set_state(v1::RolloutState::Running, reason);
+    c.set_stage(u32::try_from(next).unwrap_or(0), weight, now);
+    let why = format!(
+        "stage {} of {} at {}: {reason}",
+        next + 1,
+        stages.len(),
+        weight_text(weight)
+    );
+    let mut e = event(&c.rollout, v1::RolloutEventKind::Promoted, now, actor, why);
+    if let Some(j) = judgement {
+        e.verdict = j.verdict as i32;
+        e.figures = Some(j.figures.clone());
+    }
+    c.push(e);
+}
+
+/// Ends a rollout at weight 0.
+fn roll_back_now(
+    c: &mut Change,
+    policy: &StoredPolicy,
+    now: DateTime<Utc>,
+    actor: &str,
+    state: v1::RolloutState,
+    reason: &str,
+) {
+    c.rollout.weight = 0;
+    c.end(state, reason, now);
+    c.policy = final_policy(
+        policy,
+        &c.rollout,
+        false,
+        &format!("rollout {} ended: {reason}", c.rollout.number),
+    );
+    let kind = if state == v1::RolloutState::Aborted {
+        v1::RolloutEventKind::Aborted
+    } else {
+        v1::RolloutEventKind::RolledBack
+    };
+    c.push(event(&c.rollout, kind, now, actor, reason.into()));
+}
+
+/// One step down of a gradual rollback: to the previous stage's weight, or
+/// to 0 (the end) from the first stage.
+fn step_down(c: &mut Change, policy: &StoredPolicy, now: DateTime<Utc>, actor: &str) {
+    let s = spec(&c.rollout);
+    let previous = (c.rollout.stage as usize)
+        .checked_sub(1)
+        .and_then(|i| s.stages.get(i).map(|st| (i, st.weight)))
+        .filter(|(_, w)| *w > 0 && *w < c.rollout.weight);
+    match previous {
+        Some((i, weight)) => {
+            c.set_stage(u32::try_from(i).unwrap_or(0), weight, now);
+            let step = dur(s.rollback_step_time.as_ref(), DEFAULT_ROLLBACK_STEP);
+            c.rollout.next_step_time = Some(timestamp(now + chrono_dur(step)));
+            c.push(event(
+                &c.rollout,
+                v1::RolloutEventKind::RollbackStep,
+                now,
+                actor,
+                format!("rolling back: down to {}", weight_text(weight)),
+            ));
+        }
+        None => {
+            let reason = c.rollout.reason.clone();
+            roll_back_now(c, policy, now, actor, v1::RolloutState::RolledBack, &reason);
+        }
+    }
+}
+
+/// What a failed gate does, per the spec.
+fn on_failure(
+    c: &mut Change,
+    policy: &StoredPolicy,
+    now: DateTime<Utc>,
+    actor: &str,
+    j: &Judgement,
+) {
+    let s = spec(&c.rollout);
+    let reason = format!("gate failed at stage {}: {}", c.rollout.stage + 1, j.reason);
+    if s.on_failure() == v1::FailureAction::Pause {
+        c.set_state(v1::RolloutState::Paused, &reason);
+        c.push(judged_event(
+            &c.rollout,
+            v1::RolloutEventKind::Failed,
+            now,
+            actor,
+            j,
+        ));
+        return;
+    }
+    c.push(judged_event(
+        &c.rollout,
+        v1::RolloutEventKind::Failed,
+        now,
+        actor,
+        j,
+    ));
+    if s.rollback_mode() == v1::RollbackMode::Gradual {
+        c.set_state(v1::RolloutState::RollingBack, &reason);
+        step_down(c, policy, now, actor);
+    } else {
+        roll_back_now(c, policy, now, actor, v1::RolloutState::RolledBack, &reason);
+    }
+}
+
+/// Judges a rollout's current stage from what was observed. Returns the
+/// change to write, if any.
+pub fn tick(
+    r: &v1::Rollout,
+    policy: Option<&StoredPolicy>,
+    seen: &Observed,
+    now: DateTime<Utc>,
+    options: &AnalysisOptions,
+) -> (Option<RolloutWrite>, Option<Judgement>) {
+    let actor = options.replica.as_str();
+    let mut c = Change::of(r);
+    if let Some(why) = policy_moved(policy, r) {
+        // Nothing to write to a policy that is gone or no longer the same.
+        c.rollout.weight = 0;
+        c.end(v1::RolloutState::Aborted, &why, now);
+        c.push(event(
+            &c.rollout,
+            v1::RolloutEventKind::Aborted,
+            now,
+            actor,
+            why,
+        ));
+        return (Some(c.done()), None);
+    }
+    let Some(policy) = policy else {
+        return (None, None);
+    };
+    let s = spec(r);
+    match r.state() {
+        v1::RolloutState::RollingBack => {
+            let due = from_timestamp(r.next_step_time.as_ref()).is_none_or(|t| now >= t);
+            if due {
+                step_down(&mut c, policy, now, actor);
+                return (Some(c.done()), None);
+            }
+            (None, None)
+        }
+        v1::RolloutState::Running => {
+            let Some(stage) = s.stages.get(r.stage as usize) else {
+                return (None, None);
+            };
+            let Some(clock) = from_timestamp(r.clock_start_time.as_ref()) else {
+                let set = from_timestamp(r.stage_set_time.as_ref()).unwrap_or(now);
+                let quorum = s.ack_quorum_percent.unwrap_or(DEFAULT_QUORUM_PERCENT);
+                let q = seen.quorum;
+                let reached =
+                    q.selected > 0 && f64::from(q.acked) * 100.0 >= quorum * f64::from(q.selected);
+                let timeout = dur(s.ack_timeout.as_ref(), DEFAULT_ACK_TIMEOUT);
+                let timed_out = now - set >= chrono_dur(timeout);
+                if !reached && !timed_out {
+                    return (None, None);
+                }
+                c.rollout.clock_start_time = Some(timestamp(now));
+                let why = if reached {
+                    format!(
+                        "{} of {} selected agents applied snapshot version {}",
+                        q.acked, q.selected, r.stage_version
+                    )
+                } else {
+                    format!(
+                        "quorum not reached in {}: starting with the {} of {} selected agents that applied snapshot version {}",
+                        humantime::format_duration(timeout),
+                        q.acked,
+                        q.selected,
+                        r.stage_version
+                    )
+                };
+                let mut e = event(
+                    &c.rollout,
+                    v1::RolloutEventKind::ClockStarted,
+                    now,
+                    actor,
+                    why,
+                );
+                e.figures = Some(v1::Figures {
+                    acked_agents: q.acked,
+                    selected_agents: q.selected,
+                    ..Default::default()
+                });
+                c.push(e);
+                return (Some(c.done()), None);
+            };
+            let elapsed = (now - clock).to_std().unwrap_or_default();
+            let gates = s.gates.unwrap_or_default();
+            let mut j = if stage.weight == 0 {
+                judge_shadow_stage(stage, &gates, elapsed, &seen.shadow)
+            } else {
+                judge_stage(&StageInput {
+                    stage,
+                    gates: &gates,
+                    elapsed,
+                    candidate: &seen.candidate,
+                    baseline: &seen.baseline,
+                })
+            };
+            j.figures.acked_agents = seen.quorum.acked;
+            j.figures.selected_agents = seen.quorum.selected;
+            match j.verdict {
+                v1::Verdict::Fail => {
+                    on_failure(&mut c, policy, now, actor, &j);
+                    (Some(c.done()), Some(j))
+                }
+                v1::Verdict::Pass => {
+                    let reason = j.reason.clone();
+                    promote(&mut c, policy, now, actor, Some(&j), &reason, false);
+                    (Some(c.done()), Some(j))
+                }
+                _ if elapsed >= dur(stage.max_stage_time.as_ref(), Duration::MAX) => {
+                    j.verdict = v1::Verdict::Inconclusive;
+                    let why = format!(
+                        "stage {} reached its time limit without a decision: {}",
+                        r.stage + 1,
+                        j.reason
+                    );
+                    j.reason = why.clone();
+                    c.set_state(v1::RolloutState::Paused, &why);
+                    c.push(judged_event(
+                        &c.rollout,
+                        v1::RolloutEventKind::Inconclusive,
+                        now,
+                        actor,
+                        &j,
+                    ));
+                    (Some(c.done()), Some(j))
+                }
+                _ => {
+                    let stale_for = match seen.latest_window {
+                        Some(t) => now - t,
+                        None => now - clock,
+                    };
+                    let stale =
+                        seen.quorum.selected > 0 && stale_for >= chrono_dur(options.stale_after);
+                    if stale != r.telemetry_stale {
+                        c.rollout.telemetry_stale = stale;
+                        let (kind, why) = if stale {
+                            (
+                                v1::RolloutEventKind::TelemetryStale,
+                                format!(
+                                    "no telemetry for {}s from the {} selected agents; decisions wait",
+                                    stale_for.num_seconds(),
+                                    seen.quorum.selected
+                                ),
+                            )
+                        } else {
+                            (
+                                v1::RolloutEventKind::TelemetryResumed,
+                                "telemetry arrives again".to_string(),
+                            )
+                        };
+                        c.push(event(&c.rollout, kind, now, actor, why));
+                        return (Some(c.done()), Some(j));
+                    }
+                    (None, Some(j))
+                }
+            }
+        }
+        _ => (None, None),
+    }
+}
+
+/// An operator's command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Pause,
+    Resume,
+    Promote { full: bool },
+    Abort,
+}
+
+/// Applies a command to a rollout, or says why it does not apply.
+pub fn command(
+    r: &v1::Rollout,
+    policy: Option<&StoredPolicy>,
+    cmd: &Command,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<RolloutWrite, String> {
+    let state = r.state();
+    let name = format!("rollout {}#{}", r.policy, r.number);
+    let not = |what: &str| {
+        Err(format!(
+            "{name} is {}; {what}",
+            state.as_str_name().trim_start_matches("ROLLOUT_STATE_")
+        ))
+    };
+    let why = |default: &str| {
+        if reason.is_empty() {
+            default.to_string()
+        } else {
+            format!("{default}: {reason}")
+        }
+    };
+    let mut c = Change::of(r);
+    match cmd {
+        Command::Pause => {
+            if state != v1::RolloutState::Running {
+                return not("only a running rollout can be paused");
+            }
+            let why = why("paused by an operator");
+            c.set_state(v1::RolloutState::Paused, &why);
+            c.push(event(
+                &c.rollout,
+                v1::RolloutEventKind::Paused,
+                now,
+                OPERATOR,
+                why,
+            ));
+        }
+        Command::Resume => {
+            if state != v1::RolloutState::Paused {
+                return not("only a paused rollout can be resumed");
+            }
+            let why = why("resumed by an operator; the stage starts over");
+            c.set_state(v1::RolloutState::Running, &why);
+            let (stage, weight) = (r.stage, r.weight);
+            c.set_stage(stage, weight, now);
+            c.push(event(
+                &c.rollout,
+                v1::RolloutEventKind::Resumed,
+                now,
+                OPERATOR,
+                why,
+            ));
+        }
+        Command::Promote { full } => {
+            if !matches!(state, v1::RolloutState::Running | v1::RolloutState::Paused) {
+                return not("only a running or paused rollout can be promoted");
+            }
+            let Some(policy) = policy else {
+                return Err(format!("policy {:?} was deleted", r.policy));
+            };
+            let text = if *full {
+                why("promoted all the way by an operator")
+            } else {
+                why("promoted by an operator")
+            };
+            promote(&mut c, policy, now, OPERATOR, None, &text, *full);
+        }
+        Command::Abort => {
+            if !crate::store::rollouts::is_active(state) {
+                return not("only an active rollout can be aborted");
+            }
+            let why = why("aborted by an operator");
+            match policy {
+                Some(policy) => {
+                    roll_back_now(
+                        &mut c,
+                        policy,
+                        now,
+                        OPERATOR,
+                        v1::RolloutState::Aborted,
+                        &why,
+                    );
+                }
+                None => {
+                    c.rollout.weight = 0;
+                    c.end(v1::RolloutState::Aborted, &why, now);
+                    c.push(event(
+                        &c.rollout,
+                        v1::RolloutEventKind::Aborted,
+                        now,
+                        OPERATOR,
+                        why,
+                    ));
+                }
+            }
+        }
+    }
+    Ok(c.done())
+}

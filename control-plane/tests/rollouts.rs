@@ -1,0 +1,681 @@
+//! Rollouts end to end: control-plane processes on SQLite or Postgres, real
+//! agents with traffic flowing through them, mock providers as the baseline
+//! and the candidate. Stages are short and agents report every 100 ms, so a
+//! whole rollout takes seconds.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use serde_json::json;
+use shepherd_proto::v1;
+use shepherd_tests::agent::FleetAgent;
+use shepherd_tests::control_plane::{PolicyClient, RolloutClient, rollout_client_of};
+use shepherd_tests::mock::MockProvider;
+use shepherd_tests::pg::TestDb;
+use tokio_stream::StreamExt;
+
+use common::*;
+
+use v1::RolloutEventKind as Kind;
+use v1::RolloutState as State;
+
+/// Flags that make the leader judge every 100 ms.
+const FAST: &[&str] = &["--analysis-interval", "100ms"];
+
+fn stage(weight: u32, bake: &str, min_requests: u64, max: &str) -> serde_json::Value {
+    json!({"weight": weight, "min_bake_time": bake, "min_requests": min_requests, "max_stage_time": max})
+}
+
+/// Three stages (20%, 50%, 100%) and error-rate gates.
+fn three_stages() -> serde_json::Value {
+    json!({
+        "stages": [stage(2000, "0.3s", 20, "30s"), stage(5000, "0.3s", 20, "30s"), stage(10000, "0.3s", 20, "30s")],
+        "gates": {"max_error_rate_percent": 5.0, "significance": 0.01, "min_error_rate_effect_percent": 1.0},
+        "ack_timeout": "5s"
+    })
+}
+
+struct Rig {
+    cps: Vec<Cp>,
+    a: MockProvider,
+    b: MockProvider,
+    agents: Vec<FleetAgent>,
+    policies: PolicyClient,
+    rollouts: RolloutClient,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Rig {
+    /// `replicas` control planes on `url`, two agents (one per replica when
+    /// there are two, each knowing every replica), and policy "chat" with
+    /// `extra` merged in, at weight 0.
+    async fn start(url: &str, replicas: usize, extra: serde_json::Value) -> Rig {
+        let a = MockProvider::new("a");
+        let b = MockProvider::new("b");
+        let (aa, ba) = (a.serve_tcp().await, b.serve_tcp().await);
+        let cps: Vec<Cp> = (0..replicas)
+            .map(|i| Cp::start_with(url, &format!("replica-{i}"), FAST))
+            .collect();
+        let (mut policies, _) = cps[0].clients().await;
+        policies
+            .create_policy(v1::CreatePolicyRequest {
+                policy: Some(chat_policy(aa, ba, 0, extra)),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let urls: Vec<String> = cps.iter().map(Cp::url).collect();
+        let mut dirs = Vec::new();
+        let mut agents = Vec::new();
+        for i in 0..2 {
+            let dir = tempfile::tempdir().unwrap();
+            let mut endpoints = urls.clone();
+            endpoints.rotate_left(i % urls.len());
+            agents.push(start_agent(&endpoints, &format!("agent-{i}"), "chat", dir.path()).await);
+            dirs.push(dir);
+        }
+        for agent in &agents {
+            agent.wait_version(|v| v > 0).await;
+        }
+        let rollouts = rollout_client_of(&cps[0].addr(), Some(ADMIN)).await;
+        Rig {
+            cps,
+            a,
+            b,
+            agents,
+            policies,
+            rollouts,
+            _dirs: dirs,
+        }
+    }
+
+    fn load(&self) -> Load {
+        Load::start(&self.agents.iter().collect::<Vec<_>>())
+    }
+
+    async fn start_rollout(&mut self) -> v1::Rollout {
+        self.rollouts
+            .start_rollout(v1::StartRolloutRequest {
+                policy: "chat".into(),
+                reason: "test".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    async fn get(&mut self) -> v1::Rollout {
+        self.rollouts
+            .get_rollout(v1::GetRolloutRequest {
+                policy: "chat".into(),
+                number: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Waits until the latest rollout satisfies `ok`.
+    async fn wait(&self, what: &str, ok: impl Fn(&v1::Rollout) -> bool) -> v1::Rollout {
+        eventually(what, || {
+            let mut client = self.rollouts.clone();
+            let ok = &ok;
+            async move {
+                let r = client
+                    .get_rollout(v1::GetRolloutRequest {
+                        policy: "chat".into(),
+                        number: 0,
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_inner();
+                if ok(&r) { Ok(r) } else { Err(format!("{r:?}")) }
+            }
+        })
+        .await
+    }
+
+    async fn wait_state(&self, state: State) -> v1::Rollout {
+        self.wait(&format!("rollout {state:?}"), |r| r.state() == state)
+            .await
+    }
+
+    /// Every event of a rollout that has ended, through WatchRollout (which
+    /// ends its stream after the last one).
+    async fn events(&mut self, number: i64) -> Vec<v1::RolloutEvent> {
+        let mut stream = self
+            .rollouts
+            .watch_rollout(v1::WatchRolloutRequest {
+                policy: "chat".into(),
+                number,
+                after_sequence: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut events = Vec::new();
+        while let Some(e) = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .expect("the watch stream ended")
+        {
+            events.push(e.unwrap());
+        }
+        let sequences: Vec<i64> = events.iter().map(|e| e.sequence).collect();
+        let expected: Vec<i64> = (1..=i64::try_from(events.len()).unwrap()).collect();
+        assert_eq!(
+            sequences, expected,
+            "events are numbered without gaps or repeats"
+        );
+        events
+    }
+
+    async fn policy(&mut self) -> v1::Policy {
+        self.policies
+            .get_policy(v1::GetPolicyRequest {
+                name: "chat".into(),
+                revision: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Waits for every agent to apply `version`, then sends requests through
+    /// each and returns how many reached the candidate.
+    async fn candidate_share(&self, version: u64) -> usize {
+        for agent in &self.agents {
+            agent.wait_version(|v| v >= version).await;
+        }
+        self.b.clear();
+        for agent in &self.agents {
+            for _ in 0..40 {
+                assert_eq!(agent.client().post(CHAT, BODY, &[]).await.status, 200);
+            }
+        }
+        self.b.count()
+    }
+
+    async fn stop(self) {
+        for agent in self.agents {
+            agent.stop().await;
+        }
+        drop(self.cps);
+    }
+}
+
+fn kinds(events: &[v1::RolloutEvent]) -> Vec<Kind> {
+    events.iter().map(v1::RolloutEvent::kind).collect()
+}
+
+fn sqlite_url(dir: &tempfile::TempDir) -> String {
+    format!("sqlite://{}", dir.path().join("cp.db").display())
+}
+
+/// A healthy candidate goes through every stage to 100% and becomes the
+/// baseline in a new policy revision; a second start while it runs is
+/// refused naming the active rollout.
+async fn healthy_candidate_promotes(url: &str) {
+    let mut rig = Rig::start(url, 1, json!({"rollout": three_stages()})).await;
+    let load = rig.load();
+    let started = rig.start_rollout().await;
+    assert_eq!((started.number, started.weight), (1, 2000));
+    let second = rig
+        .rollouts
+        .start_rollout(v1::StartRolloutRequest {
+            policy: "chat".into(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(second.code(), tonic::Code::FailedPrecondition);
+    assert!(second.message().contains("chat#1"), "{}", second.message());
+
+    let done = rig.wait_state(State::Succeeded).await;
+    let (_, failed) = load.stop().await;
+    assert_eq!(failed, 0);
+    assert_eq!(done.weight, 10_000);
+    let events = rig.events(1).await;
+    assert_eq!(
+        kinds(&events),
+        [
+            Kind::Started,
+            Kind::ClockStarted,
+            Kind::Promoted,
+            Kind::ClockStarted,
+            Kind::Promoted,
+            Kind::ClockStarted,
+            Kind::Succeeded
+        ]
+    );
+    for e in events.iter().filter(|e| e.kind() == Kind::Promoted) {
+        assert_eq!(e.verdict(), v1::Verdict::Pass);
+        let c = e.figures.as_ref().unwrap().candidate.as_ref().unwrap();
+        assert!(c.requests >= 20, "{c:?}");
+    }
+    let policy = rig.policy().await;
+    let traffic = policy.traffic.unwrap();
+    assert_eq!(
+        (traffic.baseline.as_str(), traffic.candidate.as_str()),
+        ("b", "")
+    );
+    // All traffic now goes to b, the new baseline.
+    rig.a.clear();
+    assert_eq!(rig.candidate_share(done.stage_version).await, rig.b.count());
+    assert_eq!(rig.a.count(), 0);
+    // Nothing left to roll out.
+    let again = rig
+        .rollouts
+        .start_rollout(v1::StartRolloutRequest {
+            policy: "chat".into(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        again.message().contains("no candidate"),
+        "{}",
+        again.message()
+    );
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_candidate_promotes_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    healthy_candidate_promotes(&sqlite_url(&dir)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_candidate_promotes_on_postgres() {
+    let db = TestDb::create().await;
+    healthy_candidate_promotes(&db.url).await;
+}
+
+/// A candidate answering 20% of requests with 503 is rolled back: the FAILED
+/// event carries the numbers, every agent ends at weight 0, and with
+/// fallback on the app sees no failure.
+async fn failing_candidate_rolls_back(url: &str) {
+    let extra = json!({"rollout": three_stages(), "fallback": ["a"]});
+    let mut rig = Rig::start(url, 1, extra).await;
+    rig.b.set(|x| x.error_rate = Some(0.2));
+    let load = rig.load();
+    rig.start_rollout().await;
+    let done = rig.wait_state(State::RolledBack).await;
+    let (sent, failed) = load.stop().await;
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed for the app");
+    assert_eq!(done.weight, 0);
+    let events = rig.events(1).await;
+    let failure = events.iter().find(|e| e.kind() == Kind::Failed).unwrap();
+    assert_eq!(failure.verdict(), v1::Verdict::Fail);
+    assert!(failure.reason.contains("error rate"), "{}", failure.reason);
+    let c = failure.figures.as_ref().unwrap().candidate.clone().unwrap();
+    assert!(c.errors >= 5 && c.error_rate_percent > 5.0, "{c:?}");
+    assert_eq!(kinds(&events).last(), Some(&Kind::RolledBack));
+    assert_eq!(rig.candidate_share(done.stage_version).await, 0);
+    assert_eq!(rig.policy().await.traffic.unwrap().candidate_weight, 0);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_candidate_rolls_back_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    failing_candidate_rolls_back(&sqlite_url(&dir)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_candidate_rolls_back_on_postgres() {
+    let db = TestDb::create().await;
+    failing_candidate_rolls_back(&db.url).await;
+}
+
+/// A candidate twice as slow as the baseline is rolled back by the p95
+/// latency ratio gate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_candidate_rolls_back_on_latency() {
+    let dir = tempfile::tempdir().unwrap();
+    let rollout = json!({
+        "stages": [stage(5000, "0.3s", 20, "30s"), stage(10000, "0.3s", 20, "30s")],
+        "gates": {"max_latency_p95_ratio": 1.5}
+    });
+    let mut rig = Rig::start(&sqlite_url(&dir), 1, json!({"rollout": rollout})).await;
+    rig.a.set(|x| x.delay = Duration::from_millis(20));
+    rig.b.set(|x| x.delay = Duration::from_millis(40));
+    let load = rig.load();
+    rig.start_rollout().await;
+    rig.wait_state(State::RolledBack).await;
+    load.stop().await;
+    let events = rig.events(1).await;
+    let failure = events.iter().find(|e| e.kind() == Kind::Failed).unwrap();
+    assert!(failure.reason.contains("latency p95"), "{}", failure.reason);
+    let gate = &failure.figures.as_ref().unwrap().gates[0];
+    assert_eq!(gate.gate, "max_latency_p95_ratio");
+    assert!(gate.value > 1.5, "{gate:?}");
+    rig.stop().await;
+}
+
+/// A candidate rate-limiting 30% of requests is caught by the 429 gate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_candidate_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let rollout = json!({
+        "stages": [stage(5000, "0.3s", 20, "30s"), stage(10000, "0.3s", 20, "30s")],
+        "gates": {"max_rate_limited_percent": 5.0}
+    });
+    let mut rig = Rig::start(&sqlite_url(&dir), 1, json!({"rollout": rollout})).await;
+    rig.b.set(|x| {
+        x.error_rate = Some(0.3);
+        x.error_status = 429;
+    });
+    let load = rig.load();
+    rig.start_rollout().await;
+    rig.wait_state(State::RolledBack).await;
+    load.stop().await;
+    let events = rig.events(1).await;
+    let failure = events.iter().find(|e| e.kind() == Kind::Failed).unwrap();
+    assert!(failure.reason.contains("429 rate"), "{}", failure.reason);
+    rig.stop().await;
+}
+
+/// Without traffic a stage cannot pass or fail: at its time limit it is
+/// INCONCLUSIVE and the rollout pauses, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_little_traffic_is_inconclusive() {
+    let dir = tempfile::tempdir().unwrap();
+    let rollout = json!({
+        "stages": [stage(2000, "0.2s", 50, "1s"), stage(10000, "0.2s", 50, "1s")],
+        "gates": {"max_error_rate_percent": 5.0}
+    });
+    let mut rig = Rig::start(&sqlite_url(&dir), 1, json!({"rollout": rollout})).await;
+    rig.start_rollout().await;
+    let paused = rig.wait_state(State::Paused).await;
+    assert_eq!((paused.stage, paused.weight), (0, 2000));
+    let mut stream = rig
+        .rollouts
+        .watch_rollout(v1::WatchRolloutRequest {
+            policy: "chat".into(),
+            number: 1,
+            after_sequence: 2,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let e = stream.next().await.unwrap().unwrap();
+    assert_eq!(
+        (e.kind(), e.verdict()),
+        (Kind::Inconclusive, v1::Verdict::Inconclusive)
+    );
+    assert!(
+        e.reason.contains("0 of 50 candidate requests"),
+        "{}",
+        e.reason
+    );
+    rig.stop().await;
+}
+
+/// Pause holds the stage even when it would pass; resume continues; abort
+/// returns the candidate to 0% at once; retry starts a new rollout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_abort_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(&dir);
+    let mut rig = Rig::start(&url, 1, json!({"rollout": three_stages()})).await;
+    let load = rig.load();
+    let started = rig.start_rollout().await;
+    let paused = rig
+        .rollouts
+        .pause_rollout(v1::RolloutCommand {
+            policy: "chat".into(),
+            number: 0,
+            reason: "looking at dashboards".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(paused.state(), State::Paused);
+    // The stage holds although its telemetry would pass it: wait until the
+    // windows under its version hold well past what it needs.
+    let reader = shepherd_control_plane::store::open(&url, &Default::default())
+        .await
+        .unwrap();
+    eventually("telemetry enough to pass the paused stage", || {
+        let reader = reader.clone();
+        async move {
+            let rows = reader
+                .read_telemetry("chat", 0, i64::MAX)
+                .await
+                .map_err(|e| e.to_string())?;
+            let version = i64::try_from(started.stage_version).unwrap();
+            let c = shepherd_control_plane::analysis::backend_sums(&rows, "b", version);
+            let n = shepherd_control_plane::analysis::judged(&c.outcomes.unwrap_or_default());
+            if n >= 200 {
+                Ok(())
+            } else {
+                Err(format!("{n} candidate requests"))
+            }
+        }
+    })
+    .await;
+    let held = rig.get().await;
+    assert_eq!(
+        (held.state(), held.stage, held.sequence),
+        (State::Paused, 0, paused.sequence)
+    );
+
+    let resumed = rig
+        .rollouts
+        .resume_rollout(v1::RolloutCommand {
+            policy: "chat".into(),
+            number: 0,
+            reason: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resumed.state(), State::Running);
+    rig.wait("promotion after resume", |r| r.stage >= 1).await;
+
+    let aborted = rig
+        .rollouts
+        .abort_rollout(v1::RolloutCommand {
+            policy: "chat".into(),
+            number: 0,
+            reason: "not today".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((aborted.state(), aborted.weight), (State::Aborted, 0));
+    load.stop().await;
+    assert_eq!(rig.candidate_share(aborted.stage_version).await, 0);
+    let events = rig.events(1).await;
+    let k = kinds(&events);
+    assert!(
+        k.contains(&Kind::Paused) && k.contains(&Kind::Resumed),
+        "{k:?}"
+    );
+    let last = events.last().unwrap();
+    assert_eq!(
+        (last.kind(), last.actor.as_str()),
+        (Kind::Aborted, "operator")
+    );
+    assert!(last.reason.contains("not today"), "{}", last.reason);
+
+    let retried = rig
+        .rollouts
+        .retry_rollout(v1::RolloutCommand {
+            policy: "chat".into(),
+            number: 1,
+            reason: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (retried.number, retried.retry_of, retried.state()),
+        (2, 1, State::Running)
+    );
+    let refused = rig
+        .rollouts
+        .pause_rollout(v1::RolloutCommand {
+            policy: "chat".into(),
+            number: 1,
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("ABORTED"),
+        "{}",
+        refused.message()
+    );
+    rig.stop().await;
+}
+
+/// A control plane killed in the middle of a stage resumes the same stage
+/// with its clock where it was; no event is lost or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_mid_stage_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let rollout = json!({
+        "stages": [stage(2000, "3s", 20, "60s"), stage(10000, "0.3s", 20, "60s")],
+        "gates": {"max_error_rate_percent": 5.0}
+    });
+    let mut rig = Rig::start(&sqlite_url(&dir), 1, json!({"rollout": rollout})).await;
+    let load = rig.load();
+    rig.start_rollout().await;
+    let clocked = rig
+        .wait("the stage clock", |r| r.clock_start_time.is_some())
+        .await;
+    rig.cps[0].kill();
+    rig.cps[0].restart();
+    let after = rig.get().await;
+    assert_eq!(
+        (after.stage, after.clock_start_time, after.sequence),
+        (0, clocked.clock_start_time, clocked.sequence)
+    );
+    rig.wait_state(State::Succeeded).await;
+    let (_, failed) = load.stop().await;
+    assert_eq!(failed, 0);
+    let events = rig.events(1).await;
+    assert_eq!(
+        kinds(&events),
+        [
+            Kind::Started,
+            Kind::ClockStarted,
+            Kind::Promoted,
+            Kind::ClockStarted,
+            Kind::Succeeded
+        ]
+    );
+    rig.stop().await;
+}
+
+/// Two replicas on Postgres: one leads; killed, the other takes over and
+/// finishes the rollout without a double promotion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_handover_on_postgres() {
+    let db = TestDb::create().await;
+    let rollout = json!({
+        "stages": [stage(2000, "1s", 20, "60s"), stage(5000, "1s", 20, "60s"), stage(10000, "0.5s", 20, "60s")],
+        "gates": {"max_error_rate_percent": 5.0}
+    });
+    let mut rig = Rig::start(&db.url, 2, json!({"rollout": rollout})).await;
+    let load = rig.load();
+    rig.start_rollout().await;
+    rig.wait("the first promotion", |r| r.stage >= 1).await;
+    let leader = rig
+        .cps
+        .iter()
+        .position(|cp| {
+            cp.process
+                .as_ref()
+                .unwrap()
+                .log()
+                .contains("leading the rollout analysis")
+        })
+        .expect("a replica leads");
+    rig.cps[leader].kill();
+    let other = 1 - leader;
+    rig.rollouts = rollout_client_of(&rig.cps[other].addr(), Some(ADMIN)).await;
+    rig.wait_state(State::Succeeded).await;
+    let (_, failed) = load.stop().await;
+    assert_eq!(failed, 0);
+    let log = rig.cps[other].process.as_ref().unwrap().log();
+    assert!(log.contains("leading the rollout analysis"), "{log}");
+    let events = rig.events(1).await;
+    assert_eq!(
+        kinds(&events),
+        [
+            Kind::Started,
+            Kind::ClockStarted,
+            Kind::Promoted,
+            Kind::ClockStarted,
+            Kind::Promoted,
+            Kind::ClockStarted,
+            Kind::Succeeded
+        ]
+    );
+    rig.stop().await;
+}
+
+/// A shadow-only first stage (weight 0) is judged by the shadow gates: a
+/// candidate answering malformed JSON is rolled back before any user sees
+/// it; fixed and retried, it passes the shadow stage and goes to 100%.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_only_stage_gates_the_rollout() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = json!({
+        "shadow": {"percent": 100.0},
+        "rollout": {
+            "stages": [stage(0, "0.3s", 20, "30s"), stage(10000, "0.3s", 20, "30s")],
+            "gates": {"max_shadow_schema_error_percent": 5.0, "max_error_rate_percent": 5.0}
+        }
+    });
+    let mut rig = Rig::start(&sqlite_url(&dir), 1, extra).await;
+    rig.b.set(|x| x.malformed = true);
+    let load = rig.load();
+    let started = rig.start_rollout().await;
+    assert_eq!(started.weight, 0);
+    rig.wait_state(State::RolledBack).await;
+    let events = rig.events(1).await;
+    let failure = events.iter().find(|e| e.kind() == Kind::Failed).unwrap();
+    assert!(
+        failure.reason.contains("shadow schema errors"),
+        "{}",
+        failure.reason
+    );
+    assert!(
+        failure
+            .figures
+            .as_ref()
+            .unwrap()
+            .shadow
+            .as_ref()
+            .unwrap()
+            .compared
+            >= 5
+    );
+
+    rig.b.set(|x| x.malformed = false);
+    rig.rollouts
+        .retry_rollout(v1::RolloutCommand {
+            policy: "chat".into(),
+            number: 0,
+            reason: "fixed".into(),
+        })
+        .await
+        .unwrap();
+    rig.wait_state(State::Succeeded).await;
+    let (_, failed) = load.stop().await;
+    assert_eq!(failed, 0);
+    let events = rig.events(2).await;
+    let promoted = events.iter().find(|e| e.kind() == Kind::Promoted).unwrap();
+    let shadow = promoted.figures.as_ref().unwrap().shadow.clone().unwrap();
+    assert!(shadow.compared >= 20, "{shadow:?}");
+    rig.stop().await;
+}
