@@ -591,7 +591,7 @@ mod tests {
     }
 
     /// The local examples in the README are valid (a list, and the single
-    /// policy of the fleet walkthrough).
+    /// policies of the fleet and rollout walkthroughs).
     #[test]
     fn local_example_is_valid() {
         let policies = parse(include_str!("../../deploy/examples/agent-local.json")).unwrap();
@@ -605,6 +605,11 @@ mod tests {
         let demo = BTreeMap::from([("app".to_string(), "demo".to_string())]);
         assert!(fleet[0].selects(&demo));
         assert!(!fleet[0].selects(&BTreeMap::new()));
+        let rollout = parse(include_str!(
+            "../../deploy/examples/rollout-local-policy.json"
+        ))
+        .unwrap();
+        assert_eq!(rollout[0].candidate_weight, 0);
     }
 
     /// Without a retry section a request gets one attempt.

@@ -130,7 +130,7 @@ pub struct FleetArgs {
     pub agent_retention: Duration,
 
     /// How often the leading replica judges active rollouts.
-    #[arg(long, env = "SHEPHERD_ANALYSIS_INTERVAL", default_value = "500ms", value_parser = positive_duration)]
+    #[arg(long, env = "SHEPHERD_ANALYSIS_INTERVAL", default_value = "250ms", value_parser = positive_duration)]
     pub analysis_interval: Duration,
 
     /// Selected agents sending no telemetry for this long during a stage is

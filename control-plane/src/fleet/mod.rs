@@ -80,7 +80,7 @@ impl Default for FleetOptions {
             telemetry_retention: Duration::from_secs(24 * 3600),
             agent_retention: Duration::from_secs(7 * 24 * 3600),
             max_pending_windows: 100_000,
-            analysis_interval: Duration::from_millis(500),
+            analysis_interval: Duration::from_millis(250),
             stale_telemetry_after: Duration::from_secs(10),
         }
     }
