@@ -18,6 +18,16 @@ pub enum Check {
     Wait(String),
 }
 
+/// The rows of one backend recorded under `since_version` or later.
+fn stage_rows<'a>(
+    rows: &'a [TelemetryRow],
+    backend: &'a str,
+    since_version: i64,
+) -> impl Iterator<Item = &'a TelemetryRow> {
+    rows.iter()
+        .filter(move |r| r.backend == backend && r.snapshot_version >= since_version)
+}
+
 /// The shadow figures of one policy's backend, summed over the windows
 /// recorded under `since_version` or later.
 pub fn shadow_figures(
@@ -26,10 +36,7 @@ pub fn shadow_figures(
     since_version: i64,
 ) -> v1::ShadowTelemetry {
     let mut sum = v1::ShadowTelemetry::default();
-    for r in rows
-        .iter()
-        .filter(|r| r.backend == backend && r.snapshot_version >= since_version)
-    {
+    for r in stage_rows(rows, backend, since_version) {
         if let Some(s) = &r.data.shadow {
             // Rows were checked when they were merged; a bad one adds nothing.
             let _ = merge_shadow(&mut sum, s);
@@ -129,10 +136,7 @@ pub fn backend_sums(
         backend: backend.into(),
         ..Default::default()
     };
-    for r in rows
-        .iter()
-        .filter(|r| r.backend == backend && r.snapshot_version >= since_version)
-    {
+    for r in stage_rows(rows, backend, since_version) {
         // Rows were checked when they were merged; a bad one adds nothing.
         let _ = merge_backend(&mut sum, &r.data);
     }
@@ -252,15 +256,20 @@ pub struct Judgement {
     pub figures: v1::Figures,
 }
 
-fn side(t: &v1::BackendTelemetry) -> v1::SideFigures {
+/// A merged histogram off the wire (rows were checked when they were
+/// merged; an absent or bad one is empty).
+fn histogram(h: &Option<v1::Histogram>) -> Histogram {
+    h.as_ref()
+        .and_then(|h| Histogram::from_wire(h).ok())
+        .unwrap_or_default()
+}
+
+/// One backend's figures, from its telemetry and its histograms (read once
+/// by the caller).
+fn side(t: &v1::BackendTelemetry, latency: &Histogram, ttft: &Histogram) -> v1::SideFigures {
     let o = t.outcomes.unwrap_or_default();
     let requests = judged(&o);
-    let quantile = |h: &Option<v1::Histogram>, q: f64| {
-        h.as_ref()
-            .and_then(|h| Histogram::from_wire(h).ok())
-            .and_then(|h| h.quantile(q))
-            .map(pbjson_types::Duration::from)
-    };
+    let quantile = |h: &Histogram, q: f64| h.quantile(q).map(pbjson_types::Duration::from);
     v1::SideFigures {
         backend: t.backend.clone(),
         requests,
@@ -268,9 +277,9 @@ fn side(t: &v1::BackendTelemetry) -> v1::SideFigures {
         rate_limited: o.rate_limited,
         error_rate_percent: percent(errors(&o), requests),
         rate_limited_percent: percent(o.rate_limited, requests),
-        latency_p95: quantile(&t.latency, 0.95),
-        latency_p99: quantile(&t.latency, 0.99),
-        ttft_p95: quantile(&t.ttft, 0.95),
+        latency_p95: quantile(latency, 0.95),
+        latency_p99: quantile(latency, 0.99),
+        ttft_p95: quantile(ttft, 0.95),
     }
 }
 
@@ -332,18 +341,7 @@ impl Gatekeeper {
 
     /// A ceiling on a quantile of a histogram, judged once it has enough
     /// samples.
-    fn quantile_ceiling(
-        &mut self,
-        gate: &str,
-        what: &str,
-        h: &Option<v1::Histogram>,
-        q: f64,
-        ceiling: f64,
-    ) {
-        let h = h
-            .as_ref()
-            .and_then(|h| Histogram::from_wire(h).ok())
-            .unwrap_or_default();
+    fn quantile_ceiling(&mut self, gate: &str, what: &str, h: &Histogram, q: f64, ceiling: f64) {
         let need = min_samples(q);
         let (value, verdict, detail) = match h.quantile(q) {
             Some(v) if h.count() >= need => {
@@ -380,18 +378,12 @@ impl Gatekeeper {
         &mut self,
         gate: &str,
         what: &str,
-        candidate: &Option<v1::Histogram>,
-        baseline: &Option<v1::Histogram>,
+        c: &Histogram,
+        b: &Histogram,
         q: f64,
         ceiling: f64,
         baseline_expected: bool,
     ) {
-        let read = |h: &Option<v1::Histogram>| {
-            h.as_ref()
-                .and_then(|h| Histogram::from_wire(h).ok())
-                .unwrap_or_default()
-        };
-        let (c, b) = (read(candidate), read(baseline));
         let need = min_samples(q);
         if !baseline_expected && b.count() == 0 {
             self.add(
@@ -446,7 +438,17 @@ impl Gatekeeper {
 /// the stage's time limit into INCONCLUSIVE.
 pub fn judge_stage(input: &StageInput<'_>) -> Judgement {
     let g = input.gates;
-    let (c, b) = (side(input.candidate), side(input.baseline));
+    let (latency, baseline_latency) = (
+        histogram(&input.candidate.latency),
+        histogram(&input.baseline.latency),
+    );
+    let ttft = histogram(&input.candidate.ttft);
+    let c = side(input.candidate, &latency, &ttft);
+    let b = side(
+        input.baseline,
+        &baseline_latency,
+        &histogram(&input.baseline.ttft),
+    );
     let alpha = g.significance.unwrap_or(DEFAULT_SIGNIFICANCE);
     let z_critical = normal_quantile(1.0 - alpha);
     let baseline_expected = input.stage.weight < 10_000;
@@ -524,19 +526,18 @@ pub fn judge_stage(input: &StageInput<'_>) -> Judgement {
             z_critical,
         );
     }
-    let latency = &input.candidate.latency;
     if let Some(ceiling) = secs(&g.max_latency_p95) {
-        keeper.quantile_ceiling("max_latency_p95", "latency p95", latency, 0.95, ceiling);
+        keeper.quantile_ceiling("max_latency_p95", "latency p95", &latency, 0.95, ceiling);
     }
     if let Some(ceiling) = secs(&g.max_latency_p99) {
-        keeper.quantile_ceiling("max_latency_p99", "latency p99", latency, 0.99, ceiling);
+        keeper.quantile_ceiling("max_latency_p99", "latency p99", &latency, 0.99, ceiling);
     }
     if let Some(ceiling) = g.max_latency_p95_ratio {
         keeper.quantile_ratio(
             "max_latency_p95_ratio",
             "latency p95",
-            latency,
-            &input.baseline.latency,
+            &latency,
+            &baseline_latency,
             0.95,
             ceiling,
             baseline_expected,
@@ -546,8 +547,8 @@ pub fn judge_stage(input: &StageInput<'_>) -> Judgement {
         keeper.quantile_ratio(
             "max_latency_p99_ratio",
             "latency p99",
-            latency,
-            &input.baseline.latency,
+            &latency,
+            &baseline_latency,
             0.99,
             ceiling,
             baseline_expected,
@@ -557,7 +558,7 @@ pub fn judge_stage(input: &StageInput<'_>) -> Judgement {
         keeper.quantile_ceiling(
             "max_ttft_p95",
             "time to first token p95",
-            &input.candidate.ttft,
+            &ttft,
             0.95,
             ceiling,
         );

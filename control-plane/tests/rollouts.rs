@@ -98,10 +98,7 @@ impl Rig {
 
     async fn start_rollout(&mut self) -> v1::Rollout {
         self.rollouts
-            .start_rollout(v1::StartRolloutRequest {
-                policy: "chat".into(),
-                reason: "test".into(),
-            })
+            .start_rollout(start_request("test"))
             .await
             .unwrap()
             .into_inner()
@@ -206,6 +203,22 @@ impl Rig {
     }
 }
 
+/// A command to rollout `number` (0: the latest) of "chat".
+fn command(number: i64, reason: &str) -> v1::RolloutCommand {
+    v1::RolloutCommand {
+        policy: "chat".into(),
+        number,
+        reason: reason.into(),
+    }
+}
+
+fn start_request(reason: &str) -> v1::StartRolloutRequest {
+    v1::StartRolloutRequest {
+        policy: "chat".into(),
+        reason: reason.into(),
+    }
+}
+
 fn kinds(events: &[v1::RolloutEvent]) -> Vec<Kind> {
     events.iter().map(v1::RolloutEvent::kind).collect()
 }
@@ -224,10 +237,7 @@ async fn healthy_candidate_promotes(url: &str) {
     assert_eq!((started.number, started.weight), (1, 2000));
     let second = rig
         .rollouts
-        .start_rollout(v1::StartRolloutRequest {
-            policy: "chat".into(),
-            reason: String::new(),
-        })
+        .start_rollout(start_request(""))
         .await
         .unwrap_err();
     assert_eq!(second.code(), tonic::Code::FailedPrecondition);
@@ -268,10 +278,7 @@ async fn healthy_candidate_promotes(url: &str) {
     // Nothing left to roll out.
     let again = rig
         .rollouts
-        .start_rollout(v1::StartRolloutRequest {
-            policy: "chat".into(),
-            reason: String::new(),
-        })
+        .start_rollout(start_request(""))
         .await
         .unwrap_err();
     assert_eq!(again.code(), tonic::Code::FailedPrecondition);
@@ -427,11 +434,7 @@ async fn pause_resume_abort_retry() {
     let started = rig.start_rollout().await;
     let paused = rig
         .rollouts
-        .pause_rollout(v1::RolloutCommand {
-            policy: "chat".into(),
-            number: 0,
-            reason: "looking at dashboards".into(),
-        })
+        .pause_rollout(command(0, "looking at dashboards"))
         .await
         .unwrap()
         .into_inner();
@@ -467,11 +470,7 @@ async fn pause_resume_abort_retry() {
 
     let resumed = rig
         .rollouts
-        .resume_rollout(v1::RolloutCommand {
-            policy: "chat".into(),
-            number: 0,
-            reason: String::new(),
-        })
+        .resume_rollout(command(0, ""))
         .await
         .unwrap()
         .into_inner();
@@ -480,11 +479,7 @@ async fn pause_resume_abort_retry() {
 
     let aborted = rig
         .rollouts
-        .abort_rollout(v1::RolloutCommand {
-            policy: "chat".into(),
-            number: 0,
-            reason: "not today".into(),
-        })
+        .abort_rollout(command(0, "not today"))
         .await
         .unwrap()
         .into_inner();
@@ -506,11 +501,7 @@ async fn pause_resume_abort_retry() {
 
     let retried = rig
         .rollouts
-        .retry_rollout(v1::RolloutCommand {
-            policy: "chat".into(),
-            number: 1,
-            reason: String::new(),
-        })
+        .retry_rollout(command(1, ""))
         .await
         .unwrap()
         .into_inner();
@@ -520,11 +511,7 @@ async fn pause_resume_abort_retry() {
     );
     let refused = rig
         .rollouts
-        .pause_rollout(v1::RolloutCommand {
-            policy: "chat".into(),
-            number: 1,
-            reason: String::new(),
-        })
+        .pause_rollout(command(1, ""))
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
@@ -663,11 +650,7 @@ async fn shadow_only_stage_gates_the_rollout() {
 
     rig.b.set(|x| x.malformed = false);
     rig.rollouts
-        .retry_rollout(v1::RolloutCommand {
-            policy: "chat".into(),
-            number: 0,
-            reason: "fixed".into(),
-        })
+        .retry_rollout(command(0, "fixed"))
         .await
         .unwrap();
     rig.wait_state(State::Succeeded).await;

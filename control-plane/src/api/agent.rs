@@ -15,7 +15,8 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{invalid, page};
 use crate::auth::{Authenticator, Role};
 use crate::fleet::{Fleet, session};
-use crate::store::{AgentRecord, Store};
+use crate::store::fleet::list_all_agents;
+use crate::store::{AgentRecord, ListedAgent, Store};
 
 /// Serves AgentService.
 #[derive(Clone)]
@@ -30,6 +31,14 @@ impl AgentApi {
         Self { fleet, store, auth }
     }
 
+    /// A replica's heartbeat must be newer than this for its agents to
+    /// count as connected.
+    fn alive_after(&self) -> chrono::DateTime<Utc> {
+        Utc::now()
+            - chrono::Duration::from_std(self.fleet.options.replica_timeout)
+                .unwrap_or(chrono::Duration::MAX)
+    }
+
     /// A page of the agents the store knows of, as operators should see
     /// them: records of this replica's agents (`local`) are taken from
     /// memory, being fresher.
@@ -39,39 +48,43 @@ impl AgentApi {
         limit: u32,
         local: &HashMap<String, AgentRecord>,
     ) -> Result<Vec<AgentRecord>, Status> {
-        let alive_after = Utc::now()
-            - chrono::Duration::from_std(self.fleet.options.replica_timeout)
-                .unwrap_or(chrono::Duration::MAX);
+        let alive_after = self.alive_after();
         let listed = self.store.list_agents(after, limit).await?;
         Ok(listed
             .into_iter()
-            .map(|l| match local.get(&l.record.agent_id) {
-                Some(mine) if mine.session >= l.record.session => mine.clone(),
-                _ => l.effective(alive_after),
-            })
+            .map(|l| overlay(l, local, alive_after))
             .collect())
     }
 
     /// Every agent, local records overlaid, including those not written yet.
     async fn all_agents(&self) -> Result<Vec<AgentRecord>, Status> {
         let local = self.fleet.agents.records();
-        let mut all: HashMap<String, AgentRecord> = HashMap::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self.agents_page(after.as_deref(), 1000, &local).await?;
-            let done = page.len() < 1000;
-            after = page.last().map(|a| a.agent_id.clone());
-            all.extend(page.into_iter().map(|a| (a.agent_id.clone(), a)));
-            if done {
-                break;
-            }
-        }
+        let alive_after = self.alive_after();
+        let mut all: HashMap<String, AgentRecord> = list_all_agents(self.store.as_ref())
+            .await?
+            .into_iter()
+            .map(|l| overlay(l, &local, alive_after))
+            .map(|a| (a.agent_id.clone(), a))
+            .collect();
         for (id, mine) in local {
             if all.get(&id).is_none_or(|a| a.session <= mine.session) {
                 all.insert(id, mine);
             }
         }
         Ok(all.into_values().collect())
+    }
+}
+
+/// A listed agent as operators should see it: this replica's record when it
+/// is at least as new.
+fn overlay(
+    listed: ListedAgent,
+    local: &HashMap<String, AgentRecord>,
+    alive_after: chrono::DateTime<Utc>,
+) -> AgentRecord {
+    match local.get(&listed.record.agent_id) {
+        Some(mine) if mine.session >= listed.record.session => mine.clone(),
+        _ => listed.effective(alive_after),
     }
 }
 

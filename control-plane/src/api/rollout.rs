@@ -226,8 +226,11 @@ impl RolloutService for RolloutApi {
         let r = request.into_inner();
         valid_policy(&r.policy)?;
         let number = number_arg(r.number)?;
-        let previous = self.store.get_rollout(&r.policy, number).await?;
         let latest = self.store.get_rollout(&r.policy, None).await?;
+        let previous = match number {
+            Some(n) if n != latest.number => self.store.get_rollout(&r.policy, Some(n)).await?,
+            _ => latest.clone(),
+        };
         if !matches!(
             previous.state(),
             v1::RolloutState::RolledBack | v1::RolloutState::Aborted

@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 use super::{AnalysisOptions, Observed, Quorum, tick};
 use crate::analysis::{backend_sums, shadow_figures};
 use crate::policy::StoredPolicy;
+use crate::store::fleet::list_all_agents;
 use crate::store::rollouts::from_timestamp;
 use crate::store::{Leadership, Store, StoreError};
 
@@ -126,22 +127,13 @@ async fn connected_agents(
 ) -> Result<Vec<(BTreeMap<String, String>, u64)>, StoreError> {
     let alive_after =
         Utc::now() - chrono::Duration::from_std(replica_timeout).unwrap_or(chrono::Duration::MAX);
-    let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = store.list_agents(after.as_deref(), 1000).await?;
-        let done = page.len() < 1000;
-        after = page.last().map(|a| a.record.agent_id.clone());
-        for a in page {
-            let a = a.effective(alive_after);
-            if a.connected {
-                out.push((a.labels, u64::try_from(a.applied_version).unwrap_or(0)));
-            }
-        }
-        if done {
-            return Ok(out);
-        }
-    }
+    Ok(list_all_agents(store)
+        .await?
+        .into_iter()
+        .map(|a| a.effective(alive_after))
+        .filter(|a| a.connected)
+        .map(|a| (a.labels, u64::try_from(a.applied_version).unwrap_or(0)))
+        .collect())
 }
 
 async fn observe(

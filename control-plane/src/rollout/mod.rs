@@ -17,7 +17,7 @@ use shepherd_proto::v1;
 
 use crate::analysis::{Judgement, StageInput, judge_shadow_stage, judge_stage};
 use crate::policy::StoredPolicy;
-use crate::store::rollouts::{from_timestamp, timestamp};
+use crate::store::rollouts::from_timestamp;
 use crate::store::{PolicyWrite, RolloutWrite};
 
 /// Actor of commands.
@@ -78,7 +78,7 @@ fn event(
     reason: String,
 ) -> v1::RolloutEvent {
     v1::RolloutEvent {
-        time: Some(timestamp(now)),
+        time: Some(now.into()),
         kind: kind as i32,
         state: r.state,
         stage: r.stage,
@@ -122,10 +122,7 @@ impl Change {
         }
     }
 
-    fn push(&mut self, mut e: v1::RolloutEvent) {
-        e.state = self.rollout.state;
-        e.stage = self.rollout.stage;
-        e.weight = self.rollout.weight;
+    fn push(&mut self, e: v1::RolloutEvent) {
         self.events.push(e);
     }
 
@@ -139,7 +136,7 @@ impl Change {
     fn set_stage(&mut self, stage: u32, weight: u32, now: DateTime<Utc>) {
         self.rollout.stage = stage;
         self.rollout.weight = weight;
-        self.rollout.stage_set_time = Some(timestamp(now));
+        self.rollout.stage_set_time = Some(now.into());
         self.rollout.clock_start_time = None;
         self.rollout.telemetry_stale = false;
         self.new_stage = true;
@@ -147,7 +144,7 @@ impl Change {
 
     fn end(&mut self, state: v1::RolloutState, reason: &str, now: DateTime<Utc>) {
         self.set_state(state, reason);
-        self.rollout.end_time = Some(timestamp(now));
+        self.rollout.end_time = Some(now.into());
         self.rollout.next_step_time = None;
         self.new_stage = true;
     }
@@ -199,7 +196,7 @@ pub fn start(
         candidate: traffic.candidate.clone(),
         policy_revision: policy.revision,
         spec: Some(spec),
-        stage_set_time: Some(timestamp(now)),
+        stage_set_time: Some(now.into()),
         reason: if reason.is_empty() {
             "started".into()
         } else {
@@ -224,8 +221,7 @@ pub fn start(
             format!(": {reason}")
         }
     );
-    let mut e = event(&rollout, v1::RolloutEventKind::Started, now, OPERATOR, why);
-    e.state = rollout.state;
+    let e = event(&rollout, v1::RolloutEventKind::Started, now, OPERATOR, why);
     Ok((rollout, e))
 }
 
@@ -305,20 +301,23 @@ fn final_policy(
     }
 }
 
-/// The policy's traffic no longer matches the rollout's (changed or
-/// deleted): why, if so.
-fn policy_moved(policy: Option<&StoredPolicy>, r: &v1::Rollout) -> Option<String> {
+/// The policy the rollout still applies to, or why there is none: it was
+/// deleted, or its baseline or candidate changed.
+fn current_policy<'a>(
+    policy: Option<&'a StoredPolicy>,
+    r: &v1::Rollout,
+) -> Result<&'a StoredPolicy, String> {
     let Some(p) = policy else {
-        return Some(format!("policy {:?} was deleted", r.policy));
+        return Err(format!("policy {:?} was deleted", r.policy));
     };
     let t = p.spec.as_proto().traffic.clone().unwrap_or_default();
     if t.baseline != r.baseline || t.candidate != r.candidate {
-        return Some(format!(
+        return Err(format!(
             "the policy's traffic changed under the rollout: baseline {:?} and candidate {:?} are now {:?} and {:?}",
             r.baseline, r.candidate, t.baseline, t.candidate
         ));
     }
-    None
+    Ok(p)
 }
 
 /// Moves a rollout to the next stage, or to success after the last.
@@ -406,7 +405,7 @@ fn step_down(c: &mut Change, policy: &StoredPolicy, now: DateTime<Utc>, actor: &
         Some((i, weight)) => {
             c.set_stage(u32::try_from(i).unwrap_or(0), weight, now);
             let step = dur(s.rollback_step_time.as_ref(), DEFAULT_ROLLBACK_STEP);
-            c.rollout.next_step_time = Some(timestamp(now + chrono_dur(step)));
+            c.rollout.next_step_time = Some((now + chrono_dur(step)).into());
             c.push(event(
                 &c.rollout,
                 v1::RolloutEventKind::RollbackStep,
@@ -469,21 +468,21 @@ pub fn tick(
 ) -> (Option<RolloutWrite>, Option<Judgement>) {
     let actor = options.replica.as_str();
     let mut c = Change::of(r);
-    if let Some(why) = policy_moved(policy, r) {
-        // Nothing to write to a policy that is gone or no longer the same.
-        c.rollout.weight = 0;
-        c.end(v1::RolloutState::Aborted, &why, now);
-        c.push(event(
-            &c.rollout,
-            v1::RolloutEventKind::Aborted,
-            now,
-            actor,
-            why,
-        ));
-        return (Some(c.done()), None);
-    }
-    let Some(policy) = policy else {
-        return (None, None);
+    let policy = match current_policy(policy, r) {
+        Ok(p) => p,
+        Err(why) => {
+            // Nothing to write to a policy that is gone or no longer the same.
+            c.rollout.weight = 0;
+            c.end(v1::RolloutState::Aborted, &why, now);
+            c.push(event(
+                &c.rollout,
+                v1::RolloutEventKind::Aborted,
+                now,
+                actor,
+                why,
+            ));
+            return (Some(c.done()), None);
+        }
     };
     let s = spec(r);
     match r.state() {
@@ -510,7 +509,7 @@ pub fn tick(
                 if !reached && !timed_out {
                     return (None, None);
                 }
-                c.rollout.clock_start_time = Some(timestamp(now));
+                c.rollout.clock_start_time = Some(now.into());
                 let why = if reached {
                     format!(
                         "{} of {} selected agents applied snapshot version {}",

@@ -122,3 +122,20 @@ pub(crate) fn labels_json(labels: &BTreeMap<String, String>) -> String {
 pub(crate) fn labels_from_json(json: &str) -> BTreeMap<String, String> {
     serde_json::from_str(json).unwrap_or_default()
 }
+
+/// Every agent the store knows of, read a page at a time.
+pub async fn list_all_agents(
+    store: &dyn super::Store,
+) -> Result<Vec<ListedAgent>, super::StoreError> {
+    const PAGE: u32 = 1000;
+    let mut all = Vec::new();
+    loop {
+        let after = all.last().map(|a: &ListedAgent| a.record.agent_id.clone());
+        let page = store.list_agents(after.as_deref(), PAGE).await?;
+        let done = page.len() < PAGE as usize;
+        all.extend(page);
+        if done {
+            return Ok(all);
+        }
+    }
+}

@@ -164,9 +164,7 @@ macro_rules! impl_sql_store {
             now: chrono::DateTime<chrono::Utc>,
             policy_create_time: chrono::DateTime<chrono::Utc>,
         ) -> Result<i64, StoreError> {
-            let (generation,): (i64,) = sqlx::query_as(super::flow::common_sql::NEXT_GENERATION)
-                .fetch_one(&mut *conn)
-                .await?;
+            let generation = next_generation(conn).await?;
             sqlx::query(super::flow::common_sql::STAMP_HEAD)
                 .bind(name)
                 .bind(generation)
@@ -183,13 +181,25 @@ macro_rules! impl_sql_store {
                 .bind(generation)
                 .execute(&mut *conn)
                 .await?;
-            if let Some(notify) = sql::NOTIFY {
-                sqlx::query(notify)
-                    .bind(generation.to_string())
-                    .execute(&mut *conn)
-                    .await?;
-            }
+            announce(conn, &generation.to_string()).await?;
             Ok(generation)
+        }
+
+        /// Takes the next generation (the row lock orders concurrent writers).
+        async fn next_generation(conn: &mut $conn) -> Result<i64, StoreError> {
+            let (generation,): (i64,) = sqlx::query_as(super::flow::common_sql::NEXT_GENERATION)
+                .fetch_one(&mut *conn)
+                .await?;
+            Ok(generation)
+        }
+
+        /// Tells every replica that the store changed (delivered when the
+        /// transaction commits; listeners only count notices).
+        async fn announce(conn: &mut $conn, payload: &str) -> Result<(), StoreError> {
+            if let Some(notify) = sql::NOTIFY {
+                sqlx::query(notify).bind(payload).execute(&mut *conn).await?;
+            }
+            Ok(())
         }
 
         #[async_trait::async_trait]

@@ -1,6 +1,6 @@
 //! The rollout half of the SQL stores, instantiated per engine with
 //! [`impl_rollout_store!`] beside [`super::flow::impl_sql_store!`] (whose
-//! revision helpers it uses). The statements are written alike in both
+//! revision, generation and notice helpers it uses). The statements are written alike in both
 //! dialects.
 
 macro_rules! impl_rollout_store {
@@ -20,23 +20,6 @@ macro_rules! impl_rollout_store {
                     .await?;
             }
             Ok(())
-        }
-
-        async fn announce(conn: &mut $conn, generation: i64) -> Result<(), StoreError> {
-            if let Some(notify) = sql::NOTIFY {
-                sqlx::query(notify)
-                    .bind(generation.to_string())
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            Ok(())
-        }
-
-        async fn next_generation(conn: &mut $conn) -> Result<i64, StoreError> {
-            let (generation,): (i64,) = sqlx::query_as(super::flow::common_sql::NEXT_GENERATION)
-                .fetch_one(&mut *conn)
-                .await?;
-            Ok(generation)
         }
 
         #[async_trait::async_trait]
@@ -88,7 +71,7 @@ macro_rules! impl_rollout_store {
                 rollout.number = number;
                 rollout.stage_version = u64::try_from(generation).unwrap_or(0);
                 rollout.sequence = super::rollouts::number_events(&rollout, 0, &mut events);
-                rollout.create_time = Some(super::rollouts::timestamp(now));
+                rollout.create_time = Some(now.into());
                 rollout.update_time = rollout.create_time;
                 let active = super::rollouts::is_active(rollout.state());
                 sqlx::query(rsql::INSERT_ROLLOUT)
@@ -101,7 +84,7 @@ macro_rules! impl_rollout_store {
                     .execute(&mut *tx)
                     .await?;
                 record_events(&mut tx, &events).await?;
-                announce(&mut tx, generation).await?;
+                announce(&mut tx, &generation.to_string()).await?;
                 tx.commit().await?;
                 self.changed();
                 Ok(rollout)
@@ -145,7 +128,7 @@ macro_rules! impl_rollout_store {
                 }
                 rollout.sequence =
                     super::rollouts::number_events(&rollout, expected_sequence, &mut events);
-                rollout.update_time = Some(super::rollouts::timestamp(now));
+                rollout.update_time = Some(now.into());
                 let active = super::rollouts::is_active(rollout.state());
                 let updated = sqlx::query(rsql::UPDATE_ROLLOUT)
                     .bind(&rollout.policy)
@@ -176,17 +159,9 @@ macro_rules! impl_rollout_store {
                     });
                 }
                 record_events(&mut tx, &events).await?;
+                // A policy write announced itself already.
                 if policy.is_none() {
-                    let g = match generation {
-                        Some(g) => g,
-                        None => {
-                            let (g,): (i64,) = sqlx::query_as(super::flow::common_sql::GENERATION)
-                                .fetch_one(&mut *tx)
-                                .await?;
-                            g
-                        }
-                    };
-                    announce(&mut tx, g).await?;
+                    announce(&mut tx, "rollout").await?;
                 }
                 tx.commit().await?;
                 self.changed();

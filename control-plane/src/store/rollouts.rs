@@ -143,16 +143,7 @@ pub(crate) fn number_events(
     s
 }
 
-/// Timestamps on the wire.
-pub fn timestamp(t: DateTime<Utc>) -> pbjson_types::Timestamp {
-    pbjson_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
-    }
-}
-
 /// A wire timestamp as a time (an absent or invalid one is `None`).
 pub fn from_timestamp(t: Option<&pbjson_types::Timestamp>) -> Option<DateTime<Utc>> {
-    let t = t?;
-    DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?)
+    t.and_then(|t| DateTime::try_from(*t).ok())
 }
