@@ -53,11 +53,22 @@ impl Rig {
     /// there are two, each knowing every replica), and policy "chat" with
     /// `extra` merged in, at weight 0.
     async fn start(url: &str, replicas: usize, extra: serde_json::Value) -> Rig {
+        Self::start_with(url, replicas, extra, &[]).await
+    }
+
+    /// As [`Rig::start`], with extra control-plane flags.
+    async fn start_with(
+        url: &str,
+        replicas: usize,
+        extra: serde_json::Value,
+        flags: &[&str],
+    ) -> Rig {
+        let flags: Vec<&str> = FAST.iter().chain(flags).copied().collect();
         let a = MockProvider::new("a");
         let b = MockProvider::new("b");
         let (aa, ba) = (a.serve_tcp().await, b.serve_tcp().await);
         let cps: Vec<Cp> = (0..replicas)
-            .map(|i| Cp::start_with(url, &format!("replica-{i}"), FAST))
+            .map(|i| Cp::start_with(url, &format!("replica-{i}"), &flags))
             .collect();
         let (mut policies, _) = cps[0].clients().await;
         policies
@@ -661,4 +672,215 @@ async fn shadow_only_stage_gates_the_rollout() {
     let shadow = promoted.figures.as_ref().unwrap().shadow.clone().unwrap();
     assert!(shadow.compared >= 20, "{shadow:?}");
     rig.stop().await;
+}
+
+/// With a gradual rollback, a failed stage steps the weight down through
+/// the earlier stages' weights before reaching 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gradual_rollback_steps_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let rollout = json!({
+        "stages": [stage(2000, "0.3s", 20, "60s"), stage(5000, "30s", 20, "60s"), stage(10000, "0.3s", 20, "60s")],
+        "gates": {"max_error_rate_percent": 5.0},
+        "rollback_mode": "ROLLBACK_MODE_GRADUAL",
+        "rollback_step_time": "0.5s"
+    });
+    let mut rig = Rig::start(&sqlite_url(&dir), 1, json!({"rollout": rollout})).await;
+    let load = rig.load();
+    rig.start_rollout().await;
+    rig.wait("stage 2", |r| r.stage == 1).await;
+    rig.b.set(|x| x.error_rate = Some(0.5));
+    let done = rig.wait_state(State::RolledBack).await;
+    load.stop().await;
+    let events = rig.events(1).await;
+    let tail: Vec<(Kind, u32)> = events
+        .iter()
+        .rev()
+        .take(3)
+        .rev()
+        .map(|e| (e.kind(), e.weight))
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            (Kind::Failed, 5000),
+            (Kind::RollbackStep, 2000),
+            (Kind::RolledBack, 0)
+        ]
+    );
+    assert_eq!(rig.candidate_share(done.stage_version).await, 0);
+    rig.stop().await;
+}
+
+/// With on_failure PAUSE a failed gate holds the weight for an operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_gate_pauses_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rollout = three_stages();
+    rollout["on_failure"] = json!("FAILURE_ACTION_PAUSE");
+    let mut rig = Rig::start(&sqlite_url(&dir), 1, json!({"rollout": rollout})).await;
+    rig.b.set(|x| x.error_rate = Some(0.5));
+    let load = rig.load();
+    rig.start_rollout().await;
+    let paused = rig.wait_state(State::Paused).await;
+    load.stop().await;
+    assert_eq!((paused.stage, paused.weight), (0, 2000));
+    assert!(paused.reason.contains("gate failed"), "{}", paused.reason);
+    let mut stream = rig
+        .rollouts
+        .watch_rollout(v1::WatchRolloutRequest {
+            policy: "chat".into(),
+            number: 1,
+            after_sequence: 2,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let e = stream.next().await.unwrap().unwrap();
+    assert_eq!(
+        (e.kind(), e.state(), e.weight),
+        (Kind::Failed, State::Paused, 2000)
+    );
+    rig.rollouts.abort_rollout(command(0, "")).await.unwrap();
+    rig.stop().await;
+}
+
+/// Selected agents sending no telemetry during a stage is an event, and so
+/// is telemetry arriving again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_telemetry_is_an_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let rollout = json!({
+        "stages": [stage(2000, "0.3s", 1_000_000, "60s"), stage(10000, "0.3s", 20, "60s")],
+        "gates": {"max_error_rate_percent": 5.0}
+    });
+    let mut rig = Rig::start_with(
+        &sqlite_url(&dir),
+        1,
+        json!({"rollout": rollout}),
+        &["--stale-telemetry-after", "300ms"],
+    )
+    .await;
+    rig.start_rollout().await;
+    rig.wait("telemetry marked stale", |r| r.telemetry_stale)
+        .await;
+    let load = rig.load();
+    rig.wait("telemetry marked fresh", |r| !r.telemetry_stale)
+        .await;
+    load.stop().await;
+    rig.rollouts.abort_rollout(command(0, "")).await.unwrap();
+    let k = kinds(&rig.events(1).await);
+    assert_eq!(
+        &k[2..],
+        [Kind::TelemetryStale, Kind::TelemetryResumed, Kind::Aborted]
+    );
+    rig.stop().await;
+}
+
+/// Bad requests are refused naming the field and the rule, and change
+/// nothing; calls need the admin token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_service_refuses_bad_input() {
+    use shepherd_control_plane::auth::{Authenticator, Token};
+    use shepherd_control_plane::server::ServerOptions;
+    use shepherd_tests::control_plane::TestControlPlane;
+    use tonic::Code;
+
+    let store = shepherd_tests::stores::TestStore::sqlite().await;
+    let options = ServerOptions {
+        auth: Authenticator::new(Some(Token::new(ADMIN).unwrap()), None),
+        ..ServerOptions::default()
+    };
+    let cp = TestControlPlane::start(store.store.clone(), options).await;
+    let addr = cp.addr.to_string();
+    let mut policies = cp.policy_client(Some(ADMIN)).await;
+    // A policy with no rollout spec.
+    policies
+        .create_policy(v1::CreatePolicyRequest {
+            policy: Some(shepherd_tests::fixtures::minimal_policy("plain")),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut anonymous = rollout_client_of(&addr, None).await;
+    let err = anonymous
+        .start_rollout(start_request(""))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    let mut api = rollout_client_of(&addr, Some(ADMIN)).await;
+    let refused = |e: tonic::Status, code: Code, text: &str| {
+        assert_eq!(e.code(), code, "{e:?}");
+        assert!(e.message().contains(text), "{}", e.message());
+    };
+    let bad_name = v1::StartRolloutRequest {
+        policy: "Not A Name".into(),
+        reason: String::new(),
+    };
+    refused(
+        api.start_rollout(bad_name).await.unwrap_err(),
+        Code::InvalidArgument,
+        "policy: ",
+    );
+    refused(
+        api.start_rollout(start_request("")).await.unwrap_err(),
+        Code::NotFound,
+        "\"chat\"",
+    );
+    let plain = v1::StartRolloutRequest {
+        policy: "plain".into(),
+        reason: String::new(),
+    };
+    refused(
+        api.start_rollout(plain).await.unwrap_err(),
+        Code::FailedPrecondition,
+        "no rollout spec",
+    );
+    refused(
+        api.pause_rollout(command(-1, "")).await.unwrap_err(),
+        Code::InvalidArgument,
+        "number: must be positive",
+    );
+    refused(
+        api.abort_rollout(command(0, "")).await.unwrap_err(),
+        Code::NotFound,
+        "has no rollout",
+    );
+    let watch = v1::WatchRolloutRequest {
+        policy: "plain".into(),
+        number: 0,
+        after_sequence: -1,
+    };
+    refused(
+        api.watch_rollout(watch).await.unwrap_err(),
+        Code::InvalidArgument,
+        "after_sequence: ",
+    );
+    let page = v1::ListRolloutsRequest {
+        page_size: -1,
+        ..Default::default()
+    };
+    refused(
+        api.list_rollouts(page).await.unwrap_err(),
+        Code::InvalidArgument,
+        "page_size: ",
+    );
+    let token = v1::ListRolloutsRequest {
+        page_token: "garbage".into(),
+        ..Default::default()
+    };
+    refused(
+        api.list_rollouts(token).await.unwrap_err(),
+        Code::InvalidArgument,
+        "page_token: ",
+    );
+    // Nothing was created.
+    let all = api
+        .list_rollouts(v1::ListRolloutsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(all.rollouts.is_empty(), "{all:?}");
+    cp.stop().await;
 }
