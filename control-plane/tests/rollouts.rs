@@ -350,6 +350,30 @@ async fn failing_candidate_rolls_back_on_postgres() {
     failing_candidate_rolls_back(&db.url).await;
 }
 
+/// A hard outage of the candidate (every answer a 503) with fallback and a
+/// circuit breaker on: the app sees no failed request, and the rollout is
+/// rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_outage_with_fallback_fails_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = json!({
+        "rollout": three_stages(),
+        "fallback": ["a"],
+        "circuit_breaker": {"consecutive_failures": 5, "open_time": "1s"}
+    });
+    let mut rig = Rig::start(&sqlite_url(&dir), 1, extra).await;
+    rig.b.set(|x| x.error_rate = Some(1.0));
+    let load = rig.load();
+    rig.start_rollout().await;
+    let done = rig.wait_state(State::RolledBack).await;
+    load.run_for(200).await;
+    let (sent, failed) = load.stop().await;
+    println!("hard outage with fallback: {failed} of {sent} app requests failed");
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed for the app");
+    assert_eq!(rig.candidate_share(done.stage_version).await, 0);
+    rig.stop().await;
+}
+
 /// A candidate twice as slow as the baseline is rolled back by the p95
 /// latency ratio gate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
