@@ -659,6 +659,111 @@ mod tests {
     use super::*;
     use shepherd_proto::telemetry::{SIMILARITY_BUCKETS, similarity_bucket};
 
+    /// The normal quantile matches tabled values.
+    #[test]
+    fn normal_quantiles() {
+        for (p, z) in [
+            (0.5, 0.0),
+            (0.95, 1.644_854),
+            (0.99, 2.326_348),
+            (0.001, -3.090_232),
+        ] {
+            assert!(
+                (normal_quantile(p) - z).abs() < 1e-5,
+                "{p}: {}",
+                normal_quantile(p)
+            );
+        }
+    }
+
+    /// The Wilson bound is below the observed rate, tighter with more data.
+    #[test]
+    fn wilson_bounds() {
+        let z = normal_quantile(0.99);
+        assert_eq!(wilson_lower(0, 0, z), 0.0);
+        let small = wilson_lower(5, 10, z);
+        let large = wilson_lower(500, 1000, z);
+        assert!(small < large && large < 0.5, "{small} {large}");
+        // 50 errors of 100 is surely above 5%; 1 of 20 is not.
+        assert!(wilson_lower(50, 100, z) > 0.05);
+        assert!(wilson_lower(1, 20, z) < 0.05);
+    }
+
+    /// The two-proportion statistic grows with the excess and the data, and
+    /// the minimum effect is subtracted.
+    #[test]
+    fn excess_statistic() {
+        let equal = excess_z(10, 1000, 10, 1000, 0.0);
+        assert!(equal.abs() < 0.01, "{equal}");
+        let worse = excess_z(30, 1000, 10, 1000, 0.0);
+        let worse_more_data = excess_z(300, 10_000, 100, 10_000, 0.0);
+        assert!(
+            worse > 2.0 && worse_more_data > worse,
+            "{worse} {worse_more_data}"
+        );
+        assert!(excess_z(30, 1000, 10, 1000, 0.02) < 0.5);
+    }
+
+    fn outcomes(requests: u64, errors: u64) -> v1::BackendTelemetry {
+        v1::BackendTelemetry {
+            outcomes: Some(v1::Outcomes {
+                success: requests - errors,
+                server_error: errors,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A stage waits for its bake time and requests, passes when every gate
+    /// holds, and fails at once on clear evidence.
+    #[test]
+    fn stage_verdicts() {
+        let stage = v1::Stage {
+            weight: 1000,
+            min_bake_time: Some(std::time::Duration::from_secs(10).into()),
+            min_requests: 100,
+            max_stage_time: Some(std::time::Duration::from_secs(60).into()),
+        };
+        let gates = v1::Gates {
+            max_error_rate_percent: Some(5.0),
+            significance: Some(0.01),
+            min_error_rate_effect_percent: Some(1.0),
+            ..Default::default()
+        };
+        let judge = |elapsed: u64, c: v1::BackendTelemetry, b: v1::BackendTelemetry| {
+            judge_stage(&StageInput {
+                stage: &stage,
+                gates: &gates,
+                elapsed: Duration::from_secs(elapsed),
+                candidate: &c,
+                baseline: &b,
+            })
+        };
+        let early = judge(5, outcomes(200, 2), outcomes(2000, 20));
+        assert_eq!(early.verdict, v1::Verdict::Wait);
+        assert!(early.reason.starts_with("baking"), "{}", early.reason);
+        let few = judge(20, outcomes(50, 0), outcomes(2000, 20));
+        assert_eq!(few.verdict, v1::Verdict::Wait);
+        assert!(few.reason.contains("50 of 100"), "{}", few.reason);
+        let none = judge(20, outcomes(0, 0), outcomes(0, 0));
+        assert_eq!(none.verdict, v1::Verdict::Wait);
+        let healthy = judge(20, outcomes(200, 2), outcomes(2000, 20));
+        assert_eq!(healthy.verdict, v1::Verdict::Pass, "{}", healthy.reason);
+        let failing = judge(1, outcomes(40, 20), outcomes(400, 4));
+        assert_eq!(failing.verdict, v1::Verdict::Fail);
+        assert!(
+            failing.reason.contains("error rate 50.00%"),
+            "{}",
+            failing.reason
+        );
+        let c = failing.figures.candidate.unwrap();
+        assert_eq!((c.requests, c.errors), (40, 20));
+        assert!(
+            failing.figures.error_rate_z.unwrap() > failing.figures.error_rate_z_critical.unwrap()
+        );
+    }
+
     fn figures(compared: u64, mismatch: u64, schema: u64, similar: f64) -> v1::ShadowTelemetry {
         let mut similarity = vec![0; SIMILARITY_BUCKETS];
         similarity[similarity_bucket(similar)] = compared;

@@ -908,3 +908,67 @@ async fn rollout_service_refuses_bad_input() {
     assert!(all.rollouts.is_empty(), "{all:?}");
     cp.stop().await;
 }
+
+/// An agent that never applies the stage's snapshot holds the quorum back
+/// until ack_timeout; the clock then starts with the agents that did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_time_limit_starts_the_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rollout = three_stages();
+    rollout["ack_timeout"] = json!("1s");
+    let mut rig = Rig::start(&sqlite_url(&dir), 1, json!({"rollout": rollout})).await;
+    // A selected agent that says hello and never ACKs.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(v1::AgentMessage {
+        kind: Some(v1::agent_message::Kind::Hello(v1::Hello {
+            agent_id: "silent".into(),
+            hostname: "silent".into(),
+            labels: labels("chat"),
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {AGENT}").parse().unwrap());
+    let mut silent = v1::agent_service_client::AgentServiceClient::new(
+        shepherd_tests::control_plane::channel_to(&rig.cps[0].addr()).await,
+    );
+    let _stream = silent.connect(request).await.unwrap().into_inner();
+    let (_, agents) = rig.cps[0].clients().await;
+    eventually("the silent agent listed", || {
+        let mut agents = agents.clone();
+        async move {
+            let listed = agents
+                .list_agents(v1::ListAgentsRequest::default())
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner()
+                .agents;
+            if listed.iter().any(|a| a.agent_id == "silent" && a.connected) {
+                Ok(())
+            } else {
+                Err(format!("{listed:?}"))
+            }
+        }
+    })
+    .await;
+    rig.start_rollout().await;
+    rig.wait("the stage clock", |r| r.clock_start_time.is_some())
+        .await;
+    rig.rollouts.abort_rollout(command(0, "")).await.unwrap();
+    let events = rig.events(1).await;
+    let clock = &events[1];
+    assert_eq!(clock.kind(), Kind::ClockStarted);
+    assert!(
+        clock.reason.contains("quorum not reached in 1s") && clock.reason.contains("2 of 3"),
+        "{}",
+        clock.reason
+    );
+    let figures = clock.figures.as_ref().unwrap();
+    assert_eq!((figures.acked_agents, figures.selected_agents), (2, 3));
+    drop(tx);
+    rig.stop().await;
+}
