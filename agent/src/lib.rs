@@ -16,11 +16,12 @@
 //! - [`stream`]: response bodies passed through and watched (SSE end, idle
 //!   timeout, usage, time to first token).
 //! - [`errors`]: the agent's own errors in the app's API shape.
+//! - [`trace`]: the spans of a request and its attempts.
 //! - [`telemetry`]: counters and histograms, rendered for Prometheus.
 //! - [`server`], [`admin`], [`reload`]: the listeners and hot reload.
 //! - [`control`], [`state`]: the control-plane stream (snapshots down,
 //!   ACK/NACK and telemetry up) and the last snapshot on disk.
-//! - [`config`], [`logging`]: flags and logs.
+//! - [`config`] and its command-line flags.
 
 pub mod admin;
 pub mod breaker;
@@ -28,7 +29,6 @@ pub mod config;
 pub mod control;
 pub mod errors;
 pub mod fault;
-pub mod logging;
 pub mod policy;
 pub mod proxy;
 pub mod reload;
@@ -40,6 +40,7 @@ pub mod split;
 pub mod state;
 pub mod stream;
 pub mod telemetry;
+pub mod trace;
 pub mod upstream;
 
 use std::collections::BTreeMap;
@@ -142,7 +143,15 @@ impl Agent {
         let policies = snapshot
             .policies
             .iter()
-            .map(Policy::try_from)
+            .map(|p| {
+                Policy::try_from(p).map(|mut policy| {
+                    policy.rollout_stage = snapshot
+                        .rollout_stages
+                        .get(&p.name)
+                        .map(|s| s.as_str().into());
+                    policy
+                })
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())?;
         let mut running = lock(&self.running);

@@ -21,7 +21,7 @@ use shepherd_agent::runtime::Registry;
 use shepherd_agent::server::ServerSettings;
 use shepherd_agent::state::StateDir;
 use shepherd_agent::upstream::{self, Tls};
-use shepherd_agent::{Agent, admin, logging, reload, server};
+use shepherd_agent::{Agent, admin, reload, server};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -29,9 +29,6 @@ use tracing::{info, warn};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = logging::init(cli.log_format, &cli.log) {
-        return fail(&format!("logging: {e}"));
-    }
     let control = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -39,7 +36,18 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
-    match control.block_on(run(cli)) {
+    let outcome = control.block_on(async {
+        let json = matches!(cli.log_format, shepherd_agent::config::LogFormat::Json);
+        let observe = shepherd_observe::init(&cli.log, json, "shepherd-agent")
+            .map_err(|e| format!("logging: {e}"))?;
+        let outcome = run(cli).await;
+        if let Err(e) = &outcome {
+            tracing::error!("{e}");
+        }
+        observe.finish().await;
+        outcome
+    });
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
@@ -112,7 +120,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     let shutdown = CancellationToken::new();
     let background = CancellationToken::new();
     let tasks = TaskTracker::new();
-    tasks.spawn(logging::cancel_on_signal(shutdown.clone()));
+    tasks.spawn(shepherd_observe::cancel_on_signal(shutdown.clone()));
     tasks.spawn(admin::serve(
         admin_listener,
         agent.clone(),
@@ -187,8 +195,8 @@ async fn run(cli: Cli) -> Result<(), String> {
     Ok(())
 }
 
+/// Exits with failure; the message was logged already once logging is up.
 fn fail(message: &str) -> ExitCode {
-    tracing::error!("{message}");
     #[allow(clippy::print_stderr)]
     if !tracing::dispatcher::has_been_set() {
         eprintln!("error: {message}");

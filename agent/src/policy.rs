@@ -41,6 +41,9 @@ pub struct Policy {
     pub shadow: Option<ShadowSettings>,
     /// The wire form this was made from, kept for reports and the disk copy.
     pub source: Arc<v1::Policy>,
+    /// The rollout stage that set the weight ("<rollout>/<stage>/<stage
+    /// version>"), when a rollout is on (traces name it).
+    pub rollout_stage: Option<Arc<str>>,
 }
 
 /// Mirroring of requests to a shadow backend.
@@ -283,6 +286,7 @@ impl TryFrom<&v1::Policy> for Policy {
             faults,
             shadow,
             source: Arc::new(p.clone()),
+            rollout_stage: None,
         })
     }
 }

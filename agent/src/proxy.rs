@@ -29,6 +29,7 @@ use crate::shadow;
 use crate::split;
 use crate::stream::{Attempt, InflightGuard, ObservedBody, ProxyBody, Watch};
 use crate::telemetry::{AgentStats, Outcome};
+use crate::trace::{self, BodySpans};
 use crate::upstream::Lease;
 
 /// Request limits.
@@ -200,12 +201,13 @@ impl Proxy {
         bump(&live.requests);
         live.budget.deposit();
         let policy = &live.policy;
+        let span = trace::request(&parts, &body, &live);
 
-        let bucket = match policy
+        let sticky = policy
             .sticky_header
             .as_ref()
-            .and_then(|h| parts.headers.get(h))
-        {
+            .and_then(|h| parts.headers.get(h));
+        let bucket = match sticky {
             Some(key) => split::bucket(&policy.name, key.as_bytes()),
             None => split::random_bucket(),
         };
@@ -214,7 +216,9 @@ impl Proxy {
             _ => policy.baseline,
         };
         bump(&live.backends[chosen].stats.selected);
+        trace::split(&span, &live, bucket, sticky.is_some(), chosen);
         let mirror = plan_mirror(&live, &parts, &body, chosen);
+        let mirrored = mirror.is_some();
 
         let deadline = started + policy.backends[chosen].timeouts.overall;
         let replayable = body.len() <= self.limits.retry_body_limit;
@@ -264,6 +268,8 @@ impl Proxy {
                 if tries > 1 {
                     bump(&lb.stats.retries);
                 }
+                let attempt_span =
+                    trace::attempt(&span, &live, index, attempts, tries > 1, step > 0);
                 let attempt_started = Instant::now();
                 let decision = policy
                     .active_faults(index, SystemTime::now())
@@ -275,13 +281,30 @@ impl Proxy {
                 }
                 let tried = match decision.abort {
                     Some((status, retry_after)) => Tried::Fault(status, retry_after),
-                    None => send(&parts, backend, lb, payload.clone(), deadline, false).await,
+                    None => {
+                        send(
+                            &parts,
+                            backend,
+                            lb,
+                            payload.clone(),
+                            deadline,
+                            false,
+                            &attempt_span,
+                        )
+                        .await
+                    }
                 };
 
                 let (failure, headers_retry_after) = match tried {
                     Tried::Response(resp, lease) => {
                         let status = resp.status();
+                        trace::attempt_outcome(
+                            &attempt_span,
+                            Outcome::of_status(status),
+                            Some(status),
+                        );
                         let Some(class) = retry::classify_status(status) else {
+                            trace::answered(&span, Some(&backend.name), attempts, mirrored, status);
                             let attempt = Attempt {
                                 stats: lb.stats.clone(),
                                 breaker: lb.breaker.clone(),
@@ -295,6 +318,7 @@ impl Proxy {
                                 cut_after: decision.cut_after,
                                 attempt: Some(attempt),
                                 lease,
+                                spans: BodySpans::of(span, attempt_span),
                             };
                             return with_mirror(
                                 mirror,
@@ -310,9 +334,11 @@ impl Proxy {
                     }
                     Tried::Fault(status, ra) => {
                         lb.stats.record(Outcome::FaultInjected);
+                        trace::attempt_outcome(&attempt_span, Outcome::FaultInjected, Some(status));
                         bump(&lb.stats.faults_abort);
                         drop(permit);
                         let Some(class) = retry::classify_status(status) else {
+                            trace::answered(&span, Some(&backend.name), attempts, mirrored, status);
                             return with_mirror(
                                 mirror,
                                 fault_response(shape, &live, index, attempts, status, ra),
@@ -327,10 +353,12 @@ impl Proxy {
                         (class, ra)
                     }
                     Tried::Failed(class, message) => {
-                        lb.stats.record(match class {
+                        let outcome = match class {
                             Failure::Timeout => Outcome::Timeout,
                             _ => Outcome::Connect,
-                        });
+                        };
+                        lb.stats.record(outcome);
+                        trace::attempt_outcome(&attempt_span, outcome, None);
                         permit.record(lb.breaker.as_deref(), false);
                         notes.push(format!("{}: {message}", backend.name));
                         last = Some(LastFailure::Failed(class));
@@ -354,6 +382,13 @@ impl Proxy {
             }
         }
 
+        let answered_by = match &last {
+            Some(LastFailure::Response(_, _, index, _) | LastFailure::Fault(_, _, index, _)) => {
+                Some(&*policy.backends[*index].name)
+            }
+            _ => None,
+        };
+        let span_of_answer = span.clone();
         let answer = match last {
             Some(LastFailure::Response(resp, lease, index, n)) => {
                 let delivery = Delivery {
@@ -362,6 +397,7 @@ impl Proxy {
                     cut_after: None,
                     attempt: None,
                     lease,
+                    spans: BodySpans::of(span, tracing::Span::none()),
                 };
                 deliver(resp, &live, index, delivery, guard)
             }
@@ -380,6 +416,13 @@ impl Proxy {
             ),
         }
         .with_attempts(attempts);
+        trace::answered(
+            &span_of_answer,
+            answered_by,
+            attempts,
+            mirrored,
+            answer.status(),
+        );
         with_mirror(mirror, answer)
     }
 }
@@ -510,6 +553,7 @@ fn plan_retry(
 }
 
 /// Sends one attempt, with the per-try timeout (bounded by the deadline).
+/// `span` is the attempt's span: its context goes upstream as `traceparent`.
 pub(crate) async fn send(
     parts: &request::Parts,
     backend: &Backend,
@@ -517,11 +561,13 @@ pub(crate) async fn send(
     body: Bytes,
     deadline: Instant,
     shadow: bool,
+    span: &tracing::Span,
 ) -> Tried {
-    let request = match upstream_request(parts, backend, lb, body, shadow) {
+    let mut request = match upstream_request(parts, backend, lb, body, shadow) {
         Ok(r) => r,
         Err(e) => return Tried::Failed(Failure::Connect, format!("cannot build the request: {e}")),
     };
+    shepherd_observe::inject(span, request.headers_mut());
     let limit = backend
         .timeouts
         .per_try
@@ -646,6 +692,8 @@ struct Delivery {
     attempt: Option<Attempt>,
     /// The connection, returned to its pool when the body ends.
     lease: Option<Lease>,
+    /// The spans that end with the body (tracing on).
+    spans: Option<BodySpans>,
 }
 
 /// Passes an upstream response to the app, watching its body.
@@ -662,6 +710,7 @@ fn deliver(
         cut_after,
         attempt,
         lease,
+        spans,
     } = delivery;
     let (mut parts, body) = resp.into_parts();
     // Upstreams rarely send hop-by-hop headers: look before removing.
@@ -691,10 +740,11 @@ fn deliver(
         idle_timeout: backend.timeouts.stream_idle,
         cut_after,
     };
-    Response::from_parts(
-        parts,
-        ProxyBody::Observed(ObservedBody::new(body, watch, attempt, lease, Some(guard))),
-    )
+    let mut body = ObservedBody::new(body, watch, attempt, lease, Some(guard));
+    if let Some(spans) = spans {
+        body.set_spans(spans);
+    }
+    Response::from_parts(parts, ProxyBody::Observed(body))
 }
 
 fn name_outcome(headers: &mut HeaderMap, live: &LivePolicy, index: usize, attempts: u32) {

@@ -46,6 +46,8 @@ pub struct LivePolicy {
     pub requests: Arc<AtomicU64>,
     /// Mirroring to the shadow backend, if on.
     pub shadow: Option<LiveShadow>,
+    /// Version of the snapshot this was built from.
+    pub version: u64,
 }
 
 /// A policy's shadow traffic: its admission gate (kept across reloads while
@@ -228,6 +230,7 @@ impl Registry {
                 backends,
                 budget,
                 shadow,
+                version,
                 policy,
             }));
         }

@@ -315,7 +315,17 @@ async fn run(mirror: Mirror, primary: oneshot::Receiver<Seen>) {
     let payload = crate::proxy::rewrite_model(backend, &mirror.body);
     let started = Instant::now();
     let deadline = started + backend.timeouts.overall;
-    let answer = match crate::proxy::send(&parts, backend, lb, payload, deadline, true).await {
+    let answer = match crate::proxy::send(
+        &parts,
+        backend,
+        lb,
+        payload,
+        deadline,
+        true,
+        &tracing::Span::none(),
+    )
+    .await
+    {
         crate::proxy::Tried::Response(resp, lease) => {
             let status = resp.status();
             let sse = is_sse(resp.headers());

@@ -23,6 +23,7 @@ use crate::breaker::{Breaker, Permit};
 use crate::errors::{self, ErrorKind, Shape};
 use crate::shadow::Tap;
 use crate::telemetry::{AgentStats, BackendStats, Outcome};
+use crate::trace::BodySpans;
 use crate::upstream::Lease;
 
 /// Counts a request in flight until dropped (it travels with the response body).
@@ -443,6 +444,8 @@ pub struct ObservedBody {
     lease: Option<Lease>,
     /// A copy for the shadow comparison, when the request is mirrored.
     tap: Option<Box<Tap>>,
+    /// The request's spans, which end with the body (tracing on).
+    spans: Option<Box<BodySpans>>,
     _inflight: Option<InflightGuard>,
 }
 
@@ -484,6 +487,7 @@ impl ObservedBody {
             attempt,
             lease,
             tap: None,
+            spans: None,
             _inflight: inflight,
         }
     }
@@ -491,6 +495,11 @@ impl ObservedBody {
     /// Copies the body, as it passes, for the shadow comparison.
     pub fn set_tap(&mut self, tap: Tap) {
         self.tap = Some(Box::new(tap));
+    }
+
+    /// Ends the request's spans with the body.
+    pub fn set_spans(&mut self, spans: BodySpans) {
+        self.spans = Some(Box::new(spans));
     }
 
     /// True for a server-sent event stream.
@@ -501,6 +510,9 @@ impl ObservedBody {
     fn settle(&mut self, outcome: Outcome) {
         if let Some(tap) = &mut self.tap {
             tap.finish(outcome);
+        }
+        if let Some(spans) = self.spans.take() {
+            spans.finish(outcome, self.usage.usage);
         }
         if let Some(attempt) = self.attempt.take() {
             let outcome = if outcome == Outcome::Success {

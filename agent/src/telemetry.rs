@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shepherd_proto::histogram::{AtomicHistogram, Histogram, prometheus_bounds};
+use shepherd_proto::histogram::{AtomicHistogram, Histogram};
+use shepherd_proto::prometheus::{escape as esc, header, histogram};
 use shepherd_proto::telemetry::{SIMILARITY_BUCKETS, similarity_bucket};
 use shepherd_proto::v1;
 
@@ -771,33 +772,6 @@ impl StatsRegistry {
         );
         out
     }
-}
-
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
-    let mut cumulative = 0u64;
-    let mut next = 0usize;
-    for (index, le) in prometheus_bounds() {
-        while next <= index {
-            cumulative += h.bucket(next);
-            next += 1;
-        }
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
-    }
-    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count());
-    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum_us() as f64 / 1e6);
-    let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count());
-}
-
-/// Escapes a label value.
-fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]

@@ -43,6 +43,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SHEPHERD_LISTEN", default_value = "127.0.0.1:4100")]
     pub listen: SocketAddr,
 
+    /// Address of the admin HTTP listener (`/metrics`, `/healthz`); "off"
+    /// for none.
+    #[arg(long, env = "SHEPHERD_ADMIN_LISTEN", default_value = "127.0.0.1:4101", value_parser = optional_addr)]
+    pub admin_listen: OptionalAddr,
+
     /// Bearer token operators must send ("authorization: Bearer <token>").
     /// Prefer SHEPHERD_ADMIN_TOKEN_FILE: a flag is visible to other local
     /// users in the process list.
@@ -93,6 +98,19 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// A listen address, or none ("off").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalAddr(pub Option<SocketAddr>);
+
+fn optional_addr(s: &str) -> Result<OptionalAddr, String> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(OptionalAddr(None));
+    }
+    s.parse()
+        .map(|a| OptionalAddr(Some(a)))
+        .map_err(|e| format!("{e}: expected HOST:PORT or \"off\""))
 }
 
 /// How this replica serves agents.

@@ -12,17 +12,17 @@
 //! - [`fleet`]: agents on their Connect streams: snapshots down, ACK/NACK
 //!   and telemetry up.
 //! - [`auth`]: bearer tokens for operators and agents.
+//! - [`metrics`]: Prometheus metrics on the admin listener.
 //! - [`server`]: assembles the gRPC server (services, health, reflection,
 //!   limits) and runs it until shutdown.
 //! - [`config`]: command-line flags and environment variables.
-//! - [`logging`]: structured logs and shutdown signals.
 
 pub mod analysis;
 pub mod api;
 pub mod auth;
 pub mod config;
 pub mod fleet;
-pub mod logging;
+pub mod metrics;
 pub mod policy;
 pub mod rollout;
 pub mod server;

@@ -135,6 +135,14 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> Result<(), Ser
             addr: args.listen,
             source,
         })?;
+    let admin_listener = match args.admin_listen.0 {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
     let options = ServerOptions {
         auth: Authenticator::new(admin, agent),
         max_message_bytes: args.max_message_bytes,
@@ -142,12 +150,24 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> Result<(), Ser
         fleet: args.fleet.options(),
         ..ServerOptions::default()
     };
-    serve(listener, store, options, shutdown).await
+    serve_with_admin(listener, admin_listener, store, options, shutdown).await
 }
 
 /// Serves gRPC on `listener` until `shutdown` is cancelled, then drains.
 pub async fn serve(
     listener: TcpListener,
+    store: Arc<dyn Store>,
+    options: ServerOptions,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    serve_with_admin(listener, None, store, options, shutdown).await
+}
+
+/// [`serve`], with the admin endpoints (`/metrics`, `/healthz`) on
+/// `admin` when given.
+pub async fn serve_with_admin(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
     store: Arc<dyn Store>,
     options: ServerOptions,
     shutdown: CancellationToken,
@@ -188,8 +208,20 @@ pub async fn serve(
         stale_after: options.fleet.stale_telemetry_after,
         replica: fleet.options.replica.clone(),
     };
+    if let Some(admin) = admin {
+        if let Ok(addr) = admin.local_addr() {
+            info!(admin = %addr, "admin endpoints listening (/metrics, /healthz)");
+        }
+        tasks.spawn(crate::metrics::serve(
+            admin,
+            fleet.clone(),
+            store.clone(),
+            shutdown.clone(),
+        ));
+    }
     tasks.spawn(crate::rollout::leader::run(
         store.clone(),
+        fleet.counters.clone(),
         analysis,
         options.fleet.replica_timeout,
         shutdown.clone(),
@@ -237,6 +269,7 @@ pub async fn serve(
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(tower::layer::layer_fn(crate::api::trace::Traced))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

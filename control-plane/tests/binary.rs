@@ -16,7 +16,11 @@ const TOKEN: &str = "walkthrough-admin-token";
 /// Starts the binary and waits for its "listening" log line; returns the
 /// process and the address it listens on.
 fn start(args: &[&str], envs: &[(&str, &str)]) -> (Spawned, String) {
-    let p = Spawned::start(BIN, args, envs);
+    let mut args = args.to_vec();
+    if !args.contains(&"--admin-listen") {
+        args.extend(["--admin-listen", "127.0.0.1:0"]);
+    }
+    let p = Spawned::start(BIN, &args, envs);
     let line = p.wait_for_line("control plane listening", 0);
     let addr = logged_addr(&line, "addr");
     (p, addr)

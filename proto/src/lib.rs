@@ -9,9 +9,11 @@
 //! - [`histogram`]: latency histograms with shared bucket boundaries, so the
 //!   agent records and the control plane computes quantiles identically.
 //! - [`telemetry`]: telemetry reports on the wire, and merging them.
+//! - [`prometheus`]: the Prometheus text format of both `/metrics`.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors for gRPC reflection.
 
 pub mod histogram;
+pub mod prometheus;
 pub mod telemetry;
 pub mod validate;
 

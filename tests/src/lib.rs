@@ -13,6 +13,7 @@
 //!   clients for it.
 //! - [`stores`]: the store engines a suite runs against.
 //! - [`net`]: a TCP relay that can be cut, to take a dependency away.
+//! - [`otlp`]: an OTLP trace receiver, to see the spans the binaries export.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
@@ -23,6 +24,7 @@ pub mod fleet_sim;
 pub mod http;
 pub mod mock;
 pub mod net;
+pub mod otlp;
 pub mod pg;
 pub mod process;
 pub mod stores;

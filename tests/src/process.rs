@@ -15,11 +15,13 @@ pub struct Spawned {
 
 impl Spawned {
     /// Starts `bin` with `args` and extra `envs` (the rest of the environment
-    /// is inherited, minus variables starting with `SHEPHERD_`).
+    /// is inherited, minus variables starting with `SHEPHERD_` or `OTEL_`).
     pub fn start(bin: &str, args: &[&str], envs: &[(&str, &str)]) -> Spawned {
         let mut cmd = Command::new(bin);
         for (key, _) in std::env::vars() {
-            if key.starts_with("SHEPHERD_") && key != "SHEPHERD_TEST_POSTGRES_URL" {
+            if (key.starts_with("SHEPHERD_") && key != "SHEPHERD_TEST_POSTGRES_URL")
+                || key.starts_with("OTEL_")
+            {
                 cmd.env_remove(key);
             }
         }

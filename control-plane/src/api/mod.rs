@@ -5,6 +5,7 @@ mod agent;
 mod page;
 mod policy;
 mod rollout;
+pub mod trace;
 
 pub use agent::AgentApi;
 pub use policy::PolicyApi;

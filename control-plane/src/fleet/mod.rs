@@ -113,6 +113,8 @@ pub struct Fleet {
     pub snapshots: Snapshots,
     pub agents: AgentTable,
     pub telemetry: Aggregator,
+    /// Counters for `/metrics`.
+    pub counters: Arc<crate::metrics::Counters>,
     admission: Arc<Semaphore>,
     /// Ends every stream (shutdown).
     pub(crate) stopping: CancellationToken,
@@ -129,6 +131,7 @@ impl Fleet {
             snapshots: Snapshots::default(),
             agents: AgentTable::default(),
             telemetry: Aggregator::new(options.telemetry_window, options.max_pending_windows),
+            counters: Arc::default(),
             admission: Arc::new(Semaphore::new(options.max_connecting.max(1))),
             stopping: CancellationToken::new(),
             reads: tokio::sync::watch::channel(0).0,

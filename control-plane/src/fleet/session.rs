@@ -9,6 +9,7 @@
 //! and the telemetry sums.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use chrono::Utc;
@@ -16,6 +17,7 @@ use shepherd_proto::v1;
 use shepherd_proto::v1::agent_message::Kind;
 use shepherd_proto::validate::{check_agent_id, check_label};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::time::Instant;
 use tonic::{Status, Streaming};
 use tracing::{debug, info, warn};
 
@@ -151,6 +153,8 @@ pub async fn run(
         version: hello.snapshot_version,
         hash: hello.snapshot_hash,
     };
+    // The last snapshot sent and when, for the ACK lag.
+    let mut sent: Option<(u64, Instant)> = None;
     let mut pending: Option<Arc<Built>> = {
         let built = group.borrow_and_update().clone();
         worth_sending(&built, offered).then_some(built)
@@ -183,11 +187,13 @@ pub async fn run(
                     debug!(agent = %agent_id, version = built.version, "sending snapshot");
                     offered = Held { version: built.version, hash: built.hash };
                     slot.send(Ok(built.message.clone()));
+                    fleet.counters.snapshots_sent.fetch_add(1, Ordering::Relaxed);
+                    sent = Some((built.version, Instant::now()));
                     admission = None;
                 }
             }
             message = inbound.message() => match message {
-                Ok(Some(m)) => handle(&fleet, &agent_id, session, m),
+                Ok(Some(m)) => handle(&fleet, &agent_id, session, m, &mut sent),
                 Ok(None) => break None,
                 Err(status) => {
                     debug!(agent = %agent_id, %status, "agent stream failed");
@@ -208,15 +214,33 @@ fn shutting_down() -> Status {
     Status::unavailable("control plane replica shutting down; reconnect to another")
 }
 
-fn handle(fleet: &Fleet, agent_id: &str, session: i64, message: v1::AgentMessage) {
+fn handle(
+    fleet: &Fleet,
+    agent_id: &str,
+    session: i64,
+    message: v1::AgentMessage,
+    sent: &mut Option<(u64, Instant)>,
+) {
+    let counters = &fleet.counters;
     match message.kind {
         Some(Kind::Ack(ack)) => {
+            counters.acks.fetch_add(1, Ordering::Relaxed);
+            if let Some((version, at)) = *sent
+                && ack.version >= version
+            {
+                counters.ack_lag.record(at.elapsed());
+                *sent = None;
+            }
             debug!(agent = %agent_id, version = ack.version, "snapshot applied");
             fleet.agents.update(agent_id, session, |r| {
                 r.applied_version = i64::try_from(ack.version).unwrap_or(i64::MAX);
             });
         }
         Some(Kind::Nack(nack)) => {
+            counters.nacks.fetch_add(1, Ordering::Relaxed);
+            if sent.is_some_and(|(version, _)| nack.version >= version) {
+                *sent = None;
+            }
             let reason = truncate(nack.reason, MAX_REASON);
             warn!(agent = %agent_id, version = nack.version, %reason, "agent refused a snapshot; it keeps its previous one");
             fleet.agents.update(agent_id, session, |r| {
@@ -225,7 +249,9 @@ fn handle(fleet: &Fleet, agent_id: &str, session: i64, message: v1::AgentMessage
             });
         }
         Some(Kind::Report(report)) => {
+            counters.reports.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = fleet.telemetry.absorb(&report, SystemTime::now()) {
+                counters.reports_refused.fetch_add(1, Ordering::Relaxed);
                 warn!(agent = %agent_id, error = %e, "telemetry report refused");
             }
             let lost = i64::try_from(report.reports_lost).unwrap_or(i64::MAX);

@@ -127,6 +127,16 @@ impl Snapshots {
         changed
     }
 
+    /// The current snapshot version of each group with agents.
+    pub fn versions(&self) -> HashMap<Labels, u64> {
+        lock(&self.state)
+            .groups
+            .iter()
+            .filter(|(_, g)| g.sender.receiver_count() > 0)
+            .map(|(labels, g)| (labels.clone(), g.sender.borrow().version))
+            .collect()
+    }
+
     /// Joins the group of `labels`, waiting for the first catalog read; the
     /// receiver holds the group's snapshot and sees each change.
     pub async fn join(&self, labels: &Labels) -> watch::Receiver<Arc<Built>> {

@@ -12,10 +12,11 @@ use chrono::{DateTime, Utc};
 use shepherd_proto::v1;
 use shepherd_proto::validate::labels_match;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, Span, debug, info, warn};
 
 use super::{AnalysisOptions, Observed, Quorum, tick};
-use crate::analysis::{backend_sums, shadow_figures};
+use crate::analysis::{Judgement, backend_sums, shadow_figures};
+use crate::metrics::Counters;
 use crate::policy::StoredPolicy;
 use crate::store::fleet::list_all_agents;
 use crate::store::rollouts::from_timestamp;
@@ -24,6 +25,7 @@ use crate::store::{Leadership, Store, StoreError};
 /// Runs the analysis loop until `shutdown`.
 pub async fn run(
     store: Arc<dyn Store>,
+    counters: Arc<Counters>,
     options: AnalysisOptions,
     replica_timeout: std::time::Duration,
     shutdown: CancellationToken,
@@ -56,7 +58,7 @@ pub async fn run(
                 }
             },
         }
-        if let Err(e) = judge_all(store.as_ref(), &options, replica_timeout).await {
+        if let Err(e) = judge_all(store.as_ref(), &counters, &options, replica_timeout).await {
             warn!(error = %e, "rollout analysis failed this tick; decisions wait");
         }
     }
@@ -65,6 +67,7 @@ pub async fn run(
 /// One tick over every active rollout.
 pub async fn judge_all(
     store: &dyn Store,
+    counters: &Counters,
     options: &AnalysisOptions,
     replica_timeout: std::time::Duration,
 ) -> Result<(), StoreError> {
@@ -99,8 +102,19 @@ pub async fn judge_all(
             })
             .collect();
         let kinds = kinds.join(",");
-        match store.write_rollout(write, now).await {
-            Ok(r) => info!(
+        let span = decision_span(&rollout, judgement.as_ref(), &kinds);
+        let events = write.events.clone();
+        match store
+            .write_rollout(write, now)
+            .instrument(span.clone())
+            .await
+        {
+            Ok(r) => {
+                counters.decided(&r.policy, &events);
+                span.record("shepherd.rollout.state", r.state().as_str_name());
+                span.record("shepherd.rollout.weight", r.weight);
+                span.record("shepherd.rollout.stage", r.stage);
+                info!(
                 policy = %r.policy,
                 number = r.number,
                 state = r.state().as_str_name(),
@@ -109,15 +123,43 @@ pub async fn judge_all(
                 events = %kinds,
                 reason = %r.reason,
                 "rollout changed"
-            ),
+                );
+            }
             // Someone acted first; the next tick starts from their state.
             Err(StoreError::RolloutConflict { .. } | StoreError::RevisionMismatch { .. }) => {
+                span.record("shepherd.rollout.outcome", "conflict");
                 debug!(policy = %rollout.policy, "rollout moved on meanwhile");
             }
             Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+/// The span of one rollout decision (a change the analysis writes): the
+/// rollout, the events, the verdict and its reason.
+fn decision_span(rollout: &v1::Rollout, judgement: Option<&Judgement>, kinds: &str) -> Span {
+    let span = tracing::info_span!(
+        target: "shepherd::trace",
+        "rollout decision",
+        otel.name = format!("rollout {}#{} {}", rollout.policy, rollout.number, kinds.to_ascii_lowercase()),
+        shepherd.policy = %rollout.policy,
+        shepherd.rollout.number = rollout.number,
+        shepherd.rollout.events = kinds,
+        shepherd.rollout.from_stage = rollout.stage,
+        shepherd.rollout.from_weight = rollout.weight,
+        shepherd.rollout.verdict = tracing::field::Empty,
+        shepherd.rollout.reason = tracing::field::Empty,
+        shepherd.rollout.state = tracing::field::Empty,
+        shepherd.rollout.stage = tracing::field::Empty,
+        shepherd.rollout.weight = tracing::field::Empty,
+        shepherd.rollout.outcome = tracing::field::Empty,
+    );
+    if let Some(j) = judgement {
+        span.record("shepherd.rollout.verdict", j.verdict.as_str_name());
+        span.record("shepherd.rollout.reason", j.reason.as_str());
+    }
+    span
 }
 
 /// Labels and applied versions of every connected agent.

@@ -30,6 +30,8 @@ pub struct Cp {
     pub replica: String,
     pub database_url: String,
     pub extra: Vec<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
     dir: tempfile::TempDir,
 }
 
@@ -48,6 +50,16 @@ impl Cp {
 
     /// Starts a replica with extra flags.
     pub fn start_with(database_url: &str, replica: &str, extra: &[&str]) -> Cp {
+        Self::start_with_env(database_url, replica, extra, &[])
+    }
+
+    /// Starts a replica with extra flags and environment variables.
+    pub fn start_with_env(
+        database_url: &str,
+        replica: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Cp {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("admin"), ADMIN).unwrap();
         std::fs::write(dir.path().join("agent"), AGENT).unwrap();
@@ -57,6 +69,10 @@ impl Cp {
             replica: replica.into(),
             database_url: database_url.into(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             dir,
         };
         cp.restart();
@@ -82,8 +98,16 @@ impl Cp {
             "--agent-token-file",
             agent.to_str().unwrap(),
         ];
+        if !self.extra.iter().any(|a| a == "--admin-listen") {
+            args.extend(["--admin-listen", "127.0.0.1:0"]);
+        }
         args.extend(self.extra.iter().map(String::as_str));
-        let p = Spawned::start(BIN, &args, &[]);
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let p = Spawned::start(BIN, &args, &env);
         p.wait_for_line("control plane listening", 0);
         self.process = Some(p);
     }
