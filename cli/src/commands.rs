@@ -144,24 +144,22 @@ async fn policy(
             say!("{}", json(&p)?);
         }
         PolicyCommand::List => {
-            let mut all = Vec::new();
-            let mut token = String::new();
-            loop {
-                let page = c
-                    .policies
-                    .list_policies(v1::ListPoliciesRequest {
-                        page_size: 100,
-                        page_token: token,
-                    })
-                    .await
-                    .map_err(|s| status("listing policies", s))?
-                    .into_inner();
-                all.extend(page.policies);
-                if page.next_page_token.is_empty() {
-                    break;
+            let client = c.policies.clone();
+            let all = all_pages(|page_token| {
+                let mut client = client.clone();
+                async move {
+                    let page = client
+                        .list_policies(v1::ListPoliciesRequest {
+                            page_size: 100,
+                            page_token,
+                        })
+                        .await
+                        .map_err(|s| status("listing policies", s))?
+                        .into_inner();
+                    Ok((page.policies, page.next_page_token))
                 }
-                token = page.next_page_token;
-            }
+            })
+            .await?;
             if output == Output::Json {
                 say!("{}", json(&all)?);
                 return Ok(());
@@ -199,25 +197,23 @@ async fn policy(
             say!("policy {name:?} deleted: revision {}", r.revision);
         }
         PolicyCommand::History { name } => {
-            let mut all = Vec::new();
-            let mut token = String::new();
-            loop {
-                let page = c
-                    .policies
-                    .list_policy_revisions(v1::ListPolicyRevisionsRequest {
-                        name: name.clone(),
-                        page_size: 100,
-                        page_token: token,
-                    })
-                    .await
-                    .map_err(|s| status(&format!("reading the history of {name:?}"), s))?
-                    .into_inner();
-                all.extend(page.revisions);
-                if page.next_page_token.is_empty() {
-                    break;
+            let client = c.policies.clone();
+            let all = all_pages(|page_token| {
+                let (mut client, name) = (client.clone(), name.clone());
+                async move {
+                    let page = client
+                        .list_policy_revisions(v1::ListPolicyRevisionsRequest {
+                            name: name.clone(),
+                            page_size: 100,
+                            page_token,
+                        })
+                        .await
+                        .map_err(|s| status(&format!("reading the history of {name:?}"), s))?
+                        .into_inner();
+                    Ok((page.revisions, page.next_page_token))
                 }
-                token = page.next_page_token;
-            }
+            })
+            .await?;
             if output == Output::Json {
                 say!("{}", json(&all)?);
                 return Ok(());
@@ -464,25 +460,42 @@ async fn watch(c: &mut Clients, policy: &str, number: i64) -> anyhow::Result<()>
     Ok(())
 }
 
-async fn agents(c: &mut Clients, output: Output) -> anyhow::Result<()> {
+/// Every item of a paged list: `page(token)` returns a page's items and
+/// the next token (empty at the end).
+async fn all_pages<T, F, Fut>(mut page: F) -> anyhow::Result<Vec<T>>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<(Vec<T>, String)>>,
+{
     let mut all = Vec::new();
     let mut token = String::new();
     loop {
-        let page = c
-            .agents
-            .list_agents(v1::ListAgentsRequest {
-                page_size: 1000,
-                page_token: token,
-            })
-            .await
-            .map_err(|s| status("listing agents", s))?
-            .into_inner();
-        all.extend(page.agents);
-        if page.next_page_token.is_empty() {
-            break;
+        let (items, next) = page(token).await?;
+        all.extend(items);
+        if next.is_empty() {
+            return Ok(all);
         }
-        token = page.next_page_token;
+        token = next;
     }
+}
+
+async fn agents(c: &mut Clients, output: Output) -> anyhow::Result<()> {
+    let client = c.agents.clone();
+    let all = all_pages(|page_token| {
+        let mut client = client.clone();
+        async move {
+            let page = client
+                .list_agents(v1::ListAgentsRequest {
+                    page_size: 1000,
+                    page_token,
+                })
+                .await
+                .map_err(|s| status("listing agents", s))?
+                .into_inner();
+            Ok((page.agents, page.next_page_token))
+        }
+    })
+    .await?;
     if output == Output::Json {
         say!("{}", json(&all)?);
         return Ok(());

@@ -16,6 +16,9 @@ use std::time::Duration;
 
 use shepherd_tests::mock::MockProvider;
 
+const USAGE: &str = "mock-provider [--listen 127.0.0.1:9001] [--name NAME] [--error-rate F]
+              [--error-status 503] [--delay-ms N] [--chunks N] [--chunk-delay-ms N]";
+
 fn main() -> ExitCode {
     let mut listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9001));
     let mut name = String::from("mock");
@@ -50,6 +53,10 @@ fn main() -> ExitCode {
         Ok(())
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let mut settings = Vec::new();
     for pair in args.chunks(2) {
         let [flag, value] = pair else {

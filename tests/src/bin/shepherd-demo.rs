@@ -132,18 +132,24 @@ impl Demo {
         self.options.bin_dir.join(name).display().to_string()
     }
 
-    /// Runs shepherdctl with the demo's server and token; its output goes
-    /// to this terminal.
-    fn ctl(&self, args: &[&str]) -> Result<(), String> {
-        let status = Command::new(self.bin("shepherdctl"))
-            .args(args)
+    /// shepherdctl with the demo's server and token.
+    fn shepherdctl(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(self.bin("shepherdctl"));
+        cmd.args(args)
             .env("SHEPHERD_SERVER", &self.server)
             .env(
                 "SHEPHERD_ADMIN_TOKEN_FILE",
                 self.dir.path().join("admin-token"),
             )
             .env_remove("SHEPHERD_ADMIN_TOKEN")
-            .stdin(Stdio::null())
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs shepherdctl; its output goes to this terminal.
+    fn ctl(&self, args: &[&str]) -> Result<(), String> {
+        let status = self
+            .shepherdctl(args)
             .status()
             .map_err(|e| format!("cannot run shepherdctl: {e}"))?;
         if status.success() {
@@ -155,14 +161,8 @@ impl Demo {
 
     /// Runs shepherdctl and returns its standard output.
     fn ctl_output(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(self.bin("shepherdctl"))
-            .args(args)
-            .env("SHEPHERD_SERVER", &self.server)
-            .env(
-                "SHEPHERD_ADMIN_TOKEN_FILE",
-                self.dir.path().join("admin-token"),
-            )
-            .env_remove("SHEPHERD_ADMIN_TOKEN")
+        let out = self
+            .shepherdctl(args)
             .output()
             .map_err(|e| format!("cannot run shepherdctl: {e}"))?;
         if !out.status.success() {
