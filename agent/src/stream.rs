@@ -137,7 +137,7 @@ impl Attempt {
             drop(permit);
             return;
         }
-        stats.record_latency(started.elapsed());
+        stats.record_latency(started.elapsed(), outcome == Outcome::Success);
         if let Some(t) = ttft {
             stats.ttft.record(t);
         }

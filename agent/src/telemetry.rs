@@ -101,6 +101,8 @@ pub struct BackendStats {
     outcomes: [AtomicU64; Outcome::ALL.len()],
     /// Time from sending an attempt to the end of its response.
     pub latency: AtomicHistogram,
+    /// The part of `latency` whose attempt did not succeed.
+    pub latency_failed: AtomicHistogram,
     /// Time from sending an attempt to the first byte of a streamed body.
     pub ttft: AtomicHistogram,
     pub input_tokens: AtomicU64,
@@ -307,8 +309,13 @@ impl BackendStats {
         }
     }
 
-    pub fn record_latency(&self, d: Duration) {
+    /// Records an attempt's time to the end of its response, and whether
+    /// it succeeded.
+    pub fn record_latency(&self, d: Duration, ok: bool) {
         self.latency.record(d);
+        if !ok {
+            self.latency_failed.record(d);
+        }
     }
 
     /// The counters as they are now.
@@ -317,6 +324,7 @@ impl BackendStats {
         Counts {
             outcomes: std::array::from_fn(|i| load(&self.outcomes[i])),
             latency: self.latency.snapshot(),
+            latency_failed: self.latency_failed.snapshot(),
             ttft: self.ttft.snapshot(),
             input_tokens: load(&self.input_tokens),
             output_tokens: load(&self.output_tokens),
@@ -338,6 +346,7 @@ impl BackendStats {
 pub struct Counts {
     pub outcomes: [u64; Outcome::ALL.len()],
     pub latency: Histogram,
+    pub latency_failed: Histogram,
     pub ttft: Histogram,
     pub input_tokens: u64,
     pub output_tokens: u64,
@@ -360,6 +369,7 @@ impl Counts {
             *a += b;
         }
         self.latency.merge(&other.latency);
+        self.latency_failed.merge(&other.latency_failed);
         self.ttft.merge(&other.ttft);
         self.input_tokens += other.input_tokens;
         self.output_tokens += other.output_tokens;
@@ -377,6 +387,7 @@ impl Counts {
         Counts {
             outcomes: std::array::from_fn(|i| self.outcomes[i].saturating_sub(earlier.outcomes[i])),
             latency: self.latency.since(&earlier.latency),
+            latency_failed: self.latency_failed.since(&earlier.latency_failed),
             ttft: self.ttft.since(&earlier.ttft),
             input_tokens: self.input_tokens.saturating_sub(earlier.input_tokens),
             output_tokens: self.output_tokens.saturating_sub(earlier.output_tokens),
@@ -679,27 +690,39 @@ impl StatsRegistry {
                 );
             }
         }
-        for (name, help, pick) in [
-            (
-                "shepherd_agent_attempt_duration_seconds",
-                "Time from sending an attempt to the end of its response.",
-                (|s: &Counts| &s.latency) as fn(&Counts) -> &Histogram,
-            ),
-            (
-                "shepherd_agent_time_to_first_token_seconds",
-                "Time from sending an attempt to the first byte of its streamed body.",
-                |s: &Counts| &s.ttft,
-            ),
-        ] {
-            header(&mut out, name, "histogram", help);
-            for ((policy, backend), s) in &backends {
+        header(
+            &mut out,
+            "shepherd_agent_attempt_duration_seconds",
+            "histogram",
+            "Time from sending an attempt to the end of its response, by outcome (ok: the response succeeded).",
+        );
+        for ((policy, backend), s) in &backends {
+            let labels = format!("policy=\"{}\",backend=\"{}\"", esc(policy), esc(backend));
+            for (outcome, h) in [
+                ("ok", &s.latency.since(&s.latency_failed)),
+                ("error", &s.latency_failed),
+            ] {
                 histogram(
                     &mut out,
-                    name,
-                    &format!("policy=\"{}\",backend=\"{}\"", esc(policy), esc(backend)),
-                    pick(s),
+                    "shepherd_agent_attempt_duration_seconds",
+                    &format!("{labels},outcome=\"{outcome}\""),
+                    h,
                 );
             }
+        }
+        header(
+            &mut out,
+            "shepherd_agent_time_to_first_token_seconds",
+            "histogram",
+            "Time from sending an attempt to the first byte of its streamed body.",
+        );
+        for ((policy, backend), s) in &backends {
+            histogram(
+                &mut out,
+                "shepherd_agent_time_to_first_token_seconds",
+                &format!("policy=\"{}\",backend=\"{}\"", esc(policy), esc(backend)),
+                &s.ttft,
+            );
         }
         for (name, kind, help, v) in [
             (
@@ -786,7 +809,8 @@ mod tests {
         s.record(Outcome::Success);
         s.record(Outcome::Success);
         s.record(Outcome::ServerError);
-        s.record_latency(Duration::from_millis(3));
+        s.record_latency(Duration::from_millis(3), true);
+        s.record_latency(Duration::from_millis(30), false);
         s.add_tokens(24, 12);
         reg.policy_requests("chat").fetch_add(3, Ordering::Relaxed);
         let breakers = [(("chat".to_string(), "openai".to_string()), 1)].into();
@@ -796,9 +820,12 @@ mod tests {
             "shepherd_agent_attempts_total{policy=\"chat\",backend=\"openai\",outcome=\"2xx\"} 2",
             "shepherd_agent_attempts_total{policy=\"chat\",backend=\"openai\",outcome=\"5xx\"} 1",
             "shepherd_agent_tokens_total{policy=\"chat\",backend=\"openai\",kind=\"input\"} 24",
-            "shepherd_agent_attempt_duration_seconds_bucket{policy=\"chat\",backend=\"openai\",le=\"0.0025\"} 0",
-            "shepherd_agent_attempt_duration_seconds_bucket{policy=\"chat\",backend=\"openai\",le=\"0.005\"} 1",
-            "shepherd_agent_attempt_duration_seconds_count{policy=\"chat\",backend=\"openai\"} 1",
+            "shepherd_agent_attempt_duration_seconds_bucket{policy=\"chat\",backend=\"openai\",outcome=\"ok\",le=\"0.0025\"} 0",
+            "shepherd_agent_attempt_duration_seconds_bucket{policy=\"chat\",backend=\"openai\",outcome=\"ok\",le=\"0.005\"} 1",
+            "shepherd_agent_attempt_duration_seconds_count{policy=\"chat\",backend=\"openai\",outcome=\"ok\"} 1",
+            "shepherd_agent_attempt_duration_seconds_bucket{policy=\"chat\",backend=\"openai\",outcome=\"error\",le=\"0.025\"} 0",
+            "shepherd_agent_attempt_duration_seconds_bucket{policy=\"chat\",backend=\"openai\",outcome=\"error\",le=\"0.05\"} 1",
+            "shepherd_agent_attempt_duration_seconds_count{policy=\"chat\",backend=\"openai\",outcome=\"error\"} 1",
             "shepherd_agent_snapshot_version 7",
             "shepherd_agent_breaker_state{policy=\"chat\",backend=\"openai\"} 1",
             "# TYPE shepherd_agent_attempts_total counter",
