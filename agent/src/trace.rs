@@ -4,14 +4,14 @@
 //! OpenTelemetry HTTP and GenAI conventions where they fit, and
 //! `shepherd.*` otherwise.
 //!
-//! With tracing off the spans are disabled at their call sites: nothing is
-//! recorded or parsed, and the app's `traceparent` passes upstream as it came.
+//! With tracing off, or a request not sampled, nothing is recorded or
+//! parsed, and the app's `traceparent` passes upstream as it came.
 
 use std::borrow::Cow;
 
 use http::request;
+use shepherd_observe::KeyValue;
 use tracing::Span;
-use tracing::field::Empty;
 
 use crate::breaker::BreakerState;
 use crate::runtime::{LiveBackend, LivePolicy};
@@ -20,50 +20,41 @@ use crate::telemetry::Outcome;
 
 /// The span of one request from the app.
 pub fn request(parts: &request::Parts, body: &[u8], live: &LivePolicy) -> Span {
-    let span = tracing::info_span!(
-        target: "shepherd::trace",
-        "request",
-        otel.name = Empty,
-        otel.kind = "server",
-        otel.status_code = Empty,
-        http.request.method = %parts.method,
-        url.path = parts.uri.path(),
-        http.response.status_code = Empty,
-        error.type = Empty,
-        gen_ai.operation.name = Empty,
-        gen_ai.request.model = Empty,
-        gen_ai.usage.input_tokens = Empty,
-        gen_ai.usage.output_tokens = Empty,
-        shepherd.policy = &*live.policy.name,
-        shepherd.snapshot_version = live.version,
-        shepherd.rollout.stage = Empty,
-        shepherd.split.weight = live.policy.candidate_weight,
-        shepherd.split.bucket = Empty,
-        shepherd.split.decision = Empty,
-        shepherd.backend.selected = Empty,
-        shepherd.backend = Empty,
-        shepherd.breaker = Empty,
-        shepherd.attempts = Empty,
-        shepherd.shadow = Empty,
-    );
+    let span = tracing::info_span!(target: "shepherd::trace", "request", otel.kind = "server");
     if span.is_disabled() {
         return span;
     }
     shepherd_observe::continue_trace(&span, &parts.headers);
+    if !shepherd_observe::sampled(&span) {
+        // Not recorded: nothing more to do, and the app's traceparent
+        // passes upstream as it came.
+        return Span::none();
+    }
     let operation = operation(parts.uri.path());
-    span.record("gen_ai.operation.name", operation);
-    match model(body) {
-        Some(model) => {
-            span.record("otel.name", format!("{operation} {model}"));
-            span.record("gen_ai.request.model", &*model);
-        }
-        None => {
-            span.record("otel.name", operation);
-        }
+    let model = model(body);
+    shepherd_observe::rename(
+        &span,
+        match &model {
+            Some(m) => format!("{operation} {m}"),
+            None => operation.to_string(),
+        },
+    );
+    let policy = &live.policy;
+    let mut attributes = vec![
+        KeyValue::new("http.request.method", parts.method.as_str().to_string()),
+        KeyValue::new("url.path", parts.uri.path().to_string()),
+        KeyValue::new("gen_ai.operation.name", operation),
+        KeyValue::new("shepherd.policy", policy.name.to_string()),
+        KeyValue::new("shepherd.snapshot_version", live.version as i64),
+        KeyValue::new("shepherd.split.weight", i64::from(policy.candidate_weight)),
+    ];
+    if let Some(m) = model {
+        attributes.push(KeyValue::new("gen_ai.request.model", m.into_owned()));
     }
-    if let Some(stage) = &live.policy.rollout_stage {
-        span.record("shepherd.rollout.stage", &**stage);
+    if let Some(stage) = &policy.rollout_stage {
+        attributes.push(KeyValue::new("shepherd.rollout.stage", stage.to_string()));
     }
+    shepherd_observe::set_attributes(&span, attributes);
     span
 }
 
@@ -80,12 +71,18 @@ pub fn split(span: &Span, live: &LivePolicy, bucket: u32, sticky: bool, chosen: 
         Some(c) if c == chosen => format!("candidate: {how} bucket {bucket} < weight {weight}"),
         Some(_) => format!("baseline: {how} bucket {bucket} >= weight {weight}"),
     };
-    span.record("shepherd.split.bucket", bucket);
-    span.record("shepherd.split.decision", decision);
-    span.record("shepherd.backend.selected", &*policy.backends[chosen].name);
+    let mut attributes = vec![
+        KeyValue::new("shepherd.split.bucket", i64::from(bucket)),
+        KeyValue::new("shepherd.split.decision", decision),
+        KeyValue::new(
+            "shepherd.backend.selected",
+            policy.backends[chosen].name.to_string(),
+        ),
+    ];
     if let Some(b) = &live.backends[chosen].breaker {
-        span.record("shepherd.breaker", breaker_label(b.state()));
+        attributes.push(KeyValue::new("shepherd.breaker", breaker_label(b.state())));
     }
+    shepherd_observe::set_attributes(span, attributes);
 }
 
 /// Records the end of a request: the backend that answered (if any), the
@@ -100,15 +97,17 @@ pub fn answered(
     if span.is_disabled() {
         return;
     }
+    let mut attributes = vec![
+        KeyValue::new("shepherd.attempts", i64::from(attempts)),
+        KeyValue::new("shepherd.shadow", shadow),
+        KeyValue::new("http.response.status_code", i64::from(status.as_u16())),
+    ];
     if let Some(b) = backend {
-        span.record("shepherd.backend", b);
+        attributes.push(KeyValue::new("shepherd.backend", b.to_string()));
     }
-    span.record("shepherd.attempts", attempts);
-    span.record("shepherd.shadow", shadow);
-    span.record("http.response.status_code", status.as_u16());
+    shepherd_observe::set_attributes(span, attributes);
     if status.is_server_error() {
-        span.record("otel.status_code", "error");
-        span.record("error.type", status.as_str());
+        shepherd_observe::set_error(span, status.as_str().to_string());
     }
 }
 
@@ -126,25 +125,28 @@ pub fn attempt(
     }
     let backend = &live.policy.backends[index];
     let lb: &LiveBackend = &live.backends[index];
-    tracing::info_span!(
+    let span = tracing::info_span!(
         target: "shepherd::trace",
         parent: parent,
         "attempt",
         otel.name = format!("attempt {}", backend.name),
         otel.kind = "client",
-        otel.status_code = Empty,
-        server.address = backend.base.authority.as_str(),
-        http.response.status_code = Empty,
-        error.type = Empty,
-        shepherd.backend = &*backend.name,
-        shepherd.attempt = number,
-        shepherd.retry = retry,
-        shepherd.fallback = fallback,
-        shepherd.breaker = lb.breaker.as_ref().map(|b| breaker_label(b.state())),
-        shepherd.outcome = Empty,
-        gen_ai.usage.input_tokens = Empty,
-        gen_ai.usage.output_tokens = Empty,
-    )
+    );
+    let mut attributes = vec![
+        KeyValue::new(
+            "server.address",
+            backend.base.authority.as_str().to_string(),
+        ),
+        KeyValue::new("shepherd.backend", backend.name.to_string()),
+        KeyValue::new("shepherd.attempt", i64::from(number)),
+        KeyValue::new("shepherd.retry", retry),
+        KeyValue::new("shepherd.fallback", fallback),
+    ];
+    if let Some(b) = &lb.breaker {
+        attributes.push(KeyValue::new("shepherd.breaker", breaker_label(b.state())));
+    }
+    shepherd_observe::set_attributes(&span, attributes);
+    span
 }
 
 /// Records an attempt's outcome (and status, when the upstream answered).
@@ -152,13 +154,16 @@ pub fn attempt_outcome(span: &Span, outcome: Outcome, status: Option<http::Statu
     if span.is_disabled() {
         return;
     }
-    span.record("shepherd.outcome", outcome.label());
+    let mut attributes = vec![KeyValue::new("shepherd.outcome", outcome.label())];
     if let Some(s) = status {
-        span.record("http.response.status_code", s.as_u16());
+        attributes.push(KeyValue::new(
+            "http.response.status_code",
+            i64::from(s.as_u16()),
+        ));
     }
+    shepherd_observe::set_attributes(span, attributes);
     if outcome != Outcome::Success {
-        span.record("otel.status_code", "error");
-        span.record("error.type", outcome.label());
+        shepherd_observe::set_error(span, outcome.label().to_string());
     }
 }
 
@@ -179,16 +184,23 @@ impl BodySpans {
     pub fn finish(self, outcome: Outcome, usage: Usage) {
         for span in [&self.request, &self.attempt] {
             if usage.input > 0 || usage.output > 0 {
-                span.record("gen_ai.usage.input_tokens", usage.input);
-                span.record("gen_ai.usage.output_tokens", usage.output);
+                shepherd_observe::set_attributes(
+                    span,
+                    [
+                        KeyValue::new("gen_ai.usage.input_tokens", usage.input as i64),
+                        KeyValue::new("gen_ai.usage.output_tokens", usage.output as i64),
+                    ],
+                );
             }
-            if !matches!(outcome, Outcome::Success) {
-                span.record("otel.status_code", "error");
-                span.record("error.type", outcome.label());
+            if outcome != Outcome::Success {
+                shepherd_observe::set_error(span, outcome.label().to_string());
             }
         }
-        if !matches!(outcome, Outcome::Success) {
-            self.attempt.record("shepherd.outcome", outcome.label());
+        if outcome != Outcome::Success {
+            shepherd_observe::set_attributes(
+                &self.attempt,
+                [KeyValue::new("shepherd.outcome", outcome.label())],
+            );
         }
     }
 }

@@ -144,6 +144,19 @@ async fn request_and_attempt_spans_reach_the_collector() {
     let received = provider.received();
     let sent = received[0].headers["traceparent"].to_str().unwrap();
     assert_eq!(sent, format!("00-{TRACE_ID}-{}-01", second.span_id()));
+
+    // A trace the app does not sample is not recorded here either: its
+    // traceparent reaches the upstream as it came.
+    let unsampled = format!("00-{TRACE_ID}-{APP_SPAN}-00");
+    provider.clear();
+    let r = c
+        .post("/v1/chat/completions", BODY, &[("traceparent", &unsampled)])
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        provider.received()[0].headers["traceparent"],
+        unsampled.as_str()
+    );
     agent.terminate();
 }
 

@@ -15,6 +15,8 @@
 
 pub mod admin;
 
+pub use opentelemetry::KeyValue;
+
 use std::io::IsTerminal;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
@@ -177,6 +179,40 @@ pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
     let cx = TraceContextPropagator::new().extract(&Headers(headers));
     // Fails only when the span was entered already; it was just made.
     let _ = span.set_parent(cx);
+}
+
+/// True when `span` is exported: tracing is on and the sampler kept it
+/// (this starts the span's trace context; set its parent first).
+pub fn sampled(span: &tracing::Span) -> bool {
+    use opentelemetry::trace::TraceContextExt;
+    !span.is_disabled() && span.context().span().span_context().is_sampled()
+}
+
+/// Sets attributes of the exported span, all at once (the span starts if it
+/// had not).
+pub fn set_attributes(span: &tracing::Span, attributes: impl IntoIterator<Item = KeyValue>) {
+    use opentelemetry::trace::TraceContextExt;
+    if !span.is_disabled() {
+        span.context().span().set_attributes(attributes);
+    }
+}
+
+/// Marks the exported span as failed, with `error.type`.
+pub fn set_error(span: &tracing::Span, kind: String) {
+    use opentelemetry::trace::{Status, TraceContextExt};
+    if !span.is_disabled() {
+        let cx = span.context();
+        cx.span().set_status(Status::error(""));
+        cx.span().set_attribute(KeyValue::new("error.type", kind));
+    }
+}
+
+/// Names the exported span (its `otel.name` once it has started).
+pub fn rename(span: &tracing::Span, name: String) {
+    use opentelemetry::trace::TraceContextExt;
+    if !span.is_disabled() {
+        span.context().span().update_name(name);
+    }
 }
 
 /// Writes `span`'s W3C trace context into `headers` (replacing any), so the
