@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 
 use http::request;
-use shepherd_observe::KeyValue;
+use shepherd_observe::{KeyValue, Status, TraceContextExt};
 use tracing::Span;
 
 use crate::breaker::BreakerState;
@@ -25,20 +25,17 @@ pub fn request(parts: &request::Parts, body: &[u8], live: &LivePolicy) -> Span {
         return span;
     }
     shepherd_observe::continue_trace(&span, &parts.headers);
-    if !shepherd_observe::sampled(&span) {
+    let Some(cx) = shepherd_observe::recording(&span) else {
         // Not recorded: nothing more to do, and the app's traceparent
         // passes upstream as it came.
         return Span::none();
-    }
+    };
     let operation = operation(parts.uri.path());
     let model = model(body);
-    shepherd_observe::rename(
-        &span,
-        match &model {
-            Some(m) => format!("{operation} {m}"),
-            None => operation.to_string(),
-        },
-    );
+    cx.span().update_name(match &model {
+        Some(m) => format!("{operation} {m}"),
+        None => operation.to_string(),
+    });
     let policy = &live.policy;
     let mut attributes = vec![
         KeyValue::new("http.request.method", parts.method.as_str().to_string()),
@@ -54,8 +51,22 @@ pub fn request(parts: &request::Parts, body: &[u8], live: &LivePolicy) -> Span {
     if let Some(stage) = &policy.rollout_stage {
         attributes.push(KeyValue::new("shepherd.rollout.stage", stage.to_string()));
     }
-    shepherd_observe::set_attributes(&span, attributes);
+    cx.span().set_attributes(attributes);
     span
+}
+
+/// Sets attributes of a recorded span in one go; with `error`, marks it
+/// failed with that `error.type`.
+fn record(span: &Span, mut attributes: Vec<KeyValue>, error: Option<&str>) {
+    let Some(cx) = shepherd_observe::recording(span) else {
+        return;
+    };
+    let otel = cx.span();
+    if let Some(kind) = error {
+        otel.set_status(Status::error(""));
+        attributes.push(KeyValue::new("error.type", kind.to_string()));
+    }
+    otel.set_attributes(attributes);
 }
 
 /// Records how the split chose a backend.
@@ -82,7 +93,7 @@ pub fn split(span: &Span, live: &LivePolicy, bucket: u32, sticky: bool, chosen: 
     if let Some(b) = &live.backends[chosen].breaker {
         attributes.push(KeyValue::new("shepherd.breaker", breaker_label(b.state())));
     }
-    shepherd_observe::set_attributes(span, attributes);
+    record(span, attributes, None);
 }
 
 /// Records the end of a request: the backend that answered (if any), the
@@ -105,10 +116,8 @@ pub fn answered(
     if let Some(b) = backend {
         attributes.push(KeyValue::new("shepherd.backend", b.to_string()));
     }
-    shepherd_observe::set_attributes(span, attributes);
-    if status.is_server_error() {
-        shepherd_observe::set_error(span, status.as_str().to_string());
-    }
+    let error = status.is_server_error().then(|| status.as_str());
+    record(span, attributes, error);
 }
 
 /// The span of one upstream attempt, beneath `parent`.
@@ -145,7 +154,7 @@ pub fn attempt(
     if let Some(b) = &lb.breaker {
         attributes.push(KeyValue::new("shepherd.breaker", breaker_label(b.state())));
     }
-    shepherd_observe::set_attributes(&span, attributes);
+    record(&span, attributes, None);
     span
 }
 
@@ -161,10 +170,8 @@ pub fn attempt_outcome(span: &Span, outcome: Outcome, status: Option<http::Statu
             i64::from(s.as_u16()),
         ));
     }
-    shepherd_observe::set_attributes(span, attributes);
-    if outcome != Outcome::Success {
-        shepherd_observe::set_error(span, outcome.label().to_string());
-    }
+    let error = (outcome != Outcome::Success).then(|| outcome.label());
+    record(span, attributes, error);
 }
 
 /// The spans that end with the response body, and what they learn from it.
@@ -182,25 +189,25 @@ impl BodySpans {
     /// Records how the body ended and the tokens it reported, and ends both
     /// spans.
     pub fn finish(self, outcome: Outcome, usage: Usage) {
-        for span in [&self.request, &self.attempt] {
+        let error = (outcome != Outcome::Success).then(|| outcome.label());
+        for (span, attempt) in [(&self.request, false), (&self.attempt, true)] {
+            let mut attributes = Vec::with_capacity(3);
             if usage.input > 0 || usage.output > 0 {
-                shepherd_observe::set_attributes(
-                    span,
-                    [
-                        KeyValue::new("gen_ai.usage.input_tokens", usage.input as i64),
-                        KeyValue::new("gen_ai.usage.output_tokens", usage.output as i64),
-                    ],
-                );
+                attributes.push(KeyValue::new(
+                    "gen_ai.usage.input_tokens",
+                    usage.input as i64,
+                ));
+                attributes.push(KeyValue::new(
+                    "gen_ai.usage.output_tokens",
+                    usage.output as i64,
+                ));
             }
-            if outcome != Outcome::Success {
-                shepherd_observe::set_error(span, outcome.label().to_string());
+            if attempt && error.is_some() {
+                attributes.push(KeyValue::new("shepherd.outcome", outcome.label()));
             }
-        }
-        if outcome != Outcome::Success {
-            shepherd_observe::set_attributes(
-                &self.attempt,
-                [KeyValue::new("shepherd.outcome", outcome.label())],
-            );
+            if !attributes.is_empty() || error.is_some() {
+                record(span, attributes, error);
+            }
         }
     }
 }

@@ -16,7 +16,15 @@ const BODY: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const APP_SPAN: &str = "00f067aa0ba902b7";
 
-fn start(policy: &std::path::Path, envs: &[(&str, &str)]) -> (Spawned, String) {
+/// Starts the agent on `policy` (written to a file in `dir`); returns it and
+/// a client of its proxy.
+fn start(
+    dir: &tempfile::TempDir,
+    policy: serde_json::Value,
+    envs: &[(&str, &str)],
+) -> (Spawned, Client) {
+    let file = dir.path().join("policy.json");
+    std::fs::write(&file, policy.to_string()).unwrap();
     let agent = Spawned::start(
         BIN,
         &[
@@ -25,12 +33,23 @@ fn start(policy: &std::path::Path, envs: &[(&str, &str)]) -> (Spawned, String) {
             "--admin-listen",
             "127.0.0.1:0",
             "--policy-file",
-            policy.to_str().unwrap(),
+            file.to_str().unwrap(),
         ],
         envs,
     );
     let line = agent.wait_for_line("agent listening", 0);
-    (agent, logged_addr(&line, "proxy"))
+    let proxy = logged_addr(&line, "proxy");
+    (agent, Client::tcp(&format!("http://{proxy}")))
+}
+
+/// A chat completion carrying `traceparent`.
+async fn chat(c: &Client, traceparent: &str) -> shepherd_tests::http::Reply {
+    c.post(
+        "/v1/chat/completions",
+        BODY,
+        &[("traceparent", traceparent)],
+    )
+    .await
 }
 
 /// The request spans (by their policy attribute) or the attempt spans.
@@ -55,7 +74,6 @@ async fn request_and_attempt_spans_reach_the_collector() {
         l.local_addr().unwrap()
     };
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("policy.json");
     let policy = json!({
         "name": "chat", "match": {"path_prefix": "/v1/"},
         "backends": [
@@ -65,10 +83,10 @@ async fn request_and_attempt_spans_reach_the_collector() {
         "traffic": {"baseline": "baseline", "candidate": "candidate", "candidate_weight": 10000},
         "fallback": ["baseline"]
     });
-    std::fs::write(&file, policy.to_string()).unwrap();
     let endpoint = collector.endpoint();
-    let (agent, proxy) = start(
-        &file,
+    let (agent, c) = start(
+        &dir,
+        policy,
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_SERVICE_NAME", "chat-sidecar"),
@@ -78,14 +96,7 @@ async fn request_and_attempt_spans_reach_the_collector() {
     agent.wait_for_line("trace export on", 0);
 
     let traceparent = format!("00-{TRACE_ID}-{APP_SPAN}-01");
-    let c = Client::tcp(&format!("http://{proxy}"));
-    let r = c
-        .post(
-            "/v1/chat/completions",
-            BODY,
-            &[("traceparent", &traceparent)],
-        )
-        .await;
+    let r = chat(&c, &traceparent).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.backend(), "baseline");
 
@@ -149,9 +160,7 @@ async fn request_and_attempt_spans_reach_the_collector() {
     // traceparent reaches the upstream as it came.
     let unsampled = format!("00-{TRACE_ID}-{APP_SPAN}-00");
     provider.clear();
-    let r = c
-        .post("/v1/chat/completions", BODY, &[("traceparent", &unsampled)])
-        .await;
+    let r = chat(&c, &unsampled).await;
     assert_eq!(r.status, 200);
     assert_eq!(
         provider.received()[0].headers["traceparent"],
@@ -167,23 +176,14 @@ async fn without_an_endpoint_traceparent_passes_through() {
     let provider = MockProvider::new("baseline");
     let addr = provider.serve_tcp().await;
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("policy.json");
     let policy = json!({
         "name": "chat", "match": {"path_prefix": "/v1/"},
         "backends": [{"name": "baseline", "base_url": format!("http://{addr}")}],
         "traffic": {"baseline": "baseline"}
     });
-    std::fs::write(&file, policy.to_string()).unwrap();
-    let (agent, proxy) = start(&file, &[]);
+    let (agent, c) = start(&dir, policy, &[]);
     let traceparent = format!("00-{TRACE_ID}-{APP_SPAN}-01");
-    let c = Client::tcp(&format!("http://{proxy}"));
-    let r = c
-        .post(
-            "/v1/chat/completions",
-            BODY,
-            &[("traceparent", &traceparent)],
-        )
-        .await;
+    let r = chat(&c, &traceparent).await;
     assert_eq!(r.status, 200);
     assert_eq!(
         provider.received()[0].headers["traceparent"],

@@ -39,10 +39,10 @@ pub struct Counters {
 
 impl Counters {
     /// Counts the events of a rollout change this replica wrote.
-    pub fn decided(&self, policy: &str, events: &[v1::RolloutEvent]) {
+    pub fn decided(&self, policy: &str, kinds: &[v1::RolloutEventKind]) {
         let mut d = lock(&self.decisions);
-        for e in events {
-            *d.entry((policy.to_string(), event_label(e.kind())))
+        for &kind in kinds {
+            *d.entry((policy.to_string(), event_label(kind)))
                 .or_default() += 1;
         }
     }
@@ -55,7 +55,7 @@ fn event_label(kind: v1::RolloutEventKind) -> String {
         .to_ascii_lowercase()
 }
 
-/// `ROLLOUT_STATE_PROGRESSING` -> `progressing`.
+/// `ROLLOUT_STATE_ROLLING_BACK` -> `rolling_back`.
 fn state_label(state: v1::RolloutState) -> String {
     state
         .as_str_name()

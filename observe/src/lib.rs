@@ -16,6 +16,7 @@
 pub mod admin;
 
 pub use opentelemetry::KeyValue;
+pub use opentelemetry::trace::{Status, TraceContextExt};
 
 use std::io::IsTerminal;
 
@@ -181,38 +182,16 @@ pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
     let _ = span.set_parent(cx);
 }
 
-/// True when `span` is exported: tracing is on and the sampler kept it
-/// (this starts the span's trace context; set its parent first).
-pub fn sampled(span: &tracing::Span) -> bool {
+/// The OpenTelemetry context of `span`, started, when the span is exported
+/// (tracing on and the sampler kept it); set its parent first. Attributes,
+/// name and status are set on `cx.span()`, in one go where they can be.
+pub fn recording(span: &tracing::Span) -> Option<opentelemetry::Context> {
     use opentelemetry::trace::TraceContextExt;
-    !span.is_disabled() && span.context().span().span_context().is_sampled()
-}
-
-/// Sets attributes of the exported span, all at once (the span starts if it
-/// had not).
-pub fn set_attributes(span: &tracing::Span, attributes: impl IntoIterator<Item = KeyValue>) {
-    use opentelemetry::trace::TraceContextExt;
-    if !span.is_disabled() {
-        span.context().span().set_attributes(attributes);
+    if span.is_disabled() {
+        return None;
     }
-}
-
-/// Marks the exported span as failed, with `error.type`.
-pub fn set_error(span: &tracing::Span, kind: String) {
-    use opentelemetry::trace::{Status, TraceContextExt};
-    if !span.is_disabled() {
-        let cx = span.context();
-        cx.span().set_status(Status::error(""));
-        cx.span().set_attribute(KeyValue::new("error.type", kind));
-    }
-}
-
-/// Names the exported span (its `otel.name` once it has started).
-pub fn rename(span: &tracing::Span, name: String) {
-    use opentelemetry::trace::TraceContextExt;
-    if !span.is_disabled() {
-        span.context().span().update_name(name);
-    }
+    let cx = span.context();
+    cx.span().span_context().is_sampled().then_some(cx)
 }
 
 /// Writes `span`'s W3C trace context into `headers` (replacing any), so the

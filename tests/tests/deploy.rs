@@ -30,8 +30,6 @@ fn documents(rel: &str) -> Vec<Value> {
             let mut v: Value = serde::Deserialize::deserialize(d)
                 .unwrap_or_else(|e| panic!("{rel}: not YAML: {e}"));
             v.apply_merge().unwrap();
-            // Nested merges (an anchor's mapping inside a merged one).
-            v.apply_merge().unwrap();
             v
         })
         .filter(|v| !v.is_null())

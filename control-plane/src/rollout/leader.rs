@@ -92,25 +92,21 @@ pub async fn judge_all(
             debug!(policy = %rollout.policy, number = rollout.number, verdict = ?j.verdict, reason = %j.reason, "stage judged");
         }
         let Some(write) = write else { continue };
-        let kinds: Vec<&str> = write
-            .events
+        let event_kinds: Vec<v1::RolloutEventKind> =
+            write.events.iter().map(v1::RolloutEvent::kind).collect();
+        let kinds: Vec<&str> = event_kinds
             .iter()
-            .map(|e| {
-                e.kind()
-                    .as_str_name()
-                    .trim_start_matches("ROLLOUT_EVENT_KIND_")
-            })
+            .map(|k| k.as_str_name().trim_start_matches("ROLLOUT_EVENT_KIND_"))
             .collect();
         let kinds = kinds.join(",");
         let span = decision_span(&rollout, judgement.as_ref(), &kinds);
-        let events = write.events.clone();
         match store
             .write_rollout(write, now)
             .instrument(span.clone())
             .await
         {
             Ok(r) => {
-                counters.decided(&r.policy, &events);
+                counters.decided(&r.policy, &event_kinds);
                 span.record("shepherd.rollout.state", r.state().as_str_name());
                 span.record("shepherd.rollout.weight", r.weight);
                 span.record("shepherd.rollout.stage", r.stage);

@@ -371,7 +371,7 @@ fn promote(
 /// Ends a rollout at weight 0.
 fn roll_back_now(
     c: &mut Change,
-    policy: &StoredPolicy,
+    policy: Option<&StoredPolicy>,
     now: DateTime<Utc>,
     actor: &str,
     state: v1::RolloutState,
@@ -379,12 +379,15 @@ fn roll_back_now(
 ) {
     c.rollout.weight = 0;
     c.end(state, reason, now);
-    c.policy = final_policy(
-        policy,
-        &c.rollout,
-        false,
-        &format!("rollout {} ended: {reason}", c.rollout.number),
-    );
+    // A policy that is gone (or no longer the same) gets no revision.
+    c.policy = policy.and_then(|policy| {
+        final_policy(
+            policy,
+            &c.rollout,
+            false,
+            &format!("rollout {} ended: {reason}", c.rollout.number),
+        )
+    });
     let kind = if state == v1::RolloutState::Aborted {
         v1::RolloutEventKind::Aborted
     } else {
@@ -416,7 +419,14 @@ fn step_down(c: &mut Change, policy: &StoredPolicy, now: DateTime<Utc>, actor: &
         }
         None => {
             let reason = c.rollout.reason.clone();
-            roll_back_now(c, policy, now, actor, v1::RolloutState::RolledBack, &reason);
+            roll_back_now(
+                c,
+                Some(policy),
+                now,
+                actor,
+                v1::RolloutState::RolledBack,
+                &reason,
+            );
         }
     }
 }
@@ -453,7 +463,14 @@ fn on_failure(
         c.set_state(v1::RolloutState::RollingBack, &reason);
         step_down(c, policy, now, actor);
     } else {
-        roll_back_now(c, policy, now, actor, v1::RolloutState::RolledBack, &reason);
+        roll_back_now(
+            c,
+            Some(policy),
+            now,
+            actor,
+            v1::RolloutState::RolledBack,
+            &reason,
+        );
     }
 }
 
@@ -471,16 +488,7 @@ pub fn tick(
     let policy = match current_policy(policy, r) {
         Ok(p) => p,
         Err(why) => {
-            // Nothing to write to a policy that is gone or no longer the same.
-            c.rollout.weight = 0;
-            c.end(v1::RolloutState::Aborted, &why, now);
-            c.push(event(
-                &c.rollout,
-                v1::RolloutEventKind::Aborted,
-                now,
-                actor,
-                why,
-            ));
+            roll_back_now(&mut c, None, now, actor, v1::RolloutState::Aborted, &why);
             return (Some(c.done()), None);
         }
     };
@@ -700,29 +708,14 @@ pub fn command(
                 return not("only an active rollout can be aborted");
             }
             let why = why("aborted by an operator");
-            match policy {
-                Some(policy) => {
-                    roll_back_now(
-                        &mut c,
-                        policy,
-                        now,
-                        OPERATOR,
-                        v1::RolloutState::Aborted,
-                        &why,
-                    );
-                }
-                None => {
-                    c.rollout.weight = 0;
-                    c.end(v1::RolloutState::Aborted, &why, now);
-                    c.push(event(
-                        &c.rollout,
-                        v1::RolloutEventKind::Aborted,
-                        now,
-                        OPERATOR,
-                        why,
-                    ));
-                }
-            }
+            roll_back_now(
+                &mut c,
+                policy,
+                now,
+                OPERATOR,
+                v1::RolloutState::Aborted,
+                &why,
+            );
         }
     }
     Ok(c.done())
