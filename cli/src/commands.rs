@@ -69,7 +69,14 @@ pub fn parse_policy(text: &str) -> anyhow::Result<v1::Policy> {
     if !value.is_object() {
         bail!("expected an object with the policy's fields");
     }
-    Ok(serde_json::from_value(value)?)
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            anyhow::anyhow!("{}", e.inner())
+        } else {
+            anyhow::anyhow!("{path}: {}", e.inner())
+        }
+    })
 }
 
 async fn policy(
