@@ -9,12 +9,18 @@
 //! requests are let through; if all succeed the breaker closes and the trip
 //! count resets, one failure opens it again.
 //!
-//! Generic: it knows outcomes only as success or failure.
+//! A backend that cannot serve at all (it rejects the requests or answers
+//! malformed ones) trips the breaker at once, whatever the mode; one whose
+//! quota is exhausted keeps it open for `quota_open_time`.
+//!
+//! Generic: it knows outcomes only as their [`Health`].
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+pub use crate::outcome::Health;
 
 /// Breaker settings, defaults filled in.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +36,8 @@ pub struct BreakerSettings {
     pub open_time_multiplier: f64,
     pub max_open_time: Duration,
     pub half_open_probes: u32,
+    /// Open time after a quota-exhausted answer.
+    pub quota_open_time: Duration,
 }
 
 impl Default for BreakerSettings {
@@ -43,6 +51,7 @@ impl Default for BreakerSettings {
             open_time_multiplier: 2.0,
             max_open_time: Duration::from_secs(60),
             half_open_probes: 1,
+            quota_open_time: Duration::from_secs(300),
         }
     }
 }
@@ -113,10 +122,10 @@ impl Permit {
     }
 
     /// Reports the outcome of the request this permit let through.
-    pub fn record(mut self, breaker: Option<&Breaker>, success: bool) {
+    pub fn record(mut self, breaker: Option<&Breaker>, health: Health) {
         let probe = self.probe.take().is_some();
         if let Some(b) = breaker {
-            b.record(success, probe);
+            b.record(health, probe);
         }
     }
 }
@@ -201,9 +210,10 @@ impl Breaker {
         }
     }
 
-    fn record(&self, success: bool, probe: bool) {
+    fn record(&self, health: Health, probe: bool) {
         let mut inner = self.lock();
         let now = Instant::now();
+        let success = health == Health::Success;
         match inner.phase {
             Phase::HalfOpen {
                 ref mut succeeded, ..
@@ -222,7 +232,7 @@ impl Breaker {
                         inner.slots = [Slot::default(); SLOTS];
                     }
                 } else {
-                    self.trip(&mut inner, now);
+                    self.trip(&mut inner, now, health);
                 }
             }
             Phase::Open { .. } => {}
@@ -235,23 +245,26 @@ impl Breaker {
                 inner.consecutive += 1;
                 let by_count = self.settings.consecutive_failures > 0
                     && inner.consecutive >= self.settings.consecutive_failures;
-                if by_count || self.rate_exceeded(&inner, now) {
-                    self.trip(&mut inner, now);
+                if by_count || health != Health::Failure || self.rate_exceeded(&inner, now) {
+                    self.trip(&mut inner, now, health);
                 }
             }
         }
     }
 
-    fn trip(&self, inner: &mut Inner, now: Instant) {
+    fn trip(&self, inner: &mut Inner, now: Instant, health: Health) {
         let factor = self
             .settings
             .open_time_multiplier
             .powi(i32::try_from(inner.trips).unwrap_or(i32::MAX));
-        let open = self
+        let mut open = self
             .settings
             .open_time
             .mul_f64(factor.min(1e6))
             .min(self.settings.max_open_time);
+        if health == Health::Exhausted {
+            open = open.max(self.settings.quota_open_time);
+        }
         inner.trips = inner.trips.saturating_add(1);
         inner.consecutive = 0;
         inner.slots = [Slot::default(); SLOTS];
@@ -319,7 +332,12 @@ mod tests {
 
     fn outcome(b: &Arc<Breaker>, success: bool) {
         let permit = b.try_acquire().expect("admitted");
-        permit.record(Some(b), success);
+        let health = if success {
+            Health::Success
+        } else {
+            Health::Failure
+        };
+        permit.record(Some(b), health);
     }
 
     /// N failures in a row open it; a success in between resets the count.
@@ -348,7 +366,7 @@ mod tests {
         assert_eq!(b.state(), BreakerState::HalfOpen);
         let probe = b.try_acquire().expect("probe");
         assert!(b.try_acquire().is_none(), "only one probe at a time");
-        probe.record(Some(&b), true);
+        probe.record(Some(&b), Health::Success);
         assert_eq!(b.state(), BreakerState::Closed);
         assert!(b.try_acquire().is_some());
     }
@@ -405,6 +423,30 @@ mod tests {
         }
         outcome(&b, false); // 5 of 10 failed
         assert_eq!(b.state(), BreakerState::Open);
+    }
+
+    /// A rejected or malformed answer trips the breaker at once, whatever
+    /// the mode; quota exhaustion keeps it open for the quota open time.
+    #[tokio::test(start_paused = true)]
+    async fn broken_backends_trip_at_once() {
+        let b = Arc::new(Breaker::new(BreakerSettings {
+            consecutive_failures: 5,
+            open_time: Duration::from_secs(5),
+            quota_open_time: Duration::from_secs(300),
+            ..BreakerSettings::default()
+        }));
+        b.try_acquire().unwrap().record(Some(&b), Health::Broken);
+        open_for(&b, 5).await;
+        // The probe finds quota exhausted: open for the quota time.
+        b.try_acquire().unwrap().record(Some(&b), Health::Exhausted);
+        open_for(&b, 300).await;
+        b.try_acquire().unwrap().record(Some(&b), Health::Success);
+        assert_eq!(b.state(), BreakerState::Closed);
+        // Plain failures still need five in a row.
+        for _ in 0..4 {
+            outcome(&b, false);
+        }
+        assert_eq!(b.state(), BreakerState::Closed);
     }
 
     /// Failures older than the window are forgotten.

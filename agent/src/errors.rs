@@ -1,4 +1,4 @@
-//! Errors the agent itself answers with, in the shape of the app's API: an
+//! Errors the agent itself answers with, in the dialect of the app's API: an
 //! OpenAI `error` object, or an Anthropic error for `/v1/messages`. Each has a
 //! stable `type` (`shepherd_*`) and a message that names what happened, never
 //! an upstream secret.
@@ -6,23 +6,7 @@
 use bytes::Bytes;
 use http::StatusCode;
 
-/// The API shape errors take.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shape {
-    OpenAi,
-    Anthropic,
-}
-
-impl Shape {
-    /// Anthropic's Messages API for `/v1/messages`, OpenAI's otherwise.
-    pub fn of_path(path: &str) -> Shape {
-        if path == "/v1/messages" || path.starts_with("/v1/messages/") {
-            Shape::Anthropic
-        } else {
-            Shape::OpenAi
-        }
-    }
-}
+use crate::api::Dialect;
 
 /// What went wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,9 +63,9 @@ impl ErrorKind {
 }
 
 /// The JSON body of an error.
-pub fn body(shape: Shape, kind: ErrorKind, message: &str) -> Bytes {
-    let value = match shape {
-        Shape::OpenAi => serde_json::json!({
+pub fn body(dialect: Dialect, kind: ErrorKind, message: &str) -> Bytes {
+    let value = match dialect {
+        Dialect::OpenAi => serde_json::json!({
             "error": {
                 "message": message,
                 "type": kind.type_name(),
@@ -89,7 +73,7 @@ pub fn body(shape: Shape, kind: ErrorKind, message: &str) -> Bytes {
                 "code": kind.type_name().trim_start_matches("shepherd_"),
             }
         }),
-        Shape::Anthropic => serde_json::json!({
+        Dialect::Anthropic => serde_json::json!({
             "type": "error",
             "error": { "type": kind.type_name(), "message": message },
         }),
@@ -98,8 +82,8 @@ pub fn body(shape: Shape, kind: ErrorKind, message: &str) -> Bytes {
 }
 
 /// A server-sent event carrying an error, ending a broken stream.
-pub fn sse_event(shape: Shape, kind: ErrorKind, message: &str) -> Bytes {
-    let data = body(shape, kind, message);
+pub fn sse_event(dialect: Dialect, kind: ErrorKind, message: &str) -> Bytes {
+    let data = body(dialect, kind, message);
     let mut event = Vec::with_capacity(data.len() + 24);
     event.extend_from_slice(b"event: error\ndata: ");
     event.extend_from_slice(&data);
@@ -115,7 +99,7 @@ mod tests {
     #[test]
     fn openai_shape() {
         let b = body(
-            Shape::OpenAi,
+            Dialect::OpenAi,
             ErrorKind::NoRoute,
             "no policy matches POST /x",
         );
@@ -128,13 +112,11 @@ mod tests {
     /// Anthropic-shaped errors follow its error envelope; SSE errors are one event.
     #[test]
     fn anthropic_shape_and_sse() {
-        assert_eq!(Shape::of_path("/v1/messages"), Shape::Anthropic);
-        assert_eq!(Shape::of_path("/v1/chat/completions"), Shape::OpenAi);
-        let b = body(Shape::Anthropic, ErrorKind::Overloaded, "busy");
+        let b = body(Dialect::Anthropic, ErrorKind::Overloaded, "busy");
         let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["type"], "shepherd_overloaded");
-        let e = sse_event(Shape::OpenAi, ErrorKind::StreamBroken, "cut");
+        let e = sse_event(Dialect::OpenAi, ErrorKind::StreamBroken, "cut");
         let text = std::str::from_utf8(&e).unwrap();
         assert!(text.starts_with("event: error\ndata: {"));
         assert!(text.ends_with("}\n\n"));

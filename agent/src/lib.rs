@@ -8,6 +8,12 @@
 //!   registry of clients, breakers, budgets and counters that outlive it.
 //! - [`proxy`]: route, split, faults, breaker gate, attempts, retries,
 //!   fallback, delivery.
+//! - [`api`]: which API a request belongs to (one rule, by its path), what a
+//!   valid answer of each looks like, what error bodies say.
+//! - [`outcome`]: the one classification of every answer (ok, app error,
+//!   backend rejected, rate limited, server error, timeout, connect, broken
+//!   stream, malformed) that retries, breakers, fallback, telemetry, shadow,
+//!   metrics and traces read.
 //! - [`split`], [`retry`], [`breaker`], [`fault`]: the generic pieces, each
 //!   reading plain settings.
 //! - [`shadow`]: mirrored requests to the shadow backend, compared with the
@@ -24,11 +30,13 @@
 //! - [`config`] and its command-line flags.
 
 pub mod admin;
+pub mod api;
 pub mod breaker;
 pub mod config;
 pub mod control;
 pub mod errors;
 pub mod fault;
+pub mod outcome;
 pub mod policy;
 pub mod proxy;
 pub mod reload;

@@ -417,6 +417,7 @@ fn breaker(b: &v1::CircuitBreaker) -> BreakerSettings {
         } else {
             b.half_open_probes
         },
+        quota_open_time: duration(b.quota_open_time.as_ref(), d.quota_open_time),
     }
 }
 

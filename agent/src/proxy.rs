@@ -1,11 +1,23 @@
-//! The request path: route -> split -> (per backend in the plan: breaker gate
-//! -> faults -> attempt with per-try timeout -> classify -> retry with
-//! backoff) -> fall back -> deliver the response as it streams.
+//! The request path: route -> split (inference requests only; the rest go
+//! to the baseline) -> per backend in the plan: breaker gate -> faults ->
+//! attempt with per-try timeout -> read and classify the answer
+//! ([`crate::outcome`]) -> retry with backoff -> fall back -> deliver.
 //!
-//! Retries and fallback happen only before a response head is passed to the
-//! app. Request bodies are read whole (up to the size limit) so they can be
-//! replayed and their `model` rewritten; bodies above the retry limit are sent
-//! once.
+//! Plain answers are read whole (up to [`MAX_CHECKED_ANSWER`]) and judged
+//! before their head goes to the app: an LLM answer is complete before it
+//! is sent anyway. A valid answer, or the app's own mistake, is delivered;
+//! a backend failure is retried or falls back, and the app sees it only
+//! when nothing else can serve the request. Rejected and malformed answers
+//! fall back at once, without a retry on the same backend and without
+//! drawing on the retry budget. Streams are delivered as they start (retry
+//! and fallback end there) and judged when they end.
+//!
+//! When the agent retried or fell back and still answers an error, the
+//! answer says `x-should-retry: false`, so SDKs do not multiply the retries.
+//!
+//! Request bodies are read whole (up to the size limit) so they can be
+//! replayed and their `model` rewritten; bodies above the retry limit are
+//! sent once.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,21 +26,23 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
-use http::{HeaderMap, Request, Response, StatusCode, Uri, request};
+use http::{HeaderMap, Request, Response, StatusCode, Uri, request, response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use crate::api::{Api, Dialect};
 use crate::breaker::Permit;
-use crate::errors::{self, ErrorKind, Shape};
+use crate::errors::{self, ErrorKind};
 use crate::fault;
+use crate::outcome::{self, Outcome};
 use crate::policy::Backend;
-use crate::retry::{self, Failure, RetrySettings};
+use crate::retry;
 use crate::runtime::{LiveBackend, LivePolicy, Table};
 use crate::shadow;
 use crate::split;
-use crate::stream::{Attempt, InflightGuard, ObservedBody, ProxyBody, Watch};
-use crate::telemetry::{AgentStats, Outcome};
+use crate::stream::{Attempt, InflightGuard, ObservedBody, ProxyBody, Usage, Watch};
+use crate::telemetry::AgentStats;
 use crate::trace::{self, BodySpans};
 use crate::upstream::Lease;
 
@@ -53,12 +67,19 @@ impl Default for Limits {
     }
 }
 
+/// Longest plain answer read whole and checked before it goes to the app;
+/// a longer one is passed through as it comes, unchecked.
+pub const MAX_CHECKED_ANSWER: usize = 8 << 20;
+
 /// Headers the agent names the outcome with.
 pub const BACKEND_HEADER: HeaderName = HeaderName::from_static("x-shepherd-backend");
 pub const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-shepherd-attempts");
 pub const POLICY_HEADER: HeaderName = HeaderName::from_static("x-shepherd-policy");
 /// Marks shadow requests (sent by the agent, never by apps).
 pub const SHADOW_HEADER: HeaderName = HeaderName::from_static("x-shepherd-shadow");
+/// Tells the official OpenAI and Anthropic SDKs not to retry an error the
+/// agent already retried or fell back from.
+pub const SHOULD_RETRY_HEADER: HeaderName = HeaderName::from_static("x-should-retry");
 
 /// Request headers never forwarded upstream: hop-by-hop headers, the app's
 /// own credentials (each backend sends its own), and the agent's headers.
@@ -101,16 +122,56 @@ pub(crate) enum Tried {
     Response(Response<Incoming>, Option<Lease>),
     /// A fault answered in its place.
     Fault(StatusCode, Option<Duration>),
-    /// No answer.
-    Failed(Failure, String),
+    /// No answer: [`Outcome::Connect`] or [`Outcome::Timeout`].
+    Failed(Outcome, String),
 }
 
-/// The last failure seen, answered to the app when nothing succeeds.
+/// The last failure seen, answered to the app when nothing else serves.
 enum LastFailure {
-    Response(Response<Incoming>, Option<Lease>, usize, u32),
+    /// A backend's own answer, read whole: (head, body, backend, attempts).
+    Answer(response::Parts, Bytes, usize, u32),
     Fault(StatusCode, Option<Duration>, usize, u32),
-    Failed(Failure),
+    /// No answer to pass on.
+    Failed(Outcome),
     BreakerOpen,
+}
+
+/// One request on its way through its policy's backends.
+struct Call<'a> {
+    parts: &'a request::Parts,
+    body: &'a Bytes,
+    live: &'a Arc<LivePolicy>,
+    api: Api,
+    deadline: Instant,
+    replayable: bool,
+    span: &'a tracing::Span,
+    mirrored: bool,
+}
+
+/// How far a request got: its attempts, whether it fell back, its last
+/// failure and the notes that explain a final error.
+#[derive(Default)]
+struct Progress {
+    attempts: u32,
+    fell_back: bool,
+    last: Option<LastFailure>,
+    /// The class of the last attempt's outcome.
+    last_outcome: Option<Outcome>,
+    notes: Vec<String>,
+    guard: Option<InflightGuard>,
+}
+
+impl Progress {
+    fn failed(&mut self, failure: LastFailure) {
+        let keep = matches!(failure, LastFailure::BreakerOpen)
+            && matches!(
+                self.last,
+                Some(LastFailure::Answer(..) | LastFailure::Fault(..))
+            );
+        if !keep {
+            self.last = Some(failure);
+        }
+    }
 }
 
 impl Proxy {
@@ -131,11 +192,11 @@ impl Proxy {
         self: Arc<Self>,
         req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
-        let shape = Shape::of_path(req.uri().path());
+        let dialect = Api::of_path(req.uri().path()).dialect();
         let Some(guard) = InflightGuard::acquire(&self.stats, self.limits.max_concurrent) else {
             bump(&self.stats.shed);
             let mut resp = error_response(
-                shape,
+                dialect,
                 ErrorKind::Overloaded,
                 &format!(
                     "the agent has {} requests in flight, its limit; retry shortly",
@@ -148,25 +209,21 @@ impl Proxy {
         };
         let (parts, body) = req.into_parts();
         let max = self.limits.max_request_body;
-        let declared = parts
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared = content_length(&parts.headers);
         if declared.is_some_and(|n| n > max as u64) {
             bump(&self.stats.too_large);
-            return Ok(too_large(shape, max));
+            return Ok(too_large(dialect, max));
         }
         let body = match read_body(body, max).await {
             Ok(bytes) => bytes,
             Err(ReadError::TooLarge) => {
                 bump(&self.stats.too_large);
-                return Ok(too_large(shape, max));
+                return Ok(too_large(dialect, max));
             }
             Err(ReadError::Broken(e)) => {
                 bump(&self.stats.bad_request);
                 return Ok(error_response(
-                    shape,
+                    dialect,
                     ErrorKind::BadRequest,
                     &format!("could not read the request body: {e}"),
                 ));
@@ -183,7 +240,7 @@ impl Proxy {
         guard: InflightGuard,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
-        let shape = Shape::of_path(parts.uri.path());
+        let api = Api::of_path(parts.uri.path());
         let live = {
             let table = self.table.load();
             match table.route(parts.uri.path(), &parts.headers) {
@@ -191,7 +248,7 @@ impl Proxy {
                 None => {
                     bump(&self.stats.no_route);
                     return error_response(
-                        shape,
+                        api.dialect(),
                         ErrorKind::NoRoute,
                         &format!("no policy matches {} {}", parts.method, parts.uri.path()),
                     );
@@ -201,229 +258,423 @@ impl Proxy {
         bump(&live.requests);
         live.budget.deposit();
         let policy = &live.policy;
-        let span = trace::request(&parts, &body, &live);
+        let span = trace::request(&parts, &body, &live, api);
 
+        // Only model calls are split (and mirrored); a model list or a file
+        // goes to the baseline.
+        let inference = api.is_inference(&parts.method);
         let sticky = policy
             .sticky_header
             .as_ref()
             .and_then(|h| parts.headers.get(h));
-        let bucket = match sticky {
-            Some(key) => split::bucket(&policy.name, key.as_bytes()),
-            None => split::random_bucket(),
-        };
-        let chosen = match policy.candidate {
-            Some(c) if split::to_candidate(bucket, policy.candidate_weight) => c,
-            _ => policy.baseline,
+        let (chosen, bucket) = if inference {
+            let bucket = match sticky {
+                Some(key) => split::bucket(&policy.name, key.as_bytes()),
+                None => split::random_bucket(),
+            };
+            let chosen = match policy.candidate {
+                Some(c) if split::to_candidate(bucket, policy.candidate_weight) => c,
+                _ => policy.baseline,
+            };
+            (chosen, Some(bucket))
+        } else {
+            (policy.baseline, None)
         };
         bump(&live.backends[chosen].stats.selected);
         trace::split(&span, &live, bucket, sticky.is_some(), chosen);
-        let mirror = plan_mirror(&live, &parts, &body, chosen);
-        let mirrored = mirror.is_some();
+        let mirror = if inference {
+            plan_mirror(&live, &parts, &body, chosen)
+        } else {
+            None
+        };
 
-        let deadline = started + policy.backends[chosen].timeouts.overall;
-        let replayable = body.len() <= self.limits.retry_body_limit;
-        let mut attempts = 0u32;
-        let mut last: Option<LastFailure> = None;
-        let mut notes: Vec<String> = Vec::new();
+        let call = Call {
+            parts: &parts,
+            body: &body,
+            live: &live,
+            api,
+            deadline: started + policy.backends[chosen].timeouts.overall,
+            replayable: body.len() <= self.limits.retry_body_limit,
+            span: &span,
+            mirrored: mirror.is_some(),
+        };
+        let mut progress = Progress {
+            guard: Some(guard),
+            ..Progress::default()
+        };
         let plan =
             std::iter::once(chosen).chain(policy.fallback.iter().copied().filter(|&i| i != chosen));
-
         for (step, index) in plan.enumerate() {
             if step > 0 {
-                // Fall back only after a retryable failure, within the
-                // deadline, and (when the request was sent) within the
-                // retry budget and the replay limit.
-                let sent = !matches!(last, Some(LastFailure::BreakerOpen));
-                if Instant::now() >= deadline
-                    || (sent && (!replayable || !live.budget.try_withdraw()))
-                {
+                if !may_fall_back(&call, &progress) {
                     break;
                 }
+                progress.fell_back = true;
                 bump(&live.backends[index].stats.fallbacks);
             }
-            let backend = &policy.backends[index];
-            let lb = &live.backends[index];
-            let payload = rewrite_model(backend, &body);
-            let mut tries = 0u32;
-            loop {
-                let permit = match &lb.breaker {
-                    None => Permit::unlimited(),
-                    Some(b) => match b.try_acquire() {
-                        Some(p) => p,
-                        None => {
-                            lb.stats.record(Outcome::BreakerRejected);
-                            notes.push(format!("{}: circuit breaker open", backend.name));
-                            if !matches!(
-                                last,
-                                Some(LastFailure::Response(..) | LastFailure::Fault(..))
-                            ) {
-                                last = Some(LastFailure::BreakerOpen);
-                            }
-                            break;
-                        }
-                    },
-                };
-                attempts += 1;
-                tries += 1;
-                if tries > 1 {
-                    bump(&lb.stats.retries);
-                }
-                let attempt_span =
-                    trace::attempt(&span, &live, index, attempts, tries > 1, step > 0);
-                let attempt_started = Instant::now();
-                let decision = policy
-                    .active_faults(index, SystemTime::now())
-                    .map(|f| fault::decide(f, SystemTime::now(), || rand::random_range(0.0..100.0)))
-                    .unwrap_or_default();
-                if let Some(delay) = decision.delay {
-                    bump(&lb.stats.faults_delay);
-                    tokio::time::sleep_until((Instant::now() + delay).min(deadline)).await;
-                }
-                let tried = match decision.abort {
-                    Some((status, retry_after)) => Tried::Fault(status, retry_after),
-                    None => {
-                        send(
-                            &parts,
-                            backend,
-                            lb,
-                            payload.clone(),
-                            deadline,
-                            false,
-                            &attempt_span,
-                        )
-                        .await
-                    }
-                };
-
-                let (failure, headers_retry_after) = match tried {
-                    Tried::Response(resp, lease) => {
-                        let status = resp.status();
-                        trace::attempt_outcome(
-                            &attempt_span,
-                            Outcome::of_status(status),
-                            Some(status),
-                        );
-                        let Some(class) = retry::classify_status(status) else {
-                            trace::answered(&span, Some(&backend.name), attempts, mirrored, status);
-                            let attempt = Attempt {
-                                stats: lb.stats.clone(),
-                                breaker: lb.breaker.clone(),
-                                permit,
-                                started: attempt_started,
-                                outcome: Outcome::of_status(status),
-                            };
-                            let delivery = Delivery {
-                                attempts,
-                                shape,
-                                cut_after: decision.cut_after,
-                                attempt: Some(attempt),
-                                lease,
-                                spans: BodySpans::of(span, attempt_span),
-                            };
-                            return with_mirror(
-                                mirror,
-                                deliver(resp, &live, index, delivery, guard),
-                            );
-                        };
-                        lb.stats.record(Outcome::of_status(status));
-                        permit.record(lb.breaker.as_deref(), class == Failure::RateLimited);
-                        let ra = retry::retry_after(resp.headers(), SystemTime::now());
-                        notes.push(format!("{}: HTTP {}", backend.name, status.as_u16()));
-                        last = Some(LastFailure::Response(resp, lease, index, attempts));
-                        (class, ra)
-                    }
-                    Tried::Fault(status, ra) => {
-                        lb.stats.record(Outcome::FaultInjected);
-                        trace::attempt_outcome(&attempt_span, Outcome::FaultInjected, Some(status));
-                        bump(&lb.stats.faults_abort);
-                        drop(permit);
-                        let Some(class) = retry::classify_status(status) else {
-                            trace::answered(&span, Some(&backend.name), attempts, mirrored, status);
-                            return with_mirror(
-                                mirror,
-                                fault_response(shape, &live, index, attempts, status, ra),
-                            );
-                        };
-                        notes.push(format!(
-                            "{}: injected HTTP {}",
-                            backend.name,
-                            status.as_u16()
-                        ));
-                        last = Some(LastFailure::Fault(status, ra, index, attempts));
-                        (class, ra)
-                    }
-                    Tried::Failed(class, message) => {
-                        let outcome = match class {
-                            Failure::Timeout => Outcome::Timeout,
-                            _ => Outcome::Connect,
-                        };
-                        lb.stats.record(outcome);
-                        trace::attempt_outcome(&attempt_span, outcome, None);
-                        permit.record(lb.breaker.as_deref(), false);
-                        notes.push(format!("{}: {message}", backend.name));
-                        last = Some(LastFailure::Failed(class));
-                        (class, None)
-                    }
-                };
-
-                match plan_retry(
-                    &policy.retry,
-                    failure,
-                    headers_retry_after,
-                    tries,
-                    replayable,
-                    deadline,
-                ) {
-                    Some(wait) if live.budget.try_withdraw() => {
-                        tokio::time::sleep(wait).await;
-                    }
-                    _ => break,
-                }
+            if let Some(served) = try_backend(&call, index, step, &mut progress).await {
+                return with_mirror(mirror, served);
             }
         }
-
-        let answered_by = match &last {
-            Some(LastFailure::Response(_, _, index, _) | LastFailure::Fault(_, _, index, _)) => {
-                Some(&*policy.backends[*index].name)
-            }
-            _ => None,
-        };
-        let span_of_answer = span.clone();
-        let answer = match last {
-            Some(LastFailure::Response(resp, lease, index, n)) => {
-                let delivery = Delivery {
-                    attempts: n,
-                    shape,
-                    cut_after: None,
-                    attempt: None,
-                    lease,
-                    spans: BodySpans::of(span, tracing::Span::none()),
-                };
-                deliver(resp, &live, index, delivery, guard)
-            }
-            Some(LastFailure::Fault(status, ra, index, n)) => {
-                fault_response(shape, &live, index, n, status, ra)
-            }
-            Some(LastFailure::Failed(Failure::Timeout)) => error_response(
-                shape,
-                ErrorKind::UpstreamTimeout,
-                &format!("no backend answered in time ({})", notes.join("; ")),
-            ),
-            Some(LastFailure::Failed(_) | LastFailure::BreakerOpen) | None => error_response(
-                shape,
-                ErrorKind::UpstreamUnavailable,
-                &format!("no backend could take the request ({})", notes.join("; ")),
-            ),
-        }
-        .with_attempts(attempts);
-        trace::answered(
-            &span_of_answer,
-            answered_by,
-            attempts,
-            mirrored,
-            answer.status(),
-        );
+        let answer = last_answer(&call, &mut progress);
         with_mirror(mirror, answer)
+    }
+}
+
+/// Whether to try the next backend of the plan after the last failure:
+/// within the deadline and, when the request was sent, within the replay
+/// limit; and within the retry budget unless the failed backend is not
+/// asked again anyway (an open breaker, a rejected or malformed answer).
+fn may_fall_back(c: &Call<'_>, p: &Progress) -> bool {
+    let last = p.last_outcome.unwrap_or(Outcome::BreakerRejected);
+    let sent = last != Outcome::BreakerRejected;
+    Instant::now() < c.deadline
+        && (!sent || c.replayable)
+        && (last.falls_back_freely() || c.live.budget.try_withdraw())
+}
+
+/// Tries one backend, with its retries. Returns the response for the app
+/// when the backend served the request (or its answer is the one the app
+/// gets, as for a stream or an answer too long to check); `None` to go on.
+async fn try_backend(
+    c: &Call<'_>,
+    index: usize,
+    step: usize,
+    p: &mut Progress,
+) -> Option<Response<ProxyBody>> {
+    let live = c.live;
+    let policy = &live.policy;
+    let backend = &policy.backends[index];
+    let lb = &live.backends[index];
+    let payload = rewrite_model(backend, c.body);
+    let mut tries = 0u32;
+    loop {
+        let permit = match &lb.breaker {
+            None => Permit::unlimited(),
+            Some(b) => match b.try_acquire() {
+                Some(p) => p,
+                None => {
+                    lb.stats.record(Outcome::BreakerRejected);
+                    p.notes
+                        .push(format!("{}: circuit breaker open", backend.name));
+                    p.failed(LastFailure::BreakerOpen);
+                    p.last_outcome = Some(Outcome::BreakerRejected);
+                    return None;
+                }
+            },
+        };
+        p.attempts += 1;
+        tries += 1;
+        if tries > 1 {
+            bump(&lb.stats.retries);
+        }
+        let attempt_span = trace::attempt(c.span, live, index, p.attempts, tries > 1, step > 0);
+        let mut attempt = Attempt {
+            stats: lb.stats.clone(),
+            breaker: lb.breaker.clone(),
+            permit,
+            started: Instant::now(),
+            status: 0,
+        };
+        let decision = policy
+            .active_faults(index, SystemTime::now())
+            .map(|f| fault::decide(f, SystemTime::now(), || rand::random_range(0.0..100.0)))
+            .unwrap_or_default();
+        if let Some(delay) = decision.delay {
+            bump(&lb.stats.faults_delay);
+            tokio::time::sleep_until((Instant::now() + delay).min(c.deadline)).await;
+        }
+        let tried = match decision.abort {
+            Some((status, retry_after)) => Tried::Fault(status, retry_after),
+            None => {
+                send(
+                    c.parts,
+                    backend,
+                    lb,
+                    payload.clone(),
+                    c.deadline,
+                    false,
+                    &attempt_span,
+                )
+                .await
+            }
+        };
+
+        let (outcome, retry_after) = match tried {
+            Tried::Response(resp, lease) => {
+                let status = resp.status();
+                attempt.status = status.as_u16();
+                if status.is_success() && is_sse(resp.headers()) {
+                    let delivery = Delivery {
+                        attempts: p.attempts,
+                        api: c.api,
+                        cut_after: decision.cut_after,
+                        outcome: Outcome::Ok,
+                        attempt: Some(attempt),
+                        lease,
+                        spans: BodySpans::of(c.span.clone(), attempt_span),
+                    };
+                    trace::answered(c.span, Some(&backend.name), p.attempts, c.mirrored, status);
+                    return Some(deliver(
+                        resp,
+                        Bytes::new(),
+                        live,
+                        index,
+                        delivery,
+                        p.guard.take(),
+                    ));
+                }
+                match read_answer(resp, lease, backend.timeouts.stream_idle, c.deadline).await {
+                    Read::Whole(parts, bytes) => {
+                        let class = outcome::classify(c.api, status, &bytes);
+                        let outcome = class.outcome();
+                        trace::attempt_outcome(&attempt_span, outcome, Some(status));
+                        if outcome.is_final() {
+                            let mut usage = Usage::default();
+                            usage.absorb(&bytes);
+                            if let Some(spans) = BodySpans::of(c.span.clone(), attempt_span) {
+                                spans.finish(outcome, usage);
+                            }
+                            attempt.settle(outcome, class.detail.as_deref(), None, usage);
+                            trace::answered(
+                                c.span,
+                                Some(&backend.name),
+                                p.attempts,
+                                c.mirrored,
+                                status,
+                            );
+                            return Some(whole_answer(parts, bytes, live, index, p.attempts));
+                        }
+                        attempt.fail(outcome, class.quota, class.detail.as_deref());
+                        p.notes.push(format!(
+                            "{}: HTTP {} ({})",
+                            backend.name,
+                            status.as_u16(),
+                            outcome.label()
+                        ));
+                        let ra = retry::retry_after(&parts.headers, SystemTime::now());
+                        p.failed(LastFailure::Answer(parts, bytes, index, p.attempts));
+                        (outcome, ra)
+                    }
+                    Read::TooLong(head, prefix, rest, lease) => {
+                        // Too long to check: passed on as it comes.
+                        let delivery = Delivery {
+                            attempts: p.attempts,
+                            api: c.api,
+                            cut_after: None,
+                            outcome: outcome::classify_status(c.api, status),
+                            attempt: Some(attempt),
+                            lease,
+                            spans: BodySpans::of(c.span.clone(), attempt_span),
+                        };
+                        trace::answered(
+                            c.span,
+                            Some(&backend.name),
+                            p.attempts,
+                            c.mirrored,
+                            status,
+                        );
+                        let resp = Response::from_parts(head, rest);
+                        return Some(deliver(resp, prefix, live, index, delivery, p.guard.take()));
+                    }
+                    Read::Broken(message) => {
+                        trace::attempt_outcome(&attempt_span, Outcome::StreamBroken, Some(status));
+                        attempt.fail(Outcome::StreamBroken, false, Some(&message));
+                        p.notes.push(format!("{}: {message}", backend.name));
+                        p.failed(LastFailure::Failed(Outcome::StreamBroken));
+                        (Outcome::StreamBroken, None)
+                    }
+                }
+            }
+            Tried::Fault(status, ra) => {
+                lb.stats.record(Outcome::FaultInjected);
+                trace::attempt_outcome(&attempt_span, Outcome::FaultInjected, Some(status));
+                bump(&lb.stats.faults_abort);
+                // Says nothing about the backend.
+                drop(attempt);
+                let outcome = outcome::classify_status(c.api, status);
+                if outcome.is_final() {
+                    trace::answered(c.span, Some(&backend.name), p.attempts, c.mirrored, status);
+                    return Some(fault_response(
+                        c.api.dialect(),
+                        live,
+                        index,
+                        p.attempts,
+                        status,
+                        ra,
+                    ));
+                }
+                p.notes.push(format!(
+                    "{}: injected HTTP {}",
+                    backend.name,
+                    status.as_u16()
+                ));
+                p.failed(LastFailure::Fault(status, ra, index, p.attempts));
+                (outcome, ra)
+            }
+            Tried::Failed(outcome, message) => {
+                trace::attempt_outcome(&attempt_span, outcome, None);
+                attempt.fail(outcome, false, None);
+                p.notes.push(format!("{}: {message}", backend.name));
+                p.failed(LastFailure::Failed(outcome));
+                (outcome, None)
+            }
+        };
+        p.last_outcome = Some(outcome);
+        let remaining = c.deadline.saturating_duration_since(Instant::now());
+        let wait = retry::next_wait(
+            &policy.retry,
+            outcome.retry_class(),
+            retry_after,
+            tries,
+            c.replayable,
+            remaining,
+            rand::random(),
+        );
+        match wait {
+            Some(wait) if live.budget.try_withdraw() => tokio::time::sleep(wait).await,
+            _ => return None,
+        }
+    }
+}
+
+/// The answer when no backend served the request: the last backend's own
+/// answer (or injected fault) as it was, or the agent's error naming what
+/// each backend did. After a retry or a fallback it says
+/// `x-should-retry: false`: the agent already tried what there was to try.
+fn last_answer(c: &Call<'_>, p: &mut Progress) -> Response<ProxyBody> {
+    let dialect = c.api.dialect();
+    let answered_by = match &p.last {
+        Some(LastFailure::Answer(_, _, index, _) | LastFailure::Fault(_, _, index, _)) => {
+            Some(&*c.live.policy.backends[*index].name)
+        }
+        _ => None,
+    };
+    let mut answer = match p.last.take() {
+        Some(LastFailure::Answer(parts, bytes, index, n)) => {
+            whole_answer(parts, bytes, c.live, index, n)
+        }
+        Some(LastFailure::Fault(status, ra, index, n)) => {
+            fault_response(dialect, c.live, index, n, status, ra)
+        }
+        Some(LastFailure::Failed(Outcome::Timeout)) => error_response(
+            dialect,
+            ErrorKind::UpstreamTimeout,
+            &format!("no backend answered in time ({})", p.notes.join("; ")),
+        ),
+        Some(LastFailure::Failed(_) | LastFailure::BreakerOpen) | None => error_response(
+            dialect,
+            ErrorKind::UpstreamUnavailable,
+            &format!("no backend could take the request ({})", p.notes.join("; ")),
+        ),
+    }
+    .with_attempts(p.attempts);
+    if (p.attempts > 1 || p.fell_back) && answer.status().as_u16() >= 400 {
+        answer
+            .headers_mut()
+            .insert(SHOULD_RETRY_HEADER, HeaderValue::from_static("false"));
+    }
+    trace::answered(c.span, answered_by, p.attempts, c.mirrored, answer.status());
+    answer
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+fn is_sse(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+/// A plain answer, read.
+enum Read {
+    /// Whole (the connection went back to its pool).
+    Whole(response::Parts, Bytes),
+    /// Longer than [`MAX_CHECKED_ANSWER`]: what was read, and the rest.
+    TooLong(response::Parts, Bytes, Incoming, Option<Lease>),
+    /// The body broke off or stalled.
+    Broken(String),
+}
+
+/// Reads a plain answer whole, each frame within the backend's idle time
+/// and all of it within the request's deadline.
+async fn read_answer(
+    resp: Response<Incoming>,
+    lease: Option<Lease>,
+    idle: Duration,
+    deadline: Instant,
+) -> Read {
+    let (parts, mut body) = resp.into_parts();
+    if content_length(&parts.headers).is_some_and(|n| n > MAX_CHECKED_ANSWER as u64) {
+        return Read::TooLong(parts, Bytes::new(), body, lease);
+    }
+    let mut collect = Collect::default();
+    loop {
+        let wait = idle.min(deadline.saturating_duration_since(Instant::now()));
+        match tokio::time::timeout(wait, body.frame()).await {
+            Err(_) => {
+                return Read::Broken(format!(
+                    "the answer stalled for {}",
+                    humantime::format_duration(wait)
+                ));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Read::Broken(format!("the answer broke off: {e}")),
+            Ok(Some(Ok(frame))) => {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                if collect.len + data.len() > MAX_CHECKED_ANSWER {
+                    let mut read = collect.finish().to_vec();
+                    read.extend_from_slice(&data);
+                    return Read::TooLong(parts, Bytes::from(read), body, lease);
+                }
+                collect.push(data);
+            }
+        }
+    }
+    if let Some(lease) = lease {
+        lease.release();
+    }
+    Read::Whole(parts, collect.finish())
+}
+
+/// Bytes collected from frames; a body that arrives in one frame (the usual
+/// case) is kept as it is, without copying.
+#[derive(Default)]
+struct Collect {
+    first: Option<Bytes>,
+    rest: Option<bytes::BytesMut>,
+    len: usize,
+}
+
+impl Collect {
+    fn push(&mut self, data: Bytes) {
+        self.len += data.len();
+        match (&mut self.first, &mut self.rest) {
+            (None, _) => self.first = Some(data),
+            (Some(head), None) => {
+                let mut buf = bytes::BytesMut::with_capacity(self.len.max(head.len() * 2));
+                buf.extend_from_slice(head);
+                buf.extend_from_slice(&data);
+                self.rest = Some(buf);
+            }
+            (Some(_), Some(buf)) => buf.extend_from_slice(&data),
+        }
+    }
+
+    fn finish(self) -> Bytes {
+        match (self.first, self.rest) {
+            (_, Some(buf)) => buf.freeze(),
+            (Some(b), None) => b,
+            (None, None) => Bytes::new(),
+        }
     }
 }
 
@@ -499,57 +750,19 @@ enum ReadError {
     Broken(hyper::Error),
 }
 
-/// Reads a request body whole, up to `max` bytes. A body that arrives in one
-/// frame (the usual case) is kept as it is, without copying.
+/// Reads a request body whole, up to `max` bytes.
 async fn read_body(mut body: Incoming, max: usize) -> Result<Bytes, ReadError> {
-    let mut first: Option<Bytes> = None;
-    let mut rest: Option<bytes::BytesMut> = None;
-    let mut len = 0usize;
+    let mut collect = Collect::default();
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame.map_err(ReadError::Broken)?.into_data() else {
             continue;
         };
-        len += data.len();
-        if len > max {
+        if collect.len + data.len() > max {
             return Err(ReadError::TooLarge);
         }
-        match (&mut first, &mut rest) {
-            (None, _) => first = Some(data),
-            (Some(head), None) => {
-                let mut buf = bytes::BytesMut::with_capacity(len.max(head.len() * 2));
-                buf.extend_from_slice(head);
-                buf.extend_from_slice(&data);
-                rest = Some(buf);
-            }
-            (Some(_), Some(buf)) => buf.extend_from_slice(&data),
-        }
+        collect.push(data);
     }
-    Ok(match (first, rest) {
-        (_, Some(buf)) => buf.freeze(),
-        (Some(b), None) => b,
-        (None, None) => Bytes::new(),
-    })
-}
-
-/// How long to wait before retrying on the same backend, or `None` to stop
-/// retrying there.
-fn plan_retry(
-    settings: &RetrySettings,
-    failure: Failure,
-    retry_after: Option<Duration>,
-    tries: u32,
-    replayable: bool,
-    deadline: Instant,
-) -> Option<Duration> {
-    if tries >= settings.max_attempts || !settings.retry_on.covers(failure) || !replayable {
-        return None;
-    }
-    let wait = match retry_after {
-        Some(ra) if ra > settings.retry_after_max => return None,
-        Some(ra) => ra,
-        None => retry::backoff(settings, tries - 1, rand::random()),
-    };
-    (Instant::now() + wait < deadline).then_some(wait)
+    Ok(collect.finish())
 }
 
 /// Sends one attempt, with the per-try timeout (bounded by the deadline).
@@ -565,7 +778,9 @@ pub(crate) async fn send(
 ) -> Tried {
     let mut request = match upstream_request(parts, backend, lb, body, shadow) {
         Ok(r) => r,
-        Err(e) => return Tried::Failed(Failure::Connect, format!("cannot build the request: {e}")),
+        Err(e) => {
+            return Tried::Failed(Outcome::Connect, format!("cannot build the request: {e}"));
+        }
     };
     shepherd_observe::inject(span, request.headers_mut());
     let limit = backend
@@ -574,11 +789,11 @@ pub(crate) async fn send(
         .min(deadline.saturating_duration_since(Instant::now()));
     match tokio::time::timeout(limit, lb.clients.current().send(request)).await {
         Err(_) => Tried::Failed(
-            Failure::Timeout,
+            Outcome::Timeout,
             format!("no response within {}", humantime::format_duration(limit)),
         ),
         Ok(Ok((resp, lease))) => Tried::Response(resp, lease),
-        Ok(Err(e)) => Tried::Failed(Failure::Connect, e.to_string()),
+        Ok(Err(e)) => Tried::Failed(Outcome::Connect, e.to_string()),
     }
 }
 
@@ -685,10 +900,12 @@ pub(crate) fn rewrite_model(backend: &Backend, body: &Bytes) -> Bytes {
 /// How an upstream response is handed to the app.
 struct Delivery {
     attempts: u32,
-    shape: Shape,
+    api: Api,
     /// Cut the stream after this many events (an injected fault).
     cut_after: Option<u32>,
-    /// Settled when the body ends; `None` when it was settled already.
+    /// The outcome if the body ends properly.
+    outcome: Outcome,
+    /// Settled when the body ends.
     attempt: Option<Attempt>,
     /// The connection, returned to its pool when the body ends.
     lease: Option<Lease>,
@@ -696,55 +913,70 @@ struct Delivery {
     spans: Option<BodySpans>,
 }
 
-/// Passes an upstream response to the app, watching its body.
+/// Strips the headers never passed to the app; `length` says whether the
+/// upstream's content-length still holds.
+fn app_headers(headers: &mut HeaderMap, length: bool) {
+    // Upstreams rarely send hop-by-hop headers: look before removing.
+    if headers.keys().any(|k| DROPPED_RESPONSE_HEADERS.contains(k)) {
+        for name in &DROPPED_RESPONSE_HEADERS {
+            headers.remove(name);
+        }
+    }
+    if !length {
+        headers.remove(CONTENT_LENGTH);
+    }
+}
+
+/// Passes an upstream response to the app as it comes (after `prefix`, the
+/// bytes already read from it), watching its body.
 fn deliver(
     resp: Response<Incoming>,
+    prefix: Bytes,
     live: &LivePolicy,
     index: usize,
     delivery: Delivery,
-    guard: InflightGuard,
+    guard: Option<InflightGuard>,
 ) -> Response<ProxyBody> {
     let Delivery {
         attempts,
-        shape,
+        api,
         cut_after,
+        outcome,
         attempt,
         lease,
         spans,
     } = delivery;
     let (mut parts, body) = resp.into_parts();
-    // Upstreams rarely send hop-by-hop headers: look before removing.
-    if parts
-        .headers
-        .keys()
-        .any(|k| DROPPED_RESPONSE_HEADERS.contains(k))
-    {
-        for name in &DROPPED_RESPONSE_HEADERS {
-            parts.headers.remove(name);
-        }
-    }
-    let sse = parts
-        .headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    if sse {
-        // An error event may be added at the end.
-        parts.headers.remove(CONTENT_LENGTH);
-    }
+    let sse = is_sse(&parts.headers);
+    // A stream may get an error event at its end.
+    app_headers(&mut parts.headers, !sse);
     let backend = &live.policy.backends[index];
     name_outcome(&mut parts.headers, live, index, attempts);
     let watch = Watch {
         sse,
-        shape,
+        api,
         idle_timeout: backend.timeouts.stream_idle,
         cut_after,
+        outcome,
     };
-    let mut body = ObservedBody::new(body, watch, attempt, lease, Some(guard));
+    let mut body = ObservedBody::new(body, watch, attempt, lease, guard).with_prefix(prefix);
     if let Some(spans) = spans {
         body.set_spans(spans);
     }
     Response::from_parts(parts, ProxyBody::Observed(body))
+}
+
+/// A plain answer read whole, handed to the app as it was.
+fn whole_answer(
+    mut parts: response::Parts,
+    body: Bytes,
+    live: &LivePolicy,
+    index: usize,
+    attempts: u32,
+) -> Response<ProxyBody> {
+    app_headers(&mut parts.headers, true);
+    name_outcome(&mut parts.headers, live, index, attempts);
+    Response::from_parts(parts, ProxyBody::full(body))
 }
 
 fn name_outcome(headers: &mut HeaderMap, live: &LivePolicy, index: usize, attempts: u32) {
@@ -764,7 +996,7 @@ fn attempts_value(attempts: u32) -> HeaderValue {
 
 /// The answer of an injected abort fault.
 fn fault_response(
-    shape: Shape,
+    dialect: Dialect,
     live: &LivePolicy,
     index: usize,
     attempts: u32,
@@ -773,7 +1005,7 @@ fn fault_response(
 ) -> Response<ProxyBody> {
     let backend = &live.policy.backends[index].name;
     let mut resp = error_response(
-        shape,
+        dialect,
         ErrorKind::FaultInjected,
         &format!(
             "fault injected for backend {backend:?}: HTTP {}",
@@ -792,17 +1024,17 @@ fn fault_response(
 }
 
 /// An error the agent answers itself.
-pub fn error_response(shape: Shape, kind: ErrorKind, message: &str) -> Response<ProxyBody> {
-    let mut resp = Response::new(ProxyBody::full(errors::body(shape, kind, message)));
+pub fn error_response(dialect: Dialect, kind: ErrorKind, message: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(errors::body(dialect, kind, message)));
     *resp.status_mut() = kind.status();
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
-fn too_large(shape: Shape, max: usize) -> Response<ProxyBody> {
+fn too_large(dialect: Dialect, max: usize) -> Response<ProxyBody> {
     error_response(
-        shape,
+        dialect,
         ErrorKind::RequestTooLarge,
         &format!("the request body is larger than the limit of {max} bytes"),
     )

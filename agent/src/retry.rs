@@ -8,7 +8,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderMap, StatusCode};
+use http::HeaderMap;
 use tokio::time::Instant;
 
 /// Which failure classes are retried.
@@ -90,7 +90,8 @@ impl RetrySettings {
     }
 }
 
-/// A retryable failure of one attempt.
+/// A class of failure that may be retried on the same backend (see
+/// [`crate::outcome::Outcome::retry_class`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
     /// No connection could be made.
@@ -99,20 +100,35 @@ pub enum Failure {
     Timeout,
     /// 429.
     RateLimited,
-    /// 5xx.
+    /// 5xx, or a plain answer whose body broke off.
     ServerError,
 }
 
-/// The retryable class of a response status, if any (other 4xx and all 2xx/3xx
-/// are final).
-pub fn classify_status(status: StatusCode) -> Option<Failure> {
-    if status == StatusCode::TOO_MANY_REQUESTS {
-        Some(Failure::RateLimited)
-    } else if status.is_server_error() {
-        Some(Failure::ServerError)
-    } else {
-        None
+/// How long to wait before trying the same backend again after a failure of
+/// `class` (`None`: a failure never retried there), or `None` to stop
+/// retrying there and fall back: the class is not retried, the attempts
+/// are used up, the body cannot be sent again, the backend's `Retry-After`
+/// is above the cap, or the wait would pass the deadline (`remaining`).
+/// `unit` is the jitter draw from `[0, 1)`.
+pub fn next_wait(
+    settings: &RetrySettings,
+    class: Option<Failure>,
+    retry_after: Option<Duration>,
+    tries: u32,
+    replayable: bool,
+    remaining: Duration,
+    unit: f64,
+) -> Option<Duration> {
+    let class = class?;
+    if tries >= settings.max_attempts || !settings.retry_on.covers(class) || !replayable {
+        return None;
     }
+    let wait = match retry_after {
+        Some(ra) if ra > settings.retry_after_max => return None,
+        Some(ra) => ra,
+        None => backoff(settings, tries.saturating_sub(1), unit),
+    };
+    (wait < remaining).then_some(wait)
 }
 
 /// Exponential backoff with full jitter: a uniform draw from
@@ -281,19 +297,66 @@ mod tests {
         assert_eq!(backoff(&s, 2, 0.0), Duration::ZERO);
     }
 
-    /// 429 and 5xx are retryable; other statuses are final.
+    /// A retry waits the backoff or the Retry-After; it stops at the attempt
+    /// limit, for classes not retried, bodies too large to resend, a
+    /// Retry-After above the cap, and waits past the deadline.
     #[test]
-    fn classifies_statuses() {
+    fn plans_the_next_try() {
+        let s = RetrySettings {
+            max_attempts: 3,
+            ..RetrySettings::default()
+        };
+        let long = Duration::from_secs(60);
+        let plan = |class, ra, tries, replayable, remaining| {
+            next_wait(&s, class, ra, tries, replayable, remaining, 0.5)
+        };
+        let server = Some(Failure::ServerError);
         assert_eq!(
-            classify_status(StatusCode::TOO_MANY_REQUESTS),
-            Some(Failure::RateLimited)
+            plan(server, None, 1, true, long),
+            Some(Duration::from_millis(50))
         );
         assert_eq!(
-            classify_status(StatusCode::BAD_GATEWAY),
-            Some(Failure::ServerError)
+            plan(server, None, 2, true, long),
+            Some(Duration::from_millis(100))
         );
-        assert_eq!(classify_status(StatusCode::BAD_REQUEST), None);
-        assert_eq!(classify_status(StatusCode::OK), None);
+        assert_eq!(plan(server, None, 3, true, long), None, "attempts used up");
+        assert_eq!(plan(None, None, 1, true, long), None, "never retried");
+        assert_eq!(plan(server, None, 1, false, long), None, "not replayable");
+        let ra = Some(Duration::from_secs(3));
+        assert_eq!(plan(Some(Failure::RateLimited), ra, 1, true, long), ra);
+        assert_eq!(
+            plan(
+                Some(Failure::RateLimited),
+                Some(Duration::from_secs(6)),
+                1,
+                true,
+                long
+            ),
+            None,
+            "Retry-After above the cap"
+        );
+        assert_eq!(
+            plan(
+                Some(Failure::RateLimited),
+                ra,
+                1,
+                true,
+                Duration::from_secs(2)
+            ),
+            None,
+            "past the deadline"
+        );
+        let only_connect = RetrySettings {
+            retry_on: RetryClasses {
+                connect: true,
+                ..RetryClasses::empty()
+            },
+            ..s.clone()
+        };
+        assert_eq!(
+            next_wait(&only_connect, server, None, 1, true, long, 0.5),
+            None
+        );
     }
 
     /// Retry-After in seconds and as an HTTP date.

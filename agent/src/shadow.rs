@@ -8,11 +8,11 @@
 //! cap (tokens per minute, from the shadow answers' usage) skip mirroring
 //! when reached (counted). Shadow work stops with the agent.
 //!
-//! The comparison: status classes, the response schema of each side (a chat
-//! completion or an Anthropic message: required fields, the shape of
-//! `choices`/`content`, a known finish reason; streamed or not), tokens,
-//! latency and time to first token, and a content similarity (token-set
-//! overlap of the answers' text). Mismatches are sampled, with the request
+//! The comparison: the outcome classes of both answers (the agent's one
+//! classification, [`crate::outcome`]), the response schema of each side
+//! (the answer checks of [`crate::api`]; streamed or not), 4xx answers on
+//! each side, tokens, latency and time to first token, and a content
+//! similarity (token-set overlap of the answers' text). Mismatches are sampled, with the request
 //! id, into a bounded list an operator reads on the admin endpoint.
 
 use std::collections::{HashSet, VecDeque};
@@ -24,15 +24,17 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Uri};
 use http_body_util::BodyExt;
 use serde::Serialize;
-use serde_json::Value;
 use tokio::sync::{Semaphore, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::{Api, SseEvents, StreamCheck, check_document};
 use crate::lock;
+use crate::outcome::Outcome;
 use crate::policy::ShadowSettings;
 use crate::runtime::LivePolicy;
-use crate::telemetry::{Outcome, ShadowStats, shadow_counter as c};
+use crate::stream::Usage;
+use crate::telemetry::{ShadowStats, shadow_counter as c};
 
 /// Largest answer body kept for comparison (each side).
 pub const MAX_COMPARED_BODY: usize = 1 << 20;
@@ -225,7 +227,7 @@ impl Tap {
             status: self.status,
             sse: self.sse,
             body: Bytes::from(std::mem::take(&mut self.buf)),
-            complete: outcome == Outcome::Success && !self.truncated,
+            complete: outcome.is_final() && !self.truncated,
         });
     }
 }
@@ -339,48 +341,51 @@ async fn run(mirror: Mirror, primary: oneshot::Receiver<Seen>) {
             if ended && let Some(lease) = lease {
                 lease.release();
             }
-            let outcome = if ended {
-                Outcome::of_status(status)
-            } else {
-                Outcome::StreamBroken
-            };
-            stats.record(outcome);
             stats.latency.record(started.elapsed());
             if sse && let Some(t) = ttft {
                 stats.ttft.record(t);
             }
             Some((status.as_u16(), sse, body, ended))
         }
-        crate::proxy::Tried::Failed(failure, _) => {
-            stats.record(match failure {
-                crate::retry::Failure::Timeout => Outcome::Timeout,
-                _ => Outcome::Connect,
-            });
+        crate::proxy::Tried::Failed(outcome, _) => {
+            stats.record(outcome);
             None
         }
         crate::proxy::Tried::Fault(..) => None,
     };
-    let kind = Kind::of_path(mirror.uri.path());
+    let api = Api::of_path(mirror.uri.path());
     let shadow = answer.map(|(status, sse, body, ended)| {
-        let parsed = inspect(kind, status, sse, &body, ended);
+        let parsed = inspect(api, status, sse, &body, ended);
+        stats.record(parsed.outcome);
+        if parsed.outcome != Outcome::Ok {
+            stats
+                .examples
+                .offer(parsed.outcome, status, parsed.detail.as_deref());
+        }
         (status, parsed)
     });
     if let Some((_, a)) = &shadow {
-        stats.add(c::INPUT_TOKENS, a.input_tokens);
-        stats.add(c::OUTPUT_TOKENS, a.output_tokens);
-        gate.used_tokens(a.input_tokens + a.output_tokens);
+        stats.add(c::INPUT_TOKENS, a.usage.input);
+        stats.add(c::OUTPUT_TOKENS, a.usage.output);
+        gate.used_tokens(a.usage.input + a.usage.output);
     }
 
     // The primary's answer; none if its body was dropped unread.
     let Ok(seen) = primary.await else {
         return;
     };
-    let theirs = inspect(kind, seen.status, seen.sse, &seen.body, seen.complete);
+    let theirs = inspect(api, seen.status, seen.sse, &seen.body, seen.complete);
     stats.bump(c::COMPARED);
-    stats.add(c::PRIMARY_INPUT_TOKENS, theirs.input_tokens);
-    stats.add(c::PRIMARY_OUTPUT_TOKENS, theirs.output_tokens);
-    let shadow_class = shadow.as_ref().map(|(s, _)| class(*s));
-    let status_mismatch = shadow_class != Some(class(seen.status));
+    stats.add(c::PRIMARY_INPUT_TOKENS, theirs.usage.input);
+    stats.add(c::PRIMARY_OUTPUT_TOKENS, theirs.usage.output);
+    if theirs.is_client_error() {
+        stats.bump(c::PRIMARY_CLIENT_ERRORS);
+    }
+    if shadow.as_ref().is_some_and(|(_, a)| a.is_client_error()) {
+        stats.bump(c::CLIENT_ERRORS);
+    }
+    let shadow_outcome = shadow.as_ref().map(|(_, a)| a.outcome);
+    let status_mismatch = shadow_outcome != Some(theirs.outcome);
     if status_mismatch {
         stats.bump(c::STATUS_MISMATCH);
     }
@@ -402,14 +407,15 @@ async fn run(mirror: Mirror, primary: oneshot::Receiver<Seen>) {
         stats.record_similarity(similarity(&theirs.text, &a.text));
     }
     if status_mismatch || shadow_schema.is_some() {
-        let reason = match (&shadow, status_mismatch, &shadow_schema) {
-            (None, _, _) => "the shadow got no answer".to_string(),
-            (Some((s, _)), true, _) => format!(
-                "status {} from the shadow, {} from the primary",
-                s, seen.status
+        let reason = match (&shadow, &shadow_schema) {
+            (None, _) => "the shadow got no answer".to_string(),
+            (_, Some(e)) => format!("the shadow's answer breaks the schema: {e}"),
+            (Some((s, a)), None) => format!(
+                "{} (HTTP {s}) from the shadow, {} (HTTP {}) from the primary",
+                a.outcome.label(),
+                theirs.outcome.label(),
+                seen.status
             ),
-            (_, _, Some(e)) => format!("the shadow's answer breaks the schema: {e}"),
-            _ => String::new(),
         };
         mirror.samples.push(Sample {
             time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
@@ -463,296 +469,84 @@ async fn read_all(
     }
 }
 
-/// The status class compared: 2xx (and other successes), 4xx, 429, 5xx.
-fn class(status: u16) -> u8 {
-    match status {
-        429 => 3,
-        400..=499 => 4,
-        500..=599 => 5,
-        _ => 2,
-    }
-}
-
-/// Which API an answer belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    ChatCompletion,
-    AnthropicMessage,
-    Other,
-}
-
-impl Kind {
-    pub fn of_path(path: &str) -> Kind {
-        if path.ends_with("/chat/completions") {
-            Kind::ChatCompletion
-        } else if path.ends_with("/messages") {
-            Kind::AnthropicMessage
-        } else {
-            Kind::Other
-        }
-    }
-}
-
 /// What an answer says, as far as the comparison cares.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Inspected {
+    /// The answer's class.
+    pub outcome: Outcome,
+    /// What the class rests on: the error's name, or what is wrong.
+    pub detail: Option<String>,
     /// A successful answer whose schema was checked.
     pub checked: bool,
     /// Why a successful answer breaks the schema.
     pub schema_error: Option<String>,
     /// The answer's text.
     pub text: String,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
+    pub usage: Usage,
 }
 
-const OPENAI_FINISH: [&str; 5] = [
-    "stop",
-    "length",
-    "tool_calls",
-    "content_filter",
-    "function_call",
-];
-const ANTHROPIC_STOP: [&str; 6] = [
-    "end_turn",
-    "max_tokens",
-    "stop_sequence",
-    "tool_use",
-    "pause_turn",
-    "refusal",
-];
+impl Inspected {
+    /// A 4xx the app or the backend is to blame for.
+    fn is_client_error(&self) -> bool {
+        matches!(self.outcome, Outcome::AppError | Outcome::BackendRejected)
+    }
+}
 
-/// Checks and reads an answer. Only successful (2xx) answers are checked;
-/// an answer cut short is a schema error.
-pub fn inspect(kind: Kind, status: u16, sse: bool, body: &[u8], complete: bool) -> Inspected {
-    let mut out = Inspected::default();
-    if !(200..300).contains(&status) {
+/// Classifies and reads an answer with the agent's one classification
+/// ([`crate::outcome`]) and answer checks ([`crate::api`]); an answer cut
+/// short is broken, and a successful one is checked against its API.
+pub fn inspect(api: Api, status: u16, sse: bool, body: &[u8], complete: bool) -> Inspected {
+    let status = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+    let mut out = Inspected {
+        outcome: Outcome::Ok,
+        detail: None,
+        checked: false,
+        schema_error: None,
+        text: String::new(),
+        usage: Usage::default(),
+    };
+    if !status.is_success() || !sse {
+        out.usage.absorb(body);
+    }
+    if !status.is_success() {
+        let class = crate::outcome::classify(api, status, body);
+        out.outcome = class.outcome();
+        out.detail = class.detail;
         return out;
     }
     out.checked = true;
     let result = if !complete {
+        out.outcome = Outcome::StreamBroken;
         Err("the answer did not end properly".to_string())
     } else if sse {
-        inspect_stream(kind, body, &mut out)
+        let mut events = SseEvents::default();
+        let mut check = StreamCheck::new(api);
+        let (text, usage) = (&mut out.text, &mut out.usage);
+        let mut on_event = |name: Option<&[u8]>, data: &[u8]| {
+            if crate::stream::USAGE_KEY.find(data).is_some() {
+                usage.absorb(data);
+            }
+            check.event(name, data, Some(text));
+        };
+        events.feed(body, &mut on_event);
+        events.finish(&mut on_event);
+        if check.saw_terminal() {
+            check.verdict().map_err(|m| m.0)
+        } else {
+            out.outcome = Outcome::StreamBroken;
+            Err("the stream did not end with its final event".to_string())
+        }
     } else {
-        match serde_json::from_slice::<Value>(body) {
-            Err(e) => Err(format!("not JSON: {e}")),
-            Ok(v) => {
-                read_usage(&v, &mut out);
-                inspect_document(kind, &v, &mut out)
-            }
-        }
+        check_document(api, body, Some(&mut out.text)).map_err(|m| m.0)
     };
-    out.schema_error = result.err();
-    out
-}
-
-fn read_usage(v: &Value, out: &mut Inspected) {
-    let Some(u) = v.get("usage").filter(|u| u.is_object()) else {
-        return;
-    };
-    let n = |k: &str| u.get(k).and_then(Value::as_u64);
-    if let Some(i) = n("prompt_tokens").or(n("input_tokens")) {
-        out.input_tokens = out.input_tokens.max(i);
-    }
-    if let Some(o) = n("completion_tokens").or(n("output_tokens")) {
-        out.output_tokens = out.output_tokens.max(o);
-    }
-}
-
-fn inspect_document(kind: Kind, v: &Value, out: &mut Inspected) -> Result<(), String> {
-    match kind {
-        Kind::ChatCompletion => {
-            let choices = v
-                .get("choices")
-                .and_then(Value::as_array)
-                .filter(|c| !c.is_empty())
-                .ok_or("choices: must be a non-empty list")?;
-            for (i, c) in choices.iter().enumerate() {
-                let m = c
-                    .get("message")
-                    .filter(|m| m.is_object())
-                    .ok_or(format!("choices[{i}].message: required object"))?;
-                if m.get("role").and_then(Value::as_str) != Some("assistant") {
-                    return Err(format!("choices[{i}].message.role: must be \"assistant\""));
-                }
-                match m.get("content") {
-                    Some(Value::String(s)) => out.text.push_str(s),
-                    Some(Value::Null) | None
-                        if m.get("tool_calls").is_some_and(Value::is_array) => {}
-                    _ => {
-                        return Err(format!(
-                            "choices[{i}].message.content: must be text (or null with tool_calls)"
-                        ));
-                    }
-                }
-                finish(
-                    c.get("finish_reason"),
-                    &OPENAI_FINISH,
-                    &format!("choices[{i}].finish_reason"),
-                )?;
-            }
-            Ok(())
+    if let Err(e) = result {
+        if out.outcome == Outcome::Ok {
+            out.outcome = Outcome::Malformed;
         }
-        Kind::AnthropicMessage => {
-            if v.get("type").and_then(Value::as_str) != Some("message") {
-                return Err("type: must be \"message\"".into());
-            }
-            if v.get("role").and_then(Value::as_str) != Some("assistant") {
-                return Err("role: must be \"assistant\"".into());
-            }
-            let content = v
-                .get("content")
-                .and_then(Value::as_array)
-                .ok_or("content: must be a list")?;
-            for (i, block) in content.iter().enumerate() {
-                match block.get("type").and_then(Value::as_str) {
-                    Some("text") => {
-                        let text = block
-                            .get("text")
-                            .and_then(Value::as_str)
-                            .ok_or(format!("content[{i}].text: required"))?;
-                        out.text.push_str(text);
-                    }
-                    Some(_) => {}
-                    None => return Err(format!("content[{i}].type: required")),
-                }
-            }
-            finish(v.get("stop_reason"), &ANTHROPIC_STOP, "stop_reason")
-        }
-        Kind::Other => Ok(()),
-    }
-}
-
-fn finish(value: Option<&Value>, known: &[&str], field: &str) -> Result<(), String> {
-    match value.and_then(Value::as_str) {
-        Some(r) if known.contains(&r) => Ok(()),
-        Some(r) => Err(format!("{field}: unknown value {r:?}")),
-        None => Err(format!("{field}: required")),
-    }
-}
-
-/// The `data:` payloads of a server-sent event stream, with event names.
-fn events(body: &[u8]) -> Vec<(Option<String>, String)> {
-    let text = String::from_utf8_lossy(body);
-    let mut out = Vec::new();
-    for block in text.split("\n\n") {
-        let mut name = None;
-        let mut data = String::new();
-        for line in block.lines() {
-            if let Some(n) = line.strip_prefix("event:") {
-                name = Some(n.trim().to_string());
-            } else if let Some(d) = line.strip_prefix("data:") {
-                if !data.is_empty() {
-                    data.push('\n');
-                }
-                data.push_str(d.trim_start());
-            }
-        }
-        if !data.is_empty() {
-            out.push((name, data));
-        }
+        out.detail = Some(e.clone());
+        out.schema_error = Some(e);
     }
     out
-}
-
-fn inspect_stream(kind: Kind, body: &[u8], out: &mut Inspected) -> Result<(), String> {
-    let events = events(body);
-    match kind {
-        Kind::ChatCompletion => {
-            let mut done = false;
-            let mut finished = false;
-            for (i, (_, data)) in events.iter().enumerate() {
-                if data == "[DONE]" {
-                    done = true;
-                    continue;
-                }
-                let v: Value =
-                    serde_json::from_str(data).map_err(|e| format!("chunk {i}: not JSON: {e}"))?;
-                read_usage(&v, out);
-                let choices = v
-                    .get("choices")
-                    .and_then(Value::as_array)
-                    .ok_or(format!("chunk {i}: choices: must be a list"))?;
-                for c in choices {
-                    let delta = c
-                        .get("delta")
-                        .filter(|d| d.is_object())
-                        .ok_or(format!("chunk {i}: choices[].delta: required object"))?;
-                    if let Some(s) = delta.get("content").and_then(Value::as_str) {
-                        out.text.push_str(s);
-                    }
-                    if let Some(r) = c.get("finish_reason").filter(|r| !r.is_null()) {
-                        finish(
-                            Some(r),
-                            &OPENAI_FINISH,
-                            &format!("chunk {i}: finish_reason"),
-                        )?;
-                        finished = true;
-                    }
-                }
-            }
-            if !finished {
-                return Err("no chunk gave a finish_reason".into());
-            }
-            if !done {
-                return Err("the stream did not end with [DONE]".into());
-            }
-            Ok(())
-        }
-        Kind::AnthropicMessage => {
-            let (mut started, mut stopped, mut reason) = (false, false, false);
-            for (i, (name, data)) in events.iter().enumerate() {
-                let v: Value =
-                    serde_json::from_str(data).map_err(|e| format!("event {i}: not JSON: {e}"))?;
-                let kind = v
-                    .get("type")
-                    .and_then(Value::as_str)
-                    .or(name.as_deref())
-                    .unwrap_or_default();
-                match kind {
-                    "message_start" => {
-                        started = true;
-                        if let Some(m) = v.get("message") {
-                            read_usage(m, out);
-                        }
-                    }
-                    "content_block_delta" => {
-                        if let Some(t) = v.pointer("/delta/text").and_then(Value::as_str) {
-                            out.text.push_str(t);
-                        }
-                    }
-                    "message_delta" => {
-                        read_usage(&v, out);
-                        if let Some(r) = v.pointer("/delta/stop_reason").filter(|r| !r.is_null()) {
-                            finish(Some(r), &ANTHROPIC_STOP, &format!("event {i}: stop_reason"))?;
-                            reason = true;
-                        }
-                    }
-                    "message_stop" => stopped = true,
-                    _ => {}
-                }
-            }
-            if !started {
-                return Err("no message_start event".into());
-            }
-            if !reason {
-                return Err("no stop_reason".into());
-            }
-            if !stopped {
-                return Err("no message_stop event".into());
-            }
-            Ok(())
-        }
-        Kind::Other => {
-            for (i, (_, data)) in events.iter().enumerate() {
-                if data != "[DONE]" && serde_json::from_str::<Value>(data).is_err() {
-                    return Err(format!("event {i}: not JSON"));
-                }
-            }
-            Ok(())
-        }
-    }
 }
 
 /// Token-set overlap (Jaccard) of two texts' lowercase words; 1 when both
@@ -778,95 +572,51 @@ mod tests {
 
     const CHAT: &str = r#"{"id":"c1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there"},"finish_reason":"stop"}],"usage":{"prompt_tokens":10,"completion_tokens":2}}"#;
 
-    /// A valid chat completion passes and is read; broken ones name the
-    /// field.
+    /// Answers are classified and read with the agent's one classification:
+    /// valid ones with their text and usage, malformed ones with what is
+    /// wrong, cut ones as broken, errors by what they say.
     #[test]
-    fn checks_chat_completions() {
-        let ok = inspect(Kind::ChatCompletion, 200, false, CHAT.as_bytes(), true);
-        assert_eq!(ok.schema_error, None);
+    fn inspects_answers_with_the_one_classification() {
+        let chat = Api::ChatCompletions;
+        let ok = inspect(chat, 200, false, CHAT.as_bytes(), true);
+        assert_eq!(
+            (ok.outcome, ok.schema_error.as_deref()),
+            (Outcome::Ok, None)
+        );
         assert_eq!(ok.text, "Hello there");
-        assert_eq!((ok.input_tokens, ok.output_tokens), (10, 2));
-        let bad = inspect(
-            Kind::ChatCompletion,
-            200,
+        assert_eq!((ok.usage.input, ok.usage.output), (10, 2));
+        let bad = inspect(chat, 200, false, br#"{"choices": []}"#, true);
+        assert_eq!(bad.outcome, Outcome::Malformed);
+        assert!(bad.schema_error.unwrap().contains("choices"));
+        let cut = inspect(chat, 200, false, CHAT.as_bytes(), false);
+        assert_eq!(cut.outcome, Outcome::StreamBroken);
+        let rejected = inspect(
+            chat,
+            401,
             false,
-            br#"{"choices": "not a list"}"#,
+            br#"{"error":{"type":"invalid_request_error","code":"invalid_api_key"}}"#,
             true,
         );
-        assert_eq!(
-            bad.schema_error.as_deref(),
-            Some("choices: must be a non-empty list")
-        );
-        let reason = CHAT.replace("\"stop\"", "\"exploded\"");
-        let bad = inspect(Kind::ChatCompletion, 200, false, reason.as_bytes(), true);
-        assert!(
-            bad.schema_error
-                .unwrap()
-                .contains("finish_reason: unknown value")
-        );
-        let not_json = inspect(Kind::ChatCompletion, 200, false, b"<html>", true);
-        assert!(not_json.schema_error.unwrap().starts_with("not JSON"));
-        let cut = inspect(Kind::ChatCompletion, 200, false, CHAT.as_bytes(), false);
-        assert!(cut.schema_error.is_some());
-        // Error answers are compared by status only.
-        let err = inspect(Kind::ChatCompletion, 503, false, b"oops", true);
-        assert!(!err.checked && err.schema_error.is_none());
-    }
+        assert_eq!(rejected.outcome, Outcome::BackendRejected);
+        assert_eq!(rejected.detail.as_deref(), Some("invalid_api_key"));
+        assert!(rejected.is_client_error() && !rejected.checked);
+        let err = inspect(chat, 503, false, b"oops", true);
+        assert_eq!((err.outcome, err.checked), (Outcome::ServerError, false));
 
-    /// Streams: chunks with deltas, a finish reason and [DONE]; Anthropic
-    /// events from message_start to message_stop.
-    #[test]
-    fn checks_streams() {
-        let stream = "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n\
-                      data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\" you\"},\"finish_reason\":\"stop\"}]}\n\n\
+        let stream = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":\"stop\"}]}\n\n\
                       data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\n\
                       data: [DONE]\n\n";
-        let ok = inspect(Kind::ChatCompletion, 200, true, stream.as_bytes(), true);
-        assert_eq!(ok.schema_error, None);
-        assert_eq!(ok.text, "Hi you");
-        assert_eq!(ok.output_tokens, 2);
-        let no_done = stream.replace("data: [DONE]\n\n", "");
-        let bad = inspect(Kind::ChatCompletion, 200, true, no_done.as_bytes(), true);
-        assert!(bad.schema_error.unwrap().contains("[DONE]"));
-
-        let anthropic = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":9}}}\n\n\
-                         event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"Hey\"}}\n\n\
-                         event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":1}}\n\n\
-                         event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
-        let ok = inspect(
-            Kind::AnthropicMessage,
-            200,
-            true,
-            anthropic.as_bytes(),
-            true,
-        );
-        assert_eq!(ok.schema_error, None);
+        let ok = inspect(chat, 200, true, stream.as_bytes(), true);
         assert_eq!(
-            (ok.text.as_str(), ok.input_tokens, ok.output_tokens),
-            ("Hey", 9, 1)
+            (ok.outcome, ok.text.as_str(), ok.usage.output),
+            (Outcome::Ok, "Hi", 2)
         );
-        let unstopped = anthropic.replace("message_stop", "ping");
-        let bad = inspect(
-            Kind::AnthropicMessage,
-            200,
-            true,
-            unstopped.as_bytes(),
-            true,
-        );
-        assert!(bad.schema_error.unwrap().contains("message_stop"));
-    }
-
-    /// Anthropic messages need the type, role, content blocks and a known
-    /// stop reason.
-    #[test]
-    fn checks_anthropic_messages() {
-        let ok = br#"{"type":"message","role":"assistant","content":[{"type":"text","text":"Yes"}],"stop_reason":"end_turn","usage":{"input_tokens":4,"output_tokens":1}}"#;
-        let a = inspect(Kind::AnthropicMessage, 200, false, ok, true);
-        assert_eq!(a.schema_error, None);
-        assert_eq!(a.text, "Yes");
-        let bad = br#"{"type":"message","role":"assistant","content":[{"type":"text"}],"stop_reason":"end_turn"}"#;
-        let a = inspect(Kind::AnthropicMessage, 200, false, bad, true);
-        assert_eq!(a.schema_error.as_deref(), Some("content[0].text: required"));
+        let unended = stream.replace("data: [DONE]\n\n", "");
+        let broken = inspect(chat, 200, true, unended.as_bytes(), true);
+        assert_eq!(broken.outcome, Outcome::StreamBroken);
+        let anthropic = br#"{"type":"message","role":"assistant","content":[{"type":"text","text":"Yes"}],"stop_reason":"end_turn","usage":{"input_tokens":4,"output_tokens":1}}"#;
+        let a = inspect(Api::Messages, 200, false, anthropic, true);
+        assert_eq!((a.outcome, a.text.as_str()), (Outcome::Ok, "Yes"));
     }
 
     /// Similarity is the overlap of word sets.
@@ -885,7 +635,7 @@ mod tests {
         let (tx, mut rx) = oneshot::channel();
         let mut tap = Tap::new(200, false, tx);
         tap.push(b"{}");
-        tap.finish(Outcome::Success);
+        tap.finish(Outcome::Ok);
         let seen = rx.try_recv().unwrap();
         assert!(seen.complete);
         assert_eq!(seen.body, "{}");

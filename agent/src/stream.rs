@@ -1,12 +1,16 @@
 //! Response bodies on their way to the app.
 //!
-//! [`ObservedBody`] passes an upstream body through frame by frame (nothing is
-//! buffered whole) and watches it: time to first byte, the idle timeout
-//! between frames, the stream-cut fault, `usage` token counts, and for
-//! server-sent events whether the stream ended properly (`data: [DONE]`,
-//! Anthropic's `message_stop`). A stream that breaks, stalls or ends early is
-//! finished with an SSE error event and then aborted, so the app never sees a
-//! clean end; it counts as a failure of its backend.
+//! Plain answers are read whole and checked before their head goes to the
+//! app (see the proxy); [`ObservedBody`] passes the rest through frame by
+//! frame (nothing is buffered whole) and watches them: server-sent event
+//! streams, and plain bodies too long to check. It measures time to first
+//! byte, enforces the idle timeout between frames and the stream-cut
+//! fault, reads `usage`, and for streams reads every event
+//! ([`crate::api::SseEvents`]) and checks it ([`crate::api::StreamCheck`]):
+//! a stream that ends without its final event is broken, one whose events
+//! are not its API's is malformed. A stream that breaks, stalls or ends
+//! early is finished with an SSE error event and then aborted, so the app
+//! never sees a clean end; it counts as a failure of its backend.
 
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
@@ -19,10 +23,12 @@ use hyper::body::Incoming;
 use memchr::memmem;
 use tokio::time::{Instant, Sleep};
 
+use crate::api::{Api, SseEvents, StreamCheck};
 use crate::breaker::{Breaker, Permit};
-use crate::errors::{self, ErrorKind, Shape};
+use crate::errors::{self, ErrorKind};
+use crate::outcome::Outcome;
 use crate::shadow::Tap;
-use crate::telemetry::{AgentStats, BackendStats, Outcome};
+use crate::telemetry::{AgentStats, BackendStats};
 use crate::trace::BodySpans;
 use crate::upstream::Lease;
 
@@ -105,44 +111,65 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
-            ProxyBody::Observed(o) if !o.sse => o.inner.size_hint(),
+            ProxyBody::Observed(o) if !o.is_sse() && o.prefix.is_none() => o.inner.size_hint(),
             ProxyBody::Observed(_) => SizeHint::default(),
         }
     }
 }
 
-/// Bookkeeping of the attempt whose response is being delivered, settled once
-/// when the body ends (or the app goes away).
+/// Bookkeeping of one attempt, settled once with its outcome: when its
+/// answer was judged, or when the body delivered to the app ends (or the
+/// app goes away).
 pub struct Attempt {
     pub stats: Arc<BackendStats>,
     pub breaker: Option<Arc<Breaker>>,
     pub permit: Permit,
     pub started: Instant,
-    /// The class of the response status.
-    pub outcome: Outcome,
+    /// The answer's status.
+    pub status: u16,
 }
 
 impl Attempt {
-    fn settle(self, outcome: Outcome, ttft: Option<Duration>, usage: Usage) {
+    /// Settles an answer delivered to the app: its outcome, its latency and
+    /// time to first token, its tokens, and what the breaker learns.
+    /// `detail` names what was wrong, for the failure example.
+    pub fn settle(
+        self,
+        outcome: Outcome,
+        detail: Option<&str>,
+        ttft: Option<Duration>,
+        usage: Usage,
+    ) {
+        if outcome == Outcome::Cancelled {
+            // Says nothing about the backend: give a probe slot back.
+            self.stats.record(outcome);
+            return;
+        }
+        self.stats
+            .record_latency(self.started.elapsed(), outcome == Outcome::Ok);
+        if let Some(t) = ttft {
+            self.stats.ttft.record(t);
+        }
+        self.stats.add_tokens(usage.input, usage.output);
+        self.fail(outcome, false, detail);
+    }
+
+    /// Settles an attempt whose answer did not reach the app (a failure
+    /// retried or fallen back from): its outcome, its failure example and
+    /// what the breaker learns.
+    pub fn fail(self, outcome: Outcome, quota: bool, detail: Option<&str>) {
         let Attempt {
             stats,
             breaker,
             permit,
-            started,
+            status,
             ..
         } = self;
         stats.record(outcome);
-        if outcome == Outcome::Cancelled {
-            // Says nothing about the backend: give a probe slot back.
-            drop(permit);
-            return;
+        if outcome != Outcome::Ok && status != 0 {
+            stats.examples.offer(outcome, status, detail);
         }
-        stats.record_latency(started.elapsed(), outcome == Outcome::Success);
-        if let Some(t) = ttft {
-            stats.ttft.record(t);
-        }
-        stats.add_tokens(usage.input, usage.output);
-        permit.record(breaker.as_deref(), !outcome.is_backend_failure());
+        permit.record(breaker.as_deref(), outcome.health(quota));
     }
 }
 
@@ -159,7 +186,7 @@ impl Usage {
     /// document is never parsed (a key inside a JSON string would be escaped
     /// and cannot match), and only its top-level integer fields are read.
     /// Counts only grow: Anthropic's streamed output count is cumulative.
-    fn absorb(&mut self, json: &[u8]) {
+    pub fn absorb(&mut self, json: &[u8]) {
         static USAGE: LazyLock<memmem::FinderRev<'static>> =
             LazyLock::new(|| memmem::FinderRev::new(b"\"usage\""));
         let Some(at) = USAGE.rfind(json) else {
@@ -312,35 +339,32 @@ impl<'a> Iterator for UsageObject<'a> {
     }
 }
 
-static USAGE_KEY: LazyLock<memmem::Finder<'static>> =
+/// Finds the `usage` key in a document or event.
+pub(crate) static USAGE_KEY: LazyLock<memmem::Finder<'static>> =
     LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
+
 static EVENT_END: LazyLock<memmem::Finder<'static>> =
     LazyLock::new(|| memmem::Finder::new(b"\n\n"));
 
-/// Longest non-streamed body kept to read its `usage`.
+/// Longest plain body kept to read its `usage`.
 const USAGE_BODY_LIMIT: usize = 1 << 20;
-/// Longest SSE line kept across frames to read its `usage`.
-const USAGE_LINE_LIMIT: usize = 1 << 20;
 
-/// Reads usage from a body as it passes.
+/// Reads `usage` from a plain body as it passes: its frames (cheap clones)
+/// are kept, while under the limit, and read at the end.
 #[derive(Default)]
-struct UsageScanner {
-    usage: Usage,
-    /// SSE: the incomplete last line of the previous frame.
-    partial: Vec<u8>,
-    /// JSON: the frames so far (cheap clones), while under the limit.
+struct PlainUsage {
     frames: Vec<Bytes>,
-    frames_len: usize,
+    len: usize,
     overflow: bool,
 }
 
-impl UsageScanner {
-    fn feed_json(&mut self, data: &Bytes) {
+impl PlainUsage {
+    fn feed(&mut self, data: &Bytes) {
         if self.overflow {
             return;
         }
-        self.frames_len += data.len();
-        if self.frames_len > USAGE_BODY_LIMIT {
+        self.len += data.len();
+        if self.len > USAGE_BODY_LIMIT {
             self.overflow = true;
             self.frames.clear();
             return;
@@ -348,69 +372,45 @@ impl UsageScanner {
         self.frames.push(data.clone());
     }
 
-    fn finish_json(&mut self) {
+    fn finish(&mut self, usage: &mut Usage) {
         match self.frames.len() {
             0 => {}
-            1 => self.usage.absorb(&self.frames[0]),
-            _ => {
-                let whole: Vec<u8> = self.frames.concat();
-                self.usage.absorb(&whole);
-            }
+            1 => usage.absorb(&self.frames[0]),
+            _ => usage.absorb(&self.frames.concat()),
         }
         self.frames.clear();
     }
+}
 
-    fn feed_sse(&mut self, data: &[u8]) {
-        let mut rest = data;
-        if !self.partial.is_empty() {
-            match memchr::memchr(b'\n', rest) {
-                Some(i) => {
-                    self.partial.extend_from_slice(&rest[..i]);
-                    let line = std::mem::take(&mut self.partial);
-                    self.sse_line(&line);
-                    rest = &rest[i + 1..];
-                }
-                None => {
-                    if self.partial.len() + rest.len() <= USAGE_LINE_LIMIT {
-                        self.partial.extend_from_slice(rest);
-                    }
-                    return;
-                }
-            }
-        }
-        let (complete, tail) = match memchr::memrchr(b'\n', rest) {
-            Some(i) => (&rest[..i], &rest[i + 1..]),
-            None => (&rest[..0], rest),
-        };
-        if USAGE_KEY.find(complete).is_some() {
-            for line in complete.split(|b| *b == b'\n') {
-                self.sse_line(line);
-            }
-        }
-        if !tail.is_empty() && tail.len() <= USAGE_LINE_LIMIT {
-            self.partial.extend_from_slice(tail);
+/// What a server-sent event stream's events said so far.
+struct Events {
+    reader: SseEvents,
+    check: StreamCheck,
+}
+
+impl Events {
+    fn new(api: Api) -> Self {
+        Self {
+            reader: SseEvents::default(),
+            check: StreamCheck::new(api),
         }
     }
 
-    fn sse_line(&mut self, line: &[u8]) {
-        let Some(data) = line.strip_prefix(b"data:") else {
-            return;
+    /// Reads the events completed by `data` (all that are left, at the end).
+    fn feed(&mut self, data: Option<&[u8]>, usage: &mut Usage) {
+        let check = &mut self.check;
+        let mut on_event = |name: Option<&[u8]>, event: &[u8]| {
+            if USAGE_KEY.find(event).is_some() {
+                usage.absorb(event);
+            }
+            check.event(name, event, None);
         };
-        if USAGE_KEY.find(data).is_some() {
-            self.usage.absorb(data);
+        match data {
+            Some(bytes) => self.reader.feed(bytes, on_event),
+            None => self.reader.finish(&mut on_event),
         }
     }
 }
-
-/// Lines that end a server-sent event stream properly. JSON in a data line
-/// cannot hold a raw newline, so these cannot appear inside an event.
-const TERMINALS: [&[u8]; 4] = [
-    b"\ndata: [DONE]",
-    b"\ndata:[DONE]",
-    b"\nevent: message_stop",
-    b"\nevent:message_stop",
-];
-const CARRY: usize = 24;
 
 #[derive(Debug, PartialEq, Eq)]
 enum State {
@@ -427,19 +427,25 @@ enum State {
 /// An upstream body passed through and watched (see the module docs).
 pub struct ObservedBody {
     inner: Incoming,
+    /// Bytes read from the upstream before the body was handed over (a
+    /// plain answer too long to check), passed first.
+    prefix: Option<Bytes>,
     state: State,
-    sse: bool,
-    shape: Shape,
+    /// The events of a server-sent event stream; `None` for a plain body.
+    events: Option<Box<Events>>,
+    plain: PlainUsage,
+    api: Api,
     idle_timeout: Duration,
     idle: Option<Pin<Box<Sleep>>>,
     /// SSE events (or frames, for other bodies) passed so far.
-    events: u32,
+    passed: u32,
     cut_after: Option<u32>,
-    carry: Vec<u8>,
-    saw_terminal: bool,
-    usage: UsageScanner,
+    usage: Usage,
     first_byte: Option<Duration>,
     attempt: Option<Attempt>,
+    /// The outcome of a body that ends properly, before its events are
+    /// judged (a plain body too long to check has only its status).
+    outcome: Outcome,
     /// The upstream connection, returned to its pool at a proper end.
     lease: Option<Lease>,
     /// A copy for the shadow comparison, when the request is mirrored.
@@ -452,10 +458,14 @@ pub struct ObservedBody {
 /// How to watch a body.
 pub struct Watch {
     pub sse: bool,
-    pub shape: Shape,
+    /// The request's API: what its events must look like, and the shape
+    /// of the error event that ends a broken stream.
+    pub api: Api,
     pub idle_timeout: Duration,
     /// Cut the stream after this many events (an injected fault).
     pub cut_after: Option<u32>,
+    /// The outcome of the body if it ends properly (its answer's class).
+    pub outcome: Outcome,
 }
 
 impl ObservedBody {
@@ -466,30 +476,32 @@ impl ObservedBody {
         lease: Option<Lease>,
         inflight: Option<InflightGuard>,
     ) -> Self {
-        let mut carry = Vec::with_capacity(if watch.sse { CARRY + 1 } else { 0 });
-        if watch.sse {
-            // The first line of the stream counts as following a newline.
-            carry.push(b'\n');
-        }
         Self {
             inner,
+            prefix: None,
             state: State::Streaming,
-            sse: watch.sse,
-            shape: watch.shape,
+            events: watch.sse.then(|| Box::new(Events::new(watch.api))),
+            plain: PlainUsage::default(),
+            api: watch.api,
             idle_timeout: watch.idle_timeout,
             idle: None,
-            events: 0,
+            passed: 0,
             cut_after: watch.cut_after,
-            carry,
-            saw_terminal: false,
-            usage: UsageScanner::default(),
+            usage: Usage::default(),
             first_byte: None,
             attempt,
+            outcome: watch.outcome,
             lease,
             tap: None,
             spans: None,
             _inflight: inflight,
         }
+    }
+
+    /// Passes `prefix` (already read from the upstream) before the rest.
+    pub fn with_prefix(mut self, prefix: Bytes) -> Self {
+        self.prefix = (!prefix.is_empty()).then_some(prefix);
+        self
     }
 
     /// Copies the body, as it passes, for the shadow comparison.
@@ -504,65 +516,50 @@ impl ObservedBody {
 
     /// True for a server-sent event stream.
     pub fn is_sse(&self) -> bool {
-        self.sse
+        self.events.is_some()
     }
 
-    fn settle(&mut self, outcome: Outcome) {
+    fn settle(&mut self, outcome: Outcome, detail: Option<&str>) {
         if let Some(tap) = &mut self.tap {
             tap.finish(outcome);
         }
         if let Some(spans) = self.spans.take() {
-            spans.finish(outcome, self.usage.usage);
+            spans.finish(outcome, self.usage);
         }
         if let Some(attempt) = self.attempt.take() {
-            let outcome = if outcome == Outcome::Success {
-                attempt.outcome
+            let ttft = if self.events.is_some() {
+                self.first_byte
             } else {
-                outcome
+                None
             };
-            let ttft = if self.sse { self.first_byte } else { None };
-            attempt.settle(outcome, ttft, self.usage.usage);
+            attempt.settle(outcome, detail, ttft, self.usage);
         }
     }
 
     /// Ends the body with an error: an SSE error event first when the
     /// response is a stream, then an abort.
     fn fail(&mut self, kind: ErrorKind, outcome: Outcome, message: &str) {
-        self.settle(outcome);
-        self.state = if self.sse {
-            State::SendError(errors::sse_event(self.shape, kind, message))
+        self.settle(outcome, Some(message));
+        self.state = if self.events.is_some() {
+            State::SendError(errors::sse_event(self.api.dialect(), kind, message))
         } else {
             State::Abort
         };
     }
 
-    fn saw_terminal_in(&mut self, data: &[u8]) -> bool {
-        let head = &data[..data.len().min(CARRY)];
-        let mut joined = std::mem::take(&mut self.carry);
-        joined.extend_from_slice(head);
-        let found = TERMINALS
-            .iter()
-            .any(|t| memmem::find(&joined, t).is_some() || memmem::find(data, t).is_some());
-        joined.clear();
-        let tail_from = data.len().saturating_sub(CARRY);
-        joined.extend_from_slice(&data[tail_from..]);
-        self.carry = joined;
-        found
-    }
-
     /// Counts the events in `data`; with a cut due, returns how many bytes of
     /// `data` to pass before cutting.
     fn count_events(&mut self, data: &[u8]) -> Option<usize> {
-        if !self.sse {
-            self.events += 1;
+        if self.events.is_none() {
+            self.passed += 1;
             return match self.cut_after {
-                Some(n) if self.events > n => Some(0),
+                Some(n) if self.passed > n => Some(0),
                 _ => None,
             };
         }
         for end in EVENT_END.find_iter(data) {
-            self.events += 1;
-            if self.cut_after == Some(self.events) {
+            self.passed += 1;
+            if self.cut_after == Some(self.passed) {
                 return Some(end + 2);
             }
         }
@@ -572,24 +569,45 @@ impl ObservedBody {
         }
     }
 
-    /// The upstream body ended: a stream without its final event is broken.
+    /// The upstream body ended: a stream without its final event is broken;
+    /// one whose events are not its API's is malformed.
     fn end(&mut self) {
-        if self.sse && !self.saw_terminal {
-            self.fail(
-                ErrorKind::StreamBroken,
-                Outcome::StreamBroken,
-                "the upstream stream ended without its final event",
-            );
-            return;
-        }
-        if !self.sse {
-            self.usage.finish_json();
+        let mut outcome = self.outcome;
+        let mut detail = None;
+        match self.events.as_mut() {
+            Some(events) => {
+                events.feed(None, &mut self.usage);
+                if !events.check.saw_terminal() {
+                    self.fail(
+                        ErrorKind::StreamBroken,
+                        Outcome::StreamBroken,
+                        "the upstream stream ended without its final event",
+                    );
+                    return;
+                }
+                if let Err(m) = events.check.verdict() {
+                    outcome = Outcome::Malformed;
+                    detail = Some(m.0);
+                }
+            }
+            None => self.plain.finish(&mut self.usage),
         }
         if let Some(lease) = self.lease.take() {
             lease.release();
         }
-        self.settle(Outcome::Success);
+        self.settle(outcome, detail.as_deref());
         self.state = State::Done;
+    }
+
+    /// Watches one frame of data on its way to the app.
+    fn observe(&mut self, data: &Bytes) {
+        if let Some(tap) = &mut self.tap {
+            tap.push(data);
+        }
+        match self.events.as_mut() {
+            Some(events) => events.feed(Some(data), &mut self.usage),
+            None => self.plain.feed(data),
+        }
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
@@ -614,6 +632,10 @@ impl ObservedBody {
                 return Poll::Ready(Some(Err(BodyError("upstream response ended abnormally"))));
             }
             State::Streaming => {}
+        }
+        if let Some(prefix) = self.prefix.take() {
+            self.observe(&prefix);
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
         }
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -644,17 +666,7 @@ impl ObservedBody {
                     }
                     return Poll::Ready(Some(Ok(Frame::data(passed))));
                 }
-                if let Some(tap) = &mut self.tap {
-                    tap.push(&data);
-                }
-                if self.sse {
-                    if !self.saw_terminal && self.saw_terminal_in(&data) {
-                        self.saw_terminal = true;
-                    }
-                    self.usage.feed_sse(&data);
-                } else {
-                    self.usage.feed_json(&data);
-                }
+                self.observe(&data);
                 // A body of known length is not polled past its last byte:
                 // settle now.
                 if self.inner.is_end_stream() {
@@ -697,7 +709,7 @@ impl ObservedBody {
 impl Drop for ObservedBody {
     fn drop(&mut self) {
         // The app went away before the end.
-        self.settle(Outcome::Cancelled);
+        self.settle(Outcome::Cancelled, None);
     }
 }
 
@@ -753,15 +765,24 @@ mod tests {
     /// SSE usage is found even when its line is split across frames.
     #[test]
     fn sse_usage_across_frames() {
-        let mut s = UsageScanner::default();
-        s.feed_sse(b"data: {\"choices\":[]}\n\ndata: {\"usage\":{\"prompt_");
-        s.feed_sse(b"tokens\":7,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n");
+        let mut events = Events::new(Api::ChatCompletions);
+        let mut usage = Usage::default();
+        events.feed(
+            Some(b"data: {\"choices\":[]}\n\ndata: {\"usage\":{\"prompt_"),
+            &mut usage,
+        );
+        events.feed(
+            Some(b"tokens\":7,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n"),
+            &mut usage,
+        );
+        events.feed(None, &mut usage);
         assert_eq!(
-            s.usage,
+            usage,
             Usage {
                 input: 7,
                 output: 3
             }
         );
+        assert!(events.check.saw_terminal());
     }
 }

@@ -1,4 +1,5 @@
-//! Telemetry per policy and backend: attempt outcomes by class, latency and
+//! Telemetry per policy and backend: attempt outcomes by class (see
+//! [`crate::outcome`]), an example answer of each failure class, latency and
 //! time-to-first-token histograms (the shared buckets of
 //! [`shepherd_proto::histogram`]), tokens from `usage`, retries, fallbacks.
 //! Recording is a few relaxed atomic adds. Counters live in a registry keyed
@@ -18,82 +19,7 @@ use shepherd_proto::telemetry::{SIMILARITY_BUCKETS, similarity_bucket};
 use shepherd_proto::v1;
 
 use crate::lock;
-
-/// The class of an attempt's outcome.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    /// 1xx to 3xx.
-    Success,
-    /// 4xx other than 429.
-    ClientError,
-    RateLimited,
-    ServerError,
-    /// No response head within the per-try timeout.
-    Timeout,
-    /// The connection failed.
-    Connect,
-    /// The body broke or stalled after the head reached the app.
-    StreamBroken,
-    /// The breaker was open: nothing was sent.
-    BreakerRejected,
-    /// A fault answered instead of the backend.
-    FaultInjected,
-    /// The app went away before the response ended.
-    Cancelled,
-}
-
-impl Outcome {
-    pub const ALL: [Outcome; 10] = [
-        Outcome::Success,
-        Outcome::ClientError,
-        Outcome::RateLimited,
-        Outcome::ServerError,
-        Outcome::Timeout,
-        Outcome::Connect,
-        Outcome::StreamBroken,
-        Outcome::BreakerRejected,
-        Outcome::FaultInjected,
-        Outcome::Cancelled,
-    ];
-
-    /// The label value in metrics and reports.
-    pub fn label(self) -> &'static str {
-        match self {
-            Outcome::Success => "2xx",
-            Outcome::ClientError => "4xx",
-            Outcome::RateLimited => "429",
-            Outcome::ServerError => "5xx",
-            Outcome::Timeout => "timeout",
-            Outcome::Connect => "connect",
-            Outcome::StreamBroken => "stream_broken",
-            Outcome::BreakerRejected => "breaker_rejected",
-            Outcome::FaultInjected => "fault_injected",
-            Outcome::Cancelled => "cancelled",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-
-    /// The class of a response status.
-    pub fn of_status(status: http::StatusCode) -> Outcome {
-        match status.as_u16() {
-            429 => Outcome::RateLimited,
-            400..=499 => Outcome::ClientError,
-            500..=599 => Outcome::ServerError,
-            _ => Outcome::Success,
-        }
-    }
-
-    /// True when the outcome says the backend is unhealthy (for breakers).
-    pub fn is_backend_failure(self) -> bool {
-        matches!(
-            self,
-            Outcome::ServerError | Outcome::Timeout | Outcome::Connect | Outcome::StreamBroken
-        )
-    }
-}
+pub use crate::outcome::Outcome;
 
 /// Counters of one backend within one policy, under one snapshot version.
 #[derive(Debug, Default)]
@@ -119,6 +45,8 @@ pub struct BackendStats {
     pub faults_cut: AtomicU64,
     /// This backend as the shadow of its policy.
     pub shadow: ShadowStats,
+    /// An example answer of each failure class.
+    pub examples: Examples,
 }
 
 /// Shadow counters, by index into [`ShadowStats::counters`].
@@ -137,7 +65,9 @@ pub mod shadow_counter {
     pub const OUTPUT_TOKENS: usize = 11;
     pub const PRIMARY_INPUT_TOKENS: usize = 12;
     pub const PRIMARY_OUTPUT_TOKENS: usize = 13;
-    pub const COUNT: usize = 14;
+    pub const CLIENT_ERRORS: usize = 14;
+    pub const PRIMARY_CLIENT_ERRORS: usize = 15;
+    pub const COUNT: usize = 16;
     /// Names in metrics, same order.
     pub const NAMES: [&str; COUNT] = [
         "mirrored",
@@ -154,6 +84,8 @@ pub mod shadow_counter {
         "output_tokens",
         "primary_input_tokens",
         "primary_output_tokens",
+        "client_errors",
+        "primary_client_errors",
     ];
 }
 
@@ -165,6 +97,8 @@ pub struct ShadowStats {
     pub latency: AtomicHistogram,
     pub ttft: AtomicHistogram,
     pub similarity: [AtomicU64; SIMILARITY_BUCKETS],
+    /// An example shadow answer of each failure class.
+    pub examples: Examples,
 }
 
 impl ShadowStats {
@@ -221,16 +155,47 @@ fn sub_arrays<const N: usize>(a: &[u64; N], b: &[u64; N]) -> [u64; N] {
 fn outcomes_wire(o: &[u64; Outcome::ALL.len()]) -> v1::Outcomes {
     let get = |x: Outcome| o[x.index()];
     v1::Outcomes {
-        success: get(Outcome::Success),
-        client_error: get(Outcome::ClientError),
+        success: get(Outcome::Ok),
+        app_error: get(Outcome::AppError),
+        backend_rejected: get(Outcome::BackendRejected),
         rate_limited: get(Outcome::RateLimited),
         server_error: get(Outcome::ServerError),
         timeout: get(Outcome::Timeout),
         connect_error: get(Outcome::Connect),
         stream_broken: get(Outcome::StreamBroken),
+        malformed: get(Outcome::Malformed),
         breaker_rejected: get(Outcome::BreakerRejected),
         fault_injected: get(Outcome::FaultInjected),
         cancelled: get(Outcome::Cancelled),
+    }
+}
+
+/// One example answer of each failure class (status and short detail),
+/// kept until the next report takes them.
+#[derive(Debug, Default)]
+pub struct Examples {
+    slots: Mutex<Vec<v1::FailureExample>>,
+}
+
+impl Examples {
+    /// Keeps the first answer of its class this interval.
+    pub fn offer(&self, outcome: Outcome, status: u16, detail: Option<&str>) {
+        let mut slots = lock(&self.slots);
+        if slots.iter().any(|e| e.outcome == outcome.label()) {
+            return;
+        }
+        slots.push(v1::FailureExample {
+            outcome: outcome.label().to_string(),
+            status: u32::from(status),
+            detail: detail
+                .map(|d| shepherd_proto::validate::clip(d).into_owned())
+                .unwrap_or_default(),
+        });
+    }
+
+    /// Takes the examples kept so far.
+    pub fn take(&self) -> Vec<v1::FailureExample> {
+        std::mem::take(&mut *lock(&self.slots))
     }
 }
 
@@ -282,6 +247,9 @@ impl ShadowCounts {
             output_tokens: g(c::OUTPUT_TOKENS),
             primary_input_tokens: g(c::PRIMARY_INPUT_TOKENS),
             primary_output_tokens: g(c::PRIMARY_OUTPUT_TOKENS),
+            client_errors: g(c::CLIENT_ERRORS),
+            primary_client_errors: g(c::PRIMARY_CLIENT_ERRORS),
+            examples: Vec::new(),
             similarity: if self.similarity.iter().any(|n| *n > 0) {
                 self.similarity.to_vec()
             } else {
@@ -421,6 +389,7 @@ impl Counts {
             fallbacks: self.fallbacks,
             selected: self.selected,
             shadow: (!self.shadow.is_empty()).then(|| self.shadow.to_wire()),
+            examples: Vec::new(),
         }
     }
 }
@@ -505,7 +474,11 @@ impl StatsRegistry {
                 if delta.is_empty() {
                     continue;
                 }
-                let wire = delta.to_wire(backend);
+                let mut wire = delta.to_wire(backend);
+                wire.examples = entry.live.examples.take();
+                if let Some(shadow) = wire.shadow.as_mut() {
+                    shadow.examples = entry.live.shadow.examples.take();
+                }
                 match out
                     .iter_mut()
                     .find(|p| p.policy == *policy && p.snapshot_version == *version)
@@ -580,7 +553,7 @@ impl StatsRegistry {
             &mut out,
             "shepherd_agent_attempts_total",
             "counter",
-            "Attempts sent to a backend (or refused or faulted), by outcome.",
+            "Attempts sent to a backend (or refused or faulted), by outcome class.",
         );
         for ((policy, backend), s) in &backends {
             for o in Outcome::ALL {
@@ -694,7 +667,7 @@ impl StatsRegistry {
             &mut out,
             "shepherd_agent_attempt_duration_seconds",
             "histogram",
-            "Time from sending an attempt to the end of its response, by outcome (ok: the response succeeded).",
+            "Time from sending an attempt to the end of its response, by outcome (ok: a valid answer; error: any other).",
         );
         for ((policy, backend), s) in &backends {
             let labels = format!("policy=\"{}\",backend=\"{}\"", esc(policy), esc(backend));
@@ -806,8 +779,8 @@ mod tests {
     fn renders_prometheus_text() {
         let reg = StatsRegistry::default();
         let s = reg.backend("chat", "openai", 7);
-        s.record(Outcome::Success);
-        s.record(Outcome::Success);
+        s.record(Outcome::Ok);
+        s.record(Outcome::Ok);
         s.record(Outcome::ServerError);
         s.record_latency(Duration::from_millis(3), true);
         s.record_latency(Duration::from_millis(30), false);
@@ -817,8 +790,8 @@ mod tests {
         let text = reg.render(&AgentStats::default(), 7, &breakers);
         for line in [
             "shepherd_agent_requests_total{policy=\"chat\"} 3",
-            "shepherd_agent_attempts_total{policy=\"chat\",backend=\"openai\",outcome=\"2xx\"} 2",
-            "shepherd_agent_attempts_total{policy=\"chat\",backend=\"openai\",outcome=\"5xx\"} 1",
+            "shepherd_agent_attempts_total{policy=\"chat\",backend=\"openai\",outcome=\"ok\"} 2",
+            "shepherd_agent_attempts_total{policy=\"chat\",backend=\"openai\",outcome=\"server_error\"} 1",
             "shepherd_agent_tokens_total{policy=\"chat\",backend=\"openai\",kind=\"input\"} 24",
             "shepherd_agent_attempt_duration_seconds_bucket{policy=\"chat\",backend=\"openai\",outcome=\"ok\",le=\"0.0025\"} 0",
             "shepherd_agent_attempt_duration_seconds_bucket{policy=\"chat\",backend=\"openai\",outcome=\"ok\",le=\"0.005\"} 1",
@@ -846,7 +819,7 @@ mod tests {
     fn collects_deltas_per_version_and_retires() {
         let reg = StatsRegistry::default();
         let v1 = reg.backend("chat", "openai", 1);
-        v1.record(Outcome::Success);
+        v1.record(Outcome::Ok);
         bump(&v1.selected);
         let first = reg.collect();
         assert_eq!(first.len(), 1);
@@ -856,7 +829,7 @@ mod tests {
 
         let v2 = reg.backend("chat", "openai", 2);
         v1.record(Outcome::ServerError);
-        v2.record(Outcome::Success);
+        v2.record(Outcome::Ok);
         drop(v1);
         let second = reg.collect();
         let versions: Vec<u64> = second.iter().map(|p| p.snapshot_version).collect();
@@ -867,7 +840,7 @@ mod tests {
         assert!(reg.collect().is_empty());
         let totals = reg.totals();
         let t = &totals[&("chat".to_string(), "openai".to_string())];
-        assert_eq!(t.outcome(Outcome::Success), 2);
+        assert_eq!(t.outcome(Outcome::Ok), 2);
         assert_eq!(t.outcome(Outcome::ServerError), 1);
     }
 

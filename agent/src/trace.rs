@@ -13,13 +13,14 @@ use http::request;
 use shepherd_observe::{KeyValue, Status, TraceContextExt};
 use tracing::Span;
 
+use crate::api::Api;
 use crate::breaker::BreakerState;
+use crate::outcome::Outcome;
 use crate::runtime::{LiveBackend, LivePolicy};
 use crate::stream::Usage;
-use crate::telemetry::Outcome;
 
 /// The span of one request from the app.
-pub fn request(parts: &request::Parts, body: &[u8], live: &LivePolicy) -> Span {
+pub fn request(parts: &request::Parts, body: &[u8], live: &LivePolicy, api: Api) -> Span {
     let span = tracing::info_span!(target: "shepherd::trace", "request", otel.kind = "server");
     if span.is_disabled() {
         return span;
@@ -30,7 +31,7 @@ pub fn request(parts: &request::Parts, body: &[u8], live: &LivePolicy) -> Span {
         // passes upstream as it came.
         return Span::none();
     };
-    let operation = operation(parts.uri.path());
+    let operation = api.operation();
     let model = model(body);
     cx.span().update_name(match &model {
         Some(m) => format!("{operation} {m}"),
@@ -69,27 +70,31 @@ fn record(span: &Span, mut attributes: Vec<KeyValue>, error: Option<&str>) {
     otel.set_attributes(attributes);
 }
 
-/// Records how the split chose a backend.
-pub fn split(span: &Span, live: &LivePolicy, bucket: u32, sticky: bool, chosen: usize) {
+/// Records how the split chose a backend (`bucket` is `None` for a request
+/// that is not split: not a model call).
+pub fn split(span: &Span, live: &LivePolicy, bucket: Option<u32>, sticky: bool, chosen: usize) {
     if span.is_disabled() {
         return;
     }
     let policy = &live.policy;
     let weight = policy.candidate_weight;
     let how = if sticky { "sticky key" } else { "random" };
-    let decision = match policy.candidate {
-        None => "baseline: no candidate".to_string(),
-        Some(c) if c == chosen => format!("candidate: {how} bucket {bucket} < weight {weight}"),
-        Some(_) => format!("baseline: {how} bucket {bucket} >= weight {weight}"),
+    let decision = match (policy.candidate, bucket) {
+        (_, None) => "baseline: not an inference request".to_string(),
+        (None, _) => "baseline: no candidate".to_string(),
+        (Some(c), Some(bucket)) if c == chosen => {
+            format!("candidate: {how} bucket {bucket} < weight {weight}")
+        }
+        (Some(_), Some(bucket)) => format!("baseline: {how} bucket {bucket} >= weight {weight}"),
     };
-    let mut attributes = vec![
-        KeyValue::new("shepherd.split.bucket", i64::from(bucket)),
-        KeyValue::new("shepherd.split.decision", decision),
-        KeyValue::new(
-            "shepherd.backend.selected",
-            policy.backends[chosen].name.to_string(),
-        ),
-    ];
+    let mut attributes = vec![KeyValue::new("shepherd.split.decision", decision)];
+    if let Some(bucket) = bucket {
+        attributes.push(KeyValue::new("shepherd.split.bucket", i64::from(bucket)));
+    }
+    attributes.extend([KeyValue::new(
+        "shepherd.backend.selected",
+        policy.backends[chosen].name.to_string(),
+    )]);
     if let Some(b) = &live.backends[chosen].breaker {
         attributes.push(KeyValue::new("shepherd.breaker", breaker_label(b.state())));
     }
@@ -170,7 +175,7 @@ pub fn attempt_outcome(span: &Span, outcome: Outcome, status: Option<http::Statu
             i64::from(s.as_u16()),
         ));
     }
-    let error = (outcome != Outcome::Success).then(|| outcome.label());
+    let error = (outcome != Outcome::Ok).then(|| outcome.label());
     record(span, attributes, error);
 }
 
@@ -189,7 +194,7 @@ impl BodySpans {
     /// Records how the body ended and the tokens it reported, and ends both
     /// spans.
     pub fn finish(self, outcome: Outcome, usage: Usage) {
-        let error = (outcome != Outcome::Success).then(|| outcome.label());
+        let error = (outcome != Outcome::Ok).then(|| outcome.label());
         for (span, attempt) in [(&self.request, false), (&self.attempt, true)] {
             let mut attributes = Vec::with_capacity(3);
             if usage.input > 0 || usage.output > 0 {
@@ -220,19 +225,6 @@ fn breaker_label(state: BreakerState) -> &'static str {
     }
 }
 
-/// The GenAI operation of an API path.
-fn operation(path: &str) -> &'static str {
-    if path.ends_with("/chat/completions") || path.ends_with("/messages") {
-        "chat"
-    } else if path.ends_with("/embeddings") {
-        "embeddings"
-    } else if path.ends_with("/completions") {
-        "text_completion"
-    } else {
-        "request"
-    }
-}
-
 /// The `model` of a JSON request body.
 fn model(body: &[u8]) -> Option<Cow<'_, str>> {
     #[derive(serde::Deserialize)]
@@ -250,13 +242,17 @@ fn model(body: &[u8]) -> Option<Cow<'_, str>> {
 mod tests {
     use super::*;
 
+    /// Operations follow the request's API; the model comes from the body.
     #[test]
     fn names_operations_and_models() {
-        assert_eq!(operation("/v1/chat/completions"), "chat");
-        assert_eq!(operation("/v1/messages"), "chat");
-        assert_eq!(operation("/v1/embeddings"), "embeddings");
-        assert_eq!(operation("/v1/completions"), "text_completion");
-        assert_eq!(operation("/v1/models"), "request");
+        assert_eq!(Api::of_path("/v1/chat/completions").operation(), "chat");
+        assert_eq!(Api::of_path("/v1/messages").operation(), "chat");
+        assert_eq!(Api::of_path("/v1/embeddings").operation(), "embeddings");
+        assert_eq!(
+            Api::of_path("/v1/completions").operation(),
+            "text_completion"
+        );
+        assert_eq!(Api::of_path("/v1/models").operation(), "request");
         assert_eq!(
             model(br#"{"messages":[],"model":"gpt-4o"}"#).as_deref(),
             Some("gpt-4o")

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use shepherd_proto::histogram::Histogram;
-use shepherd_proto::telemetry::{attempts, mean_similarity, merge_backend, merge_shadow};
+use shepherd_proto::telemetry::{attempts, example, mean_similarity, merge_backend, merge_shadow};
 use shepherd_proto::v1;
 
 use crate::store::TelemetryRow;
@@ -144,14 +144,27 @@ pub fn backend_sums(
 }
 
 /// Attempts that count against a backend: 5xx, timeouts, connect errors,
-/// broken streams, breaker rejections and injected faults.
+/// broken streams, rejected and malformed answers, breaker rejections and
+/// injected faults.
 pub fn errors(o: &v1::Outcomes) -> u64 {
     o.server_error
         + o.timeout
         + o.connect_error
         + o.stream_broken
+        + rejected(o)
         + o.breaker_rejected
         + o.fault_injected
+}
+
+/// Answers showing the backend cannot serve the app at all: rejected
+/// (wrong key, unknown model, unsupported parameter, quota) or malformed.
+pub fn rejected(o: &v1::Outcomes) -> u64 {
+    o.backend_rejected + o.malformed
+}
+
+/// 4xx answers: the app's own mistakes and the backend's rejections.
+pub fn client_errors(o: &v1::Outcomes) -> u64 {
+    o.app_error + o.backend_rejected
 }
 
 /// Attempts judged: all but those the caller cancelled.
@@ -165,6 +178,14 @@ pub const MIN_EVENTS_TO_FAIL: u64 = 5;
 
 /// Significance used where a policy sets none.
 pub const DEFAULT_SIGNIFICANCE: f64 = 0.01;
+
+/// The rejected-answer ceiling where a policy sets none (on by default).
+pub const DEFAULT_MAX_REJECTED_PERCENT: f64 = 1.0;
+/// Fewest rejected or malformed answers before that ceiling can fail.
+pub const DEFAULT_MIN_REJECTED: u64 = 5;
+/// The 4xx excess, in percentage points, where a policy sets none (on by
+/// default).
+pub const DEFAULT_CLIENT_ERROR_EXCESS: f64 = 1.0;
 
 /// Quantile `p` of the standard normal distribution (Acklam's rational
 /// approximation, relative error below 1.2e-9).
@@ -280,7 +301,29 @@ fn side(t: &v1::BackendTelemetry, latency: &Histogram, ttft: &Histogram) -> v1::
         latency_p95: quantile(latency, 0.95),
         latency_p99: quantile(latency, 0.99),
         ttft_p95: quantile(ttft, 0.95),
+        app_errors: o.app_error,
+        backend_rejected: o.backend_rejected,
+        malformed: o.malformed,
+        rejected_rate_percent: percent(rejected(&o), requests),
+        client_error_rate_percent: percent(client_errors(&o), requests),
+        examples: t.examples.clone(),
     }
+}
+
+/// " (e.g. HTTP 401 invalid_api_key)": the first example of `classes`.
+fn example_text(examples: &[v1::FailureExample], classes: &[&str]) -> String {
+    classes
+        .iter()
+        .find_map(|c| example(examples, c))
+        .map(|e| {
+            let detail = if e.detail.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", e.detail)
+            };
+            format!("; e.g. {} HTTP {}{detail}", e.outcome, e.status)
+        })
+        .unwrap_or_default()
 }
 
 /// Fewest samples before quantile `q` of a histogram is judged.
@@ -312,13 +355,30 @@ impl Gatekeeper {
     /// (and a few events), PASS while the observed rate is at or below it,
     /// WAIT between the two.
     fn rate_ceiling(&mut self, gate: &str, what: &str, events: u64, n: u64, ceiling: f64, z: f64) {
+        self.rate_ceiling_with(gate, what, events, n, ceiling, z, MIN_EVENTS_TO_FAIL, "");
+    }
+
+    /// [`Gatekeeper::rate_ceiling`] with its own minimum of events, and
+    /// `more` said after the numbers (the breakdown, an example).
+    #[allow(clippy::too_many_arguments)]
+    fn rate_ceiling_with(
+        &mut self,
+        gate: &str,
+        what: &str,
+        events: u64,
+        n: u64,
+        ceiling: f64,
+        z: f64,
+        min_events: u64,
+        more: &str,
+    ) {
         let rate = percent(events, n);
         let lower = wilson_lower(events, n, z) * 100.0;
-        let (verdict, detail) = if events >= MIN_EVENTS_TO_FAIL && lower > ceiling {
+        let (verdict, detail) = if events >= min_events && lower > ceiling {
             (
                 v1::Verdict::Fail,
                 format!(
-                    "{what} {rate:.2}% ({events} of {n}) is above the {ceiling}% ceiling (lower confidence bound {lower:.2}%)"
+                    "{what} {rate:.2}% ({events} of {n}{more}) is above the {ceiling}% ceiling (lower confidence bound {lower:.2}%)"
                 ),
             )
         } else if n > 0 && rate <= ceiling {
@@ -332,11 +392,131 @@ impl Gatekeeper {
             (
                 v1::Verdict::Wait,
                 format!(
-                    "{what} {rate:.2}% ({events} of {n}) is above the {ceiling}% ceiling, not yet with confidence"
+                    "{what} {rate:.2}% ({events} of {n}{more}) is above the {ceiling}% ceiling, not yet with confidence"
                 ),
             )
         };
         self.add(gate, rate, ceiling, verdict, detail);
+    }
+
+    /// The candidate's rejected and malformed answers against their ceiling
+    /// (on by default), naming the classes and an example.
+    fn rejected(
+        &mut self,
+        g: &v1::Gates,
+        o: &v1::Outcomes,
+        examples: &[v1::FailureExample],
+        n: u64,
+        z: f64,
+    ) {
+        let ceiling = g
+            .max_rejected_percent
+            .unwrap_or(DEFAULT_MAX_REJECTED_PERCENT);
+        let min = g.min_rejected_answers.unwrap_or(DEFAULT_MIN_REJECTED);
+        let more = format!(
+            ": {} backend_rejected, {} malformed{}",
+            o.backend_rejected,
+            o.malformed,
+            example_text(examples, &["backend_rejected", "malformed"])
+        );
+        self.rate_ceiling_with(
+            "max_rejected_percent",
+            "rejected or malformed answers",
+            rejected(o),
+            n,
+            ceiling,
+            z,
+            min,
+            &more,
+        );
+    }
+
+    /// A one-sided test that the candidate's rate of some events exceeds the
+    /// baseline's by more than `effect` points. `waits`: while the excess is
+    /// above the effect but not significant, WAIT (else PASS).
+    #[allow(clippy::too_many_arguments)]
+    fn excess(
+        &mut self,
+        gate: &str,
+        what: &str,
+        (xc, nc): (u64, u64),
+        (xb, nb): (u64, u64),
+        effect: f64,
+        alpha: f64,
+        baseline_expected: bool,
+        waits: bool,
+        more: &str,
+    ) -> Option<f64> {
+        let z_critical = normal_quantile(1.0 - alpha);
+        if nb == 0 && !baseline_expected {
+            self.add(
+                gate,
+                0.0,
+                z_critical,
+                v1::Verdict::Pass,
+                format!("{what} test not run: no baseline traffic at this weight"),
+            );
+            return None;
+        }
+        if nc == 0 || nb == 0 {
+            self.add(
+                gate,
+                0.0,
+                z_critical,
+                v1::Verdict::Wait,
+                format!("{what} test needs traffic on both sides ({nc} candidate, {nb} baseline requests)"),
+            );
+            return None;
+        }
+        let (rc, rb) = (percent(xc, nc), percent(xb, nb));
+        let z = excess_z(xc, nc, xb, nb, effect / 100.0);
+        let numbers = format!(
+            "candidate {rc:.2}% ({xc} of {nc}) vs baseline {rb:.2}% ({xb} of {nb}): z = {z:.2}, critical {z_critical:.2} at {alpha}, minimum effect {effect} points"
+        );
+        let (verdict, detail) = if z > z_critical && xc >= MIN_EVENTS_TO_FAIL {
+            (
+                v1::Verdict::Fail,
+                format!("{what} regression: {numbers}{more}"),
+            )
+        } else if rc - rb <= effect || !waits {
+            (v1::Verdict::Pass, format!("{what}: {numbers}"))
+        } else {
+            (
+                v1::Verdict::Wait,
+                format!("{what} above baseline, not yet significant: {numbers}"),
+            )
+        };
+        self.add(gate, z, z_critical, verdict, detail);
+        Some(z)
+    }
+
+    /// The 4xx excess (on by default): the candidate's 4xx rate against the
+    /// baseline's on the same mix of requests. It fails on significance and
+    /// never holds a stage otherwise: an app's own mistakes vary a lot by
+    /// chance.
+    fn client_error_excess(
+        &mut self,
+        g: &v1::Gates,
+        (c, nc): (&v1::Outcomes, u64),
+        (b, nb): (&v1::Outcomes, u64),
+        examples: &[v1::FailureExample],
+        baseline_expected: bool,
+    ) {
+        let effect = g
+            .max_client_error_excess_percent
+            .unwrap_or(DEFAULT_CLIENT_ERROR_EXCESS);
+        let more = example_text(examples, &["backend_rejected", "app_error"]);
+        self.excess(
+            "max_client_error_excess_percent",
+            "4xx rate",
+            (client_errors(c), nc),
+            (client_errors(b), nb),
+            effect,
+            g.significance.unwrap_or(DEFAULT_SIGNIFICANCE),
+            baseline_expected,
+            false,
+            &more,
+        );
     }
 
     /// A ceiling on a quantile of a histogram, judged once it has enough
@@ -455,6 +635,18 @@ pub fn judge_stage(input: &StageInput<'_>) -> Judgement {
     let mut keeper = Gatekeeper {
         results: Vec::new(),
     };
+    let (co, bo) = (
+        input.candidate.outcomes.unwrap_or_default(),
+        input.baseline.outcomes.unwrap_or_default(),
+    );
+    keeper.rejected(g, &co, &input.candidate.examples, c.requests, z_critical);
+    keeper.client_error_excess(
+        g,
+        (&co, c.requests),
+        (&bo, b.requests),
+        &input.candidate.examples,
+        baseline_expected,
+    );
     if let Some(ceiling) = g.max_error_rate_percent {
         keeper.rate_ceiling(
             "max_error_rate_percent",
@@ -467,54 +659,17 @@ pub fn judge_stage(input: &StageInput<'_>) -> Judgement {
     }
     let mut z_value = None;
     if g.significance.is_some() {
-        let effect = g.min_error_rate_effect_percent.unwrap_or(0.0);
-        let excess = c.error_rate_percent - b.error_rate_percent;
-        if b.requests == 0 && !baseline_expected {
-            keeper.add(
-                "significance",
-                0.0,
-                z_critical,
-                v1::Verdict::Pass,
-                "error rate test not run: no baseline traffic at this weight".into(),
-            );
-        } else if c.requests == 0 || b.requests == 0 {
-            keeper.add(
-                "significance",
-                0.0,
-                z_critical,
-                v1::Verdict::Wait,
-                format!(
-                    "error rate test needs traffic on both sides ({} candidate, {} baseline requests)",
-                    c.requests, b.requests
-                ),
-            );
-        } else {
-            let z = excess_z(c.errors, c.requests, b.errors, b.requests, effect / 100.0);
-            z_value = Some(z);
-            let numbers = format!(
-                "candidate {:.2}% ({} of {}) vs baseline {:.2}% ({} of {}): z = {z:.2}, critical {z_critical:.2} at {alpha}, minimum effect {effect} points",
-                c.error_rate_percent,
-                c.errors,
-                c.requests,
-                b.error_rate_percent,
-                b.errors,
-                b.requests
-            );
-            let (verdict, detail) = if z > z_critical && c.errors >= MIN_EVENTS_TO_FAIL {
-                (
-                    v1::Verdict::Fail,
-                    format!("error rate regression: {numbers}"),
-                )
-            } else if excess <= effect {
-                (v1::Verdict::Pass, numbers)
-            } else {
-                (
-                    v1::Verdict::Wait,
-                    format!("error rate above baseline, not yet significant: {numbers}"),
-                )
-            };
-            keeper.add("significance", z, z_critical, verdict, detail);
-        }
+        z_value = keeper.excess(
+            "significance",
+            "error rate",
+            (c.errors, c.requests),
+            (b.errors, b.requests),
+            g.min_error_rate_effect_percent.unwrap_or(0.0),
+            alpha,
+            baseline_expected,
+            true,
+            "",
+        );
     }
     if let Some(ceiling) = g.max_rate_limited_percent {
         keeper.rate_ceiling(
@@ -619,7 +774,9 @@ pub fn judge_stage(input: &StageInput<'_>) -> Judgement {
     }
 }
 
-/// Judges a shadow-only stage (weight 0): the shadow gates over the
+/// Judges a shadow-only stage (weight 0): the default gates over the
+/// shadow's answers (rejected and malformed ones; the 4xx excess against
+/// the primary's answers to the same requests), the shadow gates over the
 /// candidate's compared answers, then the stage's time minimum.
 pub fn judge_shadow_stage(
     stage: &v1::Stage,
@@ -627,25 +784,56 @@ pub fn judge_shadow_stage(
     elapsed: Duration,
     shadow: &v1::ShadowTelemetry,
 ) -> Judgement {
+    let mut keeper = Gatekeeper {
+        results: Vec::new(),
+    };
+    let z = normal_quantile(1.0 - gates.significance.unwrap_or(DEFAULT_SIGNIFICANCE));
+    let o = shadow.outcomes.unwrap_or_default();
+    keeper.rejected(gates, &o, &shadow.examples, judged(&o), z);
+    let effect = gates
+        .max_client_error_excess_percent
+        .unwrap_or(DEFAULT_CLIENT_ERROR_EXCESS);
+    if shadow.compared > 0 {
+        keeper.excess(
+            "max_client_error_excess_percent",
+            "shadow 4xx rate",
+            (shadow.client_errors, shadow.compared),
+            (shadow.primary_client_errors, shadow.compared),
+            effect,
+            gates.significance.unwrap_or(DEFAULT_SIGNIFICANCE),
+            true,
+            false,
+            &example_text(&shadow.examples, &["backend_rejected", "app_error"]),
+        );
+    }
     let figures = v1::Figures {
         shadow: Some(shadow.clone()),
         elapsed_seconds: elapsed.as_secs_f64(),
+        gates: keeper.results,
         ..Default::default()
     };
-    let (verdict, reason) = match judge_shadow(shadow, gates, stage.min_requests) {
-        Check::Fail(why) => (v1::Verdict::Fail, why),
-        Check::Wait(why) => (v1::Verdict::Wait, why),
-        Check::Pass(why) => {
-            let bake = secs(&stage.min_bake_time).unwrap_or(0.0);
-            if elapsed.as_secs_f64() < bake {
-                (
-                    v1::Verdict::Wait,
-                    format!("baking: {:.1}s of {bake}s", elapsed.as_secs_f64()),
-                )
-            } else {
-                (v1::Verdict::Pass, why)
+    let failed = figures
+        .gates
+        .iter()
+        .find(|r| r.verdict == v1::Verdict::Fail as i32)
+        .map(|r| r.detail.clone());
+    let (verdict, reason) = match failed {
+        Some(why) => (v1::Verdict::Fail, why),
+        None => match judge_shadow(shadow, gates, stage.min_requests) {
+            Check::Fail(why) => (v1::Verdict::Fail, why),
+            Check::Wait(why) => (v1::Verdict::Wait, why),
+            Check::Pass(why) => {
+                let bake = secs(&stage.min_bake_time).unwrap_or(0.0);
+                if elapsed.as_secs_f64() < bake {
+                    (
+                        v1::Verdict::Wait,
+                        format!("baking: {:.1}s of {bake}s", elapsed.as_secs_f64()),
+                    )
+                } else {
+                    (v1::Verdict::Pass, why)
+                }
             }
-        }
+        },
     };
     Judgement {
         verdict,

@@ -207,6 +207,7 @@ pub async fn serve_with_admin(
         interval: options.fleet.analysis_interval,
         stale_after: options.fleet.stale_telemetry_after,
         replica: fleet.options.replica.clone(),
+        telemetry_window: options.fleet.telemetry_window,
     };
     if let Some(admin) = admin {
         if let Ok(addr) = admin.local_addr() {

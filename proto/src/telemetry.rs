@@ -56,7 +56,9 @@ pub fn merge_histogram(
 /// Adds one set of outcome counts to another.
 pub fn add_outcomes(into: &mut v1::Outcomes, from: &v1::Outcomes) {
     into.success += from.success;
-    into.client_error += from.client_error;
+    into.app_error += from.app_error;
+    into.backend_rejected += from.backend_rejected;
+    into.malformed += from.malformed;
     into.rate_limited += from.rate_limited;
     into.server_error += from.server_error;
     into.timeout += from.timeout;
@@ -82,11 +84,36 @@ pub fn merge_backend(
     into.retries += from.retries;
     into.fallbacks += from.fallbacks;
     into.selected += from.selected;
+    merge_examples(&mut into.examples, &from.examples);
     if let Some(shadow) = &from.shadow {
         merge_shadow(into.shadow.get_or_insert_with(Default::default), shadow)
             .map_err(|e| format!("shadow.{e}"))?;
     }
     Ok(())
+}
+
+/// Most failure examples kept in one set of figures.
+pub const MAX_EXAMPLES: usize = 16;
+
+/// Adds examples of failure classes not yet held (the first of each class
+/// stays), up to [`MAX_EXAMPLES`].
+pub fn merge_examples(into: &mut Vec<v1::FailureExample>, from: &[v1::FailureExample]) {
+    for e in from {
+        if into.len() >= MAX_EXAMPLES {
+            return;
+        }
+        if !into.iter().any(|have| have.outcome == e.outcome) {
+            into.push(e.clone());
+        }
+    }
+}
+
+/// The example of one failure class, if any.
+pub fn example<'a>(
+    examples: &'a [v1::FailureExample],
+    outcome: &str,
+) -> Option<&'a v1::FailureExample> {
+    examples.iter().find(|e| e.outcome == outcome)
 }
 
 /// Buckets of the shadow similarity histogram (steps of 0.05).
@@ -124,6 +151,9 @@ pub fn merge_shadow(
     into.output_tokens += from.output_tokens;
     into.primary_input_tokens += from.primary_input_tokens;
     into.primary_output_tokens += from.primary_output_tokens;
+    into.client_errors += from.client_errors;
+    into.primary_client_errors += from.primary_client_errors;
+    merge_examples(&mut into.examples, &from.examples);
     if into.similarity.len() < from.similarity.len() {
         into.similarity.resize(from.similarity.len(), 0);
     }
@@ -160,7 +190,9 @@ pub fn mean_similarity(buckets: &[u64]) -> Option<f64> {
 /// Attempts counted in a set of outcomes.
 pub fn attempts(o: &v1::Outcomes) -> u64 {
     o.success
-        + o.client_error
+        + o.app_error
+        + o.backend_rejected
+        + o.malformed
         + o.rate_limited
         + o.server_error
         + o.timeout

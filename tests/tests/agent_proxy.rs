@@ -787,9 +787,11 @@ async fn admin_endpoints() {
             .unwrap()
             .starts_with("text/plain; version=0.0.4")
     );
-    assert!(m.text().contains(
-        "shepherd_agent_attempts_total{policy=\"chat\",backend=\"a\",outcome=\"2xx\"} 1"
-    ));
+    assert!(
+        m.text().contains(
+            "shepherd_agent_attempts_total{policy=\"chat\",backend=\"a\",outcome=\"ok\"} 1"
+        )
+    );
     assert_eq!(admin.get("/nope").await.status, 404);
     agent.agent.set_stopping();
     let r = admin.get("/readyz").await;

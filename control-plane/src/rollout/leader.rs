@@ -84,7 +84,7 @@ pub async fn judge_all(
         };
         let now = Utc::now();
         let seen = match &policy {
-            Some(p) => observe(store, &rollout, p, &agents, now).await?,
+            Some(p) => observe(store, &rollout, p, &agents, now, options.telemetry_window).await?,
             None => Observed::default(),
         };
         let (write, judgement) = tick(&rollout, policy.as_ref(), &seen, now, options);
@@ -180,6 +180,7 @@ async fn observe(
     policy: &StoredPolicy,
     agents: &[(BTreeMap<String, String>, u64)],
     now: DateTime<Utc>,
+    window: std::time::Duration,
 ) -> Result<Observed, StoreError> {
     let p = policy.spec.as_proto();
     let selector = p
@@ -210,12 +211,14 @@ async fn observe(
         .map(|s| s.backend.clone())
         .filter(|b| !b.is_empty())
         .unwrap_or_else(|| r.candidate.clone());
+    let window_ms = i64::try_from(window.as_millis()).unwrap_or(0);
     let latest_window = rows
         .iter()
         .filter(|row| row.snapshot_version >= version)
         .map(|row| row.window_start_ms)
         .max()
-        .and_then(DateTime::from_timestamp_millis);
+        .and_then(|start| DateTime::from_timestamp_millis(start.saturating_add(window_ms)))
+        .map(|end| end.min(now));
     Ok(Observed {
         quorum,
         candidate: backend_sums(&rows, &r.candidate, version),

@@ -55,7 +55,9 @@ pub struct Observed {
     pub baseline: v1::BackendTelemetry,
     /// Shadow figures of the backend the policy mirrors to.
     pub shadow: v1::ShadowTelemetry,
-    /// Start of the newest telemetry window under the stage's version.
+    /// End of the newest telemetry window under the stage's version (or
+    /// now, for the window still open): the latest telemetry can be no
+    /// older than this.
     pub latest_window: Option<DateTime<Utc>>,
 }
 
@@ -68,6 +70,9 @@ pub struct AnalysisOptions {
     pub stale_after: Duration,
     /// The replica's name, the actor of its decisions.
     pub replica: String,
+    /// Length of the telemetry windows (a window's rows hold reports up to
+    /// its end).
+    pub telemetry_window: Duration,
 }
 
 fn event(

@@ -12,8 +12,8 @@ use std::time::SystemTime;
 use pbjson_types::{Duration, Timestamp};
 
 use crate::v1::{
-    Backend, CircuitBreaker, FailureAction, Fault, Gates, Policy, Protocol, RetryOn, RetryPolicy,
-    RollbackMode, RolloutSpec, Shadow, Timeouts, Traffic,
+    AnswerModel, Backend, CircuitBreaker, FailureAction, Fault, Gates, Policy, Protocol, RetryOn,
+    RetryPolicy, RollbackMode, RolloutSpec, Shadow, Timeouts, Traffic,
 };
 
 /// Longest policy, backend or label name.
@@ -99,6 +99,21 @@ pub fn validate_policy(policy: &Policy, now: Option<SystemTime>) -> Result<(), P
             policy: policy.name.clone(),
             violations: c.violations,
         })
+    }
+}
+
+/// Longest part of a caller's value quoted back in an error message.
+pub const MAX_QUOTED: usize = 64;
+
+/// A value as quoted in an error message: at most [`MAX_QUOTED`]
+/// characters, with "…" and the full length when it was cut, so a huge
+/// value never makes a huge error (gRPC clients refuse large metadata).
+pub fn clip(value: &str) -> std::borrow::Cow<'_, str> {
+    match value.char_indices().nth(MAX_QUOTED) {
+        None => std::borrow::Cow::Borrowed(value),
+        Some((end, _)) => {
+            std::borrow::Cow::Owned(format!("{}…({} bytes)", &value[..end], value.len()))
+        }
     }
 }
 
@@ -382,9 +397,6 @@ impl Checker {
             None => self.fail("traffic", "required"),
             Some(t) => self.traffic(t, &names),
         }
-        // Without traffic, the shadow's default backend is unknown; "traffic:
-        // required" already says what is wrong.
-        let candidate = p.traffic.as_ref().map(|t| t.candidate.as_str());
         if let Some(r) = &p.rollout {
             self.rollout(r, p.shadow.as_ref());
         }
@@ -396,7 +408,7 @@ impl Checker {
         }
         self.fallback(&p.fallback, &names);
         if let Some(s) = &p.shadow {
-            self.shadow(s, &names, candidate);
+            self.shadow(s, &names);
         }
         self.faults(&p.faults, &names, now);
     }
@@ -510,6 +522,12 @@ impl Checker {
         }
         if let Some(t) = &b.timeouts {
             self.timeouts(&format!("{at}.timeouts"), t);
+        }
+        if AnswerModel::try_from(b.answer_model).is_err() {
+            self.fail(
+                format!("{at}.answer_model"),
+                "must be ANSWER_MODEL_SERVED or ANSWER_MODEL_REQUESTED",
+            );
         }
     }
 
@@ -722,6 +740,19 @@ impl Checker {
             |s| (0.0..=1.0).contains(&s),
             "must be from 0 to 1",
         );
+        self.opt_percent("rollout.gates.max_rejected_percent", g.max_rejected_percent);
+        if g.min_rejected_answers
+            .is_some_and(|n| n == 0 || n > 1_000_000_000)
+        {
+            self.fail(
+                "rollout.gates.min_rejected_answers",
+                "must be 1 to 1000000000",
+            );
+        }
+        self.opt_percent(
+            "rollout.gates.max_client_error_excess_percent",
+            g.max_client_error_excess_percent,
+        );
     }
 
     fn retry(&mut self, r: &RetryPolicy) {
@@ -814,6 +845,11 @@ impl Checker {
         if b.half_open_probes > 1_000 {
             self.fail("circuit_breaker.half_open_probes", "must be at most 1000");
         }
+        self.duration(
+            "circuit_breaker.quota_open_time",
+            b.quota_open_time.as_ref(),
+            Presence::Optional,
+        );
     }
 
     fn fallback(&mut self, fallback: &[String], names: &BTreeSet<String>) {
@@ -833,15 +869,11 @@ impl Checker {
         }
     }
 
-    fn shadow(&mut self, s: &Shadow, names: &BTreeSet<String>, candidate: Option<&str>) {
-        if s.backend.is_empty() {
-            if candidate == Some("") {
-                self.fail(
-                    "shadow.backend",
-                    "required when traffic.candidate is empty (the shadow defaults to the candidate)",
-                );
-            }
-        } else if !names.contains(&s.backend) {
+    fn shadow(&mut self, s: &Shadow, names: &BTreeSet<String>) {
+        // An empty backend follows the candidate: with no candidate the
+        // shadow rests (a policy whose rollout made its candidate the
+        // baseline keeps its shadow settings for the next migration).
+        if !s.backend.is_empty() && !names.contains(&s.backend) {
             self.fail(
                 "shadow.backend",
                 format!("no backend is named {:?}", s.backend),
@@ -933,7 +965,10 @@ impl Checker {
                     "required: every fault must expire",
                 ),
                 Some(t) => match timestamp_to_system_time(t) {
-                    None => self.fail(format!("{at}.expire_time"), "must be a valid timestamp"),
+                    None => self.fail(
+                        format!("{at}.expire_time"),
+                        "must be a valid timestamp from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z",
+                    ),
                     Some(at_time) => {
                         if now.is_some_and(|now| at_time <= now) {
                             self.fail(format!("{at}.expire_time"), "must be in the future");
@@ -1065,6 +1100,7 @@ pub fn check_base_url(raw: &str) -> Result<(), String> {
     if authority.host().is_empty() {
         return Err(format!("{RULE} with a host"));
     }
+    check_port(authority.as_str())?;
     if let Some(query) = uri.query() {
         for pair in query.split('&') {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -1083,9 +1119,35 @@ pub fn check_base_url(raw: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Converts a protobuf timestamp to `SystemTime`; `None` if out of range.
+/// Earliest and latest seconds of a protobuf Timestamp
+/// (0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z): what its JSON form can
+/// write.
+pub const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+
+/// The port of an authority (`host:port`, `[v6]:port`), when it has one,
+/// must be a number from 1 to 65535: the agent would otherwise send the key
+/// to the scheme's default port.
+fn check_port(authority: &str) -> Result<(), String> {
+    let after_host = match authority.rfind(']') {
+        Some(i) => &authority[i + 1..],
+        None => authority,
+    };
+    let Some((_, port)) = after_host.rsplit_once(':') else {
+        return Ok(());
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 && port.bytes().all(|b| b.is_ascii_digit()) => Ok(()),
+        _ => Err(format!(
+            "the port {:?} must be a number from 1 to 65535",
+            clip(port)
+        )),
+    }
+}
+
+/// Converts a protobuf timestamp to `SystemTime`; `None` outside the range a
+/// Timestamp may hold.
 pub fn timestamp_to_system_time(t: &Timestamp) -> Option<SystemTime> {
-    if !(0..1_000_000_000).contains(&t.nanos) {
+    if !(0..1_000_000_000).contains(&t.nanos) || !TIMESTAMP_SECONDS.contains(&t.seconds) {
         return None;
     }
     let base = if t.seconds >= 0 {
