@@ -952,6 +952,155 @@ mod tests {
         );
     }
 
+    fn side_with(requests: u64, change: impl FnOnce(&mut v1::Outcomes)) -> v1::BackendTelemetry {
+        let mut t = outcomes(requests, 0);
+        if let Some(o) = t.outcomes.as_mut() {
+            change(o);
+            o.success = requests - (o.app_error + o.backend_rejected + o.malformed + o.server_error);
+        }
+        t
+    }
+
+    fn stage_of(weight: u32) -> v1::Stage {
+        v1::Stage {
+            weight,
+            min_bake_time: Some(std::time::Duration::from_secs(1).into()),
+            min_requests: 50,
+            max_stage_time: Some(std::time::Duration::from_secs(60).into()),
+        }
+    }
+
+    fn judge_with(gates: &v1::Gates, weight: u32, c: &v1::BackendTelemetry, b: &v1::BackendTelemetry) -> Judgement {
+        judge_stage(&StageInput {
+            stage: &stage_of(weight),
+            gates,
+            elapsed: Duration::from_secs(5),
+            candidate: c,
+            baseline: b,
+        })
+    }
+
+    /// With no gate set, a candidate that rejects the app (or answers
+    /// malformed JSON) fails at its first stage, the event naming the
+    /// classes, the counts and an example; a healthy one passes; a policy can
+    /// raise the ceiling or turn it off.
+    #[test]
+    fn rejected_answers_fail_by_default() {
+        let none = v1::Gates::default();
+        let mut c = side_with(8, |o| o.backend_rejected = 8);
+        c.examples = vec![v1::FailureExample {
+            outcome: "backend_rejected".into(),
+            status: 401,
+            detail: "invalid_api_key".into(),
+        }];
+        let b = outcomes(40, 0);
+        let j = judge_with(&none, 2000, &c, &b);
+        assert_eq!(j.verdict, v1::Verdict::Fail);
+        assert!(
+            j.reason.starts_with("rejected or malformed answers 100.00% (8 of 8: 8 backend_rejected, 0 malformed; e.g. backend_rejected HTTP 401 invalid_api_key)"),
+            "{}",
+            j.reason
+        );
+        let side = j.figures.candidate.unwrap();
+        assert_eq!((side.backend_rejected, side.rejected_rate_percent), (8, 100.0));
+        // Four are too few to call it.
+        let four = side_with(4, |o| o.malformed = 4);
+        assert_eq!(judge_with(&none, 2000, &four, &b).verdict, v1::Verdict::Wait);
+        let healthy = outcomes(100, 0);
+        assert_eq!(judge_with(&none, 2000, &healthy, &b).verdict, v1::Verdict::Pass);
+        // 3 of 100 malformed: above 1% with confidence? Not yet with 3.
+        let few = side_with(100, |o| o.malformed = 3);
+        assert_ne!(judge_with(&none, 2000, &few, &b).verdict, v1::Verdict::Fail);
+        let off = v1::Gates {
+            max_rejected_percent: Some(100.0),
+            max_client_error_excess_percent: Some(100.0),
+            ..Default::default()
+        };
+        assert_eq!(judge_with(&off, 2000, &side_with(100, |o| o.backend_rejected = 100), &b).verdict, v1::Verdict::Pass);
+        let tuned = v1::Gates {
+            max_rejected_percent: Some(50.0),
+            min_rejected_answers: Some(20),
+            max_client_error_excess_percent: Some(100.0),
+            ..Default::default()
+        };
+        assert_ne!(judge_with(&tuned, 2000, &c, &b).verdict, v1::Verdict::Fail);
+        assert_eq!(
+            judge_with(&tuned, 2000, &side_with(100, |o| o.backend_rejected = 90), &b).verdict,
+            v1::Verdict::Fail
+        );
+    }
+
+    /// The 4xx excess fails a candidate whose 4xx rate is clearly above the
+    /// baseline's on the same mix, passes one with the same rate (it never
+    /// holds a stage on noise), and is not run without baseline traffic.
+    #[test]
+    fn client_error_excess_by_default() {
+        let none = v1::Gates::default();
+        let b = side_with(1000, |o| o.app_error = 100);
+        let same = side_with(200, |o| o.app_error = 26);
+        let j = judge_with(&none, 2000, &same, &b);
+        assert_eq!(j.verdict, v1::Verdict::Pass, "{}", j.reason);
+        let mut worse = side_with(200, |o| o.app_error = 120);
+        worse.examples = vec![v1::FailureExample {
+            outcome: "app_error".into(),
+            status: 400,
+            detail: "invalid_request_error".into(),
+        }];
+        let j = judge_with(&none, 2000, &worse, &b);
+        assert_eq!(j.verdict, v1::Verdict::Fail);
+        assert!(j.reason.starts_with("4xx rate regression: candidate 60.00% (120 of 200) vs baseline 10.00% (100 of 1000)"), "{}", j.reason);
+        assert!(j.reason.ends_with("e.g. app_error HTTP 400 invalid_request_error"), "{}", j.reason);
+        let gate = j.figures.gates.iter().find(|g| g.gate == "max_client_error_excess_percent").unwrap();
+        assert!(gate.value > gate.limit);
+        let alone = judge_with(&none, 10_000, &worse, &outcomes(0, 0));
+        let gate = alone.figures.gates.iter().find(|g| g.gate == "max_client_error_excess_percent").unwrap();
+        assert_eq!(gate.verdict(), v1::Verdict::Pass);
+        assert!(gate.detail.contains("not run"), "{}", gate.detail);
+    }
+
+    /// In a shadow stage the default gates read the shadow's answers: its
+    /// rejections, and its 4xx answers against the primary's on the same
+    /// requests.
+    #[test]
+    fn shadow_stage_default_gates() {
+        let stage = stage_of(0);
+        let none = v1::Gates::default();
+        let rejecting = v1::ShadowTelemetry {
+            mirrored: 30,
+            compared: 30,
+            outcomes: Some(v1::Outcomes {
+                backend_rejected: 30,
+                ..Default::default()
+            }),
+            client_errors: 30,
+            ..Default::default()
+        };
+        let j = judge_shadow_stage(&stage, &none, Duration::from_secs(5), &rejecting);
+        assert_eq!(j.verdict, v1::Verdict::Fail);
+        assert!(j.reason.contains("30 backend_rejected"), "{}", j.reason);
+        let bad_requests = v1::ShadowTelemetry {
+            mirrored: 100,
+            compared: 100,
+            outcomes: Some(v1::Outcomes {
+                success: 40,
+                app_error: 60,
+                ..Default::default()
+            }),
+            client_errors: 60,
+            primary_client_errors: 5,
+            ..Default::default()
+        };
+        let j = judge_shadow_stage(&stage, &none, Duration::from_secs(5), &bad_requests);
+        assert_eq!(j.verdict, v1::Verdict::Fail);
+        assert!(j.reason.starts_with("shadow 4xx rate regression"), "{}", j.reason);
+        let alike = v1::ShadowTelemetry {
+            primary_client_errors: 60,
+            ..bad_requests
+        };
+        let j = judge_shadow_stage(&stage, &none, Duration::from_secs(5), &alike);
+        assert_eq!(j.verdict, v1::Verdict::Pass, "{}", j.reason);
+    }
+
     fn figures(compared: u64, mismatch: u64, schema: u64, similar: f64) -> v1::ShadowTelemetry {
         let mut similarity = vec![0; SIMILARITY_BUCKETS];
         similarity[similarity_bucket(similar)] = compared;

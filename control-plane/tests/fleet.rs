@@ -585,7 +585,7 @@ async fn shadow_figures_reach_the_control_plane_and_its_gates() {
     .await;
     assert!(matches!(check, Check::Pass(_)), "{check:?}");
 
-    mock_b.set(|x| x.malformed = true);
+    mock_b.set(|x| x.mode = Some(shepherd_tests::mock::Mode::Malformed));
     for _ in 0..20 {
         assert_eq!(agent.client().post(CHAT, BODY, &[]).await.status, 200);
     }

@@ -13,7 +13,7 @@ use serde_json::json;
 use shepherd_proto::v1;
 use shepherd_tests::agent::FleetAgent;
 use shepherd_tests::control_plane::{PolicyClient, RolloutClient, rollout_client_of};
-use shepherd_tests::mock::MockProvider;
+use shepherd_tests::mock::{MockProvider, Mode};
 use shepherd_tests::pg::TestDb;
 use tokio_stream::StreamExt;
 
@@ -664,7 +664,7 @@ async fn shadow_only_stage_gates_the_rollout() {
         }
     });
     let mut rig = Rig::start(&sqlite_url(&dir), 1, extra).await;
-    rig.b.set(|x| x.malformed = true);
+    rig.b.set(|x| x.mode = Some(Mode::Malformed));
     let load = rig.load();
     let started = rig.start_rollout().await;
     assert_eq!(started.weight, 0);
@@ -691,7 +691,7 @@ async fn shadow_only_stage_gates_the_rollout() {
             >= 5
     );
 
-    rig.b.set(|x| x.malformed = false);
+    rig.b.set(|x| x.mode = None);
     rig.rollouts
         .retry_rollout(command(0, "fixed"))
         .await

@@ -3,13 +3,20 @@
 //! `/v1/models`) and Anthropic's `/v1/messages` (JSON and SSE).
 //!
 //! It can be told to fail with a status (a number of times, or a fraction),
-//! rate-limit with `Retry-After`, slow down, hold requests at a gate, and
-//! stall, cut or truncate streams; it records every request it received
-//! (headers, model, body, time). It serves over TCP or in-process pipes (for
-//! paused-clock tests).
+//! rate-limit with `Retry-After`, slow down, hold requests at a gate, stall,
+//! cut or truncate streams, and answer as a misconfigured provider does
+//! ([`Mode`]: a wrong key, no access, an unknown model, an unsupported
+//! parameter, exhausted quota, a malformed answer, no choices), in the
+//! error shape of the API asked (OpenAI or Anthropic). It records every
+//! request it received (headers, model, body, time). It serves over TCP or
+//! in-process pipes (for paused-clock tests).
+//!
+//! Like the real APIs, it refuses a chat completion or a message without
+//! `messages` with a 400 (the app's own mistake).
 //!
 //! A request can also ask for a failure itself (the agent forwards app
-//! headers): `x-mock-status: 500` answers with that status, and
+//! headers): `x-mock-status: 500` answers with that status,
+//! `x-mock-mode: unauthorized` (any [`Mode`] name) answers in that mode, and
 //! `x-mock-cut-after: N` breaks a stream after N events.
 
 use std::convert::Infallible;
@@ -42,6 +49,118 @@ pub struct Fail {
     pub times: Option<u32>,
 }
 
+/// How a misconfigured provider answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// 401: the key is wrong (`invalid_api_key`; Anthropic
+    /// `authentication_error`).
+    Unauthorized,
+    /// 403: the key may not use this (`permission_denied`; Anthropic
+    /// `permission_error`).
+    Forbidden,
+    /// 404: no such model (`model_not_found`; Anthropic `not_found_error`).
+    ModelNotFound,
+    /// 400: a parameter the provider does not take
+    /// (`unsupported_parameter`; Anthropic "Extra inputs are not
+    /// permitted").
+    UnsupportedParameter,
+    /// Quota or credit exhausted: 429 `insufficient_quota` (Anthropic: 400
+    /// "credit balance is too low").
+    QuotaExhausted,
+    /// 200 with JSON that is not an answer (`choices` is not a list); a
+    /// streamed request gets a stream of such chunks, ended properly.
+    Malformed,
+    /// 200 with no choices (Anthropic: no content); a streamed request gets
+    /// a stream that never gives a finish (stop) reason, ended properly.
+    EmptyChoices,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 7] = [
+        Mode::Unauthorized,
+        Mode::Forbidden,
+        Mode::ModelNotFound,
+        Mode::UnsupportedParameter,
+        Mode::QuotaExhausted,
+        Mode::Malformed,
+        Mode::EmptyChoices,
+    ];
+
+    /// The name used by `--mode` and `x-mock-mode`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Unauthorized => "unauthorized",
+            Mode::Forbidden => "forbidden",
+            Mode::ModelNotFound => "model-not-found",
+            Mode::UnsupportedParameter => "unsupported-parameter",
+            Mode::QuotaExhausted => "quota-exhausted",
+            Mode::Malformed => "malformed",
+            Mode::EmptyChoices => "empty-choices",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Mode> {
+        Mode::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// The events of a streamed answer in this mode, for the modes that
+    /// answer 200.
+    fn events(self, anthropic: bool) -> Option<Vec<String>> {
+        let data = |v: serde_json::Value| format!("data: {v}\n\n");
+        let event = |kind: &str, v: serde_json::Value| format!("event: {kind}\ndata: {v}\n\n");
+        use serde_json::json;
+        match (self, anthropic) {
+            (Mode::Malformed, false) => Some(vec![
+                data(json!({"id": "bad", "choices": "not a list"})),
+                "data: [DONE]\n\n".into(),
+            ]),
+            (Mode::Malformed, true) => Some(vec![
+                event("message_start", json!({"type": "message_start", "message": {"id": "bad"}})),
+                "event: content_block_delta\ndata: not json\n\n".into(),
+                event("message_stop", json!({"type": "message_stop"})),
+            ]),
+            (Mode::EmptyChoices, false) => Some(vec![
+                data(json!({"id": "empty", "choices": []})),
+                "data: [DONE]\n\n".into(),
+            ]),
+            (Mode::EmptyChoices, true) => Some(vec![
+                event("message_start", json!({"type": "message_start", "message": {"id": "empty"}})),
+                event("message_delta", json!({"type": "message_delta", "delta": {}})),
+                event("message_stop", json!({"type": "message_stop"})),
+            ]),
+            _ => None,
+        }
+    }
+
+    /// The answer in this mode, in the shape of `anthropic`'s API or
+    /// OpenAI's.
+    fn answer(self, anthropic: bool, model: &str, n: u64) -> Response<Body> {
+        use serde_json::json;
+        let openai_error = |message: String, kind: &str, param: serde_json::Value, code: &str| {
+            json!({"error": {"message": message, "type": kind, "param": param, "code": code}})
+        };
+        let anthropic_error = |kind: &str, message: &str| {
+            json!({"type": "error", "error": {"type": kind, "message": message}})
+        };
+        let (status, body) = match (self, anthropic) {
+            (Mode::Unauthorized, false) => (401, openai_error("Incorrect API key provided: sk-mock***. You can find your API key at https://platform.openai.com/account/api-keys.".into(), "invalid_request_error", serde_json::Value::Null, "invalid_api_key")),
+            (Mode::Unauthorized, true) => (401, anthropic_error("authentication_error", "invalid x-api-key")),
+            (Mode::Forbidden, false) => (403, openai_error("You are not allowed to use this model.".into(), "permission_error", serde_json::Value::Null, "permission_denied")),
+            (Mode::Forbidden, true) => (403, anthropic_error("permission_error", "Your API key does not have permission to use the specified resource.")),
+            (Mode::ModelNotFound, false) => (404, openai_error(format!("The model `{model}` does not exist or you do not have access to it."), "invalid_request_error", serde_json::Value::Null, "model_not_found")),
+            (Mode::ModelNotFound, true) => (404, anthropic_error("not_found_error", &format!("model: {model}"))),
+            (Mode::UnsupportedParameter, false) => (400, openai_error("Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.".into(), "invalid_request_error", json!("max_tokens"), "unsupported_parameter")),
+            (Mode::UnsupportedParameter, true) => (400, anthropic_error("invalid_request_error", "top_k: Extra inputs are not permitted")),
+            (Mode::QuotaExhausted, false) => (429, openai_error("You exceeded your current quota, please check your plan and billing details.".into(), "insufficient_quota", serde_json::Value::Null, "insufficient_quota")),
+            (Mode::QuotaExhausted, true) => (400, anthropic_error("invalid_request_error", "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits.")),
+            (Mode::Malformed, _) => (200, json!({"id": format!("bad-{n}"), "object": "chat.completion", "choices": "not a list"})),
+            (Mode::EmptyChoices, false) => (200, json!({"id": format!("chatcmpl-{n}"), "object": "chat.completion", "model": model, "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 0, "total_tokens": 10}})),
+            (Mode::EmptyChoices, true) => (200, json!({"id": format!("msg_{n}"), "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": "end_turn", "usage": {"input_tokens": 11, "output_tokens": 0}})),
+        };
+        json_response(StatusCode::from_u16(status).unwrap(), body)
+    }
+}
+
 /// How the mock behaves; change it with [`MockProvider::set`].
 #[derive(Debug, Clone)]
 pub struct Behavior {
@@ -66,8 +185,8 @@ pub struct Behavior {
     pub omit_final_event: bool,
     /// Hold each request until [`MockProvider::release`].
     pub gated: bool,
-    /// Answer 200 with a body that is JSON but not a valid answer.
-    pub malformed: bool,
+    /// Answer every request as a misconfigured provider does.
+    pub mode: Option<Mode>,
 }
 
 impl Default for Behavior {
@@ -84,7 +203,7 @@ impl Default for Behavior {
             stall_after: None,
             omit_final_event: false,
             gated: false,
-            malformed: false,
+            mode: None,
         }
     }
 }
@@ -316,19 +435,6 @@ impl MockProvider {
         if let Some(resp) = self.failure(&behavior, n) {
             return resp;
         }
-        if behavior.malformed {
-            return json_response(
-                StatusCode::OK,
-                serde_json::json!({"id": format!("bad-{n}"), "object": "chat.completion", "choices": "not a list"}),
-            );
-        }
-        if let Some(status) = asked("x-mock-status") {
-            let status = u16::try_from(status).unwrap_or(500);
-            return json_response(
-                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-                serde_json::json!({"error": {"message": format!("{} failed on request", self.state.name), "type": "server_error"}}),
-            );
-        }
         let model = model.unwrap_or_else(|| "mock-model".into());
         // Served under any base path: match on the API path it ends with.
         let full_path = parts.uri.path();
@@ -342,6 +448,37 @@ impl MockProvider {
         .into_iter()
         .find(|p| full_path.ends_with(p))
         .unwrap_or(full_path);
+        let anthropic = path == "/v1/messages";
+        let mode = parts
+            .headers
+            .get("x-mock-mode")
+            .and_then(|v| v.to_str().ok())
+            .and_then(Mode::parse)
+            .or(behavior.mode);
+        if let Some(mode) = mode {
+            return match mode.events(anthropic).filter(|_| stream) {
+                Some(events) => self.stream(behavior, events),
+                None => mode.answer(anthropic, &model, n),
+            };
+        }
+        let chat = parts.method == http::Method::POST
+            && matches!(path, "/v1/messages" | "/v1/chat/completions");
+        if chat && json.as_ref().and_then(|j| j.get("messages")).is_none() {
+            // The request's own mistake, as the real APIs answer it.
+            let body = if anthropic {
+                serde_json::json!({"type": "error", "error": {"type": "invalid_request_error", "message": "messages: Field required"}})
+            } else {
+                serde_json::json!({"error": {"message": "'messages' is a required property", "type": "invalid_request_error", "param": "messages", "code": null}})
+            };
+            return json_response(StatusCode::BAD_REQUEST, body);
+        }
+        if let Some(status) = asked("x-mock-status") {
+            let status = u16::try_from(status).unwrap_or(500);
+            return json_response(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                serde_json::json!({"error": {"message": format!("{} failed on request", self.state.name), "type": "server_error"}}),
+            );
+        }
         match (parts.method.as_str(), path) {
             ("GET", "/v1/models") => json_response(
                 StatusCode::OK,

@@ -14,7 +14,7 @@ use shepherd_agent::telemetry::shadow_counter as c;
 use shepherd_tests::agent::TestAgent;
 use shepherd_tests::fixtures::merge_json;
 use shepherd_tests::http::{StreamEnd, read_stream};
-use shepherd_tests::mock::MockProvider;
+use shepherd_tests::mock::{MockProvider, Mode};
 
 const CHAT: &str = "/v1/chat/completions";
 const BODY: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
@@ -166,7 +166,7 @@ async fn errors_and_malformed_answers_diverge() {
         );
     }
     wait_shadow(&agent, c::COMPARED, 2).await;
-    b.set(|x| x.malformed = true);
+    b.set(|x| x.mode = Some(Mode::Malformed));
     for i in 0..3 {
         let id = format!("req-bad-{i}");
         assert_eq!(

@@ -167,6 +167,30 @@ async fn breaker_opens_falls_back_half_opens_and_closes() {
     assert!(metrics.contains("shepherd_agent_breaker_state{policy=\"chat\",backend=\"b\"} 0"));
 }
 
+/// A backend whose quota is exhausted trips its breaker at once and stays
+/// skipped for quota_open_time, not the short open time; then a probe goes.
+#[tokio::test(start_paused = true)]
+async fn exhausted_quota_keeps_the_breaker_open_for_long() {
+    let (a, b, agent) = setup(
+        10_000,
+        json!({
+            "circuit_breaker": {"consecutive_failures": 5, "open_time": "1s", "quota_open_time": "120s"},
+            "fallback": ["a"]
+        }),
+    );
+    b.set(|m| m.mode = Some(shepherd_tests::mock::Mode::QuotaExhausted));
+    let c = agent.client();
+    assert_eq!(c.post(CHAT, BODY, &[]).await.backend(), "a");
+    assert_eq!(b.count(), 1);
+    tokio::time::advance(Duration::from_secs(119)).await;
+    assert_eq!(c.post(CHAT, BODY, &[]).await.backend(), "a");
+    assert_eq!(b.count(), 1, "still open after 119s");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    b.set(|m| m.mode = None);
+    assert_eq!(c.post(CHAT, BODY, &[]).await.backend(), "b", "the probe");
+    assert_eq!((a.count(), b.count()), (2, 2));
+}
+
 /// An attempt with no response head within the per-try timeout is retried;
 /// the overall deadline bounds all attempts.
 #[tokio::test(start_paused = true)]
@@ -215,7 +239,9 @@ async fn stalled_stream_ends_with_an_idle_timeout_event() {
     a.set(|m| m.stall_after = Some(2));
     let req = Request::post(CHAT)
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(r#"{"model":"m","stream":true}"#)))
+        .body(Full::new(Bytes::from(
+            r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+        )))
         .unwrap();
     let started = Instant::now();
     let (text, end) = read_stream(agent.client().send(req).await).await;

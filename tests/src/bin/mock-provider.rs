@@ -4,9 +4,13 @@
 //!
 //!   mock-provider [--listen 127.0.0.1:9001] [--name NAME] [--error-rate F]
 //!                 [--error-status 503] [--delay-ms N] [--chunks N] [--chunk-delay-ms N]
+//!                 [--mode MODE]
 //!
-//! `--error-rate 0.2` fails exactly a fifth of requests, evenly spread. A
-//! request can ask for a failure itself with `x-mock-status: 500`.
+//! `--error-rate 0.2` fails exactly a fifth of requests, evenly spread.
+//! `--mode` answers every request as a misconfigured provider does:
+//! unauthorized, forbidden, model-not-found, unsupported-parameter,
+//! quota-exhausted, malformed, empty-choices. A request can ask for a
+//! failure itself with `x-mock-status: 500` or `x-mock-mode: MODE`.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -14,10 +18,12 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use shepherd_tests::mock::MockProvider;
+use shepherd_tests::mock::{MockProvider, Mode};
 
 const USAGE: &str = "mock-provider [--listen 127.0.0.1:9001] [--name NAME] [--error-rate F]
-              [--error-status 503] [--delay-ms N] [--chunks N] [--chunk-delay-ms N]";
+              [--error-status 503] [--delay-ms N] [--chunks N] [--chunk-delay-ms N]
+              [--mode unauthorized|forbidden|model-not-found|unsupported-parameter|
+                      quota-exhausted|malformed|empty-choices]";
 
 fn main() -> ExitCode {
     let mut listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9001));
@@ -47,6 +53,13 @@ fn main() -> ExitCode {
             "--chunk-delay-ms" => {
                 let ms = number(value)?;
                 p.set(|b| b.chunk_delay = Duration::from_secs_f64(ms / 1000.0));
+            }
+            "--mode" => {
+                let mode = Mode::parse(value).ok_or_else(|| {
+                    let names: Vec<&str> = Mode::ALL.iter().map(|m| m.name()).collect();
+                    format!("--mode: must be one of {}", names.join(", "))
+                })?;
+                p.set(|b| b.mode = Some(mode));
             }
             other => return Err(format!("unknown flag {other}")),
         }
