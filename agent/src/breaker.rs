@@ -94,6 +94,8 @@ enum Phase {
 #[derive(Debug)]
 struct Inner {
     phase: Phase,
+    /// What opened the breaker last.
+    cause: Health,
     consecutive: u32,
     /// Trips in a row without a successful close in between.
     trips: u32,
@@ -145,6 +147,7 @@ impl Breaker {
             start: Instant::now(),
             inner: Mutex::new(Inner {
                 phase: Phase::Closed,
+                cause: Health::Failure,
                 consecutive: 0,
                 trips: 0,
                 slots: [Slot::default(); SLOTS],
@@ -173,30 +176,31 @@ impl Breaker {
         }
     }
 
-    /// Asks to send a request: `None` while the breaker is open (or all
-    /// half-open probes are out).
-    pub fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+    /// Asks to send a request: refused while the breaker is open (or all
+    /// half-open probes are out), with what opened it: plain failures, or a
+    /// backend that rejects the app or answers malformed ones.
+    pub fn try_acquire(self: &Arc<Self>) -> Result<Permit, Health> {
         let mut inner = self.lock();
         match inner.phase {
-            Phase::Closed => Some(Permit { probe: None }),
+            Phase::Closed => Ok(Permit { probe: None }),
             Phase::Open { until } => {
                 if Instant::now() < until {
-                    return None;
+                    return Err(inner.cause);
                 }
                 inner.phase = Phase::HalfOpen {
                     issued: 1,
                     succeeded: 0,
                 };
-                Some(Permit {
+                Ok(Permit {
                     probe: Some(self.clone()),
                 })
             }
             Phase::HalfOpen { ref mut issued, .. } => {
                 if *issued >= self.settings.half_open_probes {
-                    return None;
+                    return Err(inner.cause);
                 }
                 *issued += 1;
-                Some(Permit {
+                Ok(Permit {
                     probe: Some(self.clone()),
                 })
             }
@@ -266,6 +270,7 @@ impl Breaker {
             open = open.max(self.settings.quota_open_time);
         }
         inner.trips = inner.trips.saturating_add(1);
+        inner.cause = health;
         inner.consecutive = 0;
         inner.slots = [Slot::default(); SLOTS];
         inner.phase = Phase::Open { until: now + open };
@@ -352,7 +357,7 @@ mod tests {
         assert_eq!(b.state(), BreakerState::Closed);
         outcome(&b, false);
         assert_eq!(b.state(), BreakerState::Open);
-        assert!(b.try_acquire().is_none());
+        assert!(b.try_acquire().is_err());
     }
 
     /// After the open time one probe passes; success closes it.
@@ -361,20 +366,20 @@ mod tests {
         let b = consecutive(1);
         outcome(&b, false);
         tokio::time::advance(Duration::from_millis(4_999)).await;
-        assert!(b.try_acquire().is_none());
+        assert!(b.try_acquire().is_err());
         tokio::time::advance(Duration::from_millis(1)).await;
         assert_eq!(b.state(), BreakerState::HalfOpen);
         let probe = b.try_acquire().expect("probe");
-        assert!(b.try_acquire().is_none(), "only one probe at a time");
+        assert!(b.try_acquire().is_err(), "only one probe at a time");
         probe.record(Some(&b), Health::Success);
         assert_eq!(b.state(), BreakerState::Closed);
-        assert!(b.try_acquire().is_some());
+        assert!(b.try_acquire().is_ok());
     }
 
     /// Asserts the breaker refuses requests for exactly `secs` from now.
     async fn open_for(b: &Arc<Breaker>, secs: u64) {
         tokio::time::advance(Duration::from_secs(secs) - Duration::from_millis(1)).await;
-        assert!(b.try_acquire().is_none(), "still open just before {secs}s");
+        assert!(b.try_acquire().is_err(), "still open just before {secs}s");
         tokio::time::advance(Duration::from_millis(1)).await;
     }
 
@@ -402,7 +407,7 @@ mod tests {
         outcome(&b, false);
         tokio::time::advance(Duration::from_secs(5)).await;
         drop(b.try_acquire().expect("probe"));
-        assert!(b.try_acquire().is_some(), "the slot came back");
+        assert!(b.try_acquire().is_ok(), "the slot came back");
     }
 
     /// The failure-rate mode needs the minimum volume, then trips at the rate.
@@ -436,6 +441,7 @@ mod tests {
             ..BreakerSettings::default()
         }));
         b.try_acquire().unwrap().record(Some(&b), Health::Broken);
+        assert_eq!(b.try_acquire().unwrap_err(), Health::Broken, "the cause");
         open_for(&b, 5).await;
         // The probe finds quota exhausted: open for the quota time.
         b.try_acquire().unwrap().record(Some(&b), Health::Exhausted);

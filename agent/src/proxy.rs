@@ -32,7 +32,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::api::{Api, Dialect};
-use crate::breaker::Permit;
+use crate::breaker::{Health, Permit};
 use crate::errors::{self, ErrorKind};
 use crate::fault;
 use crate::outcome::{self, Outcome};
@@ -352,11 +352,17 @@ async fn try_backend(
         let permit = match &lb.breaker {
             None => Permit::unlimited(),
             Some(b) => match b.try_acquire() {
-                Some(p) => p,
-                None => {
+                Ok(p) => p,
+                Err(cause) => {
                     lb.stats.record(Outcome::BreakerRejected);
+                    let why = if cause == Health::Failure {
+                        ""
+                    } else {
+                        bump(&lb.stats.breaker_rejected_broken);
+                        " (it rejects requests or answers malformed ones)"
+                    };
                     p.notes
-                        .push(format!("{}: circuit breaker open", backend.name));
+                        .push(format!("{}: circuit breaker open{why}", backend.name));
                     p.failed(LastFailure::BreakerOpen);
                     p.last_outcome = Some(Outcome::BreakerRejected);
                     return None;

@@ -35,6 +35,9 @@ pub struct BackendStats {
     pub output_tokens: AtomicU64,
     /// Attempts that were retries.
     pub retries: AtomicU64,
+    /// Breaker rejections while rejected or malformed answers held the
+    /// breaker open (a part of the breaker_rejected outcome).
+    pub breaker_rejected_broken: AtomicU64,
     /// Times this backend was tried as a fallback.
     pub fallbacks: AtomicU64,
     /// Requests the split sent to this backend first.
@@ -167,6 +170,7 @@ fn outcomes_wire(o: &[u64; Outcome::ALL.len()]) -> v1::Outcomes {
         breaker_rejected: get(Outcome::BreakerRejected),
         fault_injected: get(Outcome::FaultInjected),
         cancelled: get(Outcome::Cancelled),
+        breaker_rejected_broken: 0,
     }
 }
 
@@ -297,6 +301,7 @@ impl BackendStats {
             input_tokens: load(&self.input_tokens),
             output_tokens: load(&self.output_tokens),
             retries: load(&self.retries),
+            breaker_rejected_broken: load(&self.breaker_rejected_broken),
             fallbacks: load(&self.fallbacks),
             selected: load(&self.selected),
             faults: [
@@ -319,6 +324,7 @@ pub struct Counts {
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub retries: u64,
+    pub breaker_rejected_broken: u64,
     pub fallbacks: u64,
     pub selected: u64,
     /// Abort, delay, stream cut.
@@ -342,6 +348,7 @@ impl Counts {
         self.input_tokens += other.input_tokens;
         self.output_tokens += other.output_tokens;
         self.retries += other.retries;
+        self.breaker_rejected_broken += other.breaker_rejected_broken;
         self.fallbacks += other.fallbacks;
         self.selected += other.selected;
         for (a, b) in self.faults.iter_mut().zip(&other.faults) {
@@ -360,6 +367,9 @@ impl Counts {
             input_tokens: self.input_tokens.saturating_sub(earlier.input_tokens),
             output_tokens: self.output_tokens.saturating_sub(earlier.output_tokens),
             retries: self.retries.saturating_sub(earlier.retries),
+            breaker_rejected_broken: self
+                .breaker_rejected_broken
+                .saturating_sub(earlier.breaker_rejected_broken),
             fallbacks: self.fallbacks.saturating_sub(earlier.fallbacks),
             selected: self.selected.saturating_sub(earlier.selected),
             faults: std::array::from_fn(|i| self.faults[i].saturating_sub(earlier.faults[i])),
@@ -378,9 +388,11 @@ impl Counts {
 
     /// The wire form, for a telemetry report.
     pub fn to_wire(&self, backend: &str) -> v1::BackendTelemetry {
+        let mut outcomes = outcomes_wire(&self.outcomes);
+        outcomes.breaker_rejected_broken = self.breaker_rejected_broken;
         v1::BackendTelemetry {
             backend: backend.to_string(),
-            outcomes: Some(outcomes_wire(&self.outcomes)),
+            outcomes: Some(outcomes),
             latency: (self.latency.count() > 0).then(|| self.latency.to_wire()),
             ttft: (self.ttft.count() > 0).then(|| self.ttft.to_wire()),
             input_tokens: self.input_tokens,

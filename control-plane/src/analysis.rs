@@ -151,15 +151,17 @@ pub fn errors(o: &v1::Outcomes) -> u64 {
         + o.timeout
         + o.connect_error
         + o.stream_broken
-        + rejected(o)
+        + o.backend_rejected
+        + o.malformed
         + o.breaker_rejected
         + o.fault_injected
 }
 
 /// Answers showing the backend cannot serve the app at all: rejected
-/// (wrong key, unknown model, unsupported parameter, quota) or malformed.
+/// (wrong key, unknown model, unsupported parameter, quota) or malformed,
+/// and the requests its breaker skipped because of them.
 pub fn rejected(o: &v1::Outcomes) -> u64 {
-    o.backend_rejected + o.malformed
+    o.backend_rejected + o.malformed + o.breaker_rejected_broken
 }
 
 /// 4xx answers: the app's own mistakes and the backend's rejections.
@@ -186,6 +188,26 @@ pub const DEFAULT_MIN_REJECTED: u64 = 5;
 /// The 4xx excess, in percentage points, where a policy sets none (on by
 /// default).
 pub const DEFAULT_CLIENT_ERROR_EXCESS: f64 = 1.0;
+/// Significance of the 4xx excess test where a policy sets none: stricter
+/// than the error-rate test's, since an app's own mistakes vary a lot by
+/// chance and the gate is on without being asked for. A candidate that
+/// answers 4xx to everything still fails on its first few dozen requests.
+pub const DEFAULT_CLIENT_ERROR_SIGNIFICANCE: f64 = 0.001;
+/// The 4xx excess margin in points: the policy's (or 1), or a quarter of the
+/// baseline's own 4xx rate when that is larger. An app that sends many bad
+/// requests sees its 4xx rate vary more by chance.
+fn client_error_margin(g: &v1::Gates, baseline_4xx: u64, baseline_n: u64) -> f64 {
+    let set = g
+        .max_client_error_excess_percent
+        .unwrap_or(DEFAULT_CLIENT_ERROR_EXCESS);
+    set.max(percent(baseline_4xx, baseline_n) * CLIENT_ERROR_RELATIVE_MARGIN)
+}
+
+/// The part of the baseline's 4xx rate the 4xx excess margin grows to.
+pub const CLIENT_ERROR_RELATIVE_MARGIN: f64 = 0.25;
+
+/// Fewest requests on each side before the 4xx excess test may fail.
+pub const MIN_REQUESTS_FOR_EXCESS: u64 = 100;
 
 /// Quantile `p` of the standard normal distribution (Acklam's rational
 /// approximation, relative error below 1.2e-9).
@@ -413,8 +435,16 @@ impl Gatekeeper {
             .max_rejected_percent
             .unwrap_or(DEFAULT_MAX_REJECTED_PERCENT);
         let min = g.min_rejected_answers.unwrap_or(DEFAULT_MIN_REJECTED);
+        let skipped = if o.breaker_rejected_broken > 0 {
+            format!(
+                ", {} skipped by the breaker they opened",
+                o.breaker_rejected_broken
+            )
+        } else {
+            String::new()
+        };
         let more = format!(
-            ": {} backend_rejected, {} malformed{}",
+            ": {} backend_rejected, {} malformed{skipped}{}",
             o.backend_rejected,
             o.malformed,
             example_text(examples, &["backend_rejected", "malformed"])
@@ -433,7 +463,10 @@ impl Gatekeeper {
 
     /// A one-sided test that the candidate's rate of some events exceeds the
     /// baseline's by more than `effect` points. `waits`: while the excess is
-    /// above the effect but not significant, WAIT (else PASS).
+    /// above the effect but not significant, WAIT. Otherwise the test judges
+    /// once each side has [`MIN_REQUESTS_FOR_EXCESS`] requests (it WAITs
+    /// before that only while the excess is above the effect), and then
+    /// passes whatever is not significant.
     #[allow(clippy::too_many_arguments)]
     fn excess(
         &mut self,
@@ -473,13 +506,21 @@ impl Gatekeeper {
         let numbers = format!(
             "candidate {rc:.2}% ({xc} of {nc}) vs baseline {rb:.2}% ({xb} of {nb}): z = {z:.2}, critical {z_critical:.2} at {alpha}, minimum effect {effect} points"
         );
-        let (verdict, detail) = if z > z_critical && xc >= MIN_EVENTS_TO_FAIL {
+        let enough = waits || (nc >= MIN_REQUESTS_FOR_EXCESS && nb >= MIN_REQUESTS_FOR_EXCESS);
+        let (verdict, detail) = if z > z_critical && xc >= MIN_EVENTS_TO_FAIL && enough {
             (
                 v1::Verdict::Fail,
                 format!("{what} regression: {numbers}{more}"),
             )
-        } else if rc - rb <= effect || !waits {
+        } else if rc - rb <= effect || (enough && !waits) {
             (v1::Verdict::Pass, format!("{what}: {numbers}"))
+        } else if !enough {
+            (
+                v1::Verdict::Wait,
+                format!(
+                    "{what} above baseline; judged from {MIN_REQUESTS_FOR_EXCESS} requests on each side: {numbers}"
+                ),
+            )
         } else {
             (
                 v1::Verdict::Wait,
@@ -491,9 +532,9 @@ impl Gatekeeper {
     }
 
     /// The 4xx excess (on by default): the candidate's 4xx rate against the
-    /// baseline's on the same mix of requests. It fails on significance and
-    /// never holds a stage otherwise: an app's own mistakes vary a lot by
-    /// chance.
+    /// baseline's on the same mix of requests. It fails on significance and,
+    /// once there is enough data, does not hold a stage otherwise: an app's
+    /// own mistakes vary a lot by chance.
     fn client_error_excess(
         &mut self,
         g: &v1::Gates,
@@ -502,9 +543,7 @@ impl Gatekeeper {
         examples: &[v1::FailureExample],
         baseline_expected: bool,
     ) {
-        let effect = g
-            .max_client_error_excess_percent
-            .unwrap_or(DEFAULT_CLIENT_ERROR_EXCESS);
+        let effect = client_error_margin(g, client_errors(b), nb);
         let more = example_text(examples, &["backend_rejected", "app_error"]);
         self.excess(
             "max_client_error_excess_percent",
@@ -512,7 +551,7 @@ impl Gatekeeper {
             (client_errors(c), nc),
             (client_errors(b), nb),
             effect,
-            g.significance.unwrap_or(DEFAULT_SIGNIFICANCE),
+            DEFAULT_CLIENT_ERROR_SIGNIFICANCE,
             baseline_expected,
             false,
             &more,
@@ -790,9 +829,7 @@ pub fn judge_shadow_stage(
     let z = normal_quantile(1.0 - gates.significance.unwrap_or(DEFAULT_SIGNIFICANCE));
     let o = shadow.outcomes.unwrap_or_default();
     keeper.rejected(gates, &o, &shadow.examples, judged(&o), z);
-    let effect = gates
-        .max_client_error_excess_percent
-        .unwrap_or(DEFAULT_CLIENT_ERROR_EXCESS);
+    let effect = client_error_margin(gates, shadow.primary_client_errors, shadow.compared);
     if shadow.compared > 0 {
         keeper.excess(
             "max_client_error_excess_percent",
@@ -800,7 +837,7 @@ pub fn judge_shadow_stage(
             (shadow.client_errors, shadow.compared),
             (shadow.primary_client_errors, shadow.compared),
             effect,
-            gates.significance.unwrap_or(DEFAULT_SIGNIFICANCE),
+            DEFAULT_CLIENT_ERROR_SIGNIFICANCE,
             true,
             false,
             &example_text(&shadow.examples, &["backend_rejected", "app_error"]),
@@ -956,7 +993,8 @@ mod tests {
         let mut t = outcomes(requests, 0);
         if let Some(o) = t.outcomes.as_mut() {
             change(o);
-            o.success = requests - (o.app_error + o.backend_rejected + o.malformed + o.server_error);
+            o.success =
+                requests - (o.app_error + o.backend_rejected + o.malformed + o.server_error);
         }
         t
     }
@@ -970,7 +1008,12 @@ mod tests {
         }
     }
 
-    fn judge_with(gates: &v1::Gates, weight: u32, c: &v1::BackendTelemetry, b: &v1::BackendTelemetry) -> Judgement {
+    fn judge_with(
+        gates: &v1::Gates,
+        weight: u32,
+        c: &v1::BackendTelemetry,
+        b: &v1::BackendTelemetry,
+    ) -> Judgement {
         judge_stage(&StageInput {
             stage: &stage_of(weight),
             gates,
@@ -1002,12 +1045,21 @@ mod tests {
             j.reason
         );
         let side = j.figures.candidate.unwrap();
-        assert_eq!((side.backend_rejected, side.rejected_rate_percent), (8, 100.0));
+        assert_eq!(
+            (side.backend_rejected, side.rejected_rate_percent),
+            (8, 100.0)
+        );
         // Four are too few to call it.
         let four = side_with(4, |o| o.malformed = 4);
-        assert_eq!(judge_with(&none, 2000, &four, &b).verdict, v1::Verdict::Wait);
+        assert_eq!(
+            judge_with(&none, 2000, &four, &b).verdict,
+            v1::Verdict::Wait
+        );
         let healthy = outcomes(100, 0);
-        assert_eq!(judge_with(&none, 2000, &healthy, &b).verdict, v1::Verdict::Pass);
+        assert_eq!(
+            judge_with(&none, 2000, &healthy, &b).verdict,
+            v1::Verdict::Pass
+        );
         // 3 of 100 malformed: above 1% with confidence? Not yet with 3.
         let few = side_with(100, |o| o.malformed = 3);
         assert_ne!(judge_with(&none, 2000, &few, &b).verdict, v1::Verdict::Fail);
@@ -1016,7 +1068,16 @@ mod tests {
             max_client_error_excess_percent: Some(100.0),
             ..Default::default()
         };
-        assert_eq!(judge_with(&off, 2000, &side_with(100, |o| o.backend_rejected = 100), &b).verdict, v1::Verdict::Pass);
+        assert_eq!(
+            judge_with(
+                &off,
+                2000,
+                &side_with(100, |o| o.backend_rejected = 100),
+                &b
+            )
+            .verdict,
+            v1::Verdict::Pass
+        );
         let tuned = v1::Gates {
             max_rejected_percent: Some(50.0),
             min_rejected_answers: Some(20),
@@ -1025,7 +1086,13 @@ mod tests {
         };
         assert_ne!(judge_with(&tuned, 2000, &c, &b).verdict, v1::Verdict::Fail);
         assert_eq!(
-            judge_with(&tuned, 2000, &side_with(100, |o| o.backend_rejected = 90), &b).verdict,
+            judge_with(
+                &tuned,
+                2000,
+                &side_with(100, |o| o.backend_rejected = 90),
+                &b
+            )
+            .verdict,
             v1::Verdict::Fail
         );
     }
@@ -1049,11 +1116,36 @@ mod tests {
         let j = judge_with(&none, 2000, &worse, &b);
         assert_eq!(j.verdict, v1::Verdict::Fail);
         assert!(j.reason.starts_with("4xx rate regression: candidate 60.00% (120 of 200) vs baseline 10.00% (100 of 1000)"), "{}", j.reason);
-        assert!(j.reason.ends_with("e.g. app_error HTTP 400 invalid_request_error"), "{}", j.reason);
-        let gate = j.figures.gates.iter().find(|g| g.gate == "max_client_error_excess_percent").unwrap();
+        assert!(
+            j.reason
+                .ends_with("e.g. app_error HTTP 400 invalid_request_error"),
+            "{}",
+            j.reason
+        );
+        let gate = j
+            .figures
+            .gates
+            .iter()
+            .find(|g| g.gate == "max_client_error_excess_percent")
+            .unwrap();
         assert!(gate.value > gate.limit);
+        // Too few requests to judge: a candidate above the margin waits.
+        let early = judge_with(&none, 2000, &side_with(60, |o| o.app_error = 60), &b);
+        assert_eq!(early.verdict, v1::Verdict::Wait);
+        assert!(
+            early
+                .reason
+                .contains("judged from 100 requests on each side"),
+            "{}",
+            early.reason
+        );
         let alone = judge_with(&none, 10_000, &worse, &outcomes(0, 0));
-        let gate = alone.figures.gates.iter().find(|g| g.gate == "max_client_error_excess_percent").unwrap();
+        let gate = alone
+            .figures
+            .gates
+            .iter()
+            .find(|g| g.gate == "max_client_error_excess_percent")
+            .unwrap();
         assert_eq!(gate.verdict(), v1::Verdict::Pass);
         assert!(gate.detail.contains("not run"), "{}", gate.detail);
     }
@@ -1092,7 +1184,11 @@ mod tests {
         };
         let j = judge_shadow_stage(&stage, &none, Duration::from_secs(5), &bad_requests);
         assert_eq!(j.verdict, v1::Verdict::Fail);
-        assert!(j.reason.starts_with("shadow 4xx rate regression"), "{}", j.reason);
+        assert!(
+            j.reason.starts_with("shadow 4xx rate regression"),
+            "{}",
+            j.reason
+        );
         let alike = v1::ShadowTelemetry {
             primary_client_errors: 60,
             ..bad_requests

@@ -980,3 +980,210 @@ async fn quorum_time_limit_starts_the_clock() {
     drop(tx);
     rig.stop().await;
 }
+
+/// The ways a candidate fails the app that no gate in the policy names:
+/// each mock mode, and a candidate answering 400 to everything.
+fn failing_modes() -> Vec<(String, Box<dyn Fn(&MockProvider)>)> {
+    let mut modes: Vec<(String, Box<dyn Fn(&MockProvider)>)> = Mode::ALL
+        .into_iter()
+        .map(|m| {
+            let set: Box<dyn Fn(&MockProvider)> =
+                Box::new(move |b: &MockProvider| b.set(|x| x.mode = Some(m)));
+            (m.name().to_string(), set)
+        })
+        .collect();
+    modes.push((
+        "400 to everything".into(),
+        Box::new(|b: &MockProvider| {
+            b.set(|x| {
+                x.fail = Some(shepherd_tests::mock::Fail {
+                    status: 400,
+                    retry_after: None,
+                    times: None,
+                })
+            })
+        }),
+    ));
+    modes
+}
+
+fn heal(b: &MockProvider) {
+    b.set(|x| {
+        x.mode = None;
+        x.fail = None;
+    });
+}
+
+/// A candidate with a wrong key, no access, an unknown model, a parameter
+/// it refuses, exhausted quota, malformed or empty answers, or a 400 for
+/// everything is rolled back at its first stage by the default gates (the
+/// policy sets none), the FAILED event naming the class, the counts and an
+/// example answer. With a fallback and a breaker the app sees no failure,
+/// except the 400s: an answer that reads as the app's own mistake passes
+/// through until the rollback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misconfigured_candidates_roll_back_at_the_first_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = json!({
+        "fallback": ["a"],
+        "circuit_breaker": {"consecutive_failures": 5, "open_time": "0.2s",
+                            "open_time_multiplier": 1, "quota_open_time": "0.2s"},
+        "rollout": {"stages": [stage(2000, "0.3s", 20, "30s"), stage(10000, "0.3s", 20, "30s")],
+                    "ack_timeout": "5s"}
+    });
+    let mut rig = Rig::start(&sqlite_url(&dir), 1, extra).await;
+    let load = rig.load();
+    for (i, (name, fail)) in failing_modes().into_iter().enumerate() {
+        let failed_before = load.failed();
+        fail(&rig.b);
+        let number = i64::try_from(i).unwrap() + 1;
+        if number == 1 {
+            rig.start_rollout().await;
+        } else {
+            rig.rollouts.retry_rollout(command(0, &name)).await.unwrap();
+        }
+        let ended = rig
+            .wait(&format!("{name}: rolled back"), |r| {
+                r.number == number && r.state() == State::RolledBack
+            })
+            .await;
+        heal(&rig.b);
+        // The next mode is judged on its own answers: every agent runs the
+        // weight-0 snapshot and its breaker's open time is over, so the
+        // next rollout's first candidate request reaches the candidate.
+        for agent in &rig.agents {
+            agent.wait_version(|v| v >= ended.stage_version).await;
+            eventually("the breaker's open time is over", || async {
+                let open = "shepherd_agent_breaker_state{policy=\"chat\",backend=\"b\"} 1";
+                if agent.agent.render_metrics().lines().any(|l| l == open) {
+                    Err("open".to_string())
+                } else {
+                    Ok(())
+                }
+            })
+            .await;
+        }
+        let events = rig.events(number).await;
+        assert!(
+            !kinds(&events).contains(&Kind::Promoted),
+            "{name}: promoted before it failed"
+        );
+        let failed = events.iter().find(|e| e.kind() == Kind::Failed).unwrap();
+        assert_eq!(failed.stage, 0, "{name}: failed at the first stage");
+        let c = failed.figures.as_ref().unwrap().candidate.clone().unwrap();
+        if name == "400 to everything" {
+            assert!(
+                failed.reason.starts_with("4xx rate regression"),
+                "{name}: {}",
+                failed.reason
+            );
+            assert!(
+                c.app_errors > 0 && c.client_error_rate_percent > 50.0,
+                "{c:?}"
+            );
+            assert!(
+                failed.reason.contains("e.g. app_error HTTP 400"),
+                "{}",
+                failed.reason
+            );
+        } else {
+            let class = if matches!(name.as_str(), "malformed" | "empty-choices") {
+                "malformed"
+            } else {
+                "backend_rejected"
+            };
+            assert!(
+                failed.reason.starts_with("rejected or malformed answers"),
+                "{name}: {}",
+                failed.reason
+            );
+            assert!(
+                failed.reason.contains(&format!("e.g. {class} HTTP")),
+                "{name}: {}",
+                failed.reason
+            );
+            assert!(c.rejected_rate_percent > 50.0, "{name}: {c:?}");
+            assert_eq!(c.examples[0].outcome, class, "{name}: {c:?}");
+        }
+        assert!(
+            ended.reason.contains("gate failed at stage 1"),
+            "{}",
+            ended.reason
+        );
+        if name != "400 to everything" {
+            assert_eq!(
+                load.failed(),
+                failed_before,
+                "{name}: the fallback served every request"
+            );
+        }
+    }
+    let (sent, _) = load.stop().await;
+    assert!(sent > 100);
+    rig.stop().await;
+}
+
+/// A candidate that rejects the app is rolled back at a shadow stage before
+/// any user sees it, by the default gates over the shadow's answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misconfigured_candidate_rolls_back_at_the_shadow_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = json!({
+        "shadow": {"percent": 100.0},
+        "rollout": {"stages": [stage(0, "0.3s", 20, "30s"), stage(10000, "0.3s", 20, "30s")]}
+    });
+    let mut rig = Rig::start(&sqlite_url(&dir), 1, extra).await;
+    rig.b.set(|x| x.mode = Some(Mode::ModelNotFound));
+    let load = rig.load();
+    rig.start_rollout().await;
+    rig.wait_state(State::RolledBack).await;
+    let (_, failed) = load.stop().await;
+    assert_eq!(failed, 0, "the shadow never reaches the app");
+    let events = rig.events(1).await;
+    let failure = events.iter().find(|e| e.kind() == Kind::Failed).unwrap();
+    assert_eq!(failure.stage, 0);
+    assert!(
+        failure.reason.contains("backend_rejected")
+            && failure
+                .reason
+                .contains("e.g. backend_rejected HTTP 404 model_not_found"),
+        "{}",
+        failure.reason
+    );
+    rig.stop().await;
+}
+
+/// The control: a healthy candidate that answers the app's bad requests
+/// with the same 400 the baseline gives (a fifth of the traffic here) is not
+/// rolled back: it goes through a shadow stage and every live stage to
+/// 100%.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apps_own_bad_requests_roll_nothing_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = json!({
+        "shadow": {"percent": 100.0},
+        "rollout": {"stages": [stage(0, "0.5s", 100, "30s"), stage(2000, "0.5s", 100, "30s"),
+                               stage(5000, "0.5s", 100, "30s"), stage(10000, "0.5s", 100, "30s")]}
+    });
+    let mut rig = Rig::start(&sqlite_url(&dir), 1, extra).await;
+    let load = Load::with_bad_requests(&rig.agents.iter().collect::<Vec<_>>(), Some(5));
+    rig.start_rollout().await;
+    rig.wait_state(State::Succeeded).await;
+    let (_, failed) = load.stop().await;
+    assert_eq!(failed, 0);
+    let events = rig.events(1).await;
+    assert!(!kinds(&events).contains(&Kind::Failed), "{events:?}");
+    let promoted: Vec<&v1::RolloutEvent> = events
+        .iter()
+        .filter(|e| e.kind() == Kind::Promoted)
+        .collect();
+    assert_eq!(promoted.len(), 3);
+    // The live stages saw the app's 400s on both sides.
+    let figures = promoted[1].figures.as_ref().unwrap();
+    let (c, b) = (
+        figures.candidate.as_ref().unwrap(),
+        figures.baseline.as_ref().unwrap(),
+    );
+    assert!(c.app_errors > 0 && b.app_errors > 0, "{c:?} {b:?}");
+    rig.stop().await;
+}

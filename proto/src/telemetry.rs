@@ -59,6 +59,7 @@ pub fn add_outcomes(into: &mut v1::Outcomes, from: &v1::Outcomes) {
     into.app_error += from.app_error;
     into.backend_rejected += from.backend_rejected;
     into.malformed += from.malformed;
+    into.breaker_rejected_broken += from.breaker_rejected_broken;
     into.rate_limited += from.rate_limited;
     into.server_error += from.server_error;
     into.timeout += from.timeout;

@@ -115,7 +115,10 @@ impl Mode {
                 "data: [DONE]\n\n".into(),
             ]),
             (Mode::Malformed, true) => Some(vec![
-                event("message_start", json!({"type": "message_start", "message": {"id": "bad"}})),
+                event(
+                    "message_start",
+                    json!({"type": "message_start", "message": {"id": "bad"}}),
+                ),
                 "event: content_block_delta\ndata: not json\n\n".into(),
                 event("message_stop", json!({"type": "message_stop"})),
             ]),
@@ -124,8 +127,14 @@ impl Mode {
                 "data: [DONE]\n\n".into(),
             ]),
             (Mode::EmptyChoices, true) => Some(vec![
-                event("message_start", json!({"type": "message_start", "message": {"id": "empty"}})),
-                event("message_delta", json!({"type": "message_delta", "delta": {}})),
+                event(
+                    "message_start",
+                    json!({"type": "message_start", "message": {"id": "empty"}}),
+                ),
+                event(
+                    "message_delta",
+                    json!({"type": "message_delta", "delta": {}}),
+                ),
                 event("message_stop", json!({"type": "message_stop"})),
             ]),
             _ => None,
@@ -136,12 +145,8 @@ impl Mode {
     /// OpenAI's.
     fn answer(self, anthropic: bool, model: &str, n: u64) -> Response<Body> {
         use serde_json::json;
-        let openai_error = |message: String, kind: &str, param: serde_json::Value, code: &str| {
-            json!({"error": {"message": message, "type": kind, "param": param, "code": code}})
-        };
-        let anthropic_error = |kind: &str, message: &str| {
-            json!({"type": "error", "error": {"type": kind, "message": message}})
-        };
+        let openai_error = |message: String, kind: &str, param: serde_json::Value, code: &str| json!({"error": {"message": message, "type": kind, "param": param, "code": code}});
+        let anthropic_error = |kind: &str, message: &str| json!({"type": "error", "error": {"type": kind, "message": message}});
         let (status, body) = match (self, anthropic) {
             (Mode::Unauthorized, false) => (401, openai_error("Incorrect API key provided: sk-mock***. You can find your API key at https://platform.openai.com/account/api-keys.".into(), "invalid_request_error", serde_json::Value::Null, "invalid_api_key")),
             (Mode::Unauthorized, true) => (401, anthropic_error("authentication_error", "invalid x-api-key")),

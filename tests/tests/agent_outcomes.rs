@@ -84,24 +84,42 @@ async fn rejected_and_malformed_answers_fall_back_at_once() {
             for i in 0..10 {
                 let r = c.send(json_request(path, body)).await;
                 let status = r.status().as_u16();
-                let backend = r.headers()["x-shepherd-backend"].to_str().unwrap().to_string();
+                let backend = r.headers()["x-shepherd-backend"]
+                    .to_str()
+                    .unwrap()
+                    .to_string();
                 let (text, end) = read_stream(r).await;
                 assert_eq!(status, 200, "{mode:?} {path} {body} #{i}: {text}");
                 let expected = if streamed && i == 0 { "b" } else { "a" };
                 assert_eq!(backend, expected, "{mode:?} {path} #{i}");
                 assert_eq!(end, StreamEnd::Clean);
             }
-            assert_eq!(b.count(), 1, "{mode:?} {path}: asked once, then its breaker is open");
+            assert_eq!(
+                b.count(),
+                1,
+                "{mode:?} {path}: asked once, then its breaker is open"
+            );
             assert_eq!(a.count(), if streamed { 9 } else { 10 });
             let label = if malformed {
                 "malformed"
             } else {
                 "backend_rejected"
             };
-            assert_eq!(metric(&agent, &outcome_line("b", label)).await, 1, "{mode:?}");
-            assert_eq!(metric(&agent, &outcome_line("b", "breaker_rejected")).await, 9);
             assert_eq!(
-                metric(&agent, "shepherd_agent_breaker_state{policy=\"chat\",backend=\"b\"}").await,
+                metric(&agent, &outcome_line("b", label)).await,
+                1,
+                "{mode:?}"
+            );
+            assert_eq!(
+                metric(&agent, &outcome_line("b", "breaker_rejected")).await,
+                9
+            );
+            assert_eq!(
+                metric(
+                    &agent,
+                    "shepherd_agent_breaker_state{policy=\"chat\",backend=\"b\"}"
+                )
+                .await,
                 1,
                 "open"
             );
@@ -113,7 +131,9 @@ async fn rejected_and_malformed_answers_fall_back_at_once() {
 fn json_request(path: &str, body: &str) -> http::Request<http_body_util::Full<bytes::Bytes>> {
     http::Request::post(path)
         .header("content-type", "application/json")
-        .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
         .unwrap()
 }
 
@@ -137,7 +157,11 @@ async fn rejections_are_never_retried_on_the_same_backend() {
     }
     assert_eq!((a.count(), b.count()), (5, 5));
     let reports = agent.agent.registry.stats.collect();
-    let b_report = reports[0].backends.iter().find(|x| x.backend == "b").unwrap();
+    let b_report = reports[0]
+        .backends
+        .iter()
+        .find(|x| x.backend == "b")
+        .unwrap();
     assert_eq!(b_report.outcomes.unwrap().backend_rejected, 5);
     assert_eq!(b_report.examples.len(), 1);
     let e = &b_report.examples[0];
@@ -188,7 +212,11 @@ async fn app_errors_pass_through_and_are_not_backend_failures() {
     assert_eq!((a.count(), b.count()), (0, 3));
     assert_eq!(metric(&agent, &outcome_line("b", "app_error")).await, 3);
     let ok = c.post(CHAT, BODY, &[]).await;
-    assert_eq!((ok.status.as_u16(), ok.backend()), (200, "b"), "the breaker stayed closed");
+    assert_eq!(
+        (ok.status.as_u16(), ok.backend()),
+        (200, "b"),
+        "the breaker stayed closed"
+    );
     agent.stop().await;
 }
 
@@ -227,7 +255,11 @@ async fn retried_errors_say_should_not_retry() {
     });
     let r = agent.client().post(CHAT, BODY, &[]).await;
     assert_eq!(r.status, 503);
-    assert_eq!(r.header("x-should-retry"), None, "one attempt: SDKs may retry");
+    assert_eq!(
+        r.header("x-should-retry"),
+        None,
+        "one attempt: SDKs may retry"
+    );
     agent.stop().await;
 }
 

@@ -554,7 +554,7 @@ async fn stream_without_its_final_event_is_broken() {
 async fn complete_streams_end_cleanly_and_count_usage() {
     let (_a, _b, p) = two_backends(0, json!({})).await;
     let agent = TestAgent::start(&p).await;
-    let body = r#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true}}"#;
+    let body = r#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
     let req = json_request(CHAT, body);
     let (text, end) = read_stream(agent.client().send(req).await).await;
     assert_eq!(end, StreamEnd::Clean);

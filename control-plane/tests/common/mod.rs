@@ -21,6 +21,8 @@ pub const ADMIN: &str = "fleet-admin-token";
 pub const AGENT: &str = "fleet-agent-token";
 pub const CHAT: &str = "/v1/chat/completions";
 pub const BODY: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
+/// A request every API refuses (no `messages`): the app's own mistake.
+pub const BAD_BODY: &str = r#"{"model":"gpt-4o"}"#;
 
 /// A control-plane process on a fixed port, so it can be killed and started
 /// again where agents expect it.
@@ -184,7 +186,9 @@ where
     }
 }
 
-/// Sends requests through every agent until told to stop, counting failures.
+/// Sends requests through every agent until told to stop, counting failures
+/// (answers other than 200, or other than 400 for the app's own bad
+/// requests).
 pub struct Load {
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
@@ -194,6 +198,12 @@ pub struct Load {
 
 impl Load {
     pub fn start(agents: &[&FleetAgent]) -> Load {
+        Self::with_bad_requests(agents, None)
+    }
+
+    /// Like [`Load::start`], with every `bad_every`-th request of each agent
+    /// a bad one ([`BAD_BODY`], which should get 400).
+    pub fn with_bad_requests(agents: &[&FleetAgent], bad_every: Option<u64>) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
@@ -203,10 +213,14 @@ impl Load {
                 let client = a.client();
                 let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
                 tokio::spawn(async move {
+                    let mut n = 0u64;
                     while !stop.load(Ordering::Relaxed) {
-                        let r = client.post(CHAT, BODY, &[]).await;
+                        n += 1;
+                        let bad = bad_every.is_some_and(|k| n.is_multiple_of(k));
+                        let (body, expected) = if bad { (BAD_BODY, 400) } else { (BODY, 200) };
+                        let r = client.post(CHAT, body, &[]).await;
                         sent.fetch_add(1, Ordering::Relaxed);
-                        if r.status != 200 {
+                        if r.status != expected {
                             failed.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -233,6 +247,11 @@ impl Load {
             }
         })
         .await
+    }
+
+    /// Requests that failed so far.
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
     }
 
     pub async fn stop(self) -> (u64, u64) {

@@ -6,12 +6,16 @@
 //! The telemetry path is modelled as it runs: 1,000 req/s spread over 10
 //! agents, each reporting every second at its own phase; a report reaches
 //! the database at the replica's next flush (every second) and is judged at
-//! the leader's next tick (every 250 ms).
+//! the leader's next tick (every 250 ms). Each request is an error (5xx), an
+//! app error (a 4xx the request caused), a rejected answer (wrong key,
+//! unknown model, ...) or a success, with each side's probabilities.
 //!
-//! Usage: decision-bench [ROLLOUTS]   (default 1000 per case)
+//! Usage: decision-bench [ROLLOUTS]   (default 1000 per case); with WHY=1 in
+//! the environment, every FAIL's reason is printed to stderr.
 
 #![allow(
     clippy::print_stdout,
+    clippy::print_stderr,
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::cast_precision_loss
@@ -49,17 +53,51 @@ impl Rng {
 struct Counts {
     requests: u64,
     errors: u64,
+    app_errors: u64,
+    rejected: u64,
 }
 
-/// One backend's error probability as a function of time.
-type Errors = dyn Fn(f64) -> f64;
+/// What one backend answers: the probability of each failure class.
+#[derive(Clone, Copy, Default)]
+struct Profile {
+    error: f64,
+    app_error: f64,
+    rejected: f64,
+}
+
+impl Profile {
+    fn errors(error: f64) -> Self {
+        Self {
+            error,
+            ..Self::default()
+        }
+    }
+
+    /// Draws one answer into `side`.
+    fn draw(&self, rng: &mut Rng, side: &mut Counts) {
+        side.requests += 1;
+        let u = rng.unit();
+        if u < self.error {
+            side.errors += 1;
+        } else if u < self.error + self.app_error {
+            side.app_errors += 1;
+        } else if u < self.error + self.app_error + self.rejected {
+            side.rejected += 1;
+        }
+    }
+}
+
+/// One backend's answers as a function of time.
+type Answers = dyn Fn(f64) -> Profile;
 
 fn telemetry(backend: &str, s: &Counts) -> v1::BackendTelemetry {
     v1::BackendTelemetry {
         backend: backend.into(),
         outcomes: Some(v1::Outcomes {
-            success: s.requests - s.errors,
+            success: s.requests - s.errors - s.app_errors - s.rejected,
             server_error: s.errors,
+            app_error: s.app_errors,
+            backend_rejected: s.rejected,
             ..Default::default()
         }),
         ..Default::default()
@@ -89,8 +127,9 @@ fn stage(weight: u32, bake: u64, max: u64) -> v1::Stage {
 fn run_stage(
     rng: &mut Rng,
     stage: &v1::Stage,
-    candidate_errors: &Errors,
-    baseline_errors: &Errors,
+    gates: &v1::Gates,
+    candidate: &Answers,
+    baseline: &Answers,
 ) -> (v1::Verdict, f64) {
     let weight = f64::from(stage.weight) / 10_000.0;
     let max = Duration::try_from(stage.max_stage_time.unwrap())
@@ -115,15 +154,12 @@ fn run_stage(
             carry[agent] -= n as f64;
             for _ in 0..n {
                 let to_candidate = rng.unit() < weight;
-                let (side, p) = if to_candidate {
-                    (&mut *c, candidate_errors(t))
+                let (side, profile) = if to_candidate {
+                    (&mut *c, candidate(t))
                 } else {
-                    (&mut *b, baseline_errors(t))
+                    (&mut *b, baseline(t))
                 };
-                side.requests += 1;
-                if rng.unit() < p {
-                    side.errors += 1;
-                }
+                profile.draw(rng, side);
             }
             // A report at this agent's phase, every REPORT seconds.
             let since = (t - phases[agent]).rem_euclid(REPORT);
@@ -142,6 +178,8 @@ fn run_stage(
                     for (side, counts) in [(&mut cand, c), (&mut base, b)] {
                         side.requests += counts.requests;
                         side.errors += counts.errors;
+                        side.app_errors += counts.app_errors;
+                        side.rejected += counts.rejected;
                     }
                     false
                 } else {
@@ -150,12 +188,15 @@ fn run_stage(
             });
             let j = judge_stage(&StageInput {
                 stage,
-                gates: &gates(),
+                gates,
                 elapsed: Duration::from_secs_f64(t),
                 candidate: &telemetry("b", &cand),
                 baseline: &telemetry("a", &base),
             });
             if j.verdict != v1::Verdict::Wait {
+                if j.verdict == v1::Verdict::Fail && std::env::var("WHY").is_ok() {
+                    eprintln!("{} {t:.2}: {}", stage.weight, j.reason);
+                }
                 return (j.verdict, t);
             }
         }
@@ -178,55 +219,23 @@ fn quantiles(mut v: Vec<f64>) -> String {
     )
 }
 
-fn main() {
-    let rollouts: usize = std::env::args()
-        .nth(1)
-        .map_or(1000, |a| a.parse().expect("ROLLOUTS must be a number"));
-    let mut rng = Rng(0x5eed);
-
-    // (a) Hard failure: the candidate (10% of traffic) starts failing half
-    // its requests 30 s into a healthy stage.
-    let onset = 30.0;
-    let mut times = Vec::new();
-    let mut missed = 0;
-    for _ in 0..rollouts {
-        let st = stage(1000, 60, 600);
-        let cand = move |t: f64| if t >= onset { 0.5 } else { 0.01 };
-        match run_stage(&mut rng, &st, &cand, &|_| 0.01) {
-            (v1::Verdict::Fail, t) if t >= onset => times.push(t - onset),
-            _ => missed += 1,
-        }
-    }
-    println!(
-        "(a) hard failure (50% 5xx at 10% weight) to rollback decision, {rollouts} rollouts: {}; not caught after the onset: {missed}",
-        quantiles(times)
-    );
-
-    // (b) Subtle regression from the stage's start: baseline 1%, candidate
-    // 3%, candidate at 5% of 1,000 req/s.
-    let mut times = Vec::new();
-    let mut missed = 0;
-    for _ in 0..rollouts {
-        let st = stage(500, 600, 600);
-        match run_stage(&mut rng, &st, &|_| 0.03, &|_| 0.01) {
-            (v1::Verdict::Fail, t) => times.push(t),
-            _ => missed += 1,
-        }
-    }
-    println!(
-        "(b) subtle regression (1% -> 3% at 5% weight) to rollback decision, {rollouts} rollouts: {}; not caught: {missed}",
-        quantiles(times)
-    );
-
-    // (c) Healthy candidate, same 1% error rate as the baseline, through a
-    // whole rollout of four stages (5%, 25%, 50%, 100%; 60 s bake each).
+/// Runs `rollouts` rollouts through the stages `weights` (60 s bake each),
+/// stopping at a failed stage; returns how many were rolled back and the
+/// durations of the rest.
+fn whole_rollouts(
+    rng: &mut Rng,
+    rollouts: usize,
+    gates: &v1::Gates,
+    candidate: &Answers,
+    baseline: &Answers,
+) -> (usize, Vec<f64>) {
     let mut rolled_back = 0;
     let mut durations = Vec::new();
     for _ in 0..rollouts {
         let mut total = 0.0;
         let mut failed = false;
         for w in [500, 2500, 5000, 10_000] {
-            let (verdict, t) = run_stage(&mut rng, &stage(w, 60, 600), &|_| 0.01, &|_| 0.01);
+            let (verdict, t) = run_stage(rng, &stage(w, 60, 600), gates, candidate, baseline);
             total += t;
             if verdict == v1::Verdict::Fail {
                 failed = true;
@@ -239,9 +248,134 @@ fn main() {
             durations.push(total);
         }
     }
+    (rolled_back, durations)
+}
+
+/// Times to a FAIL of a stage at `weight` whose candidate answers as
+/// `candidate` from its start; and how many were not caught.
+fn time_to_fail(
+    rng: &mut Rng,
+    rollouts: usize,
+    weight: u32,
+    gates: &v1::Gates,
+    candidate: &Answers,
+    baseline: &Answers,
+) -> (Vec<f64>, usize) {
+    let mut times = Vec::new();
+    let mut missed = 0;
+    for _ in 0..rollouts {
+        match run_stage(rng, &stage(weight, 600, 600), gates, candidate, baseline) {
+            (v1::Verdict::Fail, t) => times.push(t),
+            _ => missed += 1,
+        }
+    }
+    (times, missed)
+}
+
+fn main() {
+    let rollouts: usize = std::env::args()
+        .nth(1)
+        .map_or(1000, |a| a.parse().expect("ROLLOUTS must be a number"));
+    let mut rng = Rng(0x5eed);
+    let g = gates();
+    let healthy = |_: f64| Profile::errors(0.01);
+
+    // (a) Hard failure: the candidate (10% of traffic) starts failing half
+    // its requests 30 s into a healthy stage.
+    let onset = 30.0;
+    let mut times = Vec::new();
+    let mut missed = 0;
+    for _ in 0..rollouts {
+        let st = stage(1000, 60, 600);
+        let cand = move |t: f64| Profile::errors(if t >= onset { 0.5 } else { 0.01 });
+        match run_stage(&mut rng, &st, &g, &cand, &healthy) {
+            (v1::Verdict::Fail, t) if t >= onset => times.push(t - onset),
+            _ => missed += 1,
+        }
+    }
+    println!(
+        "(a) hard failure (50% 5xx at 10% weight) to rollback decision, {rollouts} rollouts: {}; not caught after the onset: {missed}",
+        quantiles(times)
+    );
+
+    // (b) Subtle regression from the stage's start: baseline 1%, candidate
+    // 3%, candidate at 5% of 1,000 req/s.
+    let (times, missed) = time_to_fail(
+        &mut rng,
+        rollouts,
+        500,
+        &g,
+        &|_| Profile::errors(0.03),
+        &healthy,
+    );
+    println!(
+        "(b) subtle regression (1% -> 3% at 5% weight) to rollback decision, {rollouts} rollouts: {}; not caught: {missed}",
+        quantiles(times)
+    );
+
+    // (c) Healthy candidate, same 1% error rate as the baseline, through a
+    // whole rollout of four stages (5%, 25%, 50%, 100%; 60 s bake each).
+    let (rolled_back, durations) = whole_rollouts(&mut rng, rollouts, &g, &healthy, &healthy);
     println!(
         "(c) healthy candidate (1% = 1%), {rollouts} four-stage rollouts: {rolled_back} rolled back ({:.2}%); rollout time {}",
         rolled_back as f64 * 100.0 / rollouts as f64,
         quantiles(durations)
     );
+
+    // The default gates alone (the policy sets none).
+    let none = v1::Gates::default();
+
+    // (d) A candidate that rejects every request (wrong key, unknown model)
+    // or answers 400 to every request, at 5% weight.
+    let rejecting = |_: f64| Profile {
+        rejected: 1.0,
+        ..Profile::default()
+    };
+    let (times, missed) = time_to_fail(&mut rng, rollouts, 500, &none, &rejecting, &healthy);
+    println!(
+        "(d) candidate rejecting every request (401/404/...) at 5% weight, default gates, {rollouts} stages: {}; not caught: {missed}",
+        quantiles(times)
+    );
+    let bad_request = |_: f64| Profile {
+        app_error: 1.0,
+        ..Profile::default()
+    };
+    let (times, missed) = time_to_fail(&mut rng, rollouts, 500, &none, &bad_request, &healthy);
+    println!(
+        "(d) candidate answering 400 to every request at 5% weight, default gates, {rollouts} stages: {}; not caught: {missed}",
+        quantiles(times)
+    );
+
+    // (e) A candidate refusing a parameter some requests carry: 3% of its
+    // answers rejected, at 5% weight.
+    let partly = |_: f64| Profile {
+        error: 0.01,
+        rejected: 0.03,
+        ..Profile::default()
+    };
+    let (times, missed) = time_to_fail(&mut rng, rollouts, 500, &none, &partly, &healthy);
+    println!(
+        "(e) candidate rejecting 3% of requests at 5% weight, default gates, {rollouts} stages: {}; not caught: {missed}",
+        quantiles(times)
+    );
+
+    // (f) The control: the app's own bad requests (20% of them, and 2%) get
+    // the same 400 from both sides; healthy otherwise. Whole rollouts with
+    // the default gates and with the error-rate gates of (a)-(c).
+    for share in [0.2, 0.02] {
+        let app = move |_: f64| Profile {
+            error: 0.01,
+            app_error: share,
+            ..Profile::default()
+        };
+        for (name, gates) in [("default gates", &none), ("error-rate gates", &g)] {
+            let (rolled_back, durations) = whole_rollouts(&mut rng, rollouts, gates, &app, &app);
+            println!(
+                "(f) app sends {:.0}% bad requests to both sides, {name}, {rollouts} four-stage rollouts: {rolled_back} rolled back ({:.2}%); rollout time {}",
+                share * 100.0,
+                rolled_back as f64 * 100.0 / rollouts as f64,
+                quantiles(durations)
+            );
+        }
+    }
 }
