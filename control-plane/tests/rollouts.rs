@@ -981,14 +981,16 @@ async fn quorum_time_limit_starts_the_clock() {
     rig.stop().await;
 }
 
+/// Makes a mock provider fail in one way.
+type Breaks = Box<dyn Fn(&MockProvider)>;
+
 /// The ways a candidate fails the app that no gate in the policy names:
 /// each mock mode, and a candidate answering 400 to everything.
-fn failing_modes() -> Vec<(String, Box<dyn Fn(&MockProvider)>)> {
-    let mut modes: Vec<(String, Box<dyn Fn(&MockProvider)>)> = Mode::ALL
+fn failing_modes() -> Vec<(String, Breaks)> {
+    let mut modes: Vec<(String, Breaks)> = Mode::ALL
         .into_iter()
         .map(|m| {
-            let set: Box<dyn Fn(&MockProvider)> =
-                Box::new(move |b: &MockProvider| b.set(|x| x.mode = Some(m)));
+            let set: Breaks = Box::new(move |b: &MockProvider| b.set(|x| x.mode = Some(m)));
             (m.name().to_string(), set)
         })
         .collect();
