@@ -10,6 +10,8 @@
 //!   fallback, delivery.
 //! - [`api`]: which API a request belongs to (one rule, by its path), what a
 //!   valid answer of each looks like, what error bodies say.
+//! - [`model`]: the request's `model` through a backend's model map, and
+//!   the answer's back to the requested one when the backend asks.
 //! - [`outcome`]: the one classification of every answer (ok, app error,
 //!   backend rejected, rate limited, server error, timeout, connect, broken
 //!   stream, malformed) that retries, breakers, fallback, telemetry, shadow,
@@ -36,6 +38,7 @@ pub mod config;
 pub mod control;
 pub mod errors;
 pub mod fault;
+pub mod model;
 pub mod outcome;
 pub mod policy;
 pub mod proxy;

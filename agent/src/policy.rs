@@ -127,6 +127,9 @@ pub struct Backend {
     pub model_default: Option<String>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub timeouts: Timeouts,
+    /// Answers name the model the app asked for (not the one that served
+    /// them) when the model map rewrote it.
+    pub answer_requested_model: bool,
 }
 
 impl Backend {
@@ -360,6 +363,7 @@ fn backend(policy: &str, i: usize, b: &v1::Backend) -> Result<Backend, PolicyErr
             overall: duration(t.overall.as_ref(), defaults.overall.max(per_try)),
             stream_idle: duration(t.stream_idle.as_ref(), defaults.stream_idle),
         },
+        answer_requested_model: b.answer_model() == v1::AnswerModel::Requested,
     })
 }
 

@@ -346,7 +346,10 @@ async fn try_backend(
     let policy = &live.policy;
     let backend = &policy.backends[index];
     let lb = &live.backends[index];
-    let payload = rewrite_model(backend, c.body);
+    let (payload, requested) = crate::model::for_backend(backend, c.body);
+    // The model the app's answer names, when the backend asks to keep the
+    // app's own.
+    let answer_model = requested.filter(|_| backend.answer_requested_model);
     let mut tries = 0u32;
     loop {
         let permit = match &lb.breaker {
@@ -415,6 +418,7 @@ async fn try_backend(
                         attempts: p.attempts,
                         api: c.api,
                         cut_after: decision.cut_after,
+                        answer_model: answer_model.as_deref(),
                         outcome: Outcome::Ok,
                         attempt: Some(attempt),
                         lease,
@@ -449,6 +453,10 @@ async fn try_backend(
                                 c.mirrored,
                                 status,
                             );
+                            let bytes = match &answer_model {
+                                Some(model) => crate::model::in_answer(&bytes, model),
+                                None => bytes,
+                            };
                             return Some(whole_answer(parts, bytes, live, index, p.attempts));
                         }
                         attempt.fail(outcome, class.quota, class.detail.as_deref());
@@ -468,6 +476,7 @@ async fn try_backend(
                             attempts: p.attempts,
                             api: c.api,
                             cut_after: None,
+                            answer_model: None,
                             outcome: outcome::classify_status(c.api, status),
                             attempt: Some(attempt),
                             lease,
@@ -874,41 +883,14 @@ fn upstream_request(
     Ok(request)
 }
 
-/// The body for a backend: `model` rewritten by its model map, or as sent.
-pub(crate) fn rewrite_model(backend: &Backend, body: &Bytes) -> Bytes {
-    if !backend.rewrites_model() || body.first() != Some(&b'{') {
-        return body.clone();
-    }
-    type Fields<'a> = std::collections::BTreeMap<&'a str, &'a serde_json::value::RawValue>;
-    let Ok(fields) = serde_json::from_slice::<Fields<'_>>(body) else {
-        return body.clone();
-    };
-    let Some(model) = fields
-        .get("model")
-        .and_then(|raw| serde_json::from_str::<&str>(raw.get()).ok())
-    else {
-        return body.clone();
-    };
-    let Some(mapped) = backend.map_model(model) else {
-        return body.clone();
-    };
-    let Ok(mapped_raw) = serde_json::value::to_raw_value(mapped) else {
-        return body.clone();
-    };
-    let mut fields = fields;
-    fields.insert("model", &mapped_raw);
-    match serde_json::to_vec(&fields) {
-        Ok(v) => Bytes::from(v),
-        Err(_) => body.clone(),
-    }
-}
-
 /// How an upstream response is handed to the app.
-struct Delivery {
+struct Delivery<'a> {
     attempts: u32,
     api: Api,
     /// Cut the stream after this many events (an injected fault).
     cut_after: Option<u32>,
+    /// Set the stream's model to this one (the app's own).
+    answer_model: Option<&'a str>,
     /// The outcome if the body ends properly.
     outcome: Outcome,
     /// Settled when the body ends.
@@ -940,13 +922,14 @@ fn deliver(
     prefix: Bytes,
     live: &LivePolicy,
     index: usize,
-    delivery: Delivery,
+    delivery: Delivery<'_>,
     guard: Option<InflightGuard>,
 ) -> Response<ProxyBody> {
     let Delivery {
         attempts,
         api,
         cut_after,
+        answer_model,
         outcome,
         attempt,
         lease,
@@ -966,6 +949,9 @@ fn deliver(
         outcome,
     };
     let mut body = ObservedBody::new(body, watch, attempt, lease, guard).with_prefix(prefix);
+    if let Some(model) = answer_model {
+        body.set_answer_model(model);
+    }
     if let Some(spans) = spans {
         body.set_spans(spans);
     }
@@ -980,7 +966,8 @@ fn whole_answer(
     index: usize,
     attempts: u32,
 ) -> Response<ProxyBody> {
-    app_headers(&mut parts.headers, true);
+    // The length is the body's own (it may have been edited).
+    app_headers(&mut parts.headers, false);
     name_outcome(&mut parts.headers, live, index, attempts);
     Response::from_parts(parts, ProxyBody::full(body))
 }

@@ -314,7 +314,7 @@ async fn run(mirror: Mirror, primary: oneshot::Receiver<Seen>) {
     *parts.uri_mut() = mirror.uri.clone();
     *parts.headers_mut() = mirror.headers.clone();
     let (parts, ()) = parts.into_parts();
-    let payload = crate::proxy::rewrite_model(backend, &mirror.body);
+    let (payload, _) = crate::model::for_backend(backend, &mirror.body);
     let started = Instant::now();
     let deadline = started + backend.timeouts.overall;
     let answer = match crate::proxy::send(

@@ -26,6 +26,7 @@ use tokio::time::{Instant, Sleep};
 use crate::api::{Api, SseEvents, StreamCheck};
 use crate::breaker::{Breaker, Permit};
 use crate::errors::{self, ErrorKind};
+use crate::model::StreamModel;
 use crate::outcome::Outcome;
 use crate::shadow::Tap;
 use crate::telemetry::{AgentStats, BackendStats};
@@ -452,6 +453,8 @@ pub struct ObservedBody {
     tap: Option<Box<Tap>>,
     /// The request's spans, which end with the body (tracing on).
     spans: Option<Box<BodySpans>>,
+    /// Sets the stream's model to the app's own.
+    answer_model: Option<Box<StreamModel>>,
     _inflight: Option<InflightGuard>,
 }
 
@@ -494,8 +497,14 @@ impl ObservedBody {
             lease,
             tap: None,
             spans: None,
+            answer_model: None,
             _inflight: inflight,
         }
+    }
+
+    /// Sets the `model` of the stream's events to `model` as they pass.
+    pub fn set_answer_model(&mut self, model: &str) {
+        self.answer_model = Some(Box::new(StreamModel::new(model)));
     }
 
     /// Passes `prefix` (already read from the upstream) before the rest.
@@ -666,10 +675,21 @@ impl ObservedBody {
                     }
                     return Poll::Ready(Some(Ok(Frame::data(passed))));
                 }
-                self.observe(&data);
+                let mut data = match self.answer_model.as_mut() {
+                    Some(m) => m.feed(&data),
+                    None => data,
+                };
                 // A body of known length is not polled past its last byte:
                 // settle now.
-                if self.inner.is_end_stream() {
+                let last = self.inner.is_end_stream();
+                if last && let Some(rest) = self.answer_model.as_mut().and_then(|m| m.finish()) {
+                    data = [data, rest].concat().into();
+                }
+                if data.is_empty() && !last {
+                    return self.poll(cx);
+                }
+                self.observe(&data);
+                if last {
                     self.end();
                 }
                 Poll::Ready(Some(Ok(Frame::data(data))))
@@ -680,6 +700,11 @@ impl ObservedBody {
                 self.poll(cx)
             }
             Poll::Ready(None) => {
+                if let Some(rest) = self.answer_model.as_mut().and_then(|m| m.finish()) {
+                    self.observe(&rest);
+                    self.end();
+                    return Poll::Ready(Some(Ok(Frame::data(rest))));
+                }
                 self.end();
                 self.poll(cx)
             }

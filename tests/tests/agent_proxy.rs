@@ -367,6 +367,49 @@ async fn rewrites_model_and_injects_credentials() {
     agent.stop().await;
 }
 
+/// Answers name the model that served them unless the backend's
+/// answer_model asks for the app's own: then plain answers and every event
+/// of a stream name the requested model.
+#[tokio::test]
+async fn the_answer_names_the_served_or_the_requested_model() {
+    let b = MockProvider::new("b");
+    let ba = b.serve_tcp().await;
+    let policy = |answer_model: &str| {
+        json!({
+            "name": "chat", "match": {"path_prefix": "/v1/"},
+            "backends": [{"name": "b", "base_url": format!("http://{ba}"),
+                          "model_map": {"gpt-4o": "mistral-large"}, "answer_model": answer_model}],
+            "traffic": {"baseline": "b"}
+        })
+        .to_string()
+    };
+    let agent = TestAgent::start(&policy("ANSWER_MODEL_SERVED")).await;
+    let c = agent.client();
+    assert_eq!(
+        c.post(CHAT, BODY, &[]).await.json()["model"],
+        "mistral-large"
+    );
+    agent.reload(&policy("ANSWER_MODEL_REQUESTED")).unwrap();
+    let plain = c.post(CHAT, BODY, &[]).await;
+    assert_eq!(plain.json()["model"], "gpt-4o");
+    assert_eq!(
+        plain.json()["choices"][0]["message"]["content"],
+        "reply from b"
+    );
+    let (text, end) = read_stream(c.send(json_request(CHAT, STREAM_BODY)).await).await;
+    assert_eq!(end, StreamEnd::Clean);
+    assert!(text.contains("\"model\":\"gpt-4o\""), "{text}");
+    assert!(!text.contains("mistral-large"), "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    let (text, _) = read_stream(c.send(json_request("/v1/messages", STREAM_BODY)).await).await;
+    assert!(
+        text.contains("\"model\":\"gpt-4o\"") && !text.contains("mistral"),
+        "{text}"
+    );
+    assert_eq!(b.received()[1].model.as_deref(), Some("mistral-large"));
+    agent.stop().await;
+}
+
 /// A policy whose secret cannot be read is refused with the field named;
 /// the running policies stay.
 #[tokio::test]

@@ -95,13 +95,19 @@ async fn sdks_do_not_multiply_the_agents_retries() {
         let before = upstream();
         let (status, requests) = sdk_call(sdk, &retried).await;
         assert_eq!(status, 500, "{sdk}");
-        assert_eq!(requests, 1, "{sdk}: x-should-retry stopped the SDK's retries");
+        assert_eq!(
+            requests, 1,
+            "{sdk}: x-should-retry stopped the SDK's retries"
+        );
         assert_eq!(upstream() - before, 4, "{sdk}: 2 attempts on b, 2 on a");
 
         let before = upstream();
         let (status, requests) = sdk_call(sdk, &single).await;
         assert_eq!(status, 500, "{sdk}");
-        assert_eq!(requests, 3, "{sdk}: one attempt each, so the SDK retries twice");
+        assert_eq!(
+            requests, 3,
+            "{sdk}: one attempt each, so the SDK retries twice"
+        );
         assert_eq!(upstream() - before, 3, "{sdk}");
     }
     retried.stop().await;
