@@ -243,13 +243,16 @@ impl TryFrom<&v1::Policy> for Policy {
                 .ok_or_else(|| err(name, format!("faults[{i}].backend"), "no such backend"))?;
             faults[at] = Some(fault(name, i, f)?);
         }
-        let shadow = match &p.shadow {
-            Some(sh) if sh.percent > 0.0 => {
-                let target = if sh.backend.is_empty() {
-                    traffic.candidate.as_str()
-                } else {
-                    sh.backend.as_str()
-                };
+        // A shadow that follows the candidate rests while there is none.
+        let shadow_target = p.shadow.as_ref().map(|sh| {
+            if sh.backend.is_empty() {
+                traffic.candidate.as_str()
+            } else {
+                sh.backend.as_str()
+            }
+        });
+        let shadow = match (&p.shadow, shadow_target) {
+            (Some(sh), Some(target)) if sh.percent > 0.0 && !target.is_empty() => {
                 Some(ShadowSettings {
                     backend: index_of(target)
                         .ok_or_else(|| err(name, "shadow.backend", "no such backend"))?,
@@ -619,6 +622,19 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(rollout[0].candidate_weight, 0);
+    }
+
+    /// A shadow that follows the candidate rests while the policy has none
+    /// (as after a rollout made its candidate the baseline).
+    #[test]
+    fn a_shadow_without_a_candidate_rests() {
+        let p = r#"{"name": "m", "match": {"path_prefix": "/"},
+            "backends": [{"name": "a", "base_url": "http://127.0.0.1:1"}],
+            "traffic": {"baseline": "a"}, "shadow": {"percent": 100},
+            "rollout": {"stages": [{"weight": 0, "min_bake_time": "1s", "max_stage_time": "2s"},
+                                   {"weight": 10000, "min_bake_time": "1s", "max_stage_time": "2s"}]}}"#;
+        let p = parse(p).unwrap().remove(0);
+        assert!(p.shadow.is_none());
     }
 
     /// Without a retry section a request gets one attempt.

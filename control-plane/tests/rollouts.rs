@@ -703,6 +703,22 @@ async fn shadow_only_stage_gates_the_rollout() {
     let promoted = events.iter().find(|e| e.kind() == Kind::Promoted).unwrap();
     let shadow = promoted.figures.as_ref().unwrap().shadow.clone().unwrap();
     assert!(shadow.compared >= 20, "{shadow:?}");
+    // Success hands the baseline over in a valid revision: the shadow stays
+    // for the next candidate, resting meanwhile.
+    let p = rig.policy().await;
+    let t = p.traffic.unwrap();
+    assert_eq!((t.baseline.as_str(), t.candidate.as_str()), ("b", ""));
+    assert_eq!(p.shadow.unwrap().backend, "");
+    assert!(p.rollout.is_some());
+    let client = rig.agents[0].client();
+    eventually("the agents serve from the new baseline", || async {
+        let r = client.post(CHAT, BODY, &[]).await;
+        match (r.status.as_u16(), r.backend()) {
+            (200, "b") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
     rig.stop().await;
 }
 

@@ -241,13 +241,17 @@ pub fn weight_text(weight: u32) -> String {
 
 /// The policy revision that makes a rollout's end the policy's own state:
 /// after a rollback the candidate's weight is 0; after success the candidate
-/// is the baseline (and a shadow that mirrored to it is dropped).
+/// is the baseline, with no candidate. A shadow that mirrored to the
+/// candidate is kept, following the candidate (so it rests until the next
+/// one is set): the rollout spec stays for the next migration and its
+/// shadow-only stages still have their shadow. Returns the write and, when
+/// the candidate could not be made the baseline, why.
 fn final_policy(
     policy: &StoredPolicy,
     r: &v1::Rollout,
     succeeded: bool,
     reason: &str,
-) -> Option<PolicyWrite> {
+) -> (Option<PolicyWrite>, Option<String>) {
     let write = |spec| PolicyWrite {
         spec,
         expected_revision: policy.revision,
@@ -261,17 +265,20 @@ fn final_policy(
             .as_ref()
             .map_or(0, |t| t.candidate_weight);
         if weight == 0 {
-            return None;
+            return (None, None);
         }
-        return policy
-            .spec
-            .revise(|p| {
-                if let Some(t) = p.traffic.as_mut() {
-                    t.candidate_weight = 0;
-                }
-            })
-            .ok()
-            .map(write);
+        let revised = policy.spec.revise(|p| {
+            if let Some(t) = p.traffic.as_mut() {
+                t.candidate_weight = 0;
+            }
+        });
+        return match revised {
+            Ok(spec) => (Some(write(spec)), None),
+            Err(e) => {
+                tracing::error!(policy = %r.policy, error = %e, "cannot write the rolled-back weight");
+                (None, Some(e.to_string()))
+            }
+        };
     }
     let promoted = policy.spec.revise(|p| {
         if let Some(t) = p.traffic.as_mut() {
@@ -279,29 +286,23 @@ fn final_policy(
             t.candidate.clear();
             t.candidate_weight = 0;
         }
-        if p.shadow
-            .as_ref()
-            .is_some_and(|s| s.backend.is_empty() || s.backend == r.candidate)
+        if let Some(s) = p.shadow.as_mut()
+            && s.backend == r.candidate
         {
-            p.shadow = None;
+            s.backend.clear();
         }
-        // A rollout spec needs a candidate to run again; it stays for the
-        // next migration.
     });
     match promoted {
-        Ok(spec) => Some(write(spec)),
+        Ok(spec) => (Some(write(spec)), None),
         // Keep everything on the candidate if the swap is refused.
         Err(e) => {
-            tracing::warn!(policy = %r.policy, error = %e, "cannot make the candidate the baseline; keeping it at 100%");
-            policy
-                .spec
-                .revise(|p| {
-                    if let Some(t) = p.traffic.as_mut() {
-                        t.candidate_weight = 10_000;
-                    }
-                })
-                .ok()
-                .map(write)
+            tracing::error!(policy = %r.policy, error = %e, "cannot make the candidate the baseline; keeping it at 100%");
+            let kept = policy.spec.revise(|p| {
+                if let Some(t) = p.traffic.as_mut() {
+                    t.candidate_weight = 10_000;
+                }
+            });
+            (kept.ok().map(write), Some(e.to_string()))
         }
     }
 }
@@ -340,14 +341,21 @@ fn promote(
     if full || next >= stages.len() {
         c.rollout.weight = 10_000;
         c.rollout.stage = u32::try_from(stages.len().saturating_sub(1)).unwrap_or(0);
-        let why = format!("{} is the baseline now: {reason}", c.rollout.candidate);
-        c.end(v1::RolloutState::Succeeded, &why, now);
-        c.policy = final_policy(
+        let (write, refused) = final_policy(
             policy,
             &c.rollout,
             true,
             &format!("rollout {} succeeded", c.rollout.number),
         );
+        let why = match refused {
+            None => format!("{} is the baseline now: {reason}", c.rollout.candidate),
+            Some(e) => format!(
+                "{} takes all traffic but could not be made the baseline ({e}): {reason}",
+                c.rollout.candidate
+            ),
+        };
+        c.end(v1::RolloutState::Succeeded, &why, now);
+        c.policy = write;
         let mut e = event(&c.rollout, v1::RolloutEventKind::Succeeded, now, actor, why);
         if let Some(j) = judgement {
             e.verdict = j.verdict as i32;
@@ -392,6 +400,7 @@ fn roll_back_now(
             false,
             &format!("rollout {} ended: {reason}", c.rollout.number),
         )
+        .0
     });
     let kind = if state == v1::RolloutState::Aborted {
         v1::RolloutEventKind::Aborted
@@ -724,4 +733,96 @@ pub fn command(
         }
     }
     Ok(c.done())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::PolicySpec;
+
+    /// The policies of every example file in deploy/ (one policy or a list).
+    fn example_policies() -> Vec<(String, v1::Policy)> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let mut out = Vec::new();
+        for dir in ["examples", "compose"] {
+            for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_none_or(|e| e != "json") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).unwrap();
+                let name = path.display().to_string();
+                if text.trim_start().starts_with('[') {
+                    let list: Vec<v1::Policy> = serde_json::from_str(&text).unwrap();
+                    out.extend(list.into_iter().map(|p| (name.clone(), p)));
+                } else {
+                    out.push((name, serde_json::from_str(&text).unwrap()));
+                }
+            }
+        }
+        out
+    }
+
+    fn stored(p: v1::Policy, now: DateTime<Utc>) -> StoredPolicy {
+        StoredPolicy {
+            spec: PolicySpec::validate(p, now.into()).unwrap(),
+            revision: 3,
+            generation: 7,
+            create_time: now,
+            update_time: now,
+        }
+    }
+
+    /// Every example policy that can be rolled out ends its rollout with a
+    /// valid revision: promoted all the way, the candidate is the baseline
+    /// (a shadow that followed the candidate rests, the spec stays for the
+    /// next migration); aborted at a stage, the candidate is back at 0.
+    #[test]
+    fn every_example_policy_ends_with_a_valid_revision() {
+        let now = Utc::now();
+        let mut checked = 0;
+        for (file, p) in example_policies() {
+            let candidate = p.traffic.clone().unwrap_or_default().candidate;
+            if p.rollout.is_none() || candidate.is_empty() {
+                continue;
+            }
+            let policy = stored(p.clone(), now);
+            let (rollout, _) = start(&policy, now, "", 0).unwrap();
+            let done = command(
+                &rollout,
+                Some(&policy),
+                &Command::Promote { full: true },
+                "",
+                now,
+            )
+            .unwrap();
+            assert_eq!(done.rollout.state(), v1::RolloutState::Succeeded, "{file}");
+            assert!(
+                done.rollout.reason.contains("is the baseline now"),
+                "{file}: {}",
+                done.rollout.reason
+            );
+            let next = done.policy.expect("a revision").spec;
+            // Valid as written, the way the store would read it back.
+            let next = PolicySpec::from_stored_json(&next.to_json().unwrap()).unwrap();
+            let t = next.as_proto().traffic.clone().unwrap();
+            assert_eq!((t.baseline.as_str(), t.candidate.as_str()), (candidate.as_str(), ""), "{file}");
+            assert_eq!(next.as_proto().rollout, p.rollout, "{file}: the spec stays");
+            if p.shadow.is_some() {
+                let shadow = next.as_proto().shadow.clone().unwrap();
+                assert!(shadow.backend.is_empty(), "{file}: the shadow follows the next candidate");
+            }
+
+            // Aborted at a live stage: back to 0.
+            let mut at_weight = p.clone();
+            at_weight.traffic.as_mut().unwrap().candidate_weight = 1000;
+            let policy = stored(at_weight, now);
+            let (rollout, _) = start(&policy, now, "", 0).unwrap();
+            let aborted = command(&rollout, Some(&policy), &Command::Abort, "", now).unwrap();
+            let next = aborted.policy.expect("a revision").spec;
+            assert_eq!(next.as_proto().traffic.clone().unwrap().candidate_weight, 0, "{file}");
+            checked += 1;
+        }
+        assert!(checked >= 2, "{checked} example policies with a rollout");
+    }
 }
