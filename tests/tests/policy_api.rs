@@ -200,6 +200,62 @@ async fn invalid_policy_names_fields_and_changes_nothing() {
     cp.stop().await;
 }
 
+/// Huge values are quoted back cut to 64 characters (a gRPC client refuses
+/// large error metadata); a Timestamp past what protobuf's JSON can write is
+/// refused naming the field; nothing is stored.
+#[tokio::test]
+async fn huge_values_and_out_of_range_timestamps_are_refused_clearly() {
+    let (cp, _t) = start().await;
+    let mut c = client(&cp).await;
+    let huge = "x".repeat(20_000);
+    let mut bad = chat_policy("chat");
+    bad.traffic.as_mut().unwrap().baseline = huge.clone();
+    bad.selector = Some(v1::AgentSelector {
+        match_labels: [(huge.clone(), "v".to_string())].into(),
+    });
+    let err = c.create_policy(create(bad)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().len() < 1000, "{} bytes", err.message().len());
+    assert!(
+        err.message().contains(&format!("traffic.baseline: no backend is named \"{}…(20000 bytes)\"", "x".repeat(64))),
+        "{}",
+        err.message()
+    );
+    let mut named = chat_policy("chat");
+    named.name = huge;
+    let err = c.create_policy(create(named)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().len() < 200, "{}", err.message());
+
+    let mut late = chat_policy("chat");
+    late.faults = vec![v1::Fault {
+        backend: "openai".into(),
+        abort: Some(v1::AbortFault {
+            percent: 1.0,
+            status: 503,
+            retry_after: None,
+        }),
+        expire_time: Some(pbjson_types::Timestamp {
+            seconds: 253_402_300_800,
+            nanos: 0,
+        }),
+        ..Default::default()
+    }];
+    let err = c.create_policy(create(late)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("faults[0].expire_time: must be a valid timestamp from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z"),
+        "{}",
+        err.message()
+    );
+    let listed = c
+        .list_policies(v1::ListPoliciesRequest::default())
+        .await
+        .unwrap();
+    assert!(listed.into_inner().policies.is_empty());
+    cp.stop().await;
+}
+
 /// Create, read, update (and a stale update), history, delete: the whole
 /// life of a policy over gRPC.
 #[tokio::test]

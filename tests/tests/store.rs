@@ -51,6 +51,7 @@ on_both_stores!(
     concurrent_updates_have_one_winner,
     concurrent_creates_have_one_winner,
     migrations_are_idempotent,
+    an_unreadable_policy_hides_nothing_else,
 );
 
 /// A created policy reads back with every field as written, at revision 1.
@@ -350,4 +351,66 @@ async fn migrations_are_idempotent(t: TestStore) {
         .unwrap();
     t.store.migrate().await.unwrap();
     assert_eq!(t.store.get_policy("chat").await.unwrap().revision, 1);
+}
+
+/// Sets the stored spec of `name`'s latest revision to `json`, as an older
+/// version or a hand edit could have left it.
+async fn corrupt(t: &TestStore, name: &str, json: &str) {
+    if t.url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(&t.url).await.unwrap();
+        sqlx::query("UPDATE policy_revisions SET spec = $1::jsonb WHERE name = $2")
+            .bind(json)
+            .bind(name)
+            .execute(&pool)
+            .await
+            .unwrap();
+    } else {
+        let pool = sqlx::SqlitePool::connect(&t.url).await.unwrap();
+        sqlx::query("UPDATE policy_revisions SET spec = ? WHERE name = ?")
+            .bind(json)
+            .bind(name)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+}
+
+/// A stored policy that cannot be read is reported for itself only: reads
+/// of it say which policy and revision, lists and the agents' catalog leave
+/// it out, the others read as before, and writing it again repairs it.
+async fn an_unreadable_policy_hides_nothing_else(t: TestStore) {
+    for name in ["alpha", "bad", "chat"] {
+        t.store
+            .create_policy(&changed(name, 0), Utc::now())
+            .await
+            .unwrap();
+    }
+    let mut broken = serde_json::to_value(chat_policy("bad")).unwrap();
+    broken["faults"] = serde_json::json!([{"backend": "openai", "abort": {"percent": 1, "status": 500},
+                                           "expire_time": "10000-01-01T00:00:00Z"}]);
+    corrupt(&t, "bad", &broken.to_string()).await;
+    match t.store.get_policy("bad").await {
+        Err(StoreError::Unreadable { name, revision, .. }) => {
+            assert_eq!((name.as_str(), revision), ("bad", 1));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(t.store.get_policy("chat").await.unwrap().revision, 1);
+    let listed: Vec<String> = t
+        .store
+        .list_policies(None, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.spec.name().to_string())
+        .collect();
+    assert_eq!(listed, ["alpha", "chat"]);
+    let catalog = t.store.load_catalog().await.unwrap();
+    assert_eq!(catalog.policies.len(), 2);
+    t.store
+        .update_policy(&changed("bad", 0), 1, "", Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(t.store.get_policy("bad").await.unwrap().revision, 2);
+    assert_eq!(t.store.load_catalog().await.unwrap().policies.len(), 3);
 }

@@ -42,6 +42,10 @@ impl From<StoreError> for Status {
                 tracing::warn!(error = %e, "store unavailable");
                 Status::unavailable(format!("{e}; nothing was changed, try again"))
             }
+            StoreError::Unreadable { .. } => {
+                tracing::error!(error = %e, "stored policy unreadable");
+                Status::data_loss(e.to_string())
+            }
             StoreError::Internal(_) => {
                 tracing::error!(error = %e, "store failure");
                 Status::internal(e.to_string())

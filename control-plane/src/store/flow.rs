@@ -311,7 +311,7 @@ macro_rules! impl_sql_store {
                     .bind(i64::from(limit))
                     .fetch_all(&self.pool)
                     .await?;
-                rows.into_iter().map(policy_row).collect()
+                super::readable(rows.into_iter().map(policy_row))
             }
 
             async fn update_policy(
@@ -404,7 +404,7 @@ macro_rules! impl_sql_store {
                 tx.commit().await?;
                 Ok(super::fleet::Catalog {
                     generation,
-                    policies: rows.into_iter().map(policy_row).collect::<Result<_, _>>()?,
+                    policies: super::readable(rows.into_iter().map(policy_row))?,
                     rollouts: rollouts
                         .iter()
                         .map(|(body,)| super::rollouts::rollout_from_json(body))

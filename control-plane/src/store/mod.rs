@@ -53,6 +53,17 @@ pub enum StoreError {
     /// later.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// A stored policy this control plane cannot read (written by another
+    /// version, or changed by hand). Only that policy is affected: lists and
+    /// the agents' snapshots leave it out.
+    #[error(
+        "policy {name:?} at revision {revision} is stored in a form that cannot be read ({message}); write it again with UpdatePolicy at that revision, or delete it"
+    )]
+    Unreadable {
+        name: String,
+        revision: i64,
+        message: String,
+    },
     /// Anything else: a bug, or data the store cannot read.
     #[error("store error: {0}")]
     Internal(String),
@@ -321,7 +332,11 @@ impl RevisionRow {
             .as_deref()
             .map(PolicySpec::from_stored_json)
             .transpose()
-            .map_err(|e| StoreError::Internal(format!("policy {:?}: {e}", self.name)))?;
+            .map_err(|e| StoreError::Unreadable {
+                name: self.name.clone(),
+                revision: self.revision,
+                message: e.0,
+            })?;
         Ok(Revision {
             name: self.name,
             revision: self.revision,
@@ -347,8 +362,12 @@ pub(crate) struct PolicyRow {
 
 impl PolicyRow {
     pub(crate) fn into_policy(self) -> Result<StoredPolicy, StoreError> {
-        let spec = PolicySpec::from_stored_json(&self.spec)
-            .map_err(|e| StoreError::Internal(format!("policy {:?}: {e}", self.name)))?;
+        let spec =
+            PolicySpec::from_stored_json(&self.spec).map_err(|e| StoreError::Unreadable {
+                name: self.name.clone(),
+                revision: self.revision,
+                message: e.0,
+            })?;
         Ok(StoredPolicy {
             spec,
             revision: self.revision,
@@ -373,6 +392,24 @@ pub(crate) fn explain_miss(
             actual,
         },
     }
+}
+
+/// The policies of rows that can be read; an unreadable one is logged,
+/// naming the policy, and left out, so one bad row never hides the rest.
+pub(crate) fn readable(
+    rows: impl IntoIterator<Item = Result<StoredPolicy, StoreError>>,
+) -> Result<Vec<StoredPolicy>, StoreError> {
+    let mut out = Vec::new();
+    for row in rows {
+        match row {
+            Ok(p) => out.push(p),
+            Err(e @ StoreError::Unreadable { .. }) => {
+                tracing::error!(error = %e, "skipping a stored policy that cannot be read");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
 }
 
 /// A time as both engines store it: to the microsecond, so what a write

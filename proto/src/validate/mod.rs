@@ -419,7 +419,7 @@ impl Checker {
         }
         for (k, v) in labels {
             if let Err(rule) = check_label(k, v) {
-                self.fail(format!("{path}[{k:?}]"), rule);
+                self.fail(format!("{path}[{:?}]", clip(k)), rule);
             }
         }
     }
@@ -441,7 +441,7 @@ impl Checker {
                     if let Some(first) = names.get(b.name.as_str()) {
                         self.fail(
                             format!("{at}.name"),
-                            format!("duplicate of backends[{first}].name {:?}", b.name),
+                            format!("duplicate of backends[{first}].name {:?}", clip(&b.name)),
                         );
                     } else {
                         names.insert(&b.name, i);
@@ -473,7 +473,7 @@ impl Checker {
             );
         }
         for (from, to) in &b.model_map {
-            let path = format!("{at}.model_map[{from:?}]");
+            let path = format!("{at}.model_map[{:?}]", clip(from));
             let model_ok = |s: &str| {
                 !s.is_empty() && s.len() <= 256 && !s.chars().any(|c| c.is_control() || c == ' ')
             };
@@ -498,7 +498,7 @@ impl Checker {
             );
         }
         for (name, value) in &b.headers {
-            let path = format!("{at}.headers[{name:?}]");
+            let path = format!("{at}.headers[{:?}]", clip(name));
             let lower = name.to_ascii_lowercase();
             if !is_token(name) {
                 self.fail(&path, "must be a valid HTTP header name");
@@ -561,14 +561,14 @@ impl Checker {
         } else if !names.contains(&t.baseline) {
             self.fail(
                 "traffic.baseline",
-                format!("no backend is named {:?}", t.baseline),
+                format!("no backend is named {:?}", clip(&t.baseline)),
             );
         }
         if !t.candidate.is_empty() {
             if !names.contains(&t.candidate) {
                 self.fail(
                     "traffic.candidate",
-                    format!("no backend is named {:?}", t.candidate),
+                    format!("no backend is named {:?}", clip(&t.candidate)),
                 );
             } else if t.candidate == t.baseline {
                 self.fail("traffic.candidate", "must differ from traffic.baseline");
@@ -858,12 +858,12 @@ impl Checker {
             if !names.contains(name) {
                 self.fail(
                     format!("fallback[{i}]"),
-                    format!("no backend is named {name:?}"),
+                    format!("no backend is named {:?}", clip(name)),
                 );
             } else if !seen.insert(name) {
                 self.fail(
                     format!("fallback[{i}]"),
-                    format!("{name:?} is listed twice"),
+                    format!("{:?} is listed twice", clip(name)),
                 );
             }
         }
@@ -876,7 +876,7 @@ impl Checker {
         if !s.backend.is_empty() && !names.contains(&s.backend) {
             self.fail(
                 "shadow.backend",
-                format!("no backend is named {:?}", s.backend),
+                format!("no backend is named {:?}", clip(&s.backend)),
             );
         }
         self.percent("shadow.percent", s.percent);
@@ -912,14 +912,14 @@ impl Checker {
             } else if !names.contains(&f.backend) {
                 self.fail(
                     format!("{at}.backend"),
-                    format!("no backend is named {:?}", f.backend),
+                    format!("no backend is named {:?}", clip(&f.backend)),
                 );
             } else if let Some(first) = seen.get(f.backend.as_str()) {
                 self.fail(
                     format!("{at}.backend"),
                     format!(
                         "faults[{first}] already covers {:?}; use one entry per backend",
-                        f.backend
+                        clip(&f.backend)
                     ),
                 );
             } else {
@@ -1111,7 +1111,7 @@ pub fn check_base_url(raw: &str) -> Result<(), String> {
                 || looks_like_secret(value)
             {
                 return Err(format!(
-                    "must not carry credentials in its query ({name:?}); use credentials with a secret reference"
+                    "must not carry credentials in its query ({:?}); use credentials with a secret reference", clip(&name)
                 ));
             }
         }

@@ -221,8 +221,28 @@ fn base_url_rules() {
         "backends[0].base_url",
         "must not carry credentials",
     );
+    // A port out of range, zero or not a number would send the key to the
+    // scheme's default port.
+    for bad in [
+        "http://api.example.com:99999",
+        "http://api.example.com:65536",
+        "http://api.example.com:abc/v1",
+        "http://api.example.com:0",
+        "http://api.example.com:",
+        "http://[::1]:70000",
+    ] {
+        let found = violations(|p| p.backends[0].base_url = bad.into());
+        assert_eq!(found.len(), 1, "{bad:?}: {found:?}");
+        assert!(
+            found[0].starts_with("backends[0].base_url: the port \"")
+                && found[0].ends_with("must be a number from 1 to 65535"),
+            "{bad}: {found:?}"
+        );
+    }
     for good in [
         "http://127.0.0.1:18000",
+        "http://[::1]:8080/v1",
+        "https://api.example.com:65535",
         "https://api.openai.com",
         "https://x.openai.azure.com/openai/deployments/d?api-version=2024-06-01",
     ] {
