@@ -208,6 +208,11 @@ pub struct DatabaseArgs {
     /// How long to keep trying to reach the database at start before giving up.
     #[arg(long, env = "SHEPHERD_DATABASE_CONNECT_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub database_connect_wait: Duration,
+
+    /// How often the database is pinged for the gRPC health service (and the
+    /// log of outages; every other database call reports too).
+    #[arg(long, env = "SHEPHERD_DATABASE_HEALTH_INTERVAL", default_value = "1s", value_parser = positive_duration)]
+    pub database_health_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -224,8 +229,9 @@ pub struct LogArgs {
     #[arg(long, env = "SHEPHERD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// Log filter, e.g. "info" or "info,shepherd_control_plane=debug".
-    #[arg(long, env = "SHEPHERD_LOG", default_value = "info")]
+    /// Log filter, e.g. "info" or "info,shepherd_control_plane=debug". The
+    /// database driver's own chatter stays at warnings by default.
+    #[arg(long, env = "SHEPHERD_LOG", default_value = "info,sqlx=warn")]
     pub log: String,
 }
 

@@ -147,6 +147,7 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> Result<(), Ser
         auth: Authenticator::new(admin, agent),
         max_message_bytes: args.max_message_bytes,
         shutdown_grace: args.shutdown_grace,
+        health_interval: args.database.database_health_interval,
         fleet: args.fleet.options(),
         ..ServerOptions::default()
     };
@@ -299,7 +300,8 @@ pub async fn serve_with_admin(
 }
 
 /// Reports PolicyService as NOT_SERVING while the database does not answer
-/// (the process itself, service "", stays SERVING).
+/// (the process itself, service "", stays SERVING). The ping also tells the
+/// store's health tracker, which logs each outage once.
 async fn watch_database(
     store: Arc<dyn Store>,
     health: tonic_health::server::HealthReporter,
@@ -307,7 +309,7 @@ async fn watch_database(
     shutdown: CancellationToken,
 ) {
     const SERVICE: &str = "shepherd.v1.PolicyService";
-    let mut healthy = true;
+    let mut serving = true;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -315,26 +317,15 @@ async fn watch_database(
             () = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let now_healthy = match store.ping().await {
-            Ok(()) => true,
-            Err(e) => {
-                if healthy {
-                    warn!(error = %e, "database not answering; PolicyService reported NOT_SERVING");
-                }
-                false
-            }
-        };
-        if now_healthy != healthy {
-            if now_healthy {
-                info!("database answering again; PolicyService reported SERVING");
-            }
-            let status = if now_healthy {
+        let answering = store.ping().await.is_ok();
+        if answering != serving {
+            let status = if answering {
                 ServingStatus::Serving
             } else {
                 ServingStatus::NotServing
             };
             health.set_service_status(SERVICE, status).await;
-            healthy = now_healthy;
+            serving = answering;
         }
     }
 }

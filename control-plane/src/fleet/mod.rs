@@ -29,7 +29,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use agents::AgentTable;
 use snapshots::Snapshots;
 use telemetry::Aggregator;
@@ -196,7 +196,9 @@ impl Fleet {
         let mut feed = self.store.changes();
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.store.load_catalog().await {
+            let loaded = self.store.load_catalog().await;
+            self.saw(&loaded, "cannot read policies; agents keep their snapshots; retrying");
+            match loaded {
                 Ok(catalog) => {
                     backoff = Duration::from_millis(100);
                     let generation = catalog.generation;
@@ -204,8 +206,7 @@ impl Fleet {
                     debug!(generation, groups_changed = changed, "catalog read");
                     self.reads.send_modify(|n| *n += 1);
                 }
-                Err(e) => {
-                    warn!(error = %e, "cannot read policies; agents keep their snapshots; retrying");
+                Err(_) => {
                     tokio::select! {
                         () = shutdown.cancelled() => return,
                         () = tokio::time::sleep(backoff) => {}
@@ -241,16 +242,14 @@ impl Fleet {
     /// pending telemetry. What fails to be written waits for the next flush.
     pub async fn flush(&self) {
         let records = self.agents.take_dirty();
-        match self
+        let saved = self
             .store
             .save_agents(&self.options.replica, Utc::now(), &records)
-            .await
-        {
+            .await;
+        self.saw(&saved, "cannot write agent records; will retry");
+        match saved {
             Ok(()) => self.agents.flushed(&records),
-            Err(e) => {
-                warn!(error = %e, agents = records.len(), "cannot write agent records; will retry");
-                self.agents.unflushed(&records);
-            }
+            Err(_) => self.agents.unflushed(&records),
         }
         let dropped = self
             .telemetry
@@ -263,11 +262,24 @@ impl Fleet {
             );
         }
         let rows = self.telemetry.take(&self.options.replica);
-        if !rows.is_empty()
-            && let Err(e) = self.store.write_telemetry(&rows).await
+        if !rows.is_empty() {
+            let written = self.store.write_telemetry(&rows).await;
+            self.saw(&written, "cannot write telemetry; will retry");
+            if written.is_err() {
+                self.telemetry.restore(rows);
+            }
+        }
+    }
+
+    /// Reports a database call's result to the store's health (an
+    /// unreachable database is logged there, once per outage); other
+    /// errors are logged with `what`.
+    fn saw<T>(&self, result: &Result<T, StoreError>, what: &str) {
+        self.store.health().saw(result);
+        if let Err(e) = result
+            && !e.is_retryable()
         {
-            warn!(error = %e, windows = rows.len(), "cannot write telemetry; will retry");
-            self.telemetry.restore(rows);
+            warn!(error = %e, "{what}");
         }
     }
 

@@ -40,25 +40,38 @@ pub async fn run(
         }
         match leadership.as_mut() {
             Some(l) => {
-                if !l.holds().await {
-                    warn!("lost the analysis lead");
+                if let Err(why) = l.holds().await {
+                    warn!(reason = %why, "lost the analysis lead; another replica (or this one, once the database answers) takes it");
+                    store.health().down(&format!("the analysis lead was lost: {why}"));
                     leadership = None;
                     continue;
                 }
             }
-            None => match store.try_lead().await {
-                Ok(Some(l)) => {
-                    info!(replica = %options.replica, "leading the rollout analysis");
-                    leadership = Some(l);
+            None => {
+                let asked = store.try_lead().await;
+                store.health().saw(&asked);
+                match asked {
+                    Ok(Some(l)) => {
+                        info!(replica = %options.replica, "leading the rollout analysis");
+                        leadership = Some(l);
+                    }
+                    Ok(None) => continue,
+                    Err(e) => {
+                        // An unreachable database is logged once by the
+                        // health tracker; anything else here.
+                        if !e.is_retryable() {
+                            warn!(error = %e, "cannot ask for the analysis lead");
+                        }
+                        continue;
+                    }
                 }
-                Ok(None) => continue,
-                Err(e) => {
-                    warn!(error = %e, "cannot ask for the analysis lead");
-                    continue;
-                }
-            },
+            }
         }
-        if let Err(e) = judge_all(store.as_ref(), &counters, &options, replica_timeout).await {
+        let judged = judge_all(store.as_ref(), &counters, &options, replica_timeout).await;
+        store.health().saw(&judged);
+        if let Err(e) = judged
+            && !e.is_retryable()
+        {
             warn!(error = %e, "rollout analysis failed this tick; decisions wait");
         }
     }

@@ -210,8 +210,17 @@ macro_rules! impl_sql_store {
             }
 
             async fn ping(&self) -> Result<(), StoreError> {
-                sqlx::query("SELECT 1").execute(&self.pool).await?;
-                Ok(())
+                let result = sqlx::query("SELECT 1")
+                    .execute(&self.pool)
+                    .await
+                    .map(|_| ())
+                    .map_err(StoreError::from);
+                self.health.saw(&result);
+                result
+            }
+
+            fn health(&self) -> &super::health::DbHealth {
+                &self.health
             }
 
             async fn create_policy(

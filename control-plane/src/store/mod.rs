@@ -7,6 +7,7 @@
 
 pub mod fleet;
 mod flow;
+pub mod health;
 mod flow_rollouts;
 pub mod postgres;
 pub mod rollouts;
@@ -139,6 +140,10 @@ pub trait Store: RolloutStore + Send + Sync + 'static {
 
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The database's reachability as this replica sees it; every part that
+    /// talks to the database reports into it.
+    fn health(&self) -> &health::DbHealth;
 
     /// Stores a new policy: revision 1, or for a deleted name the revision
     /// after its deletion.

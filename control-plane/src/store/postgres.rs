@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use tokio::sync::watch;
-use tracing::{debug, warn};
+
 
 use super::fleet::{AbortOnDrop, ChangeFeed};
 use super::flow::impl_sql_store;
 use super::flow_rollouts::impl_rollout_store;
+use super::health::DbHealth;
 use super::rollouts::Leadership;
 use super::{StoreError, StoreOptions};
 
@@ -86,6 +87,7 @@ mod sql {
 pub struct PgStore {
     pool: PgPool,
     notices: Arc<watch::Sender<u64>>,
+    health: Arc<super::health::DbHealth>,
 }
 
 impl PgStore {
@@ -99,6 +101,7 @@ impl PgStore {
         Ok(Self {
             pool,
             notices: Arc::new(watch::channel(0).0),
+            health: Arc::default(),
         })
     }
 
@@ -141,7 +144,11 @@ impl PgStore {
     /// A feed of this replica's writes and every replica's NOTIFY.
     fn change_feed(&self) -> ChangeFeed {
         let receiver = self.notices.subscribe();
-        let listener = tokio::spawn(listen(self.pool.clone(), self.notices.clone()));
+        let listener = tokio::spawn(listen(
+            self.pool.clone(),
+            self.notices.clone(),
+            self.health.clone(),
+        ));
         ChangeFeed::new(receiver, Some(AbortOnDrop(listener)))
     }
 }
@@ -156,59 +163,63 @@ struct PgLeadership {
 
 #[async_trait::async_trait]
 impl Leadership for PgLeadership {
-    async fn holds(&mut self) -> bool {
+    async fn holds(&mut self) -> Result<(), String> {
         let Some(conn) = self.conn.as_mut() else {
-            return false;
+            return Err("its database connection was closed".into());
         };
         let check = sqlx::query_as::<_, (bool,)>(
             "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
              AND pid = pg_backend_pid() AND granted)",
         )
         .fetch_one(&mut *conn);
-        match tokio::time::timeout(Duration::from_secs(2), check).await {
-            Ok(Ok((true,))) => true,
-            _ => {
-                // Closing the connection releases the lock if the server
-                // still holds it for us.
-                self.conn = None;
-                false
-            }
-        }
+        let why = match tokio::time::timeout(Duration::from_secs(2), check).await {
+            Ok(Ok((true,))) => return Ok(()),
+            Ok(Ok((false,))) => "the advisory lock is no longer held".to_string(),
+            Ok(Err(e)) => format!("its database connection failed: {e}"),
+            Err(_) => "the database did not answer within 2s".to_string(),
+        };
+        // Closing the connection releases the lock if the server still
+        // holds it for us.
+        self.conn = None;
+        Err(why)
     }
 }
 
 /// Turns NOTIFY into notices until aborted. Every (re)connection counts as a
 /// notice, since writes may have been missed while no connection listened.
-async fn listen(pool: PgPool, notices: Arc<watch::Sender<u64>>) {
+/// A lost connection is reported to `health` (logged once per outage).
+async fn listen(pool: PgPool, notices: Arc<watch::Sender<u64>>, health: Arc<DbHealth>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(l) => l,
             Err(e) => {
-                warn!(error = %e, "cannot listen for policy changes; retrying");
+                health.down(&format!("the policy change listener cannot connect: {e}"));
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
         if let Err(e) = listener.listen(CHANNEL).await {
-            warn!(error = %e, "cannot listen for policy changes; retrying");
+            health.down(&format!("the policy change listener cannot listen: {e}"));
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
             continue;
         }
+        health.up();
         backoff = Duration::from_millis(100);
         notices.send_modify(|n| *n += 1);
         loop {
             match listener.try_recv().await {
-                Ok(Some(_)) => notices.send_modify(|n| *n += 1),
-                // The connection was lost; the next call reconnects.
-                Ok(None) => {
-                    debug!("policy change listener reconnecting");
+                Ok(Some(_)) => {
+                    health.up();
                     notices.send_modify(|n| *n += 1);
                 }
+                // The connection was lost; the next call reconnects (and
+                // reports to `health` if it cannot).
+                Ok(None) => notices.send_modify(|n| *n += 1),
                 Err(e) => {
-                    warn!(error = %e, "policy change listener failed; reconnecting");
+                    health.down(&format!("the policy change listener failed: {e}"));
                     break;
                 }
             }

@@ -51,8 +51,8 @@ pub type RolloutCursor = (String, i64);
 /// The right to run the analysis loop, held until dropped.
 #[async_trait]
 pub trait Leadership: Send {
-    /// True while it is still held.
-    async fn holds(&mut self) -> bool;
+    /// `Ok` while it is still held; why not, once it is lost.
+    async fn holds(&mut self) -> Result<(), String>;
 }
 
 /// Durable home of rollouts and their events.

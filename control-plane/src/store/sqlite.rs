@@ -84,6 +84,7 @@ mod sql {
 pub struct SqliteStore {
     pool: SqlitePool,
     notices: Arc<watch::Sender<u64>>,
+    health: Arc<super::health::DbHealth>,
 }
 
 impl SqliteStore {
@@ -102,6 +103,7 @@ impl SqliteStore {
         Ok(Self {
             pool,
             notices: Arc::new(watch::channel(0).0),
+            health: Arc::default(),
         })
     }
 
@@ -132,8 +134,8 @@ struct SoleReplica;
 
 #[async_trait::async_trait]
 impl Leadership for SoleReplica {
-    async fn holds(&mut self) -> bool {
-        true
+    async fn holds(&mut self) -> Result<(), String> {
+        Ok(())
     }
 }
 
