@@ -147,6 +147,18 @@ pub fn backoff(base: Duration, cap: Duration, attempt: u32, unit: f64) -> Durati
 struct Link {
     /// When the control plane was last heard from (or the agent started).
     last_contact: Mutex<SystemTime>,
+    /// Since when the stream is lost, while it is (a reconnection says how
+    /// long it lasted).
+    lost: Mutex<Option<tokio::time::Instant>>,
+}
+
+/// What the agent serves meanwhile, for log lines.
+fn serving(agent: &Agent) -> String {
+    let policies = agent.table.load().policies().len();
+    match (agent.running().0, policies) {
+        (_, 0) => "no policies yet: requests get 404 until some arrive".into(),
+        (version, n) => format!("serving snapshot version {version} ({n} policies) meanwhile"),
+    }
 }
 
 /// Runs the control-plane link until `shutdown`: the stream (reconnected
@@ -175,6 +187,7 @@ pub async fn run(agent: Arc<Agent>, settings: ControlSettings, shutdown: Cancell
     }
     let link = Arc::new(Link {
         last_contact: Mutex::new(start),
+        lost: Mutex::new(None),
     });
     let reporter = tokio::spawn(report_loop(
         agent.clone(),
@@ -212,22 +225,34 @@ async fn connect_loop(
             () = shutdown.cancelled() => return,
             outcome = stream(agent, settings, endpoint, queue, link, shutdown) => outcome,
         };
-        agent
+        let was_up = agent
             .stats
             .control_plane_connected
-            .store(0, Ordering::Relaxed);
-        match outcome {
-            Ok(true) => {
-                info!(control_plane = %endpoint, "control-plane stream ended; reconnecting");
-                failures = 0;
+            .swap(0, Ordering::Relaxed)
+            == 1;
+        if was_up && !matches!(outcome, Ok(false)) {
+            // The stream was up: its loss is logged once, here; the
+            // reconnection says how long it lasted.
+            *lock(&link.lost) = Some(tokio::time::Instant::now());
+            match &outcome {
+                Err(e) => {
+                    warn!(control_plane = %endpoint, error = %e, "lost the control plane; {}", serving(agent))
+                }
+                _ => {
+                    info!(control_plane = %endpoint, "the control-plane stream ended; reconnecting")
+                }
             }
+        }
+        match outcome {
+            Ok(true) => failures = 0,
             Ok(false) => return,
             Err(e) => {
                 failures = failures.saturating_add(1);
-                if failures == 1 || failures.is_multiple_of(10) {
-                    warn!(control_plane = %endpoint, error = %e, failures, "cannot reach the control plane; serving the snapshot in force");
-                } else {
+                let reported = was_up || (failures > 1 && !failures.is_multiple_of(10));
+                if reported {
                     debug!(control_plane = %endpoint, error = %e, failures, "cannot reach the control plane");
+                } else {
+                    warn!(control_plane = %endpoint, error = %e, failures, "cannot reach the control plane; {}", serving(agent));
                 }
             }
         }
@@ -292,7 +317,17 @@ async fn stream(
         .await
         .map_err(|status| describe(&status))?
         .into_inner();
-    info!(control_plane = %endpoint, version, "connected to the control plane");
+    match lock(&link.lost).take() {
+        Some(since) => info!(
+            control_plane = %endpoint,
+            version,
+            after = %humantime::format_duration(Duration::from_millis(
+                u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+            )),
+            "reconnected to the control plane"
+        ),
+        None => info!(control_plane = %endpoint, version, "connected to the control plane"),
+    }
     agent
         .stats
         .control_plane_connected

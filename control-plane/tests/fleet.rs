@@ -167,13 +167,19 @@ async fn fleet_suite(database_url: String, replicas: usize) {
         assert_eq!(agent.client().post(CHAT, BODY, &[]).await.status, 200);
     }
 
-    // Fixed: everyone converges.
+    // Fixed: everyone converges, and the old refusal is gone from the
+    // fleet view.
     update_latest(&mut policies, chat_policy(a, b, 5000, json!({}))).await;
     let v3 = status(&mut api, "chat").await.since_version;
     for agent in &agents {
         agent.wait_version(|v| v >= v3).await;
     }
     fleet_shows(&mut api, &ids, v3).await;
+    let view = list_agents(&mut api).await;
+    for id in ids {
+        let a = &view[id];
+        assert_eq!((a.nack_version, a.nack_reason.as_str()), (0, ""), "{a:?}");
+    }
 
     // A policy for other agents disturbs nobody here: one "other" agent per
     // replica proves each replica has taken the change.

@@ -217,7 +217,10 @@ async fn huge_values_and_out_of_range_timestamps_are_refused_clearly() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().len() < 1000, "{} bytes", err.message().len());
     assert!(
-        err.message().contains(&format!("traffic.baseline: no backend is named \"{}…(20000 bytes)\"", "x".repeat(64))),
+        err.message().contains(&format!(
+            "traffic.baseline: no backend is named \"{}…(20000 bytes)\"",
+            "x".repeat(64)
+        )),
         "{}",
         err.message()
     );

@@ -197,7 +197,10 @@ impl Fleet {
         let mut backoff = Duration::from_millis(100);
         loop {
             let loaded = self.store.load_catalog().await;
-            self.saw(&loaded, "cannot read policies; agents keep their snapshots; retrying");
+            self.saw(
+                &loaded,
+                "cannot read policies; agents keep their snapshots; retrying",
+            );
             match loaded {
                 Ok(catalog) => {
                     backoff = Duration::from_millis(100);

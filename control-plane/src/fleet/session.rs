@@ -234,6 +234,11 @@ fn handle(
             debug!(agent = %agent_id, version = ack.version, "snapshot applied");
             fleet.agents.update(agent_id, session, |r| {
                 r.applied_version = i64::try_from(ack.version).unwrap_or(i64::MAX);
+                // A refusal of an older snapshot is history now.
+                if r.nack_version <= r.applied_version {
+                    r.nack_version = 0;
+                    r.nack_reason.clear();
+                }
             });
         }
         Some(Kind::Nack(nack)) => {

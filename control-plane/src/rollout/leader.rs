@@ -42,7 +42,9 @@ pub async fn run(
             Some(l) => {
                 if let Err(why) = l.holds().await {
                     warn!(reason = %why, "lost the analysis lead; another replica (or this one, once the database answers) takes it");
-                    store.health().down(&format!("the analysis lead was lost: {why}"));
+                    store
+                        .health()
+                        .down(&format!("the analysis lead was lost: {why}"));
                     leadership = None;
                     continue;
                 }

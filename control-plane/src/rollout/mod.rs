@@ -806,11 +806,18 @@ mod tests {
             // Valid as written, the way the store would read it back.
             let next = PolicySpec::from_stored_json(&next.to_json().unwrap()).unwrap();
             let t = next.as_proto().traffic.clone().unwrap();
-            assert_eq!((t.baseline.as_str(), t.candidate.as_str()), (candidate.as_str(), ""), "{file}");
+            assert_eq!(
+                (t.baseline.as_str(), t.candidate.as_str()),
+                (candidate.as_str(), ""),
+                "{file}"
+            );
             assert_eq!(next.as_proto().rollout, p.rollout, "{file}: the spec stays");
             if p.shadow.is_some() {
                 let shadow = next.as_proto().shadow.clone().unwrap();
-                assert!(shadow.backend.is_empty(), "{file}: the shadow follows the next candidate");
+                assert!(
+                    shadow.backend.is_empty(),
+                    "{file}: the shadow follows the next candidate"
+                );
             }
 
             // Aborted at a live stage: back to 0.
@@ -820,7 +827,11 @@ mod tests {
             let (rollout, _) = start(&policy, now, "", 0).unwrap();
             let aborted = command(&rollout, Some(&policy), &Command::Abort, "", now).unwrap();
             let next = aborted.policy.expect("a revision").spec;
-            assert_eq!(next.as_proto().traffic.clone().unwrap().candidate_weight, 0, "{file}");
+            assert_eq!(
+                next.as_proto().traffic.clone().unwrap().candidate_weight,
+                0,
+                "{file}"
+            );
             checked += 1;
         }
         assert!(checked >= 2, "{checked} example policies with a rollout");

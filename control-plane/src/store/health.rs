@@ -76,7 +76,9 @@ mod tests {
         let h = DbHealth::default();
         h.up();
         assert!(!h.is_down());
-        h.saw(&Err::<(), _>(StoreError::Unavailable("connection refused".into())));
+        h.saw(&Err::<(), _>(StoreError::Unavailable(
+            "connection refused".into(),
+        )));
         h.down(&"again");
         assert!(h.is_down());
         // Not a reachability problem.

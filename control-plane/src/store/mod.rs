@@ -7,8 +7,8 @@
 
 pub mod fleet;
 mod flow;
-pub mod health;
 mod flow_rollouts;
+pub mod health;
 pub mod postgres;
 pub mod rollouts;
 pub mod sqlite;

@@ -8,7 +8,6 @@ use std::time::Duration;
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use tokio::sync::watch;
 
-
 use super::fleet::{AbortOnDrop, ChangeFeed};
 use super::flow::impl_sql_store;
 use super::flow_rollouts::impl_rollout_store;

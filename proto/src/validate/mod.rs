@@ -1111,7 +1111,8 @@ pub fn check_base_url(raw: &str) -> Result<(), String> {
                 || looks_like_secret(value)
             {
                 return Err(format!(
-                    "must not carry credentials in its query ({:?}); use credentials with a secret reference", clip(&name)
+                    "must not carry credentials in its query ({:?}); use credentials with a secret reference",
+                    clip(&name)
                 ));
             }
         }
