@@ -287,7 +287,7 @@ async fn stream(
         .keep_alive_timeout(Duration::from_secs(10))
         .connect()
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(|e| format!("connect: {}", shepherd_observe::error_chain(&e)))?;
     let mut client = AgentServiceClient::new(channel)
         .max_decoding_message_size(settings.max_snapshot_bytes)
         .max_encoding_message_size(4 * 1024 * 1024);

@@ -25,7 +25,7 @@ use shepherd_agent::{Agent, admin, reload, server};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::info;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -94,16 +94,17 @@ async fn run(cli: Cli) -> Result<(), String> {
     };
     match (&cli.policy_file, &control_settings) {
         (Some(path), _) => {
-            reload::reload(&agent, path)
+            reload::load(&agent, path)
                 .map_err(|e| format!("cannot start with the policy file: {e}"))?;
         }
         (None, Some(s)) => {
             info!(agent_id = %s.agent_id, control_plane = ?s.endpoints, "policies come from the control plane");
         }
         (None, None) => {
-            warn!(
-                "no --control-plane or --policy-file: every request gets 404 until policies arrive"
-            )
+            return Err(
+                "no policies to serve: set --control-plane (SHEPHERD_AGENT_CONTROL_PLANE) or --policy-file (SHEPHERD_AGENT_POLICY_FILE)"
+                    .into(),
+            );
         }
     }
     let listeners = server::bind_shared(cli.listen, workers)

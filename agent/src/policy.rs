@@ -522,15 +522,11 @@ pub fn load_file(path: &Path) -> Result<Vec<Policy>, LoadError> {
 
 /// Parses the text of a policy file (see [`load_file`]).
 pub fn parse(text: &str) -> Result<Vec<Policy>, LoadError> {
-    let parse_err = |e: serde_json::Error| LoadError::Parse {
-        path: PathBuf::new(),
-        message: e.to_string(),
-    };
-    let wire: Vec<v1::Policy> = if text.trim_start().starts_with('[') {
-        serde_json::from_str(text).map_err(parse_err)?
-    } else {
-        vec![serde_json::from_str(text).map_err(parse_err)?]
-    };
+    let wire =
+        shepherd_proto::file::policies_from_json(text).map_err(|message| LoadError::Parse {
+            path: PathBuf::new(),
+            message,
+        })?;
     let mut seen = std::collections::BTreeSet::new();
     wire.iter()
         .map(|p| {
@@ -600,6 +596,13 @@ mod tests {
         let typo = CHAT.replace("\"base_url\"", "\"base_ur\"");
         let e = parse(&typo).unwrap_err().to_string();
         assert!(e.contains("base_ur"), "{e}");
+        // A type error names its field, as shepherdctl does.
+        let percent = CHAT.replace("\"candidate_weight\": 0", "\"candidate_weight\": \"10%\"");
+        assert_ne!(percent, CHAT);
+        let e = parse(&format!("[{CHAT}, {percent}]"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[1].traffic.candidate_weight: "), "{e}");
     }
 
     /// The local examples in the README are valid (a list, and the single

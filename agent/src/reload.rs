@@ -35,11 +35,24 @@ fn stamp(path: &Path) -> Option<Stamp> {
     })
 }
 
-/// Loads the file and applies it; on failure the running policies stay.
-pub fn reload(agent: &Agent, path: &Path) -> Result<u64, String> {
-    let outcome = load_file(path)
+/// Loads the file at start and applies it (the caller reports a failure).
+pub fn load(agent: &Agent, path: &Path) -> Result<u64, String> {
+    let version = apply(agent, path)?;
+    agent.stats.reloads_ok.fetch_add(1, Ordering::Relaxed);
+    info!(file = %path.display(), version, "policies applied");
+    Ok(version)
+}
+
+fn apply(agent: &Agent, path: &Path) -> Result<u64, String> {
+    load_file(path)
         .map_err(|e| e.to_string())
-        .and_then(|policies| agent.apply_file(policies).map_err(|e| e.to_string()));
+        .and_then(|policies| agent.apply_file(policies).map_err(|e| e.to_string()))
+}
+
+/// Loads the file again and applies it; on failure the running policies
+/// stay.
+pub fn reload(agent: &Agent, path: &Path) -> Result<u64, String> {
+    let outcome = apply(agent, path);
     match &outcome {
         Ok(version) => {
             agent.stats.reloads_ok.fetch_add(1, Ordering::Relaxed);

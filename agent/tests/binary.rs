@@ -151,6 +151,10 @@ fn refuses_to_start_with_a_bad_file() {
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(log.contains("cannot start with the policy file"), "{log}");
     assert!(log.contains("name: must be lowercase letters"), "{log}");
+    assert!(
+        !log.contains("the running policies stay"),
+        "nothing was running yet: {log}"
+    );
 
     let agent = Spawned::start(BIN, &["--policy-file", "/nonexistent/policy.json"], &[]);
     let (status, log) = agent.wait();
@@ -159,6 +163,24 @@ fn refuses_to_start_with_a_bad_file() {
         log.contains("cannot read /nonexistent/policy.json"),
         "{log}"
     );
+}
+
+/// With neither a policy file nor a control plane the agent would answer
+/// 404 forever: it refuses to start, naming both flags.
+#[test]
+fn refuses_to_start_without_policies() {
+    let agent = Spawned::start(
+        BIN,
+        &["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
+        &[],
+    );
+    let (status, log) = agent.wait();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("--control-plane") && log.contains("--policy-file"),
+        "{log}"
+    );
+    assert!(!log.contains("agent listening"), "{log}");
 }
 
 /// `--help` documents the flags with their variables.

@@ -24,7 +24,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let output = cli.output;
     // A bad file is reported before the control plane is dialled.
     let applied = match &cli.command {
-        Command::Policy(PolicyCommand::Apply { file, .. }) => Some(read_policy(file)?),
+        Command::Policy(PolicyCommand::Apply { file, .. }) => Some(read_policies(file)?),
         _ => None,
     };
     let mut c = connect(&cli.conn).await?;
@@ -39,8 +39,9 @@ fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<String> {
     Ok(serde_json::to_string_pretty(value)?)
 }
 
-/// Reads a policy from a JSON or YAML file ("-": standard input).
-pub fn read_policy(path: &Path) -> anyhow::Result<v1::Policy> {
+/// Reads the policies of a JSON or YAML file ("-": standard input): one
+/// policy or a list, as the agent's policy files.
+pub fn read_policies(path: &Path) -> anyhow::Result<Vec<v1::Policy>> {
     let name = path.display().to_string();
     let text = if name == "-" {
         let mut s = String::new();
@@ -51,11 +52,12 @@ pub fn read_policy(path: &Path) -> anyhow::Result<v1::Policy> {
     } else {
         std::fs::read_to_string(path).with_context(|| format!("cannot read {name}"))?
     };
-    parse_policy(&text).with_context(|| format!("{name}: not a policy"))
+    parse_policies(&text).with_context(|| format!("{name}: not a policy"))
 }
 
-/// A policy from JSON or YAML text (the protobuf JSON form either way).
-pub fn parse_policy(text: &str) -> anyhow::Result<v1::Policy> {
+/// Policies from JSON or YAML text (the protobuf JSON form either way): one
+/// object, or a list of them.
+pub fn parse_policies(text: &str) -> anyhow::Result<Vec<v1::Policy>> {
     let value: serde_json::Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(json_error) => {
@@ -66,75 +68,92 @@ pub fn parse_policy(text: &str) -> anyhow::Result<v1::Policy> {
             serde_yaml_ng::from_str(text).map_err(|e| anyhow::anyhow!("invalid YAML: {e}"))?
         }
     };
-    if !value.is_object() {
-        bail!("expected an object with the policy's fields");
+    let policies = shepherd_proto::file::policies_from_value(value).map_err(anyhow::Error::msg)?;
+    if policies.is_empty() {
+        bail!("the list holds no policy");
     }
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        if path == "." {
-            anyhow::anyhow!("{}", e.inner())
-        } else {
-            anyhow::anyhow!("{path}: {}", e.inner())
+    Ok(policies)
+}
+
+/// Creates `p`, or replaces it at its latest revision; returns the stored
+/// policy and what was done.
+async fn apply_one(
+    c: &mut Clients,
+    mut p: v1::Policy,
+    dry_run: bool,
+) -> anyhow::Result<(v1::Policy, &'static str)> {
+    let name = p.name.clone();
+    let current = match c
+        .policies
+        .get_policy(v1::GetPolicyRequest {
+            name: name.clone(),
+            revision: 0,
+        })
+        .await
+    {
+        Ok(r) => Some(r.into_inner()),
+        Err(s) if s.code() == tonic::Code::NotFound => None,
+        Err(s) => return Err(status(&format!("reading policy {name:?}"), s)),
+    };
+    let (stored, verb) = match current {
+        None => (
+            c.policies
+                .create_policy(v1::CreatePolicyRequest {
+                    policy: Some(p),
+                    validate_only: dry_run,
+                })
+                .await
+                .map_err(|s| status(&format!("creating policy {name:?}"), s))?,
+            "created",
+        ),
+        Some(cur) => {
+            p.revision = cur.revision;
+            (
+                c.policies
+                    .update_policy(v1::UpdatePolicyRequest {
+                        policy: Some(p),
+                        validate_only: dry_run,
+                    })
+                    .await
+                    .map_err(|s| status(&format!("updating policy {name:?}"), s))?,
+                "updated",
+            )
         }
-    })
+    };
+    Ok((stored.into_inner(), verb))
 }
 
 async fn policy(
     c: &mut Clients,
     cmd: PolicyCommand,
-    applied: Option<v1::Policy>,
+    applied: Option<Vec<v1::Policy>>,
     output: Output,
 ) -> anyhow::Result<()> {
     match cmd {
         PolicyCommand::Apply { dry_run, .. } => {
-            let Some(mut p) = applied else {
+            let Some(policies) = applied else {
                 bail!("no policy read");
             };
-            let name = p.name.clone();
-            let current = match c
-                .policies
-                .get_policy(v1::GetPolicyRequest {
-                    name: name.clone(),
-                    revision: 0,
-                })
-                .await
-            {
-                Ok(r) => Some(r.into_inner()),
-                Err(s) if s.code() == tonic::Code::NotFound => None,
-                Err(s) => return Err(status(&format!("reading policy {name:?}"), s)),
-            };
-            let (stored, verb) = match current {
-                None => (
-                    c.policies
-                        .create_policy(v1::CreatePolicyRequest {
-                            policy: Some(p),
-                            validate_only: dry_run,
-                        })
-                        .await
-                        .map_err(|s| status(&format!("creating policy {name:?}"), s))?,
-                    "created",
-                ),
-                Some(cur) => {
-                    p.revision = cur.revision;
-                    (
-                        c.policies
-                            .update_policy(v1::UpdatePolicyRequest {
-                                policy: Some(p),
-                                validate_only: dry_run,
-                            })
-                            .await
-                            .map_err(|s| status(&format!("updating policy {name:?}"), s))?,
-                        "updated",
-                    )
+            // A list is applied in order; the first refusal stops it (the
+            // policies before it are applied, and said so).
+            let mut stored_all = Vec::with_capacity(policies.len());
+            for p in policies {
+                let name = p.name.clone();
+                let (stored, verb) = apply_one(c, p, dry_run).await?;
+                if output != Output::Json {
+                    if dry_run {
+                        say!("policy {name:?} is valid; it would be {verb} (nothing was stored)");
+                    } else {
+                        say!("policy {name:?} {verb}: revision {}", stored.revision);
+                    }
                 }
-            };
-            let stored = stored.into_inner();
+                stored_all.push(stored);
+            }
             if output == Output::Json {
-                say!("{}", json(&stored)?);
-            } else if dry_run {
-                say!("policy {name:?} is valid; it would be {verb} (nothing was stored)");
-            } else {
-                say!("policy {name:?} {verb}: revision {}", stored.revision);
+                match stored_all.as_slice() {
+                    [one] => say!("{}", json(one)?),
+                    many => say!("{}", json(&many)?),
+                }
             }
         }
         PolicyCommand::Get { name, revision } => {
@@ -542,6 +561,8 @@ mod tests {
     fn reads_json_and_yaml_policies() {
         let yaml = "name: chat\nbackends:\n  - name: a\n    base_url: http://127.0.0.1:1\ntraffic:\n  baseline: a\n";
         let p = parse_policy(yaml).unwrap();
+        let list = format!("- {}", yaml.replace('\n', "\n  ").trim_end());
+        assert_eq!(parse_policies(&list).unwrap().len(), 1);
         assert_eq!(p.name, "chat");
         assert_eq!(p.backends[0].base_url, "http://127.0.0.1:1");
         let json = r#"{"name": "chat", "traffic": {"baseline": "a", "candidateWeight": 250}}"#;
@@ -562,8 +583,21 @@ mod tests {
             bad.contains("backends") || bad.contains("sequence"),
             "{bad}"
         );
-        let bad = parse_policy("- a\n- b\n").unwrap_err().to_string();
-        assert!(bad.contains("expected an object"), "{bad}");
+        let bad = parse_policies("- a\n- b\n").unwrap_err().to_string();
+        assert!(bad.starts_with("[0]: "), "{bad}");
+        let bad = parse_policies("[]").unwrap_err().to_string();
+        assert!(bad.contains("no policy"), "{bad}");
+        let bad = parse_policies(r#"[{"name": "a"}, {"traffic": {"candidate_weight": "10%"}}]"#)
+            .unwrap_err()
+            .to_string();
+        assert!(bad.starts_with("[1].traffic.candidate_weight: "), "{bad}");
+    }
+
+    /// One policy of a text, for the tests.
+    fn parse_policy(text: &str) -> anyhow::Result<v1::Policy> {
+        let mut all = parse_policies(text)?;
+        anyhow::ensure!(all.len() == 1, "{} policies", all.len());
+        Ok(all.remove(0))
     }
 
     /// Every example policy in deploy/examples reads as a policy.
@@ -574,11 +608,9 @@ mod tests {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "json" || e == "yaml") {
                 let text = std::fs::read_to_string(&path).unwrap();
-                if text.trim_start().starts_with('[') {
-                    // The agent's policy files hold a list.
-                    continue;
-                }
-                read_policy(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                let policies =
+                    read_policies(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                assert_eq!(policies.is_empty(), text.trim().is_empty());
             }
         }
     }

@@ -76,7 +76,8 @@ pub enum PolicyCommand {
     /// Create the policy in FILE (JSON or YAML), or replace it at its latest
     /// revision.
     Apply {
-        /// The policy file; "-" reads standard input.
+        /// The policy file (JSON or YAML; one policy, or a list as the
+        /// agent's policy files hold); "-" reads standard input.
         #[arg(long, short = 'f')]
         file: PathBuf,
         /// Check it and show the result without storing anything.
@@ -165,7 +166,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(commands::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&format!("{e:#}")),
+        Err(e) => fail(&shepherd_observe::error_chain(e.as_ref())),
     }
 }
 

@@ -110,6 +110,45 @@ async fn drives_policies_rollouts_and_agents() {
             .contains("updated: revision 2")
     );
 
+    // The agent's list form applies every policy in it; a type error in
+    // one names its index and field, and nothing is sent.
+    let list = dir.path().join("list.json");
+    let two = format!(
+        "[{}, {}]",
+        std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/examples/chat-policy.json"
+        ))
+        .unwrap()
+        .replace("\"name\": \"chat\"", "\"name\": \"chat-a\""),
+        std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/examples/chat-policy.json"
+        ))
+        .unwrap()
+        .replace("\"name\": \"chat\"", "\"name\": \"chat-b\"")
+    );
+    std::fs::write(&list, &two).unwrap();
+    let out = ctl.ok(&["policy", "apply", "-f", list.to_str().unwrap()]);
+    assert!(
+        out.contains("policy \"chat-a\" created: revision 1")
+            && out.contains("policy \"chat-b\" created: revision 1"),
+        "{out}"
+    );
+    std::fs::write(
+        &list,
+        two.replace("\"candidate_weight\": 0", "\"candidate_weight\": \"10%\""),
+    )
+    .unwrap();
+    let (ok, _, err) = ctl.run(&["policy", "apply", "-f", list.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("[0].traffic.candidate_weight: "),
+        "{err}"
+    );
+    let kept: serde_json::Value =
+        serde_json::from_str(&ctl.ok(&["policy", "get", "chat-a"])).unwrap();
+    assert_eq!(kept["revision"], "1", "nothing was sent");
+
     // A bad policy names the field and changes nothing.
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, POLICY_JSON_BAD).unwrap();

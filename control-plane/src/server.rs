@@ -128,7 +128,8 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> Result<(), Ser
             "no agent token configured: every caller can connect as an agent (loopback or --insecure only)"
         );
     }
-    let store = open_store(&args.database).await?;
+    // The ports first: a port that is taken stops the start before the
+    // database is created or migrated.
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -143,6 +144,7 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> Result<(), Ser
         ),
         None => None,
     };
+    let store = open_store(&args.database).await?;
     let options = ServerOptions {
         auth: Authenticator::new(admin, agent),
         max_message_bytes: args.max_message_bytes,

@@ -85,6 +85,29 @@ fn grpcurl_walkthrough_on_sqlite() {
     assert!(!log.contains(TOKEN), "the token reached the log:\n{log}");
 }
 
+/// A control plane whose port is taken fails at once, naming the address,
+/// before it creates or migrates a database; an unused admin port is
+/// checked the same way.
+#[test]
+fn a_taken_port_stops_the_start_before_the_database() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("shepherd.db");
+    let db = format!("sqlite://{}", file.display());
+    for args in [
+        vec!["--listen", addr.as_str(), "--admin-listen", "127.0.0.1:0"],
+        vec!["--listen", "127.0.0.1:0", "--admin-listen", addr.as_str()],
+    ] {
+        let mut args = args;
+        args.extend(["--database-url", db.as_str()]);
+        let (status, log) = run(&args);
+        assert!(!status.success(), "{log}");
+        assert!(log.contains(&format!("cannot listen on {addr}")), "{log}");
+        assert!(!file.exists(), "the database was created: {log}");
+    }
+}
+
 /// The same walkthrough against Postgres; the database password never reaches
 /// a log line.
 #[test]

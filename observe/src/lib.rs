@@ -69,6 +69,24 @@ impl Drop for Guard {
     }
 }
 
+/// An error and its sources as one line ("a: b: c"), each said once:
+/// libraries often repeat their own message in the error they wrap.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        if !parts
+            .iter()
+            .any(|p| p == &text || p.ends_with(&format!(": {text}")))
+        {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    parts.join(": ")
+}
+
 /// True when the environment asks for trace export.
 pub fn tracing_configured(env: impl Fn(&str) -> Option<String>) -> bool {
     let set = |name: &str| env(name).is_some_and(|v| !v.trim().is_empty());
@@ -232,6 +250,40 @@ pub async fn cancel_on_signal(token: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug)]
+    struct Wrap(&'static str, Option<Box<Wrap>>);
+
+    impl std::fmt::Display for Wrap {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Wrap {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|w| w as _)
+        }
+    }
+
+    /// Each message of a chain is said once.
+    #[test]
+    fn error_chains_say_each_message_once() {
+        let e = Wrap(
+            "transport error",
+            Some(Box::new(Wrap(
+                "tcp connect error",
+                Some(Box::new(Wrap(
+                    "tcp connect error",
+                    Some(Box::new(Wrap("Connection refused (os error 111)", None))),
+                ))),
+            ))),
+        );
+        assert_eq!(
+            error_chain(&e),
+            "transport error: tcp connect error: Connection refused (os error 111)"
+        );
+    }
 
     fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |k| {

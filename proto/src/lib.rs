@@ -6,12 +6,15 @@
 //!   stored form are one format).
 //! - [`validate`]: every rule a [`v1::Policy`] must satisfy, with errors that
 //!   name the field path and the rule.
+//! - [`file`]: the policies of a policy file (one or a list), read with
+//!   errors that name the field path.
 //! - [`histogram`]: latency histograms with shared bucket boundaries, so the
 //!   agent records and the control plane computes quantiles identically.
 //! - [`telemetry`]: telemetry reports on the wire, and merging them.
 //! - [`prometheus`]: the Prometheus text format of both `/metrics`.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors for gRPC reflection.
 
+pub mod file;
 pub mod histogram;
 pub mod prometheus;
 pub mod telemetry;
