@@ -145,6 +145,13 @@ fn text_of(raw: &RawValue) -> Option<Cow<'_, str>> {
     serde_json::from_str::<Cow<'_, str>>(raw.get()).ok()
 }
 
+/// Adds a JSON string's text to the collected text, when collecting.
+fn add_text(text: Option<&mut String>, raw: &RawValue) {
+    if let (Some(t), Some(s)) = (text, text_of(raw)) {
+        t.push_str(&s);
+    }
+}
+
 fn is_string(raw: &RawValue) -> bool {
     raw.get().starts_with('"')
 }
@@ -247,11 +254,7 @@ pub fn check_document(
     body: &[u8],
     mut text: Option<&mut String>,
 ) -> Result<(), Malformed> {
-    let mut add = |raw: &RawValue| {
-        if let (Some(t), Some(s)) = (text.as_deref_mut(), text_of(raw)) {
-            t.push_str(&s);
-        }
-    };
+    let mut add = |raw: &RawValue| add_text(text.as_deref_mut(), raw);
     match api {
         Api::ChatCompletions => {
             let doc: Listing<'_> = parse(body, "answer")?;
@@ -441,11 +444,7 @@ impl StreamCheck {
         data: &[u8],
         mut text: Option<&mut String>,
     ) -> Result<(), Malformed> {
-        let mut add = |raw: &RawValue| {
-            if let (Some(t), Some(s)) = (text.as_deref_mut(), text_of(raw)) {
-                t.push_str(&s);
-            }
-        };
+        let mut add = |raw: &RawValue| add_text(text.as_deref_mut(), raw);
         let what = format!("event {i}");
         match self.api {
             Api::ChatCompletions | Api::Completions => {

@@ -161,6 +161,13 @@ struct Progress {
     guard: Option<InflightGuard>,
 }
 
+impl Call<'_> {
+    /// Records on the request's span that `backend` answered with `status`.
+    fn answered(&self, backend: &str, attempts: u32, status: StatusCode) {
+        trace::answered(self.span, Some(backend), attempts, self.mirrored, status);
+    }
+}
+
 impl Progress {
     fn failed(&mut self, failure: LastFailure) {
         let keep = matches!(failure, LastFailure::BreakerOpen)
@@ -424,7 +431,7 @@ async fn try_backend(
                         lease,
                         spans: BodySpans::of(c.span.clone(), attempt_span),
                     };
-                    trace::answered(c.span, Some(&backend.name), p.attempts, c.mirrored, status);
+                    c.answered(&backend.name, p.attempts, status);
                     return Some(deliver(
                         resp,
                         Bytes::new(),
@@ -446,13 +453,7 @@ async fn try_backend(
                                 spans.finish(outcome, usage);
                             }
                             attempt.settle(outcome, class.detail.as_deref(), None, usage);
-                            trace::answered(
-                                c.span,
-                                Some(&backend.name),
-                                p.attempts,
-                                c.mirrored,
-                                status,
-                            );
+                            c.answered(&backend.name, p.attempts, status);
                             let bytes = match &answer_model {
                                 Some(model) => crate::model::in_answer(&bytes, model),
                                 None => bytes,
@@ -482,13 +483,7 @@ async fn try_backend(
                             lease,
                             spans: BodySpans::of(c.span.clone(), attempt_span),
                         };
-                        trace::answered(
-                            c.span,
-                            Some(&backend.name),
-                            p.attempts,
-                            c.mirrored,
-                            status,
-                        );
+                        c.answered(&backend.name, p.attempts, status);
                         let resp = Response::from_parts(head, rest);
                         return Some(deliver(resp, prefix, live, index, delivery, p.guard.take()));
                     }
@@ -509,7 +504,7 @@ async fn try_backend(
                 drop(attempt);
                 let outcome = outcome::classify_status(c.api, status);
                 if outcome.is_final() {
-                    trace::answered(c.span, Some(&backend.name), p.attempts, c.mirrored, status);
+                    c.answered(&backend.name, p.attempts, status);
                     return Some(fault_response(
                         c.api.dialect(),
                         live,

@@ -326,58 +326,6 @@ fn policy_file_and_control_plane_conflict() {
     assert!(text.contains("cannot be used with"), "{text}");
 }
 
-/// A TCP forwarder that a test can cut (every connection dropped, new ones
-/// closed at once and counted) and restore.
-struct Forwarder {
-    port: u16,
-    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    refused: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-}
-
-impl Forwarder {
-    async fn start(target: std::net::SocketAddr) -> Forwarder {
-        use std::sync::atomic::Ordering;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let f = Forwarder {
-            port: listener.local_addr().unwrap().port(),
-            cut: Default::default(),
-            refused: Default::default(),
-            conns: Default::default(),
-        };
-        let (cut, refused, conns) = (f.cut.clone(), f.refused.clone(), f.conns.clone());
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if cut.load(Ordering::SeqCst) {
-                    refused.fetch_add(1, Ordering::SeqCst);
-                    continue;
-                }
-                conns.lock().unwrap().push(tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                }));
-            }
-        });
-        f
-    }
-
-    fn cut(&self) {
-        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
-        for c in self.conns.lock().unwrap().drain(..) {
-            c.abort();
-        }
-    }
-
-    fn refused(&self) -> u64 {
-        self.refused.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    fn restore(&self) {
-        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
 /// An agent that loses its control plane says so once (naming what it
 /// serves meanwhile), stays quiet while it retries, and says once that it
 /// is back and after how long.
@@ -388,9 +336,9 @@ async fn logs_losing_and_regaining_the_control_plane() {
 
     let store = shepherd_tests::stores::TestStore::sqlite().await;
     let cp = TestControlPlane::start(store.store.clone(), ServerOptions::default()).await;
-    let link = Forwarder::start(cp.addr).await;
+    let link = shepherd_tests::net::Relay::start(cp.addr).await;
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("http://127.0.0.1:{}", link.port);
+    let url = format!("http://{}", link.addr);
     let state = dir.path().join("state");
     let agent = Spawned::start(
         BIN,

@@ -14,6 +14,7 @@
 //! - [`stores`]: the store engines a suite runs against.
 //! - [`net`]: a TCP relay that can be cut, to take a dependency away.
 //! - [`otlp`]: an OTLP trace receiver, to see the spans the binaries export.
+//! - [`python`]: the official Python SDKs, run against an agent.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
@@ -27,4 +28,5 @@ pub mod net;
 pub mod otlp;
 pub mod pg;
 pub mod process;
+pub mod python;
 pub mod stores;

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::io::copy_bidirectional;
 use tokio::net::{TcpListener, TcpStream};
@@ -15,6 +15,8 @@ pub struct Relay {
     up: Arc<AtomicBool>,
     // Bumped on every cut, so open connections close.
     cuts: watch::Sender<u64>,
+    /// Connections closed at once while the link was cut.
+    refused: Arc<AtomicU64>,
 }
 
 impl Relay {
@@ -24,14 +26,17 @@ impl Relay {
         let addr = listener.local_addr().unwrap();
         let up = Arc::new(AtomicBool::new(true));
         let (cuts, _) = watch::channel(0u64);
+        let refused = Arc::new(AtomicU64::new(0));
         let relay = Relay {
             addr,
             up: up.clone(),
             cuts: cuts.clone(),
+            refused: refused.clone(),
         };
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 if !up.load(Ordering::SeqCst) {
+                    refused.fetch_add(1, Ordering::SeqCst);
                     drop(inbound);
                     continue;
                 }
@@ -54,6 +59,12 @@ impl Relay {
     pub fn cut(&self) {
         self.up.store(false, Ordering::SeqCst);
         self.cuts.send_modify(|n| *n += 1);
+    }
+
+    /// Connections closed at once while the link was cut (attempts to get
+    /// through).
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::SeqCst)
     }
 
     /// Relays new connections again.

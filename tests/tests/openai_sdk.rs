@@ -19,23 +19,9 @@ async fn openai_python_sdk_through_the_agent() {
         "traffic": {"baseline": "primary"}
     });
     let agent = TestAgent::start(&p.to_string()).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/sdk/openai_sdk_check.py");
-    let out = tokio::process::Command::new("python3")
-        .arg(script)
-        .arg(format!("http://{}", agent.addr))
-        .output()
-        .await
-        .expect("python3 is needed");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !stderr.contains("No module named 'openai'"),
-        "the openai package is needed: pip install openai (tests/run installs it)"
-    );
-    assert!(
-        out.status.success(),
-        "SDK check failed:\n{stdout}\n{stderr}"
-    );
+    let base = format!("http://{}", agent.addr);
+    let stdout =
+        shepherd_tests::python::run_sdk_script("openai_sdk_check.py", &[&base], "openai").await;
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("ok: ")).count(),
         5,

@@ -28,21 +28,13 @@ async fn agent_requests(agent: &TestAgent) -> u64 {
 /// ended with and how many requests it sent to the agent.
 async fn sdk_call(sdk: &str, agent: &TestAgent) -> (u16, u64) {
     let before = agent_requests(agent).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/sdk/sdk_retries_check.py");
-    let out = tokio::process::Command::new("python3")
-        .arg(script)
-        .arg(sdk)
-        .arg(format!("http://{}", agent.addr))
-        .output()
-        .await
-        .expect("python3 is needed");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !stderr.contains("No module named"),
-        "the {sdk} package is needed: pip install openai anthropic (tests/run installs them)\n{stderr}"
-    );
-    assert!(out.status.success(), "{sdk}: {stdout}\n{stderr}");
+    let base = format!("http://{}", agent.addr);
+    let stdout = shepherd_tests::python::run_sdk_script(
+        "sdk_retries_check.py",
+        &[sdk, &base],
+        "openai anthropic",
+    )
+    .await;
     let status = stdout
         .trim()
         .strip_prefix("status=")
