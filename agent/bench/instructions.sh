@@ -25,7 +25,9 @@ for _ in $(seq 1 150); do curl -sf -o /dev/null http://127.0.0.1:18121/healthz &
 req=(--no-tui -c 8 -m POST -H 'content-type: application/json' -D "$BENCH/req.json" http://127.0.0.1:18120/v1/chat/completions)
 "$OHA" -n 500 "${req[@]}" >/dev/null
 callgrind_control -z "$vg" >/dev/null
-"$OHA" -n "$N" "${req[@]}" | grep -q 'Success rate:.*100' || { echo "some requests failed" >&2; exit 1; }
+# oha's summary is read whole first: grep -q quitting early would break oha's pipe.
+summary=$("$OHA" -n "$N" "${req[@]}")
+grep -q 'Success rate:.*100' <<<"$summary" || { echo "some requests failed" >&2; exit 1; }
 callgrind_control -d "$vg" >/dev/null
 kill "$vg"; wait "$vg" 2>/dev/null || true
 total=$(callgrind_annotate --threshold=100 "$out.1" | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1}')

@@ -18,8 +18,11 @@
 
 use std::borrow::Cow;
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
+use std::sync::LazyLock;
+
+use memchr::memmem;
+
+use crate::json::{Bad, Reader, unescape};
 
 /// The API family a request belongs to, which decides the shape of errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +96,65 @@ impl Api {
     }
 }
 
+/// Token counts read from `usage`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub input: u64,
+    pub output: u64,
+}
+
+impl Usage {
+    /// Folds in the `usage` object of one JSON document (a response, or one
+    /// event). It is found by its last `"usage"` key, so the rest of the
+    /// document is not read (a key inside a JSON string would be escaped
+    /// and cannot match), and only its top-level integer fields are.
+    /// Counts only grow: Anthropic's streamed output count is cumulative.
+    pub fn absorb(&mut self, json: &[u8]) {
+        static USAGE: LazyLock<memmem::FinderRev<'static>> =
+            LazyLock::new(|| memmem::FinderRev::new(b"\"usage\""));
+        let Some(at) = USAGE.rfind(json) else {
+            return;
+        };
+        let mut r = Reader::new(&json[at + 7..]);
+        if r.peek() != Some(b':') {
+            return;
+        }
+        let mut r = Reader::new(&json[at + 7 + r.position() + 1..]);
+        // What was read before a malformed part counts.
+        let _ = self.read(&mut r);
+    }
+
+    /// Reads a `usage` value at the reader (an object, or null): the first
+    /// integer of `prompt_tokens`/`input_tokens` and of
+    /// `completion_tokens`/`output_tokens`.
+    fn read(&mut self, r: &mut Reader<'_>) -> Result<(), Bad> {
+        if r.peek() != Some(b'{') {
+            return r.skip();
+        }
+        r.open(b'{')?;
+        let (mut input, mut output) = (None, None);
+        let mut first = true;
+        while let Some(key) = r.key(&mut first)? {
+            let value = match r.peek() {
+                Some(b'0'..=b'9') => r.number()?,
+                _ => {
+                    r.skip()?;
+                    None
+                }
+            };
+            match key {
+                b"prompt_tokens" | b"input_tokens" => input = input.or(value),
+                b"completion_tokens" | b"output_tokens" => output = output.or(value),
+                _ => {}
+            }
+            // Fold as read, so a malformed rest keeps what came before.
+            self.input = self.input.max(input.unwrap_or(0));
+            self.output = self.output.max(output.unwrap_or(0));
+        }
+        Ok(())
+    }
+}
+
 /// Why a successful answer is not a valid answer of its API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Malformed(pub String);
@@ -129,257 +191,406 @@ pub const ANTHROPIC_STOP: [&str; 7] = [
     "model_context_window_exceeded",
 ];
 
-fn known(value: Option<&str>, allowed: &[&str], field: &str) -> Result<(), Malformed> {
+fn known(
+    value: Option<&[u8]>,
+    allowed: &[&str],
+    field: &dyn std::fmt::Display,
+) -> Result<(), Malformed> {
     match value {
-        Some(v) if allowed.contains(&v) => Ok(()),
+        Some(v) if allowed.iter().any(|a| a.as_bytes() == v) => Ok(()),
         Some(v) => Err(malformed(format!(
             "{field}: unknown value {:?}",
-            shepherd_proto::validate::clip(v)
+            shepherd_proto::validate::clip(&String::from_utf8_lossy(v))
         ))),
         None => Err(malformed(format!("{field}: required"))),
     }
 }
 
-/// A JSON string's text (escapes decoded).
-fn text_of(raw: &RawValue) -> Option<Cow<'_, str>> {
-    serde_json::from_str::<Cow<'_, str>>(raw.get()).ok()
+impl From<Bad> for Malformed {
+    fn from(bad: Bad) -> Self {
+        Malformed(bad.to_string())
+    }
 }
 
-/// Adds a JSON string's text to the collected text, when collecting.
-fn add_text(text: Option<&mut String>, raw: &RawValue) {
-    if let (Some(t), Some(s)) = (text, text_of(raw)) {
+/// Adds a string's text to the collected text, when collecting.
+fn add_text(text: &mut Option<&mut String>, raw: &[u8]) {
+    if let Some(t) = text.as_deref_mut()
+        && let Some(s) = unescape(raw)
+    {
         t.push_str(&s);
     }
 }
 
-fn is_string(raw: &RawValue) -> bool {
-    raw.get().starts_with('"')
+/// What a field holds, as far as the checks care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held<'a> {
+    Absent,
+    Null,
+    Text(&'a [u8]),
+    List,
+    Other,
 }
 
-fn is_array(raw: &RawValue) -> bool {
-    raw.get().starts_with('[')
+impl<'a> Held<'a> {
+    /// Reads a value, keeping a string's raw bytes.
+    fn read(r: &mut Reader<'a>) -> Result<Self, Bad> {
+        Ok(match r.peek() {
+            Some(b'"') => Held::Text(r.str()?),
+            Some(b'n') if r.null()? => Held::Null,
+            Some(b'[') => {
+                r.skip()?;
+                Held::List
+            }
+            _ => {
+                r.skip()?;
+                Held::Other
+            }
+        })
+    }
+
+    /// Present and not null.
+    fn is_set(self) -> bool {
+        !matches!(self, Held::Absent | Held::Null)
+    }
+
+    fn text(self) -> Option<&'a [u8]> {
+        match self {
+            Held::Text(t) => Some(t),
+            _ => None,
+        }
+    }
 }
 
-fn parse<'a, T: Deserialize<'a>>(body: &'a [u8], what: &str) -> Result<T, Malformed> {
-    let start = body.iter().position(|b| !b.is_ascii_whitespace());
-    if start.map(|i| body[i]) != Some(b'{') {
+/// Enters the object a document must be.
+fn document(r: &mut Reader<'_>, what: &str) -> Result<(), Malformed> {
+    if r.peek() != Some(b'{') {
         return Err(malformed(format!("{what}: not a JSON object")));
     }
-    serde_json::from_slice(body).map_err(|e| malformed(format!("{what}: not valid JSON ({e})")))
+    r.open(b'{')?;
+    Ok(())
 }
 
-/// A document with the one list field a check starts from (`choices`,
-/// `data` or `content`), read raw so a wrong type gets a clear message.
-#[derive(Deserialize)]
-struct Listing<'a> {
-    #[serde(borrow)]
-    choices: Option<&'a RawValue>,
-    #[serde(borrow)]
-    data: Option<&'a RawValue>,
-    #[serde(borrow)]
-    content: Option<&'a RawValue>,
-    #[serde(borrow, rename = "type")]
-    kind: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    role: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    stop_reason: Option<Cow<'a, str>>,
-}
-
-/// The items of a required, non-empty list field.
-fn items<'a, T: Deserialize<'a>>(
-    raw: Option<&'a RawValue>,
+/// Reads a list field, each item with `each`; it must not be empty unless
+/// `empty_ok`. Returns how many items it held.
+fn list<'a>(
+    r: &mut Reader<'a>,
     field: &str,
-) -> Result<Vec<T>, Malformed> {
-    let rule = || malformed(format!("{field}: must be a non-empty list"));
-    let raw = raw.filter(|r| is_array(r)).ok_or_else(rule)?;
-    let items: Vec<T> = serde_json::from_str(raw.get())
-        .map_err(|e| malformed(format!("{field}: not valid ({e})")))?;
-    if items.is_empty() {
+    empty_ok: bool,
+    mut each: impl FnMut(&mut Reader<'a>, usize) -> Result<(), Malformed>,
+) -> Result<usize, Malformed> {
+    let rule = || {
+        malformed(if empty_ok {
+            format!("{field}: must be a list")
+        } else {
+            format!("{field}: must be a non-empty list")
+        })
+    };
+    if r.peek() != Some(b'[') {
         return Err(rule());
     }
-    Ok(items)
+    r.open(b'[')?;
+    let mut first = true;
+    let mut n = 0;
+    while r.item(&mut first)? {
+        each(r, n)?;
+        n += 1;
+    }
+    if n == 0 && !empty_ok {
+        return Err(rule());
+    }
+    Ok(n)
 }
 
-#[derive(Deserialize)]
-struct ChatChoice<'a> {
-    #[serde(borrow)]
-    message: Option<ChatMessage<'a>>,
-    #[serde(borrow)]
-    finish_reason: Option<Cow<'a, str>>,
+/// Enters an item that must be an object.
+fn item_object(r: &mut Reader<'_>, at: &dyn std::fmt::Display) -> Result<(), Malformed> {
+    if r.peek() != Some(b'{') {
+        return Err(malformed(format!("{at}: must be an object")));
+    }
+    r.open(b'{')?;
+    Ok(())
 }
 
-#[derive(Deserialize)]
-struct ChatMessage<'a> {
-    #[serde(borrow)]
-    role: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    content: Option<&'a RawValue>,
-    #[serde(borrow)]
-    tool_calls: Option<&'a RawValue>,
-    #[serde(borrow)]
-    function_call: Option<&'a RawValue>,
-    #[serde(borrow)]
-    refusal: Option<&'a RawValue>,
-    #[serde(borrow)]
-    audio: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct CompletionChoice<'a> {
-    #[serde(borrow)]
-    text: Option<&'a RawValue>,
-    #[serde(borrow)]
-    finish_reason: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct Embedding<'a> {
-    #[serde(borrow)]
-    embedding: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct Block<'a> {
-    #[serde(borrow, rename = "type")]
-    kind: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    text: Option<&'a RawValue>,
-}
-
-/// Checks a complete successful answer of `api`; with `text`, collects the
-/// answer's text into it.
+/// Checks a complete successful answer of `api`, reading its `usage` on
+/// the way (one pass); with `text`, collects the answer's text into it.
 pub fn check_document(
     api: Api,
     body: &[u8],
-    mut text: Option<&mut String>,
+    text: Option<&mut String>,
+    usage: &mut Usage,
 ) -> Result<(), Malformed> {
-    let mut add = |raw: &RawValue| add_text(text.as_deref_mut(), raw);
+    let mut r = Reader::new(body);
+    let mut read = Read { text, usage };
     match api {
-        Api::ChatCompletions => {
-            let doc: Listing<'_> = parse(body, "answer")?;
-            let choices: Vec<ChatChoice<'_>> = items(doc.choices, "choices")?;
-            for (i, c) in choices.iter().enumerate() {
-                let m = c
-                    .message
-                    .as_ref()
-                    .ok_or_else(|| malformed(format!("choices[{i}].message: required")))?;
-                if m.role.as_deref() != Some("assistant") {
-                    return Err(malformed(format!(
-                        "choices[{i}].message.role: must be \"assistant\""
-                    )));
+        Api::ChatCompletions => chat_completion(&mut r, &mut read)?,
+        Api::Completions => completion(&mut r, &mut read)?,
+        Api::Embeddings => embeddings(&mut r, &mut read)?,
+        Api::Messages => message(&mut r, &mut read)?,
+        Api::Responses | Api::Other(_) => {
+            read.usage.absorb(body);
+            return Ok(());
+        }
+    }
+    r.done()?;
+    Ok(())
+}
+
+/// What a check collects as it reads: the text (when asked) and the usage.
+struct Read<'t, 'u> {
+    text: Option<&'t mut String>,
+    usage: &'u mut Usage,
+}
+
+impl Read<'_, '_> {
+    fn text(&mut self, raw: &[u8]) {
+        add_text(&mut self.text, raw);
+    }
+
+    /// A top-level key no check looks at: `usage` is read, the rest
+    /// skipped.
+    fn other(&mut self, r: &mut Reader<'_>, key: &[u8]) -> Result<(), Bad> {
+        if key == b"usage" {
+            self.usage.read(r)
+        } else {
+            r.skip()
+        }
+    }
+}
+
+fn chat_completion(r: &mut Reader<'_>, read: &mut Read<'_, '_>) -> Result<(), Malformed> {
+    document(r, "answer")?;
+    let mut first = true;
+    let mut choices = 0;
+    while let Some(key) = r.key(&mut first)? {
+        if key == b"choices" {
+            choices = list(r, "choices", false, |r, i| {
+                chat_choice(r, i, &mut read.text)
+            })?;
+        } else {
+            read.other(r, key)?;
+        }
+    }
+    if choices == 0 {
+        return Err(malformed("choices: must be a non-empty list"));
+    }
+    Ok(())
+}
+
+/// `choices[i]` in messages, built only when one is due.
+struct At(&'static str, usize, &'static str);
+
+impl std::fmt::Display for At {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}[{}]{}", self.0, self.1, self.2)
+    }
+}
+
+fn chat_choice(
+    r: &mut Reader<'_>,
+    i: usize,
+    text: &mut Option<&mut String>,
+) -> Result<(), Malformed> {
+    item_object(r, &At("choices", i, ""))?;
+    let mut first = true;
+    let mut message = false;
+    let mut finish = Held::Absent;
+    while let Some(key) = r.key(&mut first)? {
+        match key {
+            b"message" => {
+                chat_message(r, i, text)?;
+                message = true;
+            }
+            b"finish_reason" => finish = Held::read(r)?,
+            _ => r.skip()?,
+        }
+    }
+    if !message {
+        return Err(malformed(format!(
+            "{}: required",
+            At("choices", i, ".message")
+        )));
+    }
+    known(
+        finish.text(),
+        &OPENAI_FINISH,
+        &At("choices", i, ".finish_reason"),
+    )
+}
+
+fn chat_message(
+    r: &mut Reader<'_>,
+    i: usize,
+    text: &mut Option<&mut String>,
+) -> Result<(), Malformed> {
+    item_object(r, &At("choices", i, ".message"))?;
+    let mut first = true;
+    let (mut role, mut content, mut tool_calls, mut other) =
+        (Held::Absent, Held::Absent, Held::Absent, false);
+    while let Some(key) = r.key(&mut first)? {
+        match key {
+            b"role" => role = Held::read(r)?,
+            b"content" => content = Held::read(r)?,
+            b"tool_calls" => tool_calls = Held::read(r)?,
+            b"function_call" | b"refusal" | b"audio" => other |= Held::read(r)?.is_set(),
+            _ => r.skip()?,
+        }
+    }
+    if role.text() != Some(b"assistant") {
+        return Err(malformed(format!(
+            "{}: must be \"assistant\"",
+            At("choices", i, ".message.role")
+        )));
+    }
+    match content {
+        Held::Text(t) => add_text(text, t),
+        Held::Absent | Held::Null if tool_calls == Held::List || other => {}
+        _ => {
+            return Err(malformed(format!(
+                "{}: must be text (or null with tool_calls)",
+                At("choices", i, ".message.content")
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn completion(r: &mut Reader<'_>, read: &mut Read<'_, '_>) -> Result<(), Malformed> {
+    document(r, "answer")?;
+    let mut first = true;
+    let mut choices = 0;
+    while let Some(key) = r.key(&mut first)? {
+        if key == b"choices" {
+            choices = list(r, "choices", false, |r, i| {
+                item_object(r, &At("choices", i, ""))?;
+                let mut first = true;
+                let (mut t, mut finish) = (Held::Absent, Held::Absent);
+                while let Some(key) = r.key(&mut first)? {
+                    match key {
+                        b"text" => t = Held::read(r)?,
+                        b"finish_reason" => finish = Held::read(r)?,
+                        _ => r.skip()?,
+                    }
                 }
-                match m.content {
-                    Some(raw) if is_string(raw) => add(raw),
-                    None if m.tool_calls.is_some_and(is_array)
-                        || m.function_call.is_some()
-                        || m.refusal.is_some()
-                        || m.audio.is_some() => {}
+                match t {
+                    Held::Text(raw) => read.text(raw),
                     _ => {
                         return Err(malformed(format!(
-                            "choices[{i}].message.content: must be text (or null with tool_calls)"
+                            "{}: must be text",
+                            At("choices", i, ".text")
                         )));
                     }
                 }
                 known(
-                    c.finish_reason.as_deref(),
-                    &OPENAI_FINISH,
-                    &format!("choices[{i}].finish_reason"),
-                )?;
-            }
-            Ok(())
-        }
-        Api::Completions => {
-            let doc: Listing<'_> = parse(body, "answer")?;
-            let choices: Vec<CompletionChoice<'_>> = items(doc.choices, "choices")?;
-            for (i, c) in choices.iter().enumerate() {
-                match c.text {
-                    Some(raw) if is_string(raw) => add(raw),
-                    _ => return Err(malformed(format!("choices[{i}].text: must be text"))),
-                }
-                known(
-                    c.finish_reason.as_deref(),
+                    finish.text(),
                     &COMPLETION_FINISH,
-                    &format!("choices[{i}].finish_reason"),
-                )?;
-            }
-            Ok(())
+                    &At("choices", i, ".finish_reason"),
+                )
+            })?;
+        } else {
+            read.other(r, key)?;
         }
-        Api::Embeddings => {
-            let doc: Listing<'_> = parse(body, "answer")?;
-            let data: Vec<Embedding<'_>> = items(doc.data, "data")?;
-            for (i, e) in data.iter().enumerate() {
-                if !e.embedding.is_some_and(|r| is_array(r) || is_string(r)) {
-                    return Err(malformed(format!(
-                        "data[{i}].embedding: must be a list of numbers (or base64)"
-                    )));
-                }
-            }
-            Ok(())
-        }
-        Api::Messages => {
-            let doc: Listing<'_> = parse(body, "answer")?;
-            if doc.kind.as_deref() != Some("message") {
-                return Err(malformed("type: must be \"message\""));
-            }
-            if doc.role.as_deref() != Some("assistant") {
-                return Err(malformed("role: must be \"assistant\""));
-            }
-            let content: Vec<Block<'_>> = items(doc.content, "content")?;
-            for (i, block) in content.iter().enumerate() {
-                match block.kind.as_deref() {
-                    Some("text") => match block.text {
-                        Some(raw) if is_string(raw) => add(raw),
-                        _ => return Err(malformed(format!("content[{i}].text: required"))),
-                    },
-                    Some(_) => {}
-                    None => return Err(malformed(format!("content[{i}].type: required"))),
-                }
-            }
-            known(doc.stop_reason.as_deref(), &ANTHROPIC_STOP, "stop_reason")
-        }
-        Api::Responses | Api::Other(_) => Ok(()),
     }
+    if choices == 0 {
+        return Err(malformed("choices: must be a non-empty list"));
+    }
+    Ok(())
 }
 
-#[derive(Deserialize)]
-struct Chunk<'a> {
-    #[serde(borrow)]
-    choices: Option<Vec<ChunkChoice<'a>>>,
-    #[serde(borrow)]
-    error: Option<&'a RawValue>,
+fn embeddings(r: &mut Reader<'_>, read: &mut Read<'_, '_>) -> Result<(), Malformed> {
+    document(r, "answer")?;
+    let mut first = true;
+    let mut data = 0;
+    while let Some(key) = r.key(&mut first)? {
+        if key == b"data" {
+            data = list(r, "data", false, |r, i| {
+                item_object(r, &At("data", i, ""))?;
+                let mut first = true;
+                let mut embedding = Held::Absent;
+                while let Some(key) = r.key(&mut first)? {
+                    if key == b"embedding" {
+                        embedding = Held::read(r)?;
+                    } else {
+                        r.skip()?;
+                    }
+                }
+                if matches!(embedding, Held::List | Held::Text(_)) {
+                    Ok(())
+                } else {
+                    Err(malformed(format!(
+                        "{}: must be a list of numbers (or base64)",
+                        At("data", i, ".embedding")
+                    )))
+                }
+            })?;
+        } else {
+            read.other(r, key)?;
+        }
+    }
+    if data == 0 {
+        return Err(malformed("data: must be a non-empty list"));
+    }
+    Ok(())
 }
 
-#[derive(Deserialize)]
-struct ChunkChoice<'a> {
-    #[serde(borrow)]
-    delta: Option<Delta<'a>>,
-    #[serde(borrow)]
-    text: Option<&'a RawValue>,
-    #[serde(borrow)]
-    finish_reason: Option<Cow<'a, str>>,
+fn message(r: &mut Reader<'_>, read: &mut Read<'_, '_>) -> Result<(), Malformed> {
+    document(r, "answer")?;
+    let mut first = true;
+    let (mut kind, mut role, mut stop) = (Held::Absent, Held::Absent, Held::Absent);
+    let mut content = 0;
+    while let Some(key) = r.key(&mut first)? {
+        match key {
+            b"type" => kind = Held::read(r)?,
+            b"role" => role = Held::read(r)?,
+            b"stop_reason" => stop = Held::read(r)?,
+            b"content" => {
+                content = list(r, "content", false, |r, i| {
+                    content_block(r, i, &mut read.text)
+                })?;
+            }
+            _ => read.other(r, key)?,
+        }
+    }
+    if kind.text() != Some(b"message") {
+        return Err(malformed("type: must be \"message\""));
+    }
+    if role.text() != Some(b"assistant") {
+        return Err(malformed("role: must be \"assistant\""));
+    }
+    if content == 0 {
+        return Err(malformed("content: must be a non-empty list"));
+    }
+    known(stop.text(), &ANTHROPIC_STOP, &"stop_reason")
 }
 
-#[derive(Deserialize)]
-struct Delta<'a> {
-    #[serde(borrow)]
-    content: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct Event<'a> {
-    #[serde(borrow, rename = "type")]
-    kind: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    delta: Option<EventDelta<'a>>,
-}
-
-#[derive(Deserialize)]
-struct EventDelta<'a> {
-    #[serde(borrow)]
-    text: Option<&'a RawValue>,
-    #[serde(borrow)]
-    stop_reason: Option<Cow<'a, str>>,
+fn content_block(
+    r: &mut Reader<'_>,
+    i: usize,
+    text: &mut Option<&mut String>,
+) -> Result<(), Malformed> {
+    item_object(r, &At("content", i, ""))?;
+    let mut first = true;
+    let (mut block, mut t) = (Held::Absent, Held::Absent);
+    while let Some(key) = r.key(&mut first)? {
+        match key {
+            b"type" => block = Held::read(r)?,
+            b"text" => t = Held::read(r)?,
+            _ => r.skip()?,
+        }
+    }
+    match (block.text(), t) {
+        (Some(b"text"), Held::Text(raw)) => {
+            add_text(text, raw);
+            Ok(())
+        }
+        (Some(b"text"), _) => Err(malformed(format!(
+            "{}: required",
+            At("content", i, ".text")
+        ))),
+        (Some(_), _) => Ok(()),
+        (None, _) => Err(malformed(format!(
+            "{}: required",
+            At("content", i, ".type")
+        ))),
+    }
 }
 
 /// Checks a server-sent event stream event by event: every event is JSON of
@@ -444,69 +655,128 @@ impl StreamCheck {
         data: &[u8],
         mut text: Option<&mut String>,
     ) -> Result<(), Malformed> {
-        let mut add = |raw: &RawValue| add_text(text.as_deref_mut(), raw);
-        let what = format!("event {i}");
+        let mut r = Reader::new(data);
+        let located = |m: Malformed| Malformed(format!("event {i}: {}", m.0));
         match self.api {
             Api::ChatCompletions | Api::Completions => {
-                let chunk: Chunk<'_> = parse(data, &what)?;
-                if chunk.error.is_some() {
-                    return Err(malformed(format!("{what}: an error in the stream")));
-                }
-                let choices = chunk
-                    .choices
-                    .ok_or_else(|| malformed(format!("{what}: choices: must be a list")))?;
-                self.started = true;
-                let allowed: &[&str] = if self.api == Api::Completions {
-                    &COMPLETION_FINISH
-                } else {
-                    &OPENAI_FINISH
-                };
-                for c in &choices {
-                    if let Some(d) = &c.delta
-                        && let Some(raw) = d.content.filter(|r| is_string(r))
-                    {
-                        add(raw);
-                    }
-                    if let Some(raw) = c.text.filter(|r| is_string(r)) {
-                        add(raw);
-                    }
-                    if let Some(r) = &c.finish_reason {
-                        known(Some(r), allowed, &format!("{what}: finish_reason"))?;
-                        self.finished = true;
-                    }
-                }
-                Ok(())
+                self.chunk(&mut r, &mut text).map_err(located)?;
             }
-            Api::Messages => {
-                let event: Event<'_> = parse(data, &what)?;
-                let kind = event
-                    .kind
-                    .as_deref()
-                    .map(str::as_bytes)
-                    .or(name)
-                    .unwrap_or_default();
-                match kind {
-                    b"message_start" => self.started = true,
-                    b"content_block_delta" => {
-                        if let Some(raw) = event.delta.as_ref().and_then(|d| d.text) {
-                            add(raw);
-                        }
-                    }
-                    b"message_delta" => {
-                        if let Some(r) = event.delta.as_ref().and_then(|d| d.stop_reason.as_deref())
-                        {
-                            known(Some(r), &ANTHROPIC_STOP, &format!("{what}: stop_reason"))?;
-                            self.finished = true;
-                        }
-                    }
-                    b"message_stop" => self.terminal = true,
-                    b"error" => return Err(malformed(format!("{what}: an error in the stream"))),
-                    _ => {}
-                }
-                Ok(())
-            }
-            Api::Embeddings | Api::Responses | Api::Other(_) => Ok(()),
+            Api::Messages => self.event_of(&mut r, name, &mut text).map_err(located)?,
+            Api::Embeddings | Api::Responses | Api::Other(_) => return Ok(()),
         }
+        r.done().map_err(|b| located(b.into()))
+    }
+
+    /// An OpenAI chunk: its choices (perhaps none, as the usage chunk),
+    /// their text, and a known finish reason.
+    fn chunk(
+        &mut self,
+        r: &mut Reader<'_>,
+        text: &mut Option<&mut String>,
+    ) -> Result<(), Malformed> {
+        document(r, "the chunk")?;
+        let allowed: &[&str] = if self.api == Api::Completions {
+            &COMPLETION_FINISH
+        } else {
+            &OPENAI_FINISH
+        };
+        let mut first = true;
+        let mut choices = false;
+        let mut finished = false;
+        while let Some(key) = r.key(&mut first)? {
+            match key {
+                b"choices" => {
+                    list(r, "choices", true, |r, c| {
+                        item_object(r, &At("choices", c, ""))?;
+                        let mut first = true;
+                        while let Some(key) = r.key(&mut first)? {
+                            match key {
+                                b"delta" if r.peek() == Some(b'{') => {
+                                    r.open(b'{')?;
+                                    let mut first = true;
+                                    while let Some(key) = r.key(&mut first)? {
+                                        if let (b"content", Held::Text(t)) = (key, Held::read(r)?) {
+                                            add_text(text, t);
+                                        }
+                                    }
+                                }
+                                b"text" => {
+                                    if let Held::Text(t) = Held::read(r)? {
+                                        add_text(text, t);
+                                    }
+                                }
+                                b"finish_reason" => match Held::read(r)? {
+                                    Held::Null => {}
+                                    finish => {
+                                        known(finish.text(), allowed, &"finish_reason")?;
+                                        finished = true;
+                                    }
+                                },
+                                _ => r.skip()?,
+                            }
+                        }
+                        Ok(())
+                    })?;
+                    choices = true;
+                }
+                b"error" if Held::read(r)?.is_set() => {
+                    return Err(malformed("an error in the stream"));
+                }
+                _ => r.skip()?,
+            }
+        }
+        if !choices {
+            return Err(malformed("choices: must be a list"));
+        }
+        self.started = true;
+        self.finished |= finished;
+        Ok(())
+    }
+
+    /// An Anthropic event: its type (or the event's name), text deltas,
+    /// and a known stop reason.
+    fn event_of(
+        &mut self,
+        r: &mut Reader<'_>,
+        name: Option<&[u8]>,
+        text: &mut Option<&mut String>,
+    ) -> Result<(), Malformed> {
+        document(r, "the event")?;
+        let mut first = true;
+        let (mut kind, mut delta_text, mut stop) = (Held::Absent, Held::Absent, Held::Absent);
+        while let Some(key) = r.key(&mut first)? {
+            match key {
+                b"type" => kind = Held::read(r)?,
+                b"delta" if r.peek() == Some(b'{') => {
+                    r.open(b'{')?;
+                    let mut first = true;
+                    while let Some(key) = r.key(&mut first)? {
+                        match key {
+                            b"text" => delta_text = Held::read(r)?,
+                            b"stop_reason" => stop = Held::read(r)?,
+                            _ => r.skip()?,
+                        }
+                    }
+                }
+                _ => r.skip()?,
+            }
+        }
+        match kind.text().or(name).unwrap_or_default() {
+            b"message_start" => self.started = true,
+            b"content_block_delta" => {
+                if let Held::Text(t) = delta_text {
+                    add_text(text, t);
+                }
+            }
+            b"message_delta" if stop.is_set() => {
+                known(stop.text(), &ANTHROPIC_STOP, &"stop_reason")?;
+                self.finished = true;
+            }
+            b"message_stop" => self.terminal = true,
+            b"error" => return Err(malformed("an error in the stream")),
+            _ => {}
+        }
+        Ok(())
     }
 
     /// The verdict on a stream that ended with its final event.
@@ -614,18 +884,19 @@ impl SseEvents {
     }
 }
 
-#[derive(Deserialize)]
-struct ErrorFields<'a> {
-    #[serde(borrow)]
-    error: Option<&'a RawValue>,
-    #[serde(borrow, rename = "type")]
-    kind: Option<&'a RawValue>,
-    #[serde(borrow)]
-    code: Option<&'a RawValue>,
-    #[serde(borrow)]
-    param: Option<&'a RawValue>,
-    #[serde(borrow)]
-    message: Option<&'a RawValue>,
+/// A string's text, or a number as written; other values read as none.
+fn scalar(r: &mut Reader<'_>, body: &[u8]) -> Result<Option<String>, Bad> {
+    match r.peek() {
+        Some(b'"') => Ok(unescape(r.str()?).map(Cow::into_owned)),
+        Some(b'-' | b'0'..=b'9') => {
+            let start = r.position();
+            r.number()?;
+            Ok(std::str::from_utf8(&body[start..r.position()])
+                .ok()
+                .map(str::to_string))
+        }
+        _ => r.skip().map(|()| None),
+    }
 }
 
 /// What an error answer says of itself: its `error` object (or the body's
@@ -648,43 +919,33 @@ pub struct ErrorBody {
 impl ErrorBody {
     /// Reads an error body; anything that is not such JSON reads as empty.
     pub fn parse(body: &[u8]) -> ErrorBody {
-        let Ok(top) = serde_json::from_slice::<ErrorFields<'_>>(body) else {
-            return ErrorBody::default();
-        };
-        let scalar = |raw: Option<&RawValue>| -> Option<String> {
-            let raw = raw?;
-            if is_string(raw) {
-                text_of(raw).map(Cow::into_owned)
-            } else if raw
-                .get()
-                .starts_with(|c: char| c.is_ascii_digit() || c == '-')
-            {
-                Some(raw.get().to_string())
-            } else {
-                None
+        let mut r = Reader::new(body);
+        Self::read(&mut r, body, true).unwrap_or_default()
+    }
+
+    /// The fields of an error object: its nested `error` object's when it
+    /// has one (or its `error` string as the message), else its own.
+    fn read(r: &mut Reader<'_>, body: &[u8], top: bool) -> Result<ErrorBody, Bad> {
+        r.open(b'{')?;
+        let mut own = ErrorBody::default();
+        let mut nested = None;
+        let mut first = true;
+        while let Some(key) = r.key(&mut first)? {
+            match key {
+                b"error" if top && r.peek() == Some(b'{') => {
+                    nested = Some(Self::read(r, body, false)?);
+                }
+                b"error" if top => own.message = own.message.or(scalar(r, body)?),
+                b"type" => own.kind = scalar(r, body)?,
+                b"code" => own.code = scalar(r, body)?,
+                b"param" => own.param = scalar(r, body)?,
+                b"message" => own.message = scalar(r, body)?,
+                _ => r.skip()?,
             }
-        };
-        let nested = top
-            .error
-            .filter(|e| e.get().starts_with('{'))
-            .and_then(|e| serde_json::from_str::<ErrorFields<'_>>(e.get()).ok());
-        match nested {
-            Some(e) => ErrorBody {
-                kind: scalar(e.kind),
-                code: scalar(e.code),
-                param: scalar(e.param),
-                message: scalar(e.message).map(|m| m.to_lowercase()),
-            },
-            // `{"error": "text"}`, or the fields at the top.
-            None => ErrorBody {
-                kind: scalar(top.kind),
-                code: scalar(top.code),
-                param: scalar(top.param),
-                message: scalar(top.message)
-                    .or_else(|| scalar(top.error))
-                    .map(|m| m.to_lowercase()),
-            },
         }
+        let mut fields = nested.unwrap_or(own);
+        fields.message = fields.message.map(|m| m.to_lowercase());
+        Ok(fields)
     }
 
     /// The error's short name for reports: its code, else its type, as
@@ -742,7 +1003,7 @@ mod tests {
 
     fn check(api: Api, body: &str) -> Result<String, String> {
         let mut text = String::new();
-        check_document(api, body.as_bytes(), Some(&mut text))
+        check_document(api, body.as_bytes(), Some(&mut text), &mut Usage::default())
             .map(|()| text)
             .map_err(|m| m.0)
     }
@@ -760,8 +1021,12 @@ mod tests {
         for (body, why) in [
             (r#"{"choices":[]}"#, "choices: must be a non-empty list"),
             (r#"{"choices":"x"}"#, "choices: must be a non-empty list"),
-            (r#"{"choices":[1]}"#, "choices: not valid"),
-            ("{", "answer: not valid JSON"),
+            (r#"{"choices":[1]}"#, "choices[0]: must be an object"),
+            ("{", "not valid JSON at byte 1: expected"),
+            (
+                r#"{"choices":[{"message":{"role":"assistant","content":"x"},"finish_reason":"stop"}]} trailing"#,
+                "not valid JSON at byte",
+            ),
             (r#"{"id":"x"}"#, "choices: must be a non-empty list"),
             ("<html>", "answer: not a JSON object"),
             ("[1]", "answer: not a JSON object"),

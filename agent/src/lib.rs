@@ -10,6 +10,8 @@
 //!   fallback, delivery.
 //! - [`api`]: which API a request belongs to (one rule, by its path), what a
 //!   valid answer of each looks like, what error bodies say.
+//! - [`json`]: a forward-only JSON reader for the request path (answer
+//!   checks, `usage`, error bodies, the model rewrite), one pass, no copies.
 //! - [`model`]: the request's `model` through a backend's model map, and
 //!   the answer's back to the requested one when the backend asks.
 //! - [`outcome`]: the one classification of every answer (ok, app error,
@@ -38,6 +40,7 @@ pub mod config;
 pub mod control;
 pub mod errors;
 pub mod fault;
+pub mod json;
 pub mod model;
 pub mod outcome;
 pub mod policy;

@@ -10,28 +10,25 @@ use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
 use memchr::memmem;
-use serde::Deserialize;
-use serde_json::value::RawValue;
 
+use crate::json::{Reader, unescape};
 use crate::policy::Backend;
-
-#[derive(Deserialize)]
-struct Top<'a> {
-    #[serde(borrow)]
-    model: Option<&'a RawValue>,
-}
 
 /// Where a JSON object's top-level `model` string value is (quotes
 /// included), and the model.
 fn top_model(body: &[u8]) -> Option<(Range<usize>, String)> {
-    if body.first() != Some(&b'{') {
-        return None;
+    let mut r = Reader::new(body);
+    r.open(b'{').ok()?;
+    let mut first = true;
+    while let Some(key) = r.key(&mut first).ok()? {
+        if key == b"model" && r.peek() == Some(b'"') {
+            let start = r.position();
+            let model = unescape(r.str().ok()?)?.into_owned();
+            return Some((start..r.position(), model));
+        }
+        r.skip().ok()?;
     }
-    let top: Top<'_> = serde_json::from_slice(body).ok()?;
-    let raw = top.model?;
-    let model: String = serde_json::from_str(raw.get()).ok()?;
-    let start = (raw.get().as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
-    Some((start..start + raw.get().len(), model))
+    None
 }
 
 /// `body` with `range` replaced by the JSON string `value`.

@@ -20,7 +20,7 @@
 
 use http::StatusCode;
 
-use crate::api::{Api, ErrorBody};
+use crate::api::{Api, ErrorBody, Usage};
 use crate::retry::Failure;
 
 /// The class of an attempt's outcome.
@@ -145,6 +145,8 @@ pub struct Classified {
     /// The error's short name (code or type), or what is wrong with a
     /// malformed answer: the example reports carry.
     pub detail: Option<String>,
+    /// The tokens a successful answer reports (read in the same pass).
+    pub usage: Usage,
 }
 
 impl Classified {
@@ -153,6 +155,7 @@ impl Classified {
             outcome: Some(outcome),
             quota: false,
             detail,
+            usage: Usage::default(),
         }
     }
 
@@ -166,10 +169,13 @@ impl Classified {
 /// request's API (a successful body is checked against it).
 pub fn classify(api: Api, status: StatusCode, body: &[u8]) -> Classified {
     if status.is_success() {
-        return match crate::api::check_document(api, body, None) {
+        let mut usage = Usage::default();
+        let mut c = match crate::api::check_document(api, body, None, &mut usage) {
             Ok(()) => Classified::of(Outcome::Ok, None),
             Err(m) => Classified::of(Outcome::Malformed, Some(m.0)),
         };
+        c.usage = usage;
+        return c;
     }
     if status.is_informational() || status.is_redirection() {
         // The agent follows no redirect: a base URL that redirects (http to

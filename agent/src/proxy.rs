@@ -41,7 +41,7 @@ use crate::retry;
 use crate::runtime::{LiveBackend, LivePolicy, Table};
 use crate::shadow;
 use crate::split;
-use crate::stream::{Attempt, InflightGuard, ObservedBody, ProxyBody, Usage, Watch};
+use crate::stream::{Attempt, InflightGuard, ObservedBody, ProxyBody, Watch};
 use crate::telemetry::AgentStats;
 use crate::trace::{self, BodySpans};
 use crate::upstream::Lease;
@@ -447,8 +447,7 @@ async fn try_backend(
                         let outcome = class.outcome();
                         trace::attempt_outcome(&attempt_span, outcome, Some(status));
                         if outcome.is_final() {
-                            let mut usage = Usage::default();
-                            usage.absorb(&bytes);
+                            let usage = class.usage;
                             if let Some(spans) = BodySpans::of(c.span.clone(), attempt_span) {
                                 spans.finish(outcome, usage);
                             }

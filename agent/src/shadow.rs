@@ -505,10 +505,8 @@ pub fn inspect(api: Api, status: u16, sse: bool, body: &[u8], complete: bool) ->
         text: String::new(),
         usage: Usage::default(),
     };
-    if !status.is_success() || !sse {
-        out.usage.absorb(body);
-    }
     if !status.is_success() {
+        out.usage.absorb(body);
         let class = crate::outcome::classify(api, status, body);
         out.outcome = class.outcome();
         out.detail = class.detail;
@@ -516,6 +514,9 @@ pub fn inspect(api: Api, status: u16, sse: bool, body: &[u8], complete: bool) ->
     }
     out.checked = true;
     let result = if !complete {
+        if !sse {
+            out.usage.absorb(body);
+        }
         out.outcome = Outcome::StreamBroken;
         Err("the answer did not end properly".to_string())
     } else if sse {
@@ -537,7 +538,7 @@ pub fn inspect(api: Api, status: u16, sse: bool, body: &[u8], complete: bool) ->
             Err("the stream did not end with its final event".to_string())
         }
     } else {
-        check_document(api, body, Some(&mut out.text)).map_err(|m| m.0)
+        check_document(api, body, Some(&mut out.text), &mut out.usage).map_err(|m| m.0)
     };
     if let Err(e) = result {
         if out.outcome == Outcome::Ok {

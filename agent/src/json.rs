@@ -1,0 +1,456 @@
+//! A forward-only JSON reader for the request path: it walks a document
+//! once, checking its syntax as it goes, and hands out keys, strings and
+//! positions without copying or allocating. The answer checks, the `usage`
+//! scan, the error-body reader and the model rewrite all read with it, so
+//! a plain answer costs one pass over its bytes (a general deserializer
+//! cost about five times as many instructions on a typical answer; see
+//! BENCHMARKS.md).
+//!
+//! What it checks: the grammar of objects, arrays, strings (escapes),
+//! numbers and literals, and that nothing follows the document. It does
+//! not check that strings are valid UTF-8 or free of raw control
+//! characters. Nesting is limited to [`MAX_DEPTH`].
+
+/// Deepest nesting read.
+pub const MAX_DEPTH: usize = 128;
+
+/// Where a document stops being JSON, and what was expected there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bad {
+    pub at: usize,
+    pub expected: &'static str,
+}
+
+impl std::fmt::Display for Bad {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "not valid JSON at byte {}: expected {}",
+            self.at, self.expected
+        )
+    }
+}
+
+/// A reader over one JSON document.
+pub struct Reader<'a> {
+    b: &'a [u8],
+    i: usize,
+    depth: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Self {
+            b: bytes,
+            i: 0,
+            depth: 0,
+        }
+    }
+
+    /// The offset of the next byte.
+    pub fn position(&self) -> usize {
+        self.i
+    }
+
+    fn bad<T>(&self, expected: &'static str) -> Result<T, Bad> {
+        Err(Bad {
+            at: self.i,
+            expected,
+        })
+    }
+
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.b.get(self.i).copied() {
+            self.i += 1;
+        }
+    }
+
+    /// The next byte that is not white space (not consumed).
+    pub fn peek(&mut self) -> Option<u8> {
+        self.ws();
+        self.b.get(self.i).copied()
+    }
+
+    fn eat(&mut self, c: u8) -> bool {
+        if self.peek() == Some(c) {
+            self.i += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Enters an object (`{`) or an array (`[`).
+    pub fn open(&mut self, c: u8) -> Result<(), Bad> {
+        if self.depth >= MAX_DEPTH {
+            return self.bad("less nesting");
+        }
+        if !self.eat(c) {
+            return self.bad(if c == b'{' { "an object" } else { "a list" });
+        }
+        self.depth += 1;
+        Ok(())
+    }
+
+    /// The next key of the object entered (its raw bytes, escapes kept),
+    /// its colon consumed; `None` at the object's end. `first` is true
+    /// before the first key and kept by the reader.
+    pub fn key(&mut self, first: &mut bool) -> Result<Option<&'a [u8]>, Bad> {
+        let mut c = self.peek();
+        if c == Some(b'}') {
+            self.i += 1;
+            self.depth -= 1;
+            return Ok(None);
+        }
+        if !*first {
+            if c != Some(b',') {
+                return self.bad("',' or '}'");
+            }
+            self.i += 1;
+            c = self.peek();
+        }
+        *first = false;
+        if c != Some(b'"') {
+            return self.bad("a key");
+        }
+        self.i += 1;
+        let key = self.string_body()?;
+        if self.peek() != Some(b':') {
+            return self.bad("':'");
+        }
+        self.i += 1;
+        Ok(Some(key))
+    }
+
+    /// True when another item of the array entered follows (read it next);
+    /// false at the array's end. `first` as for [`Reader::key`].
+    pub fn item(&mut self, first: &mut bool) -> Result<bool, Bad> {
+        if self.eat(b']') {
+            self.depth -= 1;
+            return Ok(false);
+        }
+        if !*first && !self.eat(b',') {
+            return self.bad("',' or ']'");
+        }
+        *first = false;
+        Ok(true)
+    }
+
+    /// A string's raw bytes between its quotes (escapes kept).
+    pub fn str(&mut self) -> Result<&'a [u8], Bad> {
+        if !self.eat(b'"') {
+            return self.bad("a string");
+        }
+        self.string_body()
+    }
+
+    /// The rest of a string whose opening quote was read.
+    fn string_body(&mut self) -> Result<&'a [u8], Bad> {
+        let b = self.b;
+        let start = self.i;
+        let mut i = start;
+        loop {
+            let Some(at) = quote_or_backslash(b, i) else {
+                self.i = b.len();
+                return self.bad("the string's closing quote");
+            };
+            if b[at] == b'"' {
+                self.i = at + 1;
+                return Ok(&b[start..at]);
+            }
+            self.i = at;
+            self.escape()?;
+            i = self.i;
+        }
+    }
+
+    fn escape(&mut self) -> Result<(), Bad> {
+        // At the backslash.
+        match self.b.get(self.i + 1) {
+            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
+                self.i += 2;
+                Ok(())
+            }
+            Some(b'u')
+                if self
+                    .b
+                    .get(self.i + 2..self.i + 6)
+                    .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) =>
+            {
+                self.i += 6;
+                Ok(())
+            }
+            _ => self.bad("an escape"),
+        }
+    }
+
+    /// Consumes `null` if it is next.
+    pub fn null(&mut self) -> Result<bool, Bad> {
+        if self.peek() != Some(b'n') {
+            return Ok(false);
+        }
+        self.literal(b"null")?;
+        Ok(true)
+    }
+
+    fn literal(&mut self, word: &'static [u8]) -> Result<(), Bad> {
+        if self.b[self.i..].starts_with(word) {
+            self.i += word.len();
+            Ok(())
+        } else {
+            self.bad("true, false or null")
+        }
+    }
+
+    /// A number; `Some` when it is a non-negative integer that fits.
+    pub fn number(&mut self) -> Result<Option<u64>, Bad> {
+        self.ws();
+        let b = self.b;
+        let negative = b.get(self.i) == Some(&b'-');
+        if negative {
+            self.i += 1;
+        }
+        // One zero, or digits not starting with one; the value as it goes.
+        let mut value = Some(0u64);
+        match b.get(self.i) {
+            Some(b'0') => self.i += 1,
+            Some(b'1'..=b'9') => {
+                while let Some(&d) = b.get(self.i).filter(|d| d.is_ascii_digit()) {
+                    value = value
+                        .and_then(|v| v.checked_mul(10))
+                        .and_then(|v| v.checked_add(u64::from(d - b'0')));
+                    self.i += 1;
+                }
+            }
+            _ => return self.bad("a number"),
+        }
+        let mut integer = !negative;
+        if b.get(self.i) == Some(&b'.') {
+            self.i += 1;
+            integer = false;
+            if self.digits() == 0 {
+                return self.bad("a digit");
+            }
+        }
+        if let Some(b'e' | b'E') = b.get(self.i).copied() {
+            self.i += 1;
+            integer = false;
+            if let Some(b'+' | b'-') = b.get(self.i).copied() {
+                self.i += 1;
+            }
+            if self.digits() == 0 {
+                return self.bad("a digit");
+            }
+        }
+        Ok(value.filter(|_| integer))
+    }
+
+    /// Skips a number, checking its grammar without reading its value.
+    fn skip_number(&mut self) -> Result<(), Bad> {
+        let b = self.b;
+        if b.get(self.i) == Some(&b'-') {
+            self.i += 1;
+        }
+        match b.get(self.i) {
+            Some(b'0') => self.i += 1,
+            Some(b'1'..=b'9') => {
+                self.digits();
+            }
+            _ => return self.bad("a number"),
+        }
+        if b.get(self.i) == Some(&b'.') {
+            self.i += 1;
+            if self.digits() == 0 {
+                return self.bad("a digit");
+            }
+        }
+        if let Some(b'e' | b'E') = b.get(self.i).copied() {
+            self.i += 1;
+            if let Some(b'+' | b'-') = b.get(self.i).copied() {
+                self.i += 1;
+            }
+            if self.digits() == 0 {
+                return self.bad("a digit");
+            }
+        }
+        Ok(())
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.i;
+        while self.b.get(self.i).is_some_and(u8::is_ascii_digit) {
+            self.i += 1;
+        }
+        self.i - start
+    }
+
+    /// Skips any value, checking it.
+    pub fn skip(&mut self) -> Result<(), Bad> {
+        match self.peek() {
+            Some(b'"') => self.str().map(|_| ()),
+            Some(b'{') => {
+                self.open(b'{')?;
+                let mut first = true;
+                while self.key(&mut first)?.is_some() {
+                    self.skip()?;
+                }
+                Ok(())
+            }
+            Some(b'[') => {
+                self.open(b'[')?;
+                let mut first = true;
+                while self.item(&mut first)? {
+                    self.skip()?;
+                }
+                Ok(())
+            }
+            Some(b't') => self.literal(b"true"),
+            Some(b'f') => self.literal(b"false"),
+            Some(b'n') => self.literal(b"null"),
+            Some(b'-' | b'0'..=b'9') => self.skip_number(),
+            _ => self.bad("a value"),
+        }
+    }
+
+    /// Only white space remains.
+    pub fn done(&mut self) -> Result<(), Bad> {
+        if self.peek().is_some() {
+            return self.bad("the end of the document");
+        }
+        Ok(())
+    }
+}
+
+/// The first `"` or `\\` at or after `from`: eight bytes at a time (no
+/// call overhead for the short strings JSON is full of), then byte by byte.
+fn quote_or_backslash(b: &[u8], from: usize) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    const QUOTES: u64 = ONES * b'"' as u64;
+    const BACKSLASHES: u64 = ONES * b'\\' as u64;
+    // High bits set for zero bytes; the lowest one is exact.
+    let zeros = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    let mut i = from;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let Ok(bytes) = <[u8; 8]>::try_from(chunk) else {
+            break;
+        };
+        let x = u64::from_le_bytes(bytes);
+        let hits = zeros(x ^ QUOTES) | zeros(x ^ BACKSLASHES);
+        if hits != 0 {
+            return Some(i + (hits.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    b.get(i..)?
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\')
+        .map(|n| i + n)
+}
+
+/// A JSON string's text, escapes decoded, from its raw bytes.
+pub fn unescape(raw: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
+    if !raw.contains(&b'\\') {
+        return std::str::from_utf8(raw)
+            .ok()
+            .map(std::borrow::Cow::Borrowed);
+    }
+    let mut quoted = Vec::with_capacity(raw.len() + 2);
+    quoted.push(b'"');
+    quoted.extend_from_slice(raw);
+    quoted.push(b'"');
+    serde_json::from_slice::<String>(&quoted)
+        .ok()
+        .map(std::borrow::Cow::Owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid(text: &str) -> Result<(), Bad> {
+        let mut r = Reader::new(text.as_bytes());
+        r.skip()?;
+        r.done()
+    }
+
+    /// Valid documents pass; each kind of broken one is caught where it
+    /// breaks.
+    #[test]
+    fn checks_the_grammar() {
+        for ok in [
+            r#"{"a": [1, -2.5e3, true, false, null, "x\"y\\u00e9"], "b": {}, "c": []}"#,
+            " 0 ",
+            r#""\n""#,
+            "[[[]]]",
+        ] {
+            assert_eq!(valid(ok), Ok(()), "{ok}");
+        }
+        for (bad, at) in [
+            ("{", 1),
+            (r#"{"a" 1}"#, 5),
+            (r#"{"a": 1,}"#, 8),
+            ("[1 2]", 3),
+            (r#""abc"#, 4),
+            (r#""\x""#, 1),
+            ("01", 1),
+            ("1.", 2),
+            ("nul", 0),
+            ("{} x", 3),
+            ("<html>", 0),
+            ("", 0),
+        ] {
+            assert_eq!(valid(bad).map_err(|e| e.at), Err(at), "{bad}");
+        }
+        let deep = "[".repeat(MAX_DEPTH + 1);
+        assert_eq!(valid(&deep).unwrap_err().expected, "less nesting");
+    }
+
+    /// The quote finder agrees with a plain search at every offset and
+    /// length (its eight-byte steps included).
+    #[test]
+    fn finds_quotes_and_backslashes() {
+        let text = br#"abcdefghijklmnop"q\rstuvwxyz0123456789"tail"#;
+        for from in 0..text.len() {
+            for end in from..=text.len() {
+                let b = &text[..end];
+                let want = b[from..]
+                    .iter()
+                    .position(|&c| c == b'"' || c == b'\\')
+                    .map(|n| from + n);
+                assert_eq!(quote_or_backslash(b, from), want, "{from}..{end}");
+            }
+        }
+    }
+
+    /// Keys and items come in order with their values; numbers read as
+    /// integers when they are.
+    #[test]
+    fn walks_objects_and_arrays() {
+        let mut r = Reader::new(br#"{"n": 7, "f": 1.5, "s": "a\"b", "l": [1, 2]}"#);
+        r.open(b'{').unwrap();
+        let mut first = true;
+        let mut seen = Vec::new();
+        while let Some(k) = r.key(&mut first).unwrap() {
+            match k {
+                b"n" => assert_eq!(r.number().unwrap(), Some(7)),
+                b"f" => assert_eq!(r.number().unwrap(), None),
+                b"s" => assert_eq!(unescape(r.str().unwrap()).unwrap(), "a\"b"),
+                b"l" => {
+                    r.open(b'[').unwrap();
+                    let mut f = true;
+                    let mut n = 0;
+                    while r.item(&mut f).unwrap() {
+                        r.skip().unwrap();
+                        n += 1;
+                    }
+                    assert_eq!(n, 2);
+                }
+                _ => unreachable!(),
+            }
+            seen.push(k.to_vec());
+        }
+        r.done().unwrap();
+        assert_eq!(seen.len(), 4);
+    }
+}
