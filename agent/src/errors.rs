@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use http::StatusCode;
 
-use crate::api::Dialect;
+use crate::api::{self, Dialect};
 
 /// What went wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,21 +64,15 @@ impl ErrorKind {
 
 /// The JSON body of an error.
 pub fn body(dialect: Dialect, kind: ErrorKind, message: &str) -> Bytes {
-    let value = match dialect {
-        Dialect::OpenAi => serde_json::json!({
-            "error": {
-                "message": message,
-                "type": kind.type_name(),
-                "param": null,
-                "code": kind.type_name().trim_start_matches("shepherd_"),
-            }
-        }),
-        Dialect::Anthropic => serde_json::json!({
-            "type": "error",
-            "error": { "type": kind.type_name(), "message": message },
-        }),
-    };
-    Bytes::from(value.to_string())
+    match dialect {
+        Dialect::OpenAi => api::openai::error_body(
+            message,
+            kind.type_name(),
+            None,
+            Some(kind.type_name().trim_start_matches("shepherd_")),
+        ),
+        Dialect::Anthropic => api::anthropic::error_body(kind.type_name(), message),
+    }
 }
 
 /// A server-sent event carrying an error, ending a broken stream.

@@ -8,8 +8,12 @@
 //!   registry of clients, breakers, budgets and counters that outlive it.
 //! - [`proxy`]: route, split, faults, breaker gate, attempts, retries,
 //!   fallback, delivery.
-//! - [`api`]: which API a request belongs to (one rule, by its path), what a
-//!   valid answer of each looks like, what error bodies say.
+//! - [`api`]: which API a request belongs to (one rule, by its path), and
+//!   per API family ([`api::openai`], [`api::anthropic`]) what a valid
+//!   answer looks like, how errors are shaped and how a key is sent.
+//! - [`attempt`]: one attempt at a backend (the request as sent, the
+//!   per-try timeout, the bookkeeping of its outcome), for the proxy and the
+//!   shadow alike.
 //! - [`json`]: a forward-only JSON reader for the request path (answer
 //!   checks, `usage`, error bodies, the model rewrite), one pass, no copies.
 //! - [`model`]: the request's `model` through a backend's model map, and
@@ -21,7 +25,8 @@
 //! - [`split`], [`retry`], [`breaker`], [`fault`]: the generic pieces, each
 //!   reading plain settings.
 //! - [`shadow`]: mirrored requests to the shadow backend, compared with the
-//!   primary's answers in the background.
+//!   primary's answers in the background; [`shadow_gate`]: which requests
+//!   are mirrored, within which bounds.
 //! - [`upstream`]: pooled HTTPS/HTTP clients.
 //! - [`stream`]: response bodies passed through and watched (SSE end, idle
 //!   timeout, usage, time to first token).
@@ -35,6 +40,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod attempt;
 pub mod breaker;
 pub mod config;
 pub mod control;
@@ -50,6 +56,7 @@ pub mod retry;
 pub mod runtime;
 pub mod server;
 pub mod shadow;
+pub mod shadow_gate;
 pub mod split;
 pub mod state;
 pub mod stream;

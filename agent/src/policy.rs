@@ -12,6 +12,7 @@ use http::{HeaderName, HeaderValue};
 use shepherd_proto::v1;
 use shepherd_proto::validate::{timestamp_to_system_time, validate_policy};
 
+use crate::api::Dialect;
 use crate::breaker::BreakerSettings;
 use crate::fault::{Abort, Delay, FaultSettings, StreamCut};
 use crate::retry::{RetryClasses, RetrySettings};
@@ -66,13 +67,6 @@ pub struct Route {
     pub header: Option<(HeaderName, HeaderValue)>,
 }
 
-/// The API dialect of a backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    OpenAi,
-    Anthropic,
-}
-
 /// Where a backend's key comes from, resolved on this host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretRef {
@@ -119,7 +113,8 @@ pub struct BaseUrl {
 pub struct Backend {
     pub name: Arc<str>,
     pub base: BaseUrl,
-    pub protocol: Protocol,
+    /// The API family the backend speaks.
+    pub protocol: Dialect,
     pub credentials: Option<SecretRef>,
     /// The app's model name to this backend's.
     pub model_map: HashMap<String, String>,
@@ -318,8 +313,8 @@ fn backend(policy: &str, i: usize, b: &v1::Backend) -> Result<Backend, PolicyErr
         query: uri.query().map(str::to_string),
     };
     let protocol = match v1::Protocol::try_from(b.protocol) {
-        Ok(v1::Protocol::Anthropic) => Protocol::Anthropic,
-        _ => Protocol::OpenAi,
+        Ok(v1::Protocol::Anthropic) => Dialect::Anthropic,
+        _ => Dialect::OpenAi,
     };
     let credentials = if let Some(name) = b.credentials.strip_prefix("env:") {
         Some(SecretRef::Env(name.to_string()))

@@ -26,22 +26,23 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
-use http::{HeaderMap, Request, Response, StatusCode, Uri, request, response};
-use http_body_util::{BodyExt, Full};
+use http::{HeaderMap, Request, Response, StatusCode, request, response};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::api::{Api, Dialect};
+use crate::api::{Api, Dialect, is_sse};
+pub use crate::attempt::SHADOW_HEADER;
+use crate::attempt::{Attempt, Tried, send};
 use crate::breaker::{Health, Permit};
 use crate::errors::{self, ErrorKind};
 use crate::fault;
 use crate::outcome::{self, Outcome};
-use crate::policy::Backend;
 use crate::retry;
-use crate::runtime::{LiveBackend, LivePolicy, Table};
+use crate::runtime::{LivePolicy, Table};
 use crate::shadow;
 use crate::split;
-use crate::stream::{Attempt, InflightGuard, ObservedBody, ProxyBody, Watch};
+use crate::stream::{InflightGuard, ObservedBody, ProxyBody, Watch};
 use crate::telemetry::AgentStats;
 use crate::trace::{self, BodySpans};
 use crate::upstream::Lease;
@@ -75,29 +76,9 @@ pub const MAX_CHECKED_ANSWER: usize = 8 << 20;
 pub const BACKEND_HEADER: HeaderName = HeaderName::from_static("x-shepherd-backend");
 pub const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-shepherd-attempts");
 pub const POLICY_HEADER: HeaderName = HeaderName::from_static("x-shepherd-policy");
-/// Marks shadow requests (sent by the agent, never by apps).
-pub const SHADOW_HEADER: HeaderName = HeaderName::from_static("x-shepherd-shadow");
 /// Tells the official OpenAI and Anthropic SDKs not to retry an error the
 /// agent already retried or fell back from.
 pub const SHOULD_RETRY_HEADER: HeaderName = HeaderName::from_static("x-should-retry");
-
-/// Request headers never forwarded upstream: hop-by-hop headers, the app's
-/// own credentials (each backend sends its own), and the agent's headers.
-const DROPPED_REQUEST_HEADERS: [HeaderName; 13] = [
-    http::header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    http::header::PROXY_AUTHORIZATION,
-    http::header::TE,
-    http::header::TRAILER,
-    http::header::TRANSFER_ENCODING,
-    http::header::UPGRADE,
-    http::header::HOST,
-    http::header::CONTENT_LENGTH,
-    http::header::AUTHORIZATION,
-    HeaderName::from_static("x-api-key"),
-    HeaderName::from_static("api-key"),
-];
 
 /// Response headers never passed to the app.
 const DROPPED_RESPONSE_HEADERS: [HeaderName; 6] = [
@@ -114,16 +95,6 @@ pub struct Proxy {
     table: Arc<ArcSwap<Table>>,
     limits: Limits,
     stats: Arc<AgentStats>,
-}
-
-/// What one attempt came to.
-pub(crate) enum Tried {
-    /// The upstream answered (on a lent connection, for HTTP/1.1).
-    Response(Response<Incoming>, Option<Lease>),
-    /// A fault answered in its place.
-    Fault(StatusCode, Option<Duration>),
-    /// No answer: [`Outcome::Connect`] or [`Outcome::Timeout`].
-    Failed(Outcome, String),
 }
 
 /// The last failure seen, answered to the app when nothing else serves.
@@ -594,13 +565,6 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse::<u64>().ok())
 }
 
-fn is_sse(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"))
-}
-
 /// A plain answer, read.
 enum Read {
     /// Whole (the connection went back to its pool).
@@ -772,109 +736,6 @@ async fn read_body(mut body: Incoming, max: usize) -> Result<Bytes, ReadError> {
         collect.push(data);
     }
     Ok(collect.finish())
-}
-
-/// Sends one attempt, with the per-try timeout (bounded by the deadline).
-/// `span` is the attempt's span: its context goes upstream as `traceparent`.
-pub(crate) async fn send(
-    parts: &request::Parts,
-    backend: &Backend,
-    lb: &LiveBackend,
-    body: Bytes,
-    deadline: Instant,
-    shadow: bool,
-    span: &tracing::Span,
-) -> Tried {
-    let mut request = match upstream_request(parts, backend, lb, body, shadow) {
-        Ok(r) => r,
-        Err(e) => {
-            return Tried::Failed(Outcome::Connect, format!("cannot build the request: {e}"));
-        }
-    };
-    shepherd_observe::inject(span, request.headers_mut());
-    let limit = backend
-        .timeouts
-        .per_try
-        .min(deadline.saturating_duration_since(Instant::now()));
-    match tokio::time::timeout(limit, lb.clients.current().send(request)).await {
-        Err(_) => Tried::Failed(
-            Outcome::Timeout,
-            format!("no response within {}", humantime::format_duration(limit)),
-        ),
-        Ok(Ok((resp, lease))) => Tried::Response(resp, lease),
-        Ok(Err(e)) => Tried::Failed(Outcome::Connect, e.to_string()),
-    }
-}
-
-/// The request as sent to a backend: its URL, the app's headers minus the
-/// dropped ones, the backend's extra headers and credentials.
-fn upstream_request(
-    parts: &request::Parts,
-    backend: &Backend,
-    lb: &LiveBackend,
-    body: Bytes,
-    shadow: bool,
-) -> Result<Request<Full<Bytes>>, http::Error> {
-    let base = &backend.base;
-    let target = match (
-        base.path.is_empty(),
-        &base.query,
-        parts.uri.path_and_query(),
-    ) {
-        // The usual case: the app's target as it is (no copy).
-        (true, None, Some(pq)) => pq.clone(),
-        _ => {
-            let path = parts.uri.path();
-            let mut pq = String::with_capacity(base.path.len() + path.len() + 32);
-            pq.push_str(&base.path);
-            pq.push_str(path);
-            match (parts.uri.query(), base.query.as_deref()) {
-                (Some(q), Some(b)) => {
-                    pq.push('?');
-                    pq.push_str(b);
-                    pq.push('&');
-                    pq.push_str(q);
-                }
-                (Some(q), None) | (None, Some(q)) => {
-                    pq.push('?');
-                    pq.push_str(q);
-                }
-                (None, None) => {}
-            }
-            http::uri::PathAndQuery::try_from(pq)?
-        }
-    };
-    let uri = Uri::builder()
-        .scheme(base.scheme.clone())
-        .authority(base.authority.clone())
-        .path_and_query(target)
-        .build()?;
-    let mut headers = HeaderMap::with_capacity(parts.headers.len() + backend.headers.len() + 3);
-    for (name, value) in &parts.headers {
-        if !DROPPED_REQUEST_HEADERS.contains(name) && !name.as_str().starts_with("x-shepherd-") {
-            headers.append(name.clone(), value.clone());
-        }
-    }
-    headers.insert(http::header::HOST, lb.host.clone());
-    if shadow {
-        headers.insert(SHADOW_HEADER, HeaderValue::from_static("1"));
-    }
-    // Bodies are watched on the way back; ask for them uncompressed.
-    headers.insert(
-        http::header::ACCEPT_ENCODING,
-        HeaderValue::from_static("identity"),
-    );
-    for (name, value) in &backend.headers {
-        headers.insert(name.clone(), value.clone());
-    }
-    if let Some((name, value)) = &lb.auth {
-        headers.insert(name.clone(), value.clone());
-    }
-    let mut request = Request::new(Full::new(body));
-    *request.method_mut() = parts.method.clone();
-    *request.uri_mut() = uri;
-    *request.headers_mut() = headers;
-    Ok(request)
 }
 
 /// How an upstream response is handed to the app.

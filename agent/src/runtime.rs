@@ -14,11 +14,12 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio_util::sync::CancellationToken;
 
+use crate::api::Dialect;
 use crate::breaker::{Breaker, BreakerSettings};
 use crate::lock;
-use crate::policy::{Backend, Policy, Protocol, SecretRef, ShadowSettings};
+use crate::policy::{Backend, Policy, SecretRef, ShadowSettings};
 use crate::retry::RetryBudget;
-use crate::shadow::{Samples, ShadowGate};
+use crate::shadow_gate::{Samples, ShadowGate};
 use crate::telemetry::{BackendStats, StatsRegistry};
 use crate::upstream::{self, Clients, Connector, Tls};
 
@@ -343,8 +344,11 @@ fn resolve_credentials(b: &Backend) -> Result<Option<(HeaderName, HeaderValue)>,
         return Err("the secret is empty".into());
     }
     let (name, value) = match b.protocol {
-        Protocol::OpenAi => (http::header::AUTHORIZATION, format!("Bearer {key}")),
-        Protocol::Anthropic => (HeaderName::from_static("x-api-key"), key.to_string()),
+        Dialect::OpenAi => (
+            crate::api::openai::CREDENTIAL_HEADER,
+            format!("Bearer {key}"),
+        ),
+        Dialect::Anthropic => (crate::api::anthropic::CREDENTIAL_HEADER, key.to_string()),
     };
     let mut value = HeaderValue::try_from(value)
         .map_err(|_| "the secret holds characters not allowed in a header".to_string())?;

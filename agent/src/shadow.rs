@@ -15,166 +15,26 @@
 //! similarity (token-set overlap of the answers' text). Mismatches are sampled, with the request
 //! id, into a bounded list an operator reads on the admin endpoint.
 
-use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Uri};
 use http_body_util::BodyExt;
-use serde::Serialize;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{Api, SseEvents, StreamCheck, check_document};
-use crate::lock;
+use crate::api::{Api, SseEvents, StreamCheck, Usage, check_document, is_sse};
+use crate::attempt::Tried;
 use crate::outcome::Outcome;
-use crate::policy::ShadowSettings;
 use crate::runtime::LivePolicy;
-use crate::stream::Usage;
-use crate::telemetry::{ShadowStats, shadow_counter as c};
+use crate::shadow_gate::{Admission, Sample, Samples};
+use crate::telemetry::shadow_counter as c;
 
 /// Largest answer body kept for comparison (each side).
 pub const MAX_COMPARED_BODY: usize = 1 << 20;
-/// Mismatch samples kept.
-pub const MAX_SAMPLES: usize = 100;
-
-/// Admission to shadow traffic for one policy: slots, queue, rate and token
-/// caps. Kept across reloads while the settings stay the same.
-pub struct ShadowGate {
-    pub settings: ShadowSettings,
-    /// The split's seed for the shadow's own sticky buckets.
-    seed: String,
-    slots: Arc<Semaphore>,
-    /// Admitted and not yet finished (running or waiting for a slot).
-    admitted: AtomicUsize,
-    rate: Mutex<Bucket>,
-    tokens: Mutex<TokenWindow>,
-}
-
-/// A token bucket for the request rate cap.
-struct Bucket {
-    available: f64,
-    last: Instant,
-}
-
-/// Tokens used per second over the last minute.
-struct TokenWindow {
-    seconds: [u64; 60],
-    /// The second (since `origin`) each slot holds.
-    stamps: [u64; 60],
-    origin: Instant,
-}
-
-impl TokenWindow {
-    fn second(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.origin).as_secs()
-    }
-
-    fn total(&self, now: Instant) -> u64 {
-        let s = self.second(now);
-        self.seconds
-            .iter()
-            .zip(&self.stamps)
-            .filter(|(_, stamp)| s < **stamp + 60)
-            .map(|(n, _)| *n)
-            .sum()
-    }
-
-    fn add(&mut self, now: Instant, n: u64) {
-        let s = self.second(now);
-        let slot = (s % 60) as usize;
-        if self.stamps[slot] != s {
-            self.stamps[slot] = s;
-            self.seconds[slot] = 0;
-        }
-        self.seconds[slot] += n;
-    }
-}
-
-/// A shadow request admitted; dropping it gives its place back.
-pub struct Admission {
-    gate: Arc<ShadowGate>,
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        self.gate.admitted.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl ShadowGate {
-    pub fn new(policy: &str, settings: ShadowSettings) -> Self {
-        let now = Instant::now();
-        Self {
-            seed: format!("{policy}\u{0}shadow"),
-            slots: Arc::new(Semaphore::new(settings.max_concurrency.max(1))),
-            admitted: AtomicUsize::new(0),
-            rate: Mutex::new(Bucket {
-                available: settings.max_requests_per_second.unwrap_or(0.0).max(1.0),
-                last: now,
-            }),
-            tokens: Mutex::new(TokenWindow {
-                seconds: [0; 60],
-                stamps: [u64::MAX - 60; 60],
-                origin: now,
-            }),
-            settings,
-        }
-    }
-
-    /// The sticky bucket of a request for mirroring (independent of the
-    /// split's).
-    pub fn bucket(&self, key: Option<&[u8]>) -> u32 {
-        match key {
-            Some(k) => crate::split::bucket(&self.seed, k),
-            None => crate::split::random_bucket(),
-        }
-    }
-
-    /// Whether a request in `bucket` is mirrored now; counts those picked but
-    /// skipped (caps) or shed (no slot or queue place).
-    pub fn admit(self: &Arc<Self>, bucket: u32, stats: &ShadowStats) -> Option<Admission> {
-        if bucket >= self.settings.basis_points {
-            return None;
-        }
-        let now = Instant::now();
-        if let Some(cap) = self.settings.max_tokens_per_minute
-            && lock(&self.tokens).total(now) >= cap
-        {
-            stats.bump(c::SKIPPED_TOKENS);
-            return None;
-        }
-        if let Some(rps) = self.settings.max_requests_per_second {
-            let mut b = lock(&self.rate);
-            let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
-            b.available = (b.available + elapsed * rps).min(rps.max(1.0));
-            b.last = now;
-            if b.available < 1.0 {
-                stats.bump(c::SKIPPED_RATE);
-                return None;
-            }
-            b.available -= 1.0;
-        }
-        // Running plus waiting: at most twice the slots.
-        let limit = self.settings.max_concurrency.max(1) * 2;
-        if self.admitted.fetch_add(1, Ordering::AcqRel) >= limit {
-            self.admitted.fetch_sub(1, Ordering::AcqRel);
-            stats.bump(c::SHED);
-            return None;
-        }
-        Some(Admission { gate: self.clone() })
-    }
-
-    fn used_tokens(&self, n: u64) {
-        if n > 0 {
-            lock(&self.tokens).add(Instant::now(), n);
-        }
-    }
-}
-
 /// What the app got from the primary, for comparison.
 #[derive(Debug, Clone)]
 pub struct Seen {
@@ -232,43 +92,6 @@ impl Tap {
     }
 }
 
-/// A mismatch kept for an operator.
-#[derive(Debug, Clone, Serialize)]
-pub struct Sample {
-    pub time: String,
-    pub policy: String,
-    pub backend: String,
-    pub request_id: String,
-    pub primary_status: u16,
-    /// 0 when the shadow got no answer.
-    pub shadow_status: u16,
-    pub reason: String,
-    /// The request body, when the policy keeps prompts.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub request: Option<String>,
-}
-
-/// The latest mismatch samples, bounded.
-#[derive(Default)]
-pub struct Samples {
-    inner: Mutex<VecDeque<Sample>>,
-}
-
-impl Samples {
-    pub fn push(&self, sample: Sample) {
-        let mut q = lock(&self.inner);
-        if q.len() >= MAX_SAMPLES {
-            q.pop_front();
-        }
-        q.push_back(sample);
-    }
-
-    /// Newest first.
-    pub fn list(&self) -> Vec<Sample> {
-        lock(&self.inner).iter().rev().cloned().collect()
-    }
-}
-
 /// A request to mirror.
 pub struct Mirror {
     pub admission: Admission,
@@ -288,7 +111,7 @@ pub fn spawn(mirror: Mirror, primary: oneshot::Receiver<Seen>) {
     tokio::spawn(async move {
         let stop = mirror.stop.clone();
         let live = mirror.live.clone();
-        let index = mirror.admission.gate.settings.backend;
+        let index = mirror.admission.gate().settings.backend;
         tokio::select! {
             () = stop.cancelled() => live.backends[index].stats.shadow.bump(c::CANCELLED),
             () = run(mirror, primary) => {}
@@ -297,13 +120,13 @@ pub fn spawn(mirror: Mirror, primary: oneshot::Receiver<Seen>) {
 }
 
 async fn run(mirror: Mirror, primary: oneshot::Receiver<Seen>) {
-    let gate = mirror.admission.gate.clone();
+    let gate = mirror.admission.gate().clone();
     let live = &mirror.live;
     let index = gate.settings.backend;
     let backend = &live.policy.backends[index];
     let lb = &live.backends[index];
     let stats = &lb.stats.shadow;
-    let Ok(_slot) = gate.slots.clone().acquire_owned().await else {
+    let Some(_slot) = gate.slot().await else {
         return;
     };
     stats.bump(c::MIRRORED);
@@ -317,7 +140,7 @@ async fn run(mirror: Mirror, primary: oneshot::Receiver<Seen>) {
     let (payload, _) = crate::model::for_backend(backend, &mirror.body);
     let started = Instant::now();
     let deadline = started + backend.timeouts.overall;
-    let answer = match crate::proxy::send(
+    let answer = match crate::attempt::send(
         &parts,
         backend,
         lb,
@@ -328,7 +151,7 @@ async fn run(mirror: Mirror, primary: oneshot::Receiver<Seen>) {
     )
     .await
     {
-        crate::proxy::Tried::Response(resp, lease) => {
+        Tried::Response(resp, lease) => {
             let status = resp.status();
             let sse = is_sse(resp.headers());
             let (body, ttft, ended) = read_all(
@@ -347,11 +170,11 @@ async fn run(mirror: Mirror, primary: oneshot::Receiver<Seen>) {
             }
             Some((status.as_u16(), sse, body, ended))
         }
-        crate::proxy::Tried::Failed(outcome, _) => {
+        Tried::Failed(outcome, _) => {
             stats.record(outcome);
             None
         }
-        crate::proxy::Tried::Fault(..) => None,
+        Tried::Fault(..) => None,
     };
     let api = Api::of_path(mirror.uri.path());
     let shadow = answer.map(|(status, sse, body, ended)| {
@@ -431,13 +254,6 @@ async fn run(mirror: Mirror, primary: oneshot::Receiver<Seen>) {
                 .then(|| String::from_utf8_lossy(&mirror.body).into_owned()),
         });
     }
-}
-
-fn is_sse(headers: &HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"))
 }
 
 /// Reads a body to its end (or the deadline, or an idle gap); returns what
@@ -524,7 +340,7 @@ pub fn inspect(api: Api, status: u16, sse: bool, body: &[u8], complete: bool) ->
         let mut check = StreamCheck::new(api);
         let (text, usage) = (&mut out.text, &mut out.usage);
         let mut on_event = |name: Option<&[u8]>, data: &[u8]| {
-            if crate::stream::USAGE_KEY.find(data).is_some() {
+            if crate::api::USAGE_KEY.find(data).is_some() {
                 usage.absorb(data);
             }
             check.event(name, data, Some(text));
@@ -648,58 +464,5 @@ mod tests {
         let mut tap = Tap::new(200, false, tx);
         tap.finish(Outcome::Cancelled);
         assert!(rx.try_recv().is_err());
-    }
-
-    fn settings(percent_bp: u32, concurrency: usize) -> ShadowSettings {
-        ShadowSettings {
-            backend: 1,
-            basis_points: percent_bp,
-            max_concurrency: concurrency,
-            max_requests_per_second: None,
-            max_tokens_per_minute: None,
-            keep_prompts: false,
-        }
-    }
-
-    /// Only buckets under the percentage are picked; beyond twice the slots
-    /// requests are shed, and places come back when admissions end.
-    #[test]
-    fn admits_within_percent_and_sheds_beyond_the_queue() {
-        let gate = Arc::new(ShadowGate::new("chat", settings(1000, 2)));
-        let stats = ShadowStats::default();
-        assert!(gate.admit(1000, &stats).is_none(), "not picked");
-        let held: Vec<_> = (0..4).map(|_| gate.admit(0, &stats).unwrap()).collect();
-        assert!(gate.admit(0, &stats).is_none());
-        assert_eq!(stats.counters[c::SHED].load(Ordering::Relaxed), 1);
-        drop(held);
-        assert!(gate.admit(0, &stats).is_some());
-        // The shadow's bucket of a key is sticky.
-        assert_eq!(gate.bucket(Some(b"alice")), gate.bucket(Some(b"alice")));
-    }
-
-    /// The request rate cap and the token cap skip mirroring, counted.
-    #[tokio::test(start_paused = true)]
-    async fn caps_rate_and_tokens() {
-        let mut s = settings(10_000, 100);
-        s.max_requests_per_second = Some(2.0);
-        s.max_tokens_per_minute = Some(100);
-        let gate = Arc::new(ShadowGate::new("chat", s));
-        let stats = ShadowStats::default();
-        assert!(gate.admit(0, &stats).is_some());
-        assert!(gate.admit(0, &stats).is_some());
-        assert!(gate.admit(0, &stats).is_none());
-        assert_eq!(stats.counters[c::SKIPPED_RATE].load(Ordering::Relaxed), 1);
-        tokio::time::advance(Duration::from_millis(500)).await;
-        assert!(
-            gate.admit(0, &stats).is_some(),
-            "one more after half a second"
-        );
-        gate.used_tokens(100);
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(gate.admit(0, &stats).is_none());
-        assert_eq!(stats.counters[c::SKIPPED_TOKENS].load(Ordering::Relaxed), 1);
-        // The tokens leave the window after a minute.
-        tokio::time::advance(Duration::from_secs(60)).await;
-        assert!(gate.admit(0, &stats).is_some());
     }
 }

@@ -25,12 +25,12 @@ use tokio::time::{Instant, Sleep};
 
 pub use crate::api::Usage;
 use crate::api::{Api, SseEvents, StreamCheck};
-use crate::breaker::{Breaker, Permit};
+use crate::attempt::Attempt;
 use crate::errors::{self, ErrorKind};
 use crate::model::StreamModel;
 use crate::outcome::Outcome;
 use crate::shadow::Tap;
-use crate::telemetry::{AgentStats, BackendStats};
+use crate::telemetry::AgentStats;
 use crate::trace::BodySpans;
 use crate::upstream::Lease;
 
@@ -119,66 +119,6 @@ impl Body for ProxyBody {
     }
 }
 
-/// Bookkeeping of one attempt, settled once with its outcome: when its
-/// answer was judged, or when the body delivered to the app ends (or the
-/// app goes away).
-pub struct Attempt {
-    pub stats: Arc<BackendStats>,
-    pub breaker: Option<Arc<Breaker>>,
-    pub permit: Permit,
-    pub started: Instant,
-    /// The answer's status.
-    pub status: u16,
-}
-
-impl Attempt {
-    /// Settles an answer delivered to the app: its outcome, its latency and
-    /// time to first token, its tokens, and what the breaker learns.
-    /// `detail` names what was wrong, for the failure example.
-    pub fn settle(
-        self,
-        outcome: Outcome,
-        detail: Option<&str>,
-        ttft: Option<Duration>,
-        usage: Usage,
-    ) {
-        if outcome == Outcome::Cancelled {
-            // Says nothing about the backend: give a probe slot back.
-            self.stats.record(outcome);
-            return;
-        }
-        self.stats
-            .record_latency(self.started.elapsed(), outcome == Outcome::Ok);
-        if let Some(t) = ttft {
-            self.stats.ttft.record(t);
-        }
-        self.stats.add_tokens(usage.input, usage.output);
-        self.fail(outcome, false, detail);
-    }
-
-    /// Settles an attempt whose answer did not reach the app (a failure
-    /// retried or fallen back from): its outcome, its failure example and
-    /// what the breaker learns.
-    pub fn fail(self, outcome: Outcome, quota: bool, detail: Option<&str>) {
-        let Attempt {
-            stats,
-            breaker,
-            permit,
-            status,
-            ..
-        } = self;
-        stats.record(outcome);
-        if outcome != Outcome::Ok && status != 0 {
-            stats.examples.offer(outcome, status, detail);
-        }
-        permit.record(breaker.as_deref(), outcome.health(quota));
-    }
-}
-
-/// Finds the `usage` key in a document or event.
-pub(crate) static USAGE_KEY: LazyLock<memmem::Finder<'static>> =
-    LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
-
 static EVENT_END: LazyLock<memmem::Finder<'static>> =
     LazyLock::new(|| memmem::Finder::new(b"\n\n"));
 
@@ -236,7 +176,7 @@ impl Events {
     fn feed(&mut self, data: Option<&[u8]>, usage: &mut Usage) {
         let check = &mut self.check;
         let mut on_event = |name: Option<&[u8]>, event: &[u8]| {
-            if USAGE_KEY.find(event).is_some() {
+            if crate::api::USAGE_KEY.find(event).is_some() {
                 usage.absorb(event);
             }
             check.event(name, event, None);

@@ -13,11 +13,10 @@ use http::request;
 use shepherd_observe::{KeyValue, Status, TraceContextExt};
 use tracing::Span;
 
-use crate::api::Api;
+use crate::api::{Api, Usage};
 use crate::breaker::BreakerState;
 use crate::outcome::Outcome;
 use crate::runtime::{LiveBackend, LivePolicy};
-use crate::stream::Usage;
 
 /// The span of one request from the app.
 pub fn request(parts: &request::Parts, body: &[u8], live: &LivePolicy, api: Api) -> Span {

@@ -1,20 +1,24 @@
-//! The APIs apps call through the agent, and what a valid answer of each
-//! looks like.
+//! The APIs apps call through the agent: one home for what each means.
 //!
-//! - [`Api::of`] decides a request's API from its method and path; it is the
-//!   one rule the whole agent uses (the split, error shapes, answer checks,
-//!   shadow comparison, traces).
+//! - [`Api::of_path`] decides a request's API from its path; it is the one
+//!   rule the whole agent uses (the split, error shapes, answer checks,
+//!   translation, shadow comparison, traces).
+//! - [`openai`] and [`anthropic`]: each API family's own rules (valid
+//!   answers, stream events, error shapes, credential header, paths).
 //! - [`check_document`] checks a complete (non-streamed) successful answer;
 //!   [`StreamCheck`] checks a server-sent event stream event by event as it
 //!   passes. Either says what is wrong with an answer that is not a valid
 //!   answer of its API ([`Malformed`]), and can collect the answer's text for
 //!   the shadow comparison.
+//! - [`Usage`] reads token counts the same way for both families.
+//! - [`SseEvents`] splits a server-sent event stream into events;
+//!   [`is_sse`] tells a stream from a plain answer.
 //! - [`ErrorBody`] reads the `type`, `code` and `param` of an error answer
 //!   (OpenAI's `{"error": {...}}`, Anthropic's `{"type": "error", "error":
 //!   {...}}`, and the bare objects some OpenAI-compatible servers send).
 //!
-//! The checks parse with borrowed serde structs that skip what they do not
-//! look at, so checking a typical answer costs one pass over its bytes.
+//! Everything reads with the forward-only [`crate::json::Reader`], so
+//! checking a typical answer costs one pass over its bytes.
 
 use std::borrow::Cow;
 
@@ -23,6 +27,12 @@ use std::sync::LazyLock;
 use memchr::memmem;
 
 use crate::json::{Bad, Reader, unescape};
+
+pub mod anthropic;
+pub mod openai;
+
+pub use anthropic::ANTHROPIC_STOP;
+pub use openai::OPENAI_FINISH;
 
 /// The API family a request belongs to, which decides the shape of errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +104,18 @@ impl Api {
             Api::Other(_) => "request",
         }
     }
+}
+
+/// Finds the `usage` key in a document or event.
+pub static USAGE_KEY: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
+
+/// True when a response's head says it is a server-sent event stream.
+pub fn is_sse(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
 }
 
 /// Token counts read from `usage`.
@@ -168,28 +190,6 @@ impl std::fmt::Display for Malformed {
 fn malformed(why: impl Into<String>) -> Malformed {
     Malformed(why.into())
 }
-
-/// Finish reasons of OpenAI answers: the values the official SDKs' types
-/// allow.
-pub const OPENAI_FINISH: [&str; 5] = [
-    "stop",
-    "length",
-    "tool_calls",
-    "content_filter",
-    "function_call",
-];
-/// Finish reasons of legacy completions.
-const COMPLETION_FINISH: [&str; 3] = ["stop", "length", "content_filter"];
-/// Stop reasons of Anthropic messages.
-pub const ANTHROPIC_STOP: [&str; 7] = [
-    "end_turn",
-    "max_tokens",
-    "stop_sequence",
-    "tool_use",
-    "pause_turn",
-    "refusal",
-    "model_context_window_exceeded",
-];
 
 fn known(
     value: Option<&[u8]>,
@@ -321,10 +321,10 @@ pub fn check_document(
     let mut r = Reader::new(body);
     let mut read = Read { text, usage };
     match api {
-        Api::ChatCompletions => chat_completion(&mut r, &mut read)?,
-        Api::Completions => completion(&mut r, &mut read)?,
-        Api::Embeddings => embeddings(&mut r, &mut read)?,
-        Api::Messages => message(&mut r, &mut read)?,
+        Api::ChatCompletions => openai::chat_completion(&mut r, &mut read)?,
+        Api::Completions => openai::completion(&mut r, &mut read)?,
+        Api::Embeddings => openai::embeddings(&mut r, &mut read)?,
+        Api::Messages => anthropic::message(&mut r, &mut read)?,
         Api::Responses | Api::Other(_) => {
             read.usage.absorb(body);
             return Ok(());
@@ -356,240 +356,12 @@ impl Read<'_, '_> {
     }
 }
 
-fn chat_completion(r: &mut Reader<'_>, read: &mut Read<'_, '_>) -> Result<(), Malformed> {
-    document(r, "answer")?;
-    let mut first = true;
-    let mut choices = 0;
-    while let Some(key) = r.key(&mut first)? {
-        if key == b"choices" {
-            choices = list(r, "choices", false, |r, i| {
-                chat_choice(r, i, &mut read.text)
-            })?;
-        } else {
-            read.other(r, key)?;
-        }
-    }
-    if choices == 0 {
-        return Err(malformed("choices: must be a non-empty list"));
-    }
-    Ok(())
-}
-
 /// `choices[i]` in messages, built only when one is due.
 struct At(&'static str, usize, &'static str);
 
 impl std::fmt::Display for At {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}[{}]{}", self.0, self.1, self.2)
-    }
-}
-
-fn chat_choice(
-    r: &mut Reader<'_>,
-    i: usize,
-    text: &mut Option<&mut String>,
-) -> Result<(), Malformed> {
-    item_object(r, &At("choices", i, ""))?;
-    let mut first = true;
-    let mut message = false;
-    let mut finish = Held::Absent;
-    while let Some(key) = r.key(&mut first)? {
-        match key {
-            b"message" => {
-                chat_message(r, i, text)?;
-                message = true;
-            }
-            b"finish_reason" => finish = Held::read(r)?,
-            _ => r.skip()?,
-        }
-    }
-    if !message {
-        return Err(malformed(format!(
-            "{}: required",
-            At("choices", i, ".message")
-        )));
-    }
-    known(
-        finish.text(),
-        &OPENAI_FINISH,
-        &At("choices", i, ".finish_reason"),
-    )
-}
-
-fn chat_message(
-    r: &mut Reader<'_>,
-    i: usize,
-    text: &mut Option<&mut String>,
-) -> Result<(), Malformed> {
-    item_object(r, &At("choices", i, ".message"))?;
-    let mut first = true;
-    let (mut role, mut content, mut tool_calls, mut other) =
-        (Held::Absent, Held::Absent, Held::Absent, false);
-    while let Some(key) = r.key(&mut first)? {
-        match key {
-            b"role" => role = Held::read(r)?,
-            b"content" => content = Held::read(r)?,
-            b"tool_calls" => tool_calls = Held::read(r)?,
-            b"function_call" | b"refusal" | b"audio" => other |= Held::read(r)?.is_set(),
-            _ => r.skip()?,
-        }
-    }
-    if role.text() != Some(b"assistant") {
-        return Err(malformed(format!(
-            "{}: must be \"assistant\"",
-            At("choices", i, ".message.role")
-        )));
-    }
-    match content {
-        Held::Text(t) => add_text(text, t),
-        Held::Absent | Held::Null if tool_calls == Held::List || other => {}
-        _ => {
-            return Err(malformed(format!(
-                "{}: must be text (or null with tool_calls)",
-                At("choices", i, ".message.content")
-            )));
-        }
-    }
-    Ok(())
-}
-
-fn completion(r: &mut Reader<'_>, read: &mut Read<'_, '_>) -> Result<(), Malformed> {
-    document(r, "answer")?;
-    let mut first = true;
-    let mut choices = 0;
-    while let Some(key) = r.key(&mut first)? {
-        if key == b"choices" {
-            choices = list(r, "choices", false, |r, i| {
-                item_object(r, &At("choices", i, ""))?;
-                let mut first = true;
-                let (mut t, mut finish) = (Held::Absent, Held::Absent);
-                while let Some(key) = r.key(&mut first)? {
-                    match key {
-                        b"text" => t = Held::read(r)?,
-                        b"finish_reason" => finish = Held::read(r)?,
-                        _ => r.skip()?,
-                    }
-                }
-                match t {
-                    Held::Text(raw) => read.text(raw),
-                    _ => {
-                        return Err(malformed(format!(
-                            "{}: must be text",
-                            At("choices", i, ".text")
-                        )));
-                    }
-                }
-                known(
-                    finish.text(),
-                    &COMPLETION_FINISH,
-                    &At("choices", i, ".finish_reason"),
-                )
-            })?;
-        } else {
-            read.other(r, key)?;
-        }
-    }
-    if choices == 0 {
-        return Err(malformed("choices: must be a non-empty list"));
-    }
-    Ok(())
-}
-
-fn embeddings(r: &mut Reader<'_>, read: &mut Read<'_, '_>) -> Result<(), Malformed> {
-    document(r, "answer")?;
-    let mut first = true;
-    let mut data = 0;
-    while let Some(key) = r.key(&mut first)? {
-        if key == b"data" {
-            data = list(r, "data", false, |r, i| {
-                item_object(r, &At("data", i, ""))?;
-                let mut first = true;
-                let mut embedding = Held::Absent;
-                while let Some(key) = r.key(&mut first)? {
-                    if key == b"embedding" {
-                        embedding = Held::read(r)?;
-                    } else {
-                        r.skip()?;
-                    }
-                }
-                if matches!(embedding, Held::List | Held::Text(_)) {
-                    Ok(())
-                } else {
-                    Err(malformed(format!(
-                        "{}: must be a list of numbers (or base64)",
-                        At("data", i, ".embedding")
-                    )))
-                }
-            })?;
-        } else {
-            read.other(r, key)?;
-        }
-    }
-    if data == 0 {
-        return Err(malformed("data: must be a non-empty list"));
-    }
-    Ok(())
-}
-
-fn message(r: &mut Reader<'_>, read: &mut Read<'_, '_>) -> Result<(), Malformed> {
-    document(r, "answer")?;
-    let mut first = true;
-    let (mut kind, mut role, mut stop) = (Held::Absent, Held::Absent, Held::Absent);
-    let mut content = 0;
-    while let Some(key) = r.key(&mut first)? {
-        match key {
-            b"type" => kind = Held::read(r)?,
-            b"role" => role = Held::read(r)?,
-            b"stop_reason" => stop = Held::read(r)?,
-            b"content" => {
-                content = list(r, "content", false, |r, i| {
-                    content_block(r, i, &mut read.text)
-                })?;
-            }
-            _ => read.other(r, key)?,
-        }
-    }
-    if kind.text() != Some(b"message") {
-        return Err(malformed("type: must be \"message\""));
-    }
-    if role.text() != Some(b"assistant") {
-        return Err(malformed("role: must be \"assistant\""));
-    }
-    if content == 0 {
-        return Err(malformed("content: must be a non-empty list"));
-    }
-    known(stop.text(), &ANTHROPIC_STOP, &"stop_reason")
-}
-
-fn content_block(
-    r: &mut Reader<'_>,
-    i: usize,
-    text: &mut Option<&mut String>,
-) -> Result<(), Malformed> {
-    item_object(r, &At("content", i, ""))?;
-    let mut first = true;
-    let (mut block, mut t) = (Held::Absent, Held::Absent);
-    while let Some(key) = r.key(&mut first)? {
-        match key {
-            b"type" => block = Held::read(r)?,
-            b"text" => t = Held::read(r)?,
-            _ => r.skip()?,
-        }
-    }
-    match (block.text(), t) {
-        (Some(b"text"), Held::Text(raw)) => {
-            add_text(text, raw);
-            Ok(())
-        }
-        (Some(b"text"), _) => Err(malformed(format!(
-            "{}: required",
-            At("content", i, ".text")
-        ))),
-        (Some(_), _) => Ok(()),
-        (None, _) => Err(malformed(format!(
-            "{}: required",
-            At("content", i, ".type")
-        ))),
     }
 }
 
@@ -659,124 +431,12 @@ impl StreamCheck {
         let located = |m: Malformed| Malformed(format!("event {i}: {}", m.0));
         match self.api {
             Api::ChatCompletions | Api::Completions => {
-                self.chunk(&mut r, &mut text).map_err(located)?;
+                openai::chunk(self, &mut r, &mut text).map_err(located)?;
             }
-            Api::Messages => self.event_of(&mut r, name, &mut text).map_err(located)?,
+            Api::Messages => anthropic::event_of(self, &mut r, name, &mut text).map_err(located)?,
             Api::Embeddings | Api::Responses | Api::Other(_) => return Ok(()),
         }
         r.done().map_err(|b| located(b.into()))
-    }
-
-    /// An OpenAI chunk: its choices (perhaps none, as the usage chunk),
-    /// their text, and a known finish reason.
-    fn chunk(
-        &mut self,
-        r: &mut Reader<'_>,
-        text: &mut Option<&mut String>,
-    ) -> Result<(), Malformed> {
-        document(r, "the chunk")?;
-        let allowed: &[&str] = if self.api == Api::Completions {
-            &COMPLETION_FINISH
-        } else {
-            &OPENAI_FINISH
-        };
-        let mut first = true;
-        let mut choices = false;
-        let mut finished = false;
-        while let Some(key) = r.key(&mut first)? {
-            match key {
-                b"choices" => {
-                    list(r, "choices", true, |r, c| {
-                        item_object(r, &At("choices", c, ""))?;
-                        let mut first = true;
-                        while let Some(key) = r.key(&mut first)? {
-                            match key {
-                                b"delta" if r.peek() == Some(b'{') => {
-                                    r.open(b'{')?;
-                                    let mut first = true;
-                                    while let Some(key) = r.key(&mut first)? {
-                                        if let (b"content", Held::Text(t)) = (key, Held::read(r)?) {
-                                            add_text(text, t);
-                                        }
-                                    }
-                                }
-                                b"text" => {
-                                    if let Held::Text(t) = Held::read(r)? {
-                                        add_text(text, t);
-                                    }
-                                }
-                                b"finish_reason" => match Held::read(r)? {
-                                    Held::Null => {}
-                                    finish => {
-                                        known(finish.text(), allowed, &"finish_reason")?;
-                                        finished = true;
-                                    }
-                                },
-                                _ => r.skip()?,
-                            }
-                        }
-                        Ok(())
-                    })?;
-                    choices = true;
-                }
-                b"error" if Held::read(r)?.is_set() => {
-                    return Err(malformed("an error in the stream"));
-                }
-                _ => r.skip()?,
-            }
-        }
-        if !choices {
-            return Err(malformed("choices: must be a list"));
-        }
-        self.started = true;
-        self.finished |= finished;
-        Ok(())
-    }
-
-    /// An Anthropic event: its type (or the event's name), text deltas,
-    /// and a known stop reason.
-    fn event_of(
-        &mut self,
-        r: &mut Reader<'_>,
-        name: Option<&[u8]>,
-        text: &mut Option<&mut String>,
-    ) -> Result<(), Malformed> {
-        document(r, "the event")?;
-        let mut first = true;
-        let (mut kind, mut delta_text, mut stop) = (Held::Absent, Held::Absent, Held::Absent);
-        while let Some(key) = r.key(&mut first)? {
-            match key {
-                b"type" => kind = Held::read(r)?,
-                b"delta" if r.peek() == Some(b'{') => {
-                    r.open(b'{')?;
-                    let mut first = true;
-                    while let Some(key) = r.key(&mut first)? {
-                        match key {
-                            b"text" => delta_text = Held::read(r)?,
-                            b"stop_reason" => stop = Held::read(r)?,
-                            _ => r.skip()?,
-                        }
-                    }
-                }
-                _ => r.skip()?,
-            }
-        }
-        match kind.text().or(name).unwrap_or_default() {
-            b"message_start" => self.started = true,
-            b"content_block_delta" => {
-                if let Held::Text(t) = delta_text {
-                    add_text(text, t);
-                }
-            }
-            b"message_delta" if stop.is_set() => {
-                known(stop.text(), &ANTHROPIC_STOP, &"stop_reason")?;
-                self.finished = true;
-            }
-            b"message_stop" => self.terminal = true,
-            b"error" => return Err(malformed("an error in the stream")),
-            _ => {}
-        }
-        Ok(())
     }
 
     /// The verdict on a stream that ended with its final event.

@@ -1,0 +1,211 @@
+//! One attempt at a backend: the request as sent (its URL, headers and
+//! credentials), sent with the per-try timeout, and the bookkeeping settled
+//! once with the attempt's outcome. The proxy and the shadow both send
+//! through here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response, StatusCode, Uri, request};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::api::Usage;
+use crate::breaker::{Breaker, Permit};
+use crate::outcome::Outcome;
+use crate::policy::Backend;
+use crate::runtime::LiveBackend;
+use crate::telemetry::BackendStats;
+use crate::upstream::Lease;
+
+/// Marks shadow requests (sent by the agent, never by apps).
+pub const SHADOW_HEADER: HeaderName = HeaderName::from_static("x-shepherd-shadow");
+/// Request headers never forwarded upstream: hop-by-hop headers, the app's
+/// own credentials (each backend sends its own), and the agent's headers.
+const DROPPED_REQUEST_HEADERS: [HeaderName; 13] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+    http::header::HOST,
+    http::header::CONTENT_LENGTH,
+    http::header::AUTHORIZATION,
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("api-key"),
+];
+
+/// What one attempt came to.
+pub enum Tried {
+    /// The upstream answered (on a lent connection, for HTTP/1.1).
+    Response(Response<Incoming>, Option<Lease>),
+    /// A fault answered in its place.
+    Fault(StatusCode, Option<Duration>),
+    /// No answer: [`Outcome::Connect`] or [`Outcome::Timeout`].
+    Failed(Outcome, String),
+}
+
+/// Sends one attempt, with the per-try timeout (bounded by the deadline).
+/// `span` is the attempt's span: its context goes upstream as `traceparent`.
+pub async fn send(
+    parts: &request::Parts,
+    backend: &Backend,
+    lb: &LiveBackend,
+    body: Bytes,
+    deadline: Instant,
+    shadow: bool,
+    span: &tracing::Span,
+) -> Tried {
+    let mut request = match upstream_request(parts, backend, lb, body, shadow) {
+        Ok(r) => r,
+        Err(e) => {
+            return Tried::Failed(Outcome::Connect, format!("cannot build the request: {e}"));
+        }
+    };
+    shepherd_observe::inject(span, request.headers_mut());
+    let limit = backend
+        .timeouts
+        .per_try
+        .min(deadline.saturating_duration_since(Instant::now()));
+    match tokio::time::timeout(limit, lb.clients.current().send(request)).await {
+        Err(_) => Tried::Failed(
+            Outcome::Timeout,
+            format!("no response within {}", humantime::format_duration(limit)),
+        ),
+        Ok(Ok((resp, lease))) => Tried::Response(resp, lease),
+        Ok(Err(e)) => Tried::Failed(Outcome::Connect, e.to_string()),
+    }
+}
+
+/// The request as sent to a backend: its URL, the app's headers minus the
+/// dropped ones, the backend's extra headers and credentials.
+fn upstream_request(
+    parts: &request::Parts,
+    backend: &Backend,
+    lb: &LiveBackend,
+    body: Bytes,
+    shadow: bool,
+) -> Result<Request<Full<Bytes>>, http::Error> {
+    let base = &backend.base;
+    let target = match (
+        base.path.is_empty(),
+        &base.query,
+        parts.uri.path_and_query(),
+    ) {
+        // The usual case: the app's target as it is (no copy).
+        (true, None, Some(pq)) => pq.clone(),
+        _ => {
+            let path = parts.uri.path();
+            let mut pq = String::with_capacity(base.path.len() + path.len() + 32);
+            pq.push_str(&base.path);
+            pq.push_str(path);
+            match (parts.uri.query(), base.query.as_deref()) {
+                (Some(q), Some(b)) => {
+                    pq.push('?');
+                    pq.push_str(b);
+                    pq.push('&');
+                    pq.push_str(q);
+                }
+                (Some(q), None) | (None, Some(q)) => {
+                    pq.push('?');
+                    pq.push_str(q);
+                }
+                (None, None) => {}
+            }
+            http::uri::PathAndQuery::try_from(pq)?
+        }
+    };
+    let uri = Uri::builder()
+        .scheme(base.scheme.clone())
+        .authority(base.authority.clone())
+        .path_and_query(target)
+        .build()?;
+    let mut headers = HeaderMap::with_capacity(parts.headers.len() + backend.headers.len() + 3);
+    for (name, value) in &parts.headers {
+        if !DROPPED_REQUEST_HEADERS.contains(name) && !name.as_str().starts_with("x-shepherd-") {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers.insert(http::header::HOST, lb.host.clone());
+    if shadow {
+        headers.insert(SHADOW_HEADER, HeaderValue::from_static("1"));
+    }
+    // Bodies are watched on the way back; ask for them uncompressed.
+    headers.insert(
+        http::header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+    for (name, value) in &backend.headers {
+        headers.insert(name.clone(), value.clone());
+    }
+    if let Some((name, value)) = &lb.auth {
+        headers.insert(name.clone(), value.clone());
+    }
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
+    Ok(request)
+}
+
+/// Bookkeeping of one attempt, settled once with its outcome: when its
+/// answer was judged, or when the body delivered to the app ends (or the
+/// app goes away).
+pub struct Attempt {
+    pub stats: Arc<BackendStats>,
+    pub breaker: Option<Arc<Breaker>>,
+    pub permit: Permit,
+    pub started: Instant,
+    /// The answer's status.
+    pub status: u16,
+}
+
+impl Attempt {
+    /// Settles an answer delivered to the app: its outcome, its latency and
+    /// time to first token, its tokens, and what the breaker learns.
+    /// `detail` names what was wrong, for the failure example.
+    pub fn settle(
+        self,
+        outcome: Outcome,
+        detail: Option<&str>,
+        ttft: Option<Duration>,
+        usage: Usage,
+    ) {
+        if outcome == Outcome::Cancelled {
+            // Says nothing about the backend: give a probe slot back.
+            self.stats.record(outcome);
+            return;
+        }
+        self.stats
+            .record_latency(self.started.elapsed(), outcome == Outcome::Ok);
+        if let Some(t) = ttft {
+            self.stats.ttft.record(t);
+        }
+        self.stats.add_tokens(usage.input, usage.output);
+        self.fail(outcome, false, detail);
+    }
+
+    /// Settles an attempt whose answer did not reach the app (a failure
+    /// retried or fallen back from): its outcome, its failure example and
+    /// what the breaker learns.
+    pub fn fail(self, outcome: Outcome, quota: bool, detail: Option<&str>) {
+        let Attempt {
+            stats,
+            breaker,
+            permit,
+            status,
+            ..
+        } = self;
+        stats.record(outcome);
+        if outcome != Outcome::Ok && status != 0 {
+            stats.examples.offer(outcome, status, detail);
+        }
+        permit.record(breaker.as_deref(), outcome.health(quota));
+    }
+}
