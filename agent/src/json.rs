@@ -312,6 +312,14 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Skips any value, checking it, and returns its bytes as written.
+    pub fn raw(&mut self) -> Result<&'a [u8], Bad> {
+        self.ws();
+        let start = self.i;
+        self.skip()?;
+        Ok(&self.b[start..self.i])
+    }
+
     /// Only white space remains.
     pub fn done(&mut self) -> Result<(), Bad> {
         if self.peek().is_some() {
@@ -348,20 +356,234 @@ fn quote_or_backslash(b: &[u8], from: usize) -> Option<usize> {
         .map(|n| i + n)
 }
 
-/// A JSON string's text, escapes decoded, from its raw bytes.
+/// A JSON string's text, escapes decoded, from its raw bytes; `None` when
+/// it is not valid UTF-8 or an escape is broken.
 pub fn unescape(raw: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
-    if !raw.contains(&b'\\') {
-        return std::str::from_utf8(raw)
-            .ok()
-            .map(std::borrow::Cow::Borrowed);
+    match unescape_bytes(raw)? {
+        std::borrow::Cow::Borrowed(b) => {
+            std::str::from_utf8(b).ok().map(std::borrow::Cow::Borrowed)
+        }
+        std::borrow::Cow::Owned(v) => String::from_utf8(v).ok().map(std::borrow::Cow::Owned),
     }
-    let mut quoted = Vec::with_capacity(raw.len() + 2);
-    quoted.push(b'"');
-    quoted.extend_from_slice(raw);
-    quoted.push(b'"');
-    serde_json::from_slice::<String>(&quoted)
-        .ok()
-        .map(std::borrow::Cow::Owned)
+}
+
+/// Writes one JSON document into a byte buffer. Keys and values are
+/// written in order; commas are placed by the writer. Strings taken from a
+/// [`Reader`] are copied as they are, escapes included ([`Writer::raw_str`]),
+/// so text crosses from one document to another without being decoded.
+#[derive(Debug, Default)]
+pub struct Writer {
+    out: Vec<u8>,
+    /// For each open object or array: whether it has a member yet.
+    open: Vec<bool>,
+    /// A key was written and its value is due (no comma before it).
+    after_key: bool,
+}
+
+impl Writer {
+    pub fn with_capacity(n: usize) -> Self {
+        Self {
+            out: Vec::with_capacity(n),
+            open: Vec::with_capacity(8),
+            after_key: false,
+        }
+    }
+
+    /// The bytes written.
+    pub fn finish(self) -> Vec<u8> {
+        self.out
+    }
+
+    /// The bytes written so far.
+    pub fn bytes(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// Places a comma before a value or key when one is due.
+    fn sep(&mut self) {
+        if self.after_key {
+            self.after_key = false;
+            return;
+        }
+        if let Some(has) = self.open.last_mut() {
+            if *has {
+                self.out.push(b',');
+            }
+            *has = true;
+        }
+    }
+
+    pub fn begin_object(&mut self) -> &mut Self {
+        self.sep();
+        self.out.push(b'{');
+        self.open.push(false);
+        self
+    }
+
+    pub fn end_object(&mut self) -> &mut Self {
+        self.open.pop();
+        self.out.push(b'}');
+        self
+    }
+
+    pub fn begin_array(&mut self) -> &mut Self {
+        self.sep();
+        self.out.push(b'[');
+        self.open.push(false);
+        self
+    }
+
+    pub fn end_array(&mut self) -> &mut Self {
+        self.open.pop();
+        self.out.push(b']');
+        self
+    }
+
+    /// A key (plain ASCII, no escapes needed); its value comes next.
+    pub fn key(&mut self, key: &str) -> &mut Self {
+        self.sep();
+        self.out.push(b'"');
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(b"\":");
+        self.after_key = true;
+        self
+    }
+
+    /// A string from its raw JSON form (escapes kept, no quotes).
+    pub fn raw_str(&mut self, raw: &[u8]) -> &mut Self {
+        self.sep();
+        self.out.push(b'"');
+        self.out.extend_from_slice(raw);
+        self.out.push(b'"');
+        self
+    }
+
+    /// A string, escaped.
+    pub fn str(&mut self, text: &str) -> &mut Self {
+        self.sep();
+        self.out.push(b'"');
+        escape_into(text.as_bytes(), &mut self.out);
+        self.out.push(b'"');
+        self
+    }
+
+    /// A value already written as JSON (an object, a number).
+    pub fn raw(&mut self, json: &[u8]) -> &mut Self {
+        self.sep();
+        self.out.extend_from_slice(json);
+        self
+    }
+
+    pub fn u64(&mut self, n: u64) -> &mut Self {
+        self.sep();
+        let mut buf = itoa::Buffer::new();
+        self.out.extend_from_slice(buf.format(n).as_bytes());
+        self
+    }
+
+    pub fn bool(&mut self, b: bool) -> &mut Self {
+        self.raw(if b { b"true" } else { b"false" })
+    }
+
+    pub fn null(&mut self) -> &mut Self {
+        self.raw(b"null")
+    }
+}
+
+/// Escapes `text` (UTF-8 bytes) as the inside of a JSON string: quotes,
+/// backslashes and control characters; everything else is copied.
+pub fn escape_into(text: &[u8], out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut start = 0;
+    for (i, &c) in text.iter().enumerate() {
+        let escaped: &[u8] = match c {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0..=0x1f => {
+                out.extend_from_slice(&text[start..i]);
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(c >> 4)]);
+                out.push(HEX[usize::from(c & 15)]);
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&text[start..i]);
+        out.extend_from_slice(escaped);
+        start = i + 1;
+    }
+    out.extend_from_slice(&text[start..]);
+}
+
+/// The raw JSON form (escaped, no quotes) of `text`.
+pub fn escaped(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + 8);
+    escape_into(text, &mut out);
+    out
+}
+
+/// The bytes a raw JSON string stands for (escapes decoded); `None` when
+/// an escape is broken or stands for an unpaired surrogate.
+pub fn unescape_bytes(raw: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
+    if !raw.contains(&b'\\') {
+        return Some(std::borrow::Cow::Borrowed(raw));
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let c = raw[i];
+        if c != b'\\' {
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        let e = *raw.get(i + 1)?;
+        i += 2;
+        let byte = match e {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            b'/' => b'/',
+            b'b' => 0x08,
+            b'f' => 0x0c,
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            b'u' => {
+                let mut code = hex4(raw.get(i..i + 4)?)?;
+                i += 4;
+                if (0xD800..0xDC00).contains(&code) {
+                    // A high surrogate: its low one must follow.
+                    if raw.get(i..i + 2)? != b"\\u" {
+                        return None;
+                    }
+                    let low = hex4(raw.get(i + 2..i + 6)?)?;
+                    if !(0xDC00..0xE000).contains(&low) {
+                        return None;
+                    }
+                    i += 6;
+                    code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00);
+                }
+                let ch = char::from_u32(code)?;
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+                continue;
+            }
+            _ => return None,
+        };
+        out.push(byte);
+    }
+    Some(std::borrow::Cow::Owned(out))
+}
+
+fn hex4(h: &[u8]) -> Option<u32> {
+    let s = std::str::from_utf8(h).ok()?;
+    u32::from_str_radix(s, 16).ok()
 }
 
 #[cfg(test)]

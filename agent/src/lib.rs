@@ -62,6 +62,7 @@ pub mod state;
 pub mod stream;
 pub mod telemetry;
 pub mod trace;
+pub mod translate;
 pub mod upstream;
 
 use std::collections::BTreeMap;

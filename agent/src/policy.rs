@@ -125,6 +125,13 @@ pub struct Backend {
     /// Answers name the model the app asked for (not the one that served
     /// them) when the model map rewrote it.
     pub answer_requested_model: bool,
+    /// The `anthropic-version` sent to this backend, when set.
+    pub anthropic_version: Option<HeaderValue>,
+    /// `max_tokens` of translated requests that name none (Anthropic).
+    pub default_max_tokens: Option<u64>,
+    /// Drop (and count) fields with no counterpart in translated requests
+    /// instead of refusing them.
+    pub drop_unsupported: bool,
 }
 
 impl Backend {
@@ -362,6 +369,12 @@ fn backend(policy: &str, i: usize, b: &v1::Backend) -> Result<Backend, PolicyErr
             stream_idle: duration(t.stream_idle.as_ref(), defaults.stream_idle),
         },
         answer_requested_model: b.answer_model() == v1::AnswerModel::Requested,
+        anthropic_version: (!b.anthropic_version.is_empty())
+            .then(|| HeaderValue::try_from(b.anthropic_version.as_str()))
+            .transpose()
+            .map_err(|e| err(policy, format!("{at}.anthropic_version"), e))?,
+        default_max_tokens: (b.default_max_tokens != 0).then_some(u64::from(b.default_max_tokens)),
+        drop_unsupported: b.drop_unsupported,
     })
 }
 

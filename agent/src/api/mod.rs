@@ -30,6 +30,7 @@ use crate::json::{Bad, Reader, unescape};
 
 pub mod anthropic;
 pub mod openai;
+pub mod parse;
 
 pub use anthropic::ANTHROPIC_STOP;
 pub use openai::OPENAI_FINISH;
@@ -574,6 +575,9 @@ pub struct ErrorBody {
     /// `error.message`, lowercased, for the rules that read it. Never
     /// reported anywhere: messages can quote parts of keys.
     pub message: Option<String>,
+    /// `error.message` as written, for an error translated into another
+    /// API's shape (the app gets the backend's message either way).
+    pub text: Option<String>,
 }
 
 impl ErrorBody {
@@ -604,7 +608,10 @@ impl ErrorBody {
             }
         }
         let mut fields = nested.unwrap_or(own);
-        fields.message = fields.message.map(|m| m.to_lowercase());
+        if top {
+            fields.text = fields.message.clone();
+            fields.message = fields.message.map(|m| m.to_lowercase());
+        }
         Ok(fields)
     }
 

@@ -28,6 +28,8 @@ pub const MAX_FAULTS: usize = 16;
 pub const MAX_LABELS: usize = 32;
 /// Most entries in one backend's model map.
 pub const MAX_MODEL_MAP: usize = 64;
+/// Largest `default_max_tokens` of a backend.
+pub const MAX_DEFAULT_MAX_TOKENS: u32 = 1_000_000;
 /// Most extra headers on one backend.
 pub const MAX_HEADERS: usize = 32;
 /// Longest base URL.
@@ -528,6 +530,47 @@ impl Checker {
                 format!("{at}.answer_model"),
                 "must be ANSWER_MODEL_SERVED or ANSWER_MODEL_REQUESTED",
             );
+        }
+        let anthropic = b.protocol == Protocol::Anthropic as i32;
+        if !b.anthropic_version.is_empty() {
+            if !anthropic {
+                self.fail(
+                    format!("{at}.anthropic_version"),
+                    "only for a PROTOCOL_ANTHROPIC backend",
+                );
+            } else if b.anthropic_version.len() > 64
+                || !b
+                    .anthropic_version
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                self.fail(
+                    format!("{at}.anthropic_version"),
+                    "must be 1 to 64 letters, digits, '-', '_' or '.' (for example \"2023-06-01\")",
+                );
+            }
+        }
+        if b.headers
+            .keys()
+            .any(|k| k.eq_ignore_ascii_case("anthropic-version"))
+        {
+            self.fail(
+                format!("{at}.headers[\"anthropic-version\"]"),
+                "set the version in anthropic_version",
+            );
+        }
+        if b.default_max_tokens != 0 {
+            if !anthropic {
+                self.fail(
+                    format!("{at}.default_max_tokens"),
+                    "only for a PROTOCOL_ANTHROPIC backend",
+                );
+            } else if b.default_max_tokens > MAX_DEFAULT_MAX_TOKENS {
+                self.fail(
+                    format!("{at}.default_max_tokens"),
+                    format!("must be at most {MAX_DEFAULT_MAX_TOKENS}"),
+                );
+            }
         }
     }
 

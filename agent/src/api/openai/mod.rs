@@ -5,6 +5,8 @@
 use bytes::Bytes;
 use http::HeaderName;
 
+pub mod chat;
+
 use super::{
     At, Held, Malformed, Read, StreamCheck, add_text, document, item_object, known, list, malformed,
 };

@@ -4,6 +4,8 @@
 use bytes::Bytes;
 use http::HeaderName;
 
+pub mod messages;
+
 use super::{
     At, Held, Malformed, Read, StreamCheck, add_text, document, item_object, known, list, malformed,
 };

@@ -1,0 +1,273 @@
+//! Translation between API families: an app written for OpenAI's chat
+//! completions served by a backend that speaks Anthropic's Messages API,
+//! and the reverse. The request goes out in the backend's API; its answer,
+//! its error or its stream comes back in the app's.
+//!
+//! - [`request`] reads the app's request into the plain types of its API
+//!   ([`crate::api::openai::chat`], [`crate::api::anthropic::messages`]),
+//!   maps them and writes the backend's request. A field with no
+//!   counterpart is refused ([`Refusal::Untranslatable`], a 400 in the
+//!   app's API naming the field), or dropped and counted when the backend
+//!   says `drop_unsupported`. A request that breaks its own API's rules is
+//!   the app's mistake ([`Refusal::Invalid`]).
+//! - [`answer`] and [`error`] turn a plain answer or an error back;
+//!   [`Stream`] turns a stream back event by event, as it arrives.
+//! - [`openai_app`] holds the mappings for an OpenAI app on an Anthropic
+//!   backend, [`anthropic_app`] for an Anthropic app on an OpenAI backend.
+//!
+//! Same-API traffic never comes here: it passes byte for byte. The mapping
+//! tables are in the README ("Moving between API families").
+
+use bytes::Bytes;
+use http::StatusCode;
+
+use crate::api::parse::{Invalid, Unmapped};
+use crate::api::{Api, Dialect, anthropic, openai};
+use crate::json::Writer;
+use crate::policy::Backend;
+
+pub mod anthropic_app;
+pub mod openai_app;
+
+/// True when a request of `api` must be translated for a backend speaking
+/// `protocol`.
+pub fn crosses(api: Api, protocol: Dialect) -> bool {
+    matches!(api, Api::ChatCompletions | Api::Messages) && api.dialect() != protocol
+}
+
+/// True when a backend speaking `protocol` can serve a request of `api`:
+/// its own family's APIs, and chat across families. (An Anthropic backend
+/// cannot serve embeddings, for one.)
+pub fn serves(protocol: Dialect, api: Api) -> bool {
+    api.dialect() == protocol || matches!(api, Api::ChatCompletions | Api::Messages)
+}
+
+/// The path (after the backend's base path) a translated request goes to.
+pub fn path(protocol: Dialect) -> &'static str {
+    match protocol {
+        Dialect::OpenAi => openai::CHAT_PATH,
+        Dialect::Anthropic => anthropic::MESSAGES_PATH,
+    }
+}
+
+/// The default `max_tokens` of a request to Anthropic that names none.
+pub const DEFAULT_MAX_TOKENS: u64 = 4096;
+
+/// A request translated for a backend.
+#[derive(Debug)]
+pub struct Translated {
+    pub body: Bytes,
+    /// Fields dropped (the backend says `drop_unsupported`).
+    pub dropped: Vec<Unmapped>,
+    /// The model the app asked for, when the backend's model map changed it.
+    pub requested_model: Option<String>,
+    /// What the answer needs to be turned back.
+    pub crossing: Crossing,
+}
+
+/// How an answer is turned back into the app's API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Crossing {
+    /// The app's API.
+    pub app: Api,
+    /// The backend's.
+    pub backend: Api,
+    /// The forced tool standing in for an OpenAI app's `response_format`:
+    /// its input is the answer's content.
+    pub json_tool: Option<String>,
+    /// The OpenAI app asked for usage at the end of its stream.
+    pub include_usage: bool,
+}
+
+/// Why a request was not sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The request breaks a rule of the app's own API: the app's mistake,
+    /// which any backend would refuse too.
+    Invalid(Invalid),
+    /// The request asks for something the backend's API cannot do.
+    Untranslatable { field: String, message: String },
+}
+
+impl Refusal {
+    /// The 400 the app gets, in its API's shape.
+    pub fn answer(&self, app: Dialect) -> Bytes {
+        let (message, param, code) = match self {
+            Refusal::Invalid(e) => (
+                e.to_string(),
+                Some(e.path.to_string()).filter(|p| !p.is_empty()),
+                None,
+            ),
+            Refusal::Untranslatable { field, message } => (
+                message.clone(),
+                Some(field.clone()),
+                Some("unsupported_parameter"),
+            ),
+        };
+        match app {
+            Dialect::OpenAi => {
+                openai::error_body(&message, "invalid_request_error", param.as_deref(), code)
+            }
+            Dialect::Anthropic => anthropic::error_body("invalid_request_error", &message),
+        }
+    }
+}
+
+/// Translates the app's request (of `app`, a chat API) for `backend`.
+pub fn request(app: Api, body: &[u8], backend: &Backend) -> Result<Translated, Refusal> {
+    match app {
+        Api::ChatCompletions => openai_app::request(body, backend),
+        _ => anthropic_app::request(body, backend),
+    }
+}
+
+/// Refuses the first field with no counterpart, or drops them all when
+/// the backend says so.
+fn settle_unsupported(
+    unsupported: Vec<Unmapped>,
+    backend: &Backend,
+    api: &str,
+) -> Result<Vec<Unmapped>, Refusal> {
+    match unsupported.first() {
+        Some(first) if !backend.drop_unsupported => Err(Refusal::Untranslatable {
+            field: first.field.clone(),
+            message: format!(
+                "{}: {} (backend {:?} speaks {api}; set drop_unsupported on it to drop such fields)",
+                first.field, first.why, backend.name
+            ),
+        }),
+        _ => Ok(unsupported),
+    }
+}
+
+/// The model for a backend: its model map's name for the app's model, and
+/// the app's own when the map changed it.
+fn model_for(backend: &Backend, requested: Option<&str>) -> (Option<String>, Option<String>) {
+    match requested {
+        Some(m) => match backend.map_model(m).filter(|mapped| *mapped != m) {
+            Some(mapped) => (Some(mapped.to_string()), Some(m.to_string())),
+            None => (None, None),
+        },
+        None => (backend.model_default.clone(), None),
+    }
+}
+
+/// Turns a successful plain answer back into the app's API; `model`, when
+/// given, is the model it names. An answer that cannot be read as its
+/// API's is malformed.
+pub fn answer(c: &Crossing, body: &[u8], model: Option<&str>) -> Result<Bytes, String> {
+    match c.app {
+        Api::ChatCompletions => openai_app::answer(c, body, model),
+        _ => anthropic_app::answer(body, model),
+    }
+    .map(Bytes::from)
+    .map_err(|e| format!("the answer cannot be translated: {e}"))
+}
+
+/// Turns an error answer back into the app's API: its status (Anthropic's
+/// 529 is OpenAI's 503, and back) and its body, whose message keeps the
+/// backend's own error type.
+pub fn error(c: &Crossing, status: StatusCode, body: &[u8]) -> (StatusCode, Bytes) {
+    let e = crate::api::ErrorBody::parse(body);
+    let text = e.text.clone().unwrap_or_else(|| {
+        let raw = String::from_utf8_lossy(body);
+        let raw = raw.trim();
+        if raw.is_empty() {
+            format!("HTTP {}", status.as_u16())
+        } else {
+            shepherd_proto::validate::clip(raw).to_string()
+        }
+    });
+    match c.app {
+        Api::ChatCompletions => {
+            let kind = e.kind.as_deref().unwrap_or("api_error");
+            let status = if status.as_u16() == 529 {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                status
+            };
+            let code = if kind == "billing_error" {
+                "insufficient_quota"
+            } else {
+                kind
+            };
+            let message = format!("{kind}: {text}");
+            (status, openai::error_body(&message, kind, None, Some(code)))
+        }
+        _ => {
+            let name = e.code.as_deref().or(e.kind.as_deref());
+            let quota = name.is_some_and(|n| n.contains("quota"));
+            let (status, kind) = match status.as_u16() {
+                503 => (
+                    StatusCode::from_u16(529).unwrap_or(status),
+                    "overloaded_error",
+                ),
+                400 if quota => (status, "billing_error"),
+                429 if quota => (status, "billing_error"),
+                400 | 422 => (status, "invalid_request_error"),
+                401 => (status, "authentication_error"),
+                402 => (status, "billing_error"),
+                403 => (status, "permission_error"),
+                404 => (status, "not_found_error"),
+                408 | 504 => (status, "timeout_error"),
+                413 => (status, "request_too_large"),
+                429 => (status, "rate_limit_error"),
+                s if s >= 500 => (status, "api_error"),
+                _ => (status, "invalid_request_error"),
+            };
+            let message = match name {
+                Some(n) => format!("{n}: {text}"),
+                None => text,
+            };
+            (status, anthropic::error_body(kind, &message))
+        }
+    }
+}
+
+/// Turns a stream back into the app's API event by event.
+pub enum Stream {
+    /// An OpenAI app's stream from an Anthropic backend.
+    ToOpenAi(Box<openai_app::Stream>),
+    /// An Anthropic app's stream from an OpenAI backend.
+    ToAnthropic(Box<anthropic_app::Stream>),
+}
+
+impl Stream {
+    pub fn new(c: &Crossing) -> Self {
+        match c.app {
+            Api::ChatCompletions => Stream::ToOpenAi(Box::new(openai_app::Stream::new(c))),
+            _ => Stream::ToAnthropic(Box::default()),
+        }
+    }
+
+    /// One event of the backend's stream (its name and data); what the app
+    /// gets for it is written to `out`.
+    pub fn event(&mut self, name: Option<&[u8]>, data: &[u8], out: &mut Vec<u8>) {
+        match self {
+            Stream::ToOpenAi(s) => s.event(data, out),
+            Stream::ToAnthropic(s) => s.event(name, data, out),
+        }
+    }
+}
+
+/// Writes one server-sent event: its name (if any) and its data.
+fn sse(out: &mut Vec<u8>, name: Option<&str>, data: &Writer) {
+    if let Some(name) = name {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(data.bytes());
+    out.extend_from_slice(b"\n\n");
+}
+
+/// The time now, in Unix seconds (OpenAI's `created`).
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests;
