@@ -13,7 +13,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::api::Usage;
+use crate::api::{Dialect, Usage};
 use crate::breaker::{Breaker, Permit};
 use crate::outcome::Outcome;
 use crate::policy::Backend;
@@ -54,15 +54,13 @@ pub enum Tried {
 /// Sends one attempt, with the per-try timeout (bounded by the deadline).
 /// `span` is the attempt's span: its context goes upstream as `traceparent`.
 pub async fn send(
-    parts: &request::Parts,
+    out: Outgoing<'_>,
     backend: &Backend,
     lb: &LiveBackend,
-    body: Bytes,
     deadline: Instant,
-    shadow: bool,
     span: &tracing::Span,
 ) -> Tried {
-    let mut request = match upstream_request(parts, backend, lb, body, shadow) {
+    let mut request = match upstream_request(out, backend, lb) {
         Ok(r) => r,
         Err(e) => {
             return Tried::Failed(Outcome::Connect, format!("cannot build the request: {e}"));
@@ -83,29 +81,58 @@ pub async fn send(
     }
 }
 
+/// What one attempt sends.
+pub struct Outgoing<'a> {
+    /// The app's request head.
+    pub parts: &'a request::Parts,
+    /// The body for this backend (its model mapped, perhaps translated).
+    pub body: Bytes,
+    /// The body was translated into the backend's API family: it goes to
+    /// that API's path, without the app's query or the other family's
+    /// headers.
+    pub translated: bool,
+    /// A shadow request (marked with [`SHADOW_HEADER`]).
+    pub shadow: bool,
+}
+
+/// Headers of one API family that mean nothing to the other.
+const ANTHROPIC_ONLY: [HeaderName; 2] = [
+    crate::api::anthropic::VERSION_HEADER,
+    HeaderName::from_static("anthropic-beta"),
+];
+
 /// The request as sent to a backend: its URL, the app's headers minus the
 /// dropped ones, the backend's extra headers and credentials.
 fn upstream_request(
-    parts: &request::Parts,
+    out: Outgoing<'_>,
     backend: &Backend,
     lb: &LiveBackend,
-    body: Bytes,
-    shadow: bool,
 ) -> Result<Request<Full<Bytes>>, http::Error> {
+    let Outgoing {
+        parts,
+        body,
+        translated,
+        shadow,
+    } = out;
     let base = &backend.base;
     let target = match (
         base.path.is_empty(),
         &base.query,
         parts.uri.path_and_query(),
+        translated,
     ) {
         // The usual case: the app's target as it is (no copy).
-        (true, None, Some(pq)) => pq.clone(),
+        (true, None, Some(pq), false) => pq.clone(),
         _ => {
-            let path = parts.uri.path();
+            let (path, query) = if translated {
+                (crate::translate::path(backend.protocol), None)
+            } else {
+                (parts.uri.path(), parts.uri.query())
+            };
             let mut pq = String::with_capacity(base.path.len() + path.len() + 32);
             pq.push_str(&base.path);
             pq.push_str(path);
-            match (parts.uri.query(), base.query.as_deref()) {
+            match (query, base.query.as_deref()) {
                 (Some(q), Some(b)) => {
                     pq.push('?');
                     pq.push_str(b);
@@ -141,6 +168,32 @@ fn upstream_request(
         http::header::ACCEPT_ENCODING,
         HeaderValue::from_static("identity"),
     );
+    if translated {
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if backend.protocol == Dialect::OpenAi {
+            for name in &ANTHROPIC_ONLY {
+                headers.remove(name);
+            }
+        }
+    }
+    if backend.protocol == Dialect::Anthropic {
+        let version = crate::api::anthropic::VERSION_HEADER;
+        match &backend.anthropic_version {
+            Some(v) => {
+                headers.insert(version, v.clone());
+            }
+            None if !headers.contains_key(&version) => {
+                headers.insert(
+                    version,
+                    HeaderValue::from_static(crate::api::anthropic::DEFAULT_VERSION),
+                );
+            }
+            None => {}
+        }
+    }
     for (name, value) in &backend.headers {
         headers.insert(name.clone(), value.clone());
     }

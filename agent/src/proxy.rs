@@ -33,7 +33,7 @@ use tokio::time::Instant;
 
 use crate::api::{Api, Dialect, is_sse};
 pub use crate::attempt::SHADOW_HEADER;
-use crate::attempt::{Attempt, Tried, send};
+use crate::attempt::{Attempt, Outgoing, Tried, send};
 use crate::breaker::{Health, Permit};
 use crate::errors::{self, ErrorKind};
 use crate::fault;
@@ -45,6 +45,7 @@ use crate::split;
 use crate::stream::{InflightGuard, ObservedBody, ProxyBody, Watch};
 use crate::telemetry::AgentStats;
 use crate::trace::{self, BodySpans};
+use crate::translate::{self, Crossing, Refusal};
 use crate::upstream::Lease;
 
 /// Request limits.
@@ -250,8 +251,16 @@ impl Proxy {
                 Some(key) => split::bucket(&policy.name, key.as_bytes()),
                 None => split::random_bucket(),
             };
+            // A candidate of the other API family serves chat only (an
+            // Anthropic backend has no embeddings): the rest stay on the
+            // baseline.
             let chosen = match policy.candidate {
-                Some(c) if split::to_candidate(bucket, policy.candidate_weight) => c,
+                Some(c)
+                    if split::to_candidate(bucket, policy.candidate_weight)
+                        && translate::serves(policy.backends[c].protocol, api) =>
+                {
+                    c
+                }
                 _ => policy.baseline,
             };
             (chosen, Some(bucket))
@@ -261,7 +270,7 @@ impl Proxy {
         bump(&live.backends[chosen].stats.selected);
         trace::split(&span, &live, bucket, sticky.is_some(), chosen);
         let mirror = if inference {
-            plan_mirror(&live, &parts, &body, chosen)
+            plan_mirror(&live, api, &parts, &body, chosen)
         } else {
             None
         };
@@ -281,7 +290,11 @@ impl Proxy {
             ..Progress::default()
         };
         let plan =
-            std::iter::once(chosen).chain(policy.fallback.iter().copied().filter(|&i| i != chosen));
+            std::iter::once(chosen).chain(
+                policy.fallback.iter().copied().filter(|&i| {
+                    i != chosen && translate::serves(policy.backends[i].protocol, api)
+                }),
+            );
         for (step, index) in plan.enumerate() {
             if step > 0 {
                 if !may_fall_back(&call, &progress) {
@@ -291,11 +304,11 @@ impl Proxy {
                 bump(&live.backends[index].stats.fallbacks);
             }
             if let Some(served) = try_backend(&call, index, step, &mut progress).await {
-                return with_mirror(mirror, served);
+                return with_mirror(mirror, api, served);
             }
         }
         let answer = last_answer(&call, &mut progress);
-        with_mirror(mirror, answer)
+        with_mirror(mirror, api, answer)
     }
 }
 
@@ -324,10 +337,19 @@ async fn try_backend(
     let policy = &live.policy;
     let backend = &policy.backends[index];
     let lb = &live.backends[index];
-    let (payload, requested) = crate::model::for_backend(backend, c.body);
+    let prepared = match translate::prepare(c.api, c.body, backend, &lb.stats) {
+        Ok(prepared) => prepared,
+        Err(refusal) => return refused(c, index, refusal, p),
+    };
+    // The API the backend answers in (the app's, unless translated).
+    let backend_api = prepared.backend_api(c.api);
+    let crossing = prepared.crossing.as_ref();
     // The model the app's answer names, when the backend asks to keep the
     // app's own.
-    let answer_model = requested.filter(|_| backend.answer_requested_model);
+    let answer_model = prepared
+        .requested_model
+        .as_deref()
+        .filter(|_| backend.answer_requested_model);
     let mut tries = 0u32;
     loop {
         let permit = match &lb.breaker {
@@ -374,16 +396,13 @@ async fn try_backend(
         let tried = match decision.abort {
             Some((status, retry_after)) => Tried::Fault(status, retry_after),
             None => {
-                send(
-                    c.parts,
-                    backend,
-                    lb,
-                    payload.clone(),
-                    c.deadline,
-                    false,
-                    &attempt_span,
-                )
-                .await
+                let out = Outgoing {
+                    parts: c.parts,
+                    body: prepared.body.clone(),
+                    translated: crossing.is_some(),
+                    shadow: false,
+                };
+                send(out, backend, lb, c.deadline, &attempt_span).await
             }
         };
 
@@ -395,8 +414,9 @@ async fn try_backend(
                     let delivery = Delivery {
                         attempts: p.attempts,
                         api: c.api,
+                        crossing,
                         cut_after: decision.cut_after,
-                        answer_model: answer_model.as_deref(),
+                        answer_model,
                         outcome: Outcome::Ok,
                         attempt: Some(attempt),
                         lease,
@@ -414,38 +434,97 @@ async fn try_backend(
                 }
                 match read_answer(resp, lease, backend.timeouts.stream_idle, c.deadline).await {
                     Read::Whole(parts, bytes) => {
-                        let class = outcome::classify(c.api, status, &bytes);
-                        let outcome = class.outcome();
-                        trace::attempt_outcome(&attempt_span, outcome, Some(status));
+                        let class = outcome::classify(backend_api, status, &bytes);
+                        let mut outcome = class.outcome();
+                        let mut detail = class.detail;
+                        let mut retry_after = None;
                         if outcome.is_final() {
-                            let usage = class.usage;
-                            if let Some(spans) = BodySpans::of(c.span.clone(), attempt_span) {
-                                spans.finish(outcome, usage);
-                            }
-                            attempt.settle(outcome, class.detail.as_deref(), None, usage);
-                            c.answered(&backend.name, p.attempts, status);
-                            let bytes = match &answer_model {
-                                Some(model) => crate::model::in_answer(&bytes, model),
-                                None => bytes,
+                            let answer = match crossing {
+                                None => Ok((
+                                    parts,
+                                    match answer_model {
+                                        Some(model) => crate::model::in_answer(&bytes, model),
+                                        None => bytes,
+                                    },
+                                )),
+                                Some(x) => translate::turn_back(x, parts, &bytes, answer_model),
                             };
-                            return Some(whole_answer(parts, bytes, live, index, p.attempts));
+                            match answer {
+                                Ok((parts, bytes)) => {
+                                    trace::attempt_outcome(&attempt_span, outcome, Some(status));
+                                    let usage = class.usage;
+                                    if let Some(spans) = BodySpans::of(c.span.clone(), attempt_span)
+                                    {
+                                        spans.finish(outcome, usage);
+                                    }
+                                    attempt.settle(outcome, detail.as_deref(), None, usage);
+                                    c.answered(&backend.name, p.attempts, parts.status);
+                                    return Some(whole_answer(
+                                        parts, bytes, live, index, p.attempts,
+                                    ));
+                                }
+                                Err(why) => {
+                                    outcome = Outcome::Malformed;
+                                    detail = Some(why);
+                                    p.failed(LastFailure::Failed(Outcome::Malformed));
+                                }
+                            }
+                        } else {
+                            retry_after = retry::retry_after(&parts.headers, SystemTime::now());
+                            match crossing {
+                                None => {
+                                    p.failed(LastFailure::Answer(parts, bytes, index, p.attempts))
+                                }
+                                // A malformed answer cannot be translated.
+                                Some(_) if status.is_success() => {
+                                    p.failed(LastFailure::Failed(outcome));
+                                }
+                                Some(x) => match translate::turn_back(x, parts, &bytes, None) {
+                                    Ok((parts, bytes)) => {
+                                        p.failed(LastFailure::Answer(
+                                            parts, bytes, index, p.attempts,
+                                        ));
+                                    }
+                                    Err(_) => p.failed(LastFailure::Failed(outcome)),
+                                },
+                            }
                         }
-                        attempt.fail(outcome, class.quota, class.detail.as_deref());
-                        p.notes.push(format!(
-                            "{}: HTTP {} ({})",
-                            backend.name,
-                            status.as_u16(),
-                            outcome.label()
-                        ));
-                        let ra = retry::retry_after(&parts.headers, SystemTime::now());
-                        p.failed(LastFailure::Answer(parts, bytes, index, p.attempts));
-                        (outcome, ra)
+                        trace::attempt_outcome(&attempt_span, outcome, Some(status));
+                        attempt.fail(outcome, class.quota, detail.as_deref());
+                        p.notes.push(match (&detail, outcome) {
+                            (Some(why), Outcome::Malformed) => {
+                                format!(
+                                    "{}: HTTP {} ({}: {why})",
+                                    backend.name,
+                                    status.as_u16(),
+                                    outcome.label()
+                                )
+                            }
+                            _ => format!(
+                                "{}: HTTP {} ({})",
+                                backend.name,
+                                status.as_u16(),
+                                outcome.label()
+                            ),
+                        });
+                        (outcome, retry_after)
+                    }
+                    Read::TooLong(_, _, _, _) if crossing.is_some() => {
+                        let why = format!(
+                            "the answer is longer than {MAX_CHECKED_ANSWER} bytes, too long to translate"
+                        );
+                        trace::attempt_outcome(&attempt_span, Outcome::Malformed, Some(status));
+                        attempt.fail(Outcome::Malformed, false, Some(&why));
+                        p.notes.push(format!("{}: {why}", backend.name));
+                        p.failed(LastFailure::Failed(Outcome::Malformed));
+                        (Outcome::Malformed, None)
                     }
                     Read::TooLong(head, prefix, rest, lease) => {
                         // Too long to check: passed on as it comes.
                         let delivery = Delivery {
                             attempts: p.attempts,
                             api: c.api,
+                            crossing: None,
                             cut_after: None,
                             answer_model: None,
                             outcome: outcome::classify_status(c.api, status),
@@ -514,6 +593,48 @@ async fn try_backend(
         match wait {
             Some(wait) if live.budget.try_withdraw() => tokio::time::sleep(wait).await,
             _ => return None,
+        }
+    }
+}
+
+/// A request not sent to a backend because it could not be translated
+/// into the backend's API. The app's own mistake is answered (any backend
+/// would refuse it); a field with no counterpart makes the backend one
+/// that cannot serve this request: a rejection, which falls back freely
+/// and leaves the breaker alone.
+fn refused(
+    c: &Call<'_>,
+    index: usize,
+    refusal: Refusal,
+    p: &mut Progress,
+) -> Option<Response<ProxyBody>> {
+    let backend = &c.live.policy.backends[index];
+    let stats = &c.live.backends[index].stats;
+    let body = refusal.answer(c.api.dialect());
+    let head = || {
+        let mut head = Response::new(()).into_parts().0;
+        head.status = StatusCode::BAD_REQUEST;
+        head.headers
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        head
+    };
+    match refusal {
+        Refusal::Invalid(_) => {
+            stats.record(Outcome::AppError);
+            c.answered(&backend.name, p.attempts, StatusCode::BAD_REQUEST);
+            Some(whole_answer(head(), body, c.live, index, p.attempts))
+        }
+        Refusal::Untranslatable { field, message } => {
+            stats.record(Outcome::BackendRejected);
+            stats.examples.offer(
+                Outcome::BackendRejected,
+                400,
+                Some(&format!("untranslatable: {field}")),
+            );
+            p.notes.push(format!("{}: {message}", backend.name));
+            p.failed(LastFailure::Answer(head(), body, index, p.attempts));
+            p.last_outcome = Some(Outcome::BackendRejected);
+            None
         }
     }
 }
@@ -655,13 +776,14 @@ impl Collect {
 /// the shadow is the backend chosen for it); admits it if so.
 fn plan_mirror(
     live: &Arc<LivePolicy>,
+    api: Api,
     parts: &request::Parts,
     body: &Bytes,
     chosen: usize,
 ) -> Option<shadow::Mirror> {
     let sh = live.shadow.as_ref()?;
     let index = sh.gate.settings.backend;
-    if index == chosen {
+    if index == chosen || !translate::serves(live.policy.backends[index].protocol, api) {
         return None;
     }
     let key = live
@@ -695,6 +817,7 @@ fn plan_mirror(
 /// gets (a copy of the body as it passes, or the agent's own answer).
 fn with_mirror(
     mirror: Option<shadow::Mirror>,
+    api: Api,
     mut resp: Response<ProxyBody>,
 ) -> Response<ProxyBody> {
     let Some(mirror) = mirror else {
@@ -703,9 +826,13 @@ fn with_mirror(
     let (tx, rx) = tokio::sync::oneshot::channel();
     let status = resp.status().as_u16();
     match resp.body_mut() {
-        ProxyBody::Observed(o) => o.set_tap(shadow::Tap::new(status, o.is_sse(), tx)),
+        ProxyBody::Observed(o) => {
+            let tap = shadow::Tap::new(o.backend_api(), status, o.is_sse(), tx);
+            o.set_tap(tap);
+        }
         ProxyBody::Full(bytes) => {
             let _ = tx.send(shadow::Seen {
+                api,
                 status,
                 sse: false,
                 body: bytes.clone().unwrap_or_default(),
@@ -742,6 +869,8 @@ async fn read_body(mut body: Incoming, max: usize) -> Result<Bytes, ReadError> {
 struct Delivery<'a> {
     attempts: u32,
     api: Api,
+    /// How the stream is turned back into the app's API, when translated.
+    crossing: Option<&'a Crossing>,
     /// Cut the stream after this many events (an injected fault).
     cut_after: Option<u32>,
     /// Set the stream's model to this one (the app's own).
@@ -783,6 +912,7 @@ fn deliver(
     let Delivery {
         attempts,
         api,
+        crossing,
         cut_after,
         answer_model,
         outcome,
@@ -799,6 +929,7 @@ fn deliver(
     let watch = Watch {
         sse,
         api,
+        crossing: crossing.cloned(),
         idle_timeout: backend.timeouts.stream_idle,
         cut_after,
         outcome,

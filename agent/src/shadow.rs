@@ -27,17 +27,21 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{Api, SseEvents, StreamCheck, Usage, check_document, is_sse};
-use crate::attempt::Tried;
+use crate::attempt::{Outgoing, Tried};
 use crate::outcome::Outcome;
 use crate::runtime::LivePolicy;
 use crate::shadow_gate::{Admission, Sample, Samples};
 use crate::telemetry::shadow_counter as c;
+use crate::translate::Refusal;
 
 /// Largest answer body kept for comparison (each side).
 pub const MAX_COMPARED_BODY: usize = 1 << 20;
 /// What the app got from the primary, for comparison.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    /// The API the body is in (the backend's, when the stream was
+    /// translated as it passed).
+    pub api: Api,
     pub status: u16,
     pub sse: bool,
     /// The body as passed to the app (up to [`MAX_COMPARED_BODY`]).
@@ -48,6 +52,7 @@ pub struct Seen {
 
 /// Collects a copy of the primary's body as it passes to the app.
 pub struct Tap {
+    api: Api,
     status: u16,
     sse: bool,
     buf: Vec<u8>,
@@ -56,8 +61,9 @@ pub struct Tap {
 }
 
 impl Tap {
-    pub fn new(status: u16, sse: bool, tx: oneshot::Sender<Seen>) -> Self {
+    pub fn new(api: Api, status: u16, sse: bool, tx: oneshot::Sender<Seen>) -> Self {
         Self {
+            api,
             status,
             sse,
             buf: Vec::new(),
@@ -84,6 +90,7 @@ impl Tap {
             return;
         }
         let _ = tx.send(Seen {
+            api: self.api,
             status: self.status,
             sse: self.sse,
             body: Bytes::from(std::mem::take(&mut self.buf)),
@@ -137,56 +144,48 @@ async fn run(mirror: Mirror, primary: oneshot::Receiver<Seen>) {
     *parts.uri_mut() = mirror.uri.clone();
     *parts.headers_mut() = mirror.headers.clone();
     let (parts, ()) = parts.into_parts();
-    let (payload, _) = crate::model::for_backend(backend, &mirror.body);
-    let started = Instant::now();
-    let deadline = started + backend.timeouts.overall;
-    let answer = match crate::attempt::send(
-        &parts,
-        backend,
-        lb,
-        payload,
-        deadline,
-        true,
-        &tracing::Span::none(),
-    )
-    .await
-    {
-        Tried::Response(resp, lease) => {
-            let status = resp.status();
-            let sse = is_sse(resp.headers());
-            let (body, ttft, ended) = read_all(
-                resp.into_body(),
-                backend.timeouts.stream_idle,
-                deadline,
-                started,
-            )
-            .await;
-            if ended && let Some(lease) = lease {
-                lease.release();
-            }
-            stats.latency.record(started.elapsed());
-            if sse && let Some(t) = ttft {
-                stats.ttft.record(t);
-            }
-            Some((status.as_u16(), sse, body, ended))
+    let app = Api::of_path(mirror.uri.path());
+    let shadow = match crate::translate::prepare(app, &mirror.body, backend, &lb.stats) {
+        Ok(prepared) => {
+            let api = prepared.backend_api(app);
+            let out = Outgoing {
+                parts: &parts,
+                body: prepared.body,
+                translated: prepared.crossing.is_some(),
+                shadow: true,
+            };
+            send_and_read(out, backend, lb, stats)
+                .await
+                .map(|(status, sse, body, ended)| (status, inspect(api, status, sse, &body, ended)))
         }
-        Tried::Failed(outcome, _) => {
-            stats.record(outcome);
-            None
-        }
-        Tried::Fault(..) => None,
+        // Not sent: the app's mistake, or a field the shadow's API has no
+        // counterpart for.
+        Err(refusal) => Some((
+            400,
+            Inspected {
+                outcome: match refusal {
+                    Refusal::Invalid(_) => Outcome::AppError,
+                    Refusal::Untranslatable { .. } => Outcome::BackendRejected,
+                },
+                detail: Some(match refusal {
+                    Refusal::Invalid(e) => e.to_string(),
+                    Refusal::Untranslatable { field, .. } => format!("untranslatable: {field}"),
+                }),
+                checked: false,
+                schema_error: None,
+                text: String::new(),
+                usage: Usage::default(),
+            },
+        )),
     };
-    let api = Api::of_path(mirror.uri.path());
-    let shadow = answer.map(|(status, sse, body, ended)| {
-        let parsed = inspect(api, status, sse, &body, ended);
+    if let Some((status, parsed)) = &shadow {
         stats.record(parsed.outcome);
         if parsed.outcome != Outcome::Ok {
             stats
                 .examples
-                .offer(parsed.outcome, status, parsed.detail.as_deref());
+                .offer(parsed.outcome, *status, parsed.detail.as_deref());
         }
-        (status, parsed)
-    });
+    }
     if let Some((_, a)) = &shadow {
         stats.add(c::INPUT_TOKENS, a.usage.input);
         stats.add(c::OUTPUT_TOKENS, a.usage.output);
@@ -197,7 +196,7 @@ async fn run(mirror: Mirror, primary: oneshot::Receiver<Seen>) {
     let Ok(seen) = primary.await else {
         return;
     };
-    let theirs = inspect(api, seen.status, seen.sse, &seen.body, seen.complete);
+    let theirs = inspect(seen.api, seen.status, seen.sse, &seen.body, seen.complete);
     stats.bump(c::COMPARED);
     stats.add(c::PRIMARY_INPUT_TOKENS, theirs.usage.input);
     stats.add(c::PRIMARY_OUTPUT_TOKENS, theirs.usage.output);
@@ -253,6 +252,45 @@ async fn run(mirror: Mirror, primary: oneshot::Receiver<Seen>) {
                 .keep_prompts
                 .then(|| String::from_utf8_lossy(&mirror.body).into_owned()),
         });
+    }
+}
+
+/// Sends a shadow request and reads its answer whole: its status, whether
+/// it is a stream, the body kept and whether it ended properly. `None`
+/// when no answer came (counted).
+async fn send_and_read(
+    out: Outgoing<'_>,
+    backend: &crate::policy::Backend,
+    lb: &crate::runtime::LiveBackend,
+    stats: &crate::telemetry::ShadowStats,
+) -> Option<(u16, bool, Bytes, bool)> {
+    let started = Instant::now();
+    let deadline = started + backend.timeouts.overall;
+    match crate::attempt::send(out, backend, lb, deadline, &tracing::Span::none()).await {
+        Tried::Response(resp, lease) => {
+            let status = resp.status();
+            let sse = is_sse(resp.headers());
+            let (body, ttft, ended) = read_all(
+                resp.into_body(),
+                backend.timeouts.stream_idle,
+                deadline,
+                started,
+            )
+            .await;
+            if ended && let Some(lease) = lease {
+                lease.release();
+            }
+            stats.latency.record(started.elapsed());
+            if sse && let Some(t) = ttft {
+                stats.ttft.record(t);
+            }
+            Some((status.as_u16(), sse, body, ended))
+        }
+        Tried::Failed(outcome, _) => {
+            stats.record(outcome);
+            None
+        }
+        Tried::Fault(..) => None,
     }
 }
 
@@ -450,18 +488,18 @@ mod tests {
     #[test]
     fn the_tap_hands_over_the_primary_answer() {
         let (tx, mut rx) = oneshot::channel();
-        let mut tap = Tap::new(200, false, tx);
+        let mut tap = Tap::new(Api::ChatCompletions, 200, false, tx);
         tap.push(b"{}");
         tap.finish(Outcome::Ok);
         let seen = rx.try_recv().unwrap();
         assert!(seen.complete);
         assert_eq!(seen.body, "{}");
         let (tx, mut rx) = oneshot::channel();
-        let mut tap = Tap::new(200, true, tx);
+        let mut tap = Tap::new(Api::ChatCompletions, 200, true, tx);
         tap.finish(Outcome::StreamBroken);
         assert!(!rx.try_recv().unwrap().complete);
         let (tx, mut rx) = oneshot::channel();
-        let mut tap = Tap::new(200, false, tx);
+        let mut tap = Tap::new(Api::ChatCompletions, 200, false, tx);
         tap.finish(Outcome::Cancelled);
         assert!(rx.try_recv().is_err());
     }

@@ -32,6 +32,7 @@ use crate::outcome::Outcome;
 use crate::shadow::Tap;
 use crate::telemetry::AgentStats;
 use crate::trace::BodySpans;
+use crate::translate::{self, Crossing};
 use crate::upstream::Lease;
 
 /// Counts a request in flight until dropped (it travels with the response body).
@@ -158,28 +159,40 @@ impl PlainUsage {
     }
 }
 
-/// What a server-sent event stream's events said so far.
+/// What a server-sent event stream's events said so far, and, when the
+/// stream is translated, what the app gets for them.
 struct Events {
     reader: SseEvents,
     check: StreamCheck,
+    translate: Option<translate::Stream>,
+    /// Translated events not yet passed on.
+    out: Vec<u8>,
 }
 
 impl Events {
-    fn new(api: Api) -> Self {
+    /// Events of the backend's API `api`; with `crossing`, turned back into
+    /// the app's.
+    fn new(api: Api, crossing: Option<&Crossing>) -> Self {
         Self {
             reader: SseEvents::default(),
             check: StreamCheck::new(api),
+            translate: crossing.map(translate::Stream::new),
+            out: Vec::new(),
         }
     }
 
     /// Reads the events completed by `data` (all that are left, at the end).
     fn feed(&mut self, data: Option<&[u8]>, usage: &mut Usage) {
         let check = &mut self.check;
+        let (translate, out) = (&mut self.translate, &mut self.out);
         let mut on_event = |name: Option<&[u8]>, event: &[u8]| {
             if crate::api::USAGE_KEY.find(event).is_some() {
                 usage.absorb(event);
             }
             check.event(name, event, None);
+            if let Some(t) = translate {
+                t.event(name, event, out);
+            }
         };
         match data {
             Some(bytes) => self.reader.feed(bytes, on_event),
@@ -236,9 +249,12 @@ pub struct ObservedBody {
 /// How to watch a body.
 pub struct Watch {
     pub sse: bool,
-    /// The request's API: what its events must look like, and the shape
-    /// of the error event that ends a broken stream.
+    /// The app's API: the shape of the error event that ends a broken
+    /// stream, and (unless translated) what its events must look like.
     pub api: Api,
+    /// The stream is in the backend's API, turned back into the app's as
+    /// it passes.
+    pub crossing: Option<Crossing>,
     pub idle_timeout: Duration,
     /// Cut the stream after this many events (an injected fault).
     pub cut_after: Option<u32>,
@@ -258,7 +274,10 @@ impl ObservedBody {
             inner,
             prefix: None,
             state: State::Streaming,
-            events: watch.sse.then(|| Box::new(Events::new(watch.api))),
+            events: watch.sse.then(|| {
+                let api = watch.crossing.as_ref().map_or(watch.api, |c| c.backend);
+                Box::new(Events::new(api, watch.crossing.as_ref()))
+            }),
             plain: PlainUsage::default(),
             api: watch.api,
             idle_timeout: watch.idle_timeout,
@@ -354,20 +373,25 @@ impl ObservedBody {
     }
 
     /// The upstream body ended: a stream without its final event is broken;
-    /// one whose events are not its API's is malformed.
-    fn end(&mut self) {
+    /// one whose events are not its API's is malformed. Returns what the
+    /// last events translate to, if anything.
+    fn end(&mut self) -> Option<Bytes> {
         let mut outcome = self.outcome;
         let mut detail = None;
+        let mut rest = None;
         match self.events.as_mut() {
             Some(events) => {
                 events.feed(None, &mut self.usage);
+                if !events.out.is_empty() {
+                    rest = Some(Bytes::from(std::mem::take(&mut events.out)));
+                }
                 if !events.check.saw_terminal() {
                     self.fail(
                         ErrorKind::StreamBroken,
                         Outcome::StreamBroken,
                         "the upstream stream ended without its final event",
                     );
-                    return;
+                    return rest;
                 }
                 if let Err(m) = events.check.verdict() {
                     outcome = Outcome::Malformed;
@@ -381,17 +405,30 @@ impl ObservedBody {
         }
         self.settle(outcome, detail.as_deref());
         self.state = State::Done;
+        rest
     }
 
-    /// Watches one frame of data on its way to the app.
-    fn observe(&mut self, data: &Bytes) {
+    /// Watches one frame of data on its way to the app; returns what the
+    /// app gets for it (the frame itself, unless translated).
+    fn observe(&mut self, data: Bytes) -> Bytes {
         if let Some(tap) = &mut self.tap {
-            tap.push(data);
+            tap.push(&data);
         }
         match self.events.as_mut() {
-            Some(events) => events.feed(Some(data), &mut self.usage),
-            None => self.plain.feed(data),
+            Some(events) => {
+                events.feed(Some(&data), &mut self.usage);
+                if events.translate.is_some() {
+                    return Bytes::from(std::mem::take(&mut events.out));
+                }
+            }
+            None => self.plain.feed(&data),
         }
+        data
+    }
+
+    /// The API the body is in, as the backend sent it.
+    pub fn backend_api(&self) -> Api {
+        self.events.as_ref().map_or(self.api, |e| e.check.api())
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
@@ -418,7 +455,7 @@ impl ObservedBody {
             State::Streaming => {}
         }
         if let Some(prefix) = self.prefix.take() {
-            self.observe(&prefix);
+            let prefix = self.observe(prefix);
             return Poll::Ready(Some(Ok(Frame::data(prefix))));
         }
         match Pin::new(&mut self.inner).poll_frame(cx) {
@@ -445,6 +482,7 @@ impl ObservedBody {
                         self.cut_after.unwrap_or(0)
                     );
                     self.fail(ErrorKind::StreamBroken, Outcome::FaultInjected, &message);
+                    let passed = self.observe(passed);
                     if passed.is_empty() {
                         return self.poll(cx);
                     }
@@ -463,9 +501,13 @@ impl ObservedBody {
                 if data.is_empty() && !last {
                     return self.poll(cx);
                 }
-                self.observe(&data);
-                if last {
-                    self.end();
+                let mut data = self.observe(data);
+                if last && let Some(rest) = self.end() {
+                    data = [data, rest].concat().into();
+                }
+                if data.is_empty() && !last {
+                    // Events that translate to nothing (pings).
+                    return self.poll(cx);
                 }
                 Poll::Ready(Some(Ok(Frame::data(data))))
             }
@@ -475,12 +517,16 @@ impl ObservedBody {
                 self.poll(cx)
             }
             Poll::Ready(None) => {
-                if let Some(rest) = self.answer_model.as_mut().and_then(|m| m.finish()) {
-                    self.observe(&rest);
-                    self.end();
-                    return Poll::Ready(Some(Ok(Frame::data(rest))));
+                let mut out = match self.answer_model.as_mut().and_then(|m| m.finish()) {
+                    Some(rest) => self.observe(rest),
+                    None => Bytes::new(),
+                };
+                if let Some(rest) = self.end() {
+                    out = [out, rest].concat().into();
                 }
-                self.end();
+                if !out.is_empty() {
+                    return Poll::Ready(Some(Ok(Frame::data(out))));
+                }
                 self.poll(cx)
             }
             Poll::Pending => {
@@ -550,6 +596,17 @@ mod tests {
                 output: 12
             }
         );
+        // Anthropic's cache reads and writes count as input, as they do in
+        // OpenAI's prompt count.
+        let mut cached = Usage::default();
+        cached.absorb(br#"{"usage":{"input_tokens":5,"cache_creation_input_tokens":10,"cache_read_input_tokens":100,"output_tokens":3}}"#);
+        assert_eq!(
+            cached,
+            Usage {
+                input: 115,
+                output: 3
+            }
+        );
         let mut a = Usage::default();
         a.absorb(br#"{"type":"message_start","message":{"usage":{"input_tokens":25,"output_tokens":1}}}"#);
         a.absorb(br#"{"type":"message_delta","usage":{"output_tokens":15}}"#);
@@ -565,7 +622,7 @@ mod tests {
     /// SSE usage is found even when its line is split across frames.
     #[test]
     fn sse_usage_across_frames() {
-        let mut events = Events::new(Api::ChatCompletions);
+        let mut events = Events::new(Api::ChatCompletions, None);
         let mut usage = Usage::default();
         events.feed(
             Some(b"data: {\"choices\":[]}\n\ndata: {\"usage\":{\"prompt_"),

@@ -46,6 +46,11 @@ pub struct BackendStats {
     pub faults_abort: AtomicU64,
     pub faults_delay: AtomicU64,
     pub faults_cut: AtomicU64,
+    /// Requests translated into this backend's API family, refused (with
+    /// a field that has no counterpart) and fields dropped from them.
+    pub translated: AtomicU64,
+    pub translation_refused: AtomicU64,
+    pub dropped_fields: AtomicU64,
     /// This backend as the shadow of its policy.
     pub shadow: ShadowStats,
     /// An example answer of each failure class.
@@ -309,6 +314,11 @@ impl BackendStats {
                 load(&self.faults_delay),
                 load(&self.faults_cut),
             ],
+            translation: [
+                load(&self.translated),
+                load(&self.translation_refused),
+                load(&self.dropped_fields),
+            ],
             shadow: self.shadow.counts(),
         }
     }
@@ -329,6 +339,8 @@ pub struct Counts {
     pub selected: u64,
     /// Abort, delay, stream cut.
     pub faults: [u64; 3],
+    /// Translated, refused, dropped fields.
+    pub translation: [u64; 3],
     pub shadow: ShadowCounts,
 }
 
@@ -354,6 +366,9 @@ impl Counts {
         for (a, b) in self.faults.iter_mut().zip(&other.faults) {
             *a += b;
         }
+        for (a, b) in self.translation.iter_mut().zip(&other.translation) {
+            *a += b;
+        }
         self.shadow.add(&other.shadow);
     }
 
@@ -373,6 +388,9 @@ impl Counts {
             fallbacks: self.fallbacks.saturating_sub(earlier.fallbacks),
             selected: self.selected.saturating_sub(earlier.selected),
             faults: std::array::from_fn(|i| self.faults[i].saturating_sub(earlier.faults[i])),
+            translation: std::array::from_fn(|i| {
+                self.translation[i].saturating_sub(earlier.translation[i])
+            }),
             shadow: self.shadow.since(&earlier.shadow),
         }
     }
@@ -580,7 +598,7 @@ impl StatsRegistry {
             }
         }
         type Getter = fn(&Counts) -> u64;
-        let simple: [(&str, &str, Getter); 3] = [
+        let simple: [(&str, &str, Getter); 6] = [
             (
                 "shepherd_agent_selected_total",
                 "Requests the split sent to a backend first.",
@@ -595,6 +613,21 @@ impl StatsRegistry {
                 "shepherd_agent_fallbacks_total",
                 "Times a backend was tried as a fallback.",
                 |s| s.fallbacks,
+            ),
+            (
+                "shepherd_agent_translated_requests_total",
+                "Requests translated into a backend's API family (OpenAI chat completions to Anthropic messages, or back).",
+                |s| s.translation[0],
+            ),
+            (
+                "shepherd_agent_translation_refused_total",
+                "Requests not sent to a backend because a field has no counterpart in its API family (a backend_rejected outcome).",
+                |s| s.translation[1],
+            ),
+            (
+                "shepherd_agent_translation_dropped_fields_total",
+                "Fields with no counterpart dropped from translated requests (backends with drop_unsupported).",
+                |s| s.translation[2],
             ),
         ];
         for (name, help, get) in simple {

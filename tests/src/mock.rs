@@ -14,6 +14,16 @@
 //! Like the real APIs, it refuses a chat completion or a message without
 //! `messages` with a 400 (the app's own mistake).
 //!
+//! [`MockProvider::new`] answers both API families on any base path.
+//! [`MockProvider::openai`] and [`MockProvider::anthropic`] serve one API
+//! strictly, as a real provider does ([`Api`]): the Anthropic mock serves
+//! `/v1/messages` only, requires `x-api-key` and `anthropic-version`,
+//! refuses fields the Messages API does not have and answers with
+//! Anthropic-shaped errors; the OpenAI mock serves only OpenAI's paths,
+//! requires a bearer key and refuses unknown request arguments. Either can
+//! answer with tool calls (streamed as argument deltas) when the request
+//! offers tools, and report cached prompt tokens ([`Behavior::cached_tokens`]).
+//!
 //! A request can also ask for a failure itself (the agent forwards app
 //! headers): `x-mock-status: 500` answers with that status,
 //! `x-mock-mode: unauthorized` (any [`Mode`] name) answers in that mode, and
@@ -166,6 +176,265 @@ impl Mode {
     }
 }
 
+/// The one API a strict mock serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    OpenAi,
+    Anthropic,
+}
+
+impl Api {
+    pub fn parse(name: &str) -> Option<Api> {
+        match name {
+            "openai" => Some(Api::OpenAi),
+            "anthropic" => Some(Api::Anthropic),
+            _ => None,
+        }
+    }
+}
+
+/// Top-level fields of an Anthropic Messages request.
+const ANTHROPIC_FIELDS: [&str; 15] = [
+    "model",
+    "messages",
+    "max_tokens",
+    "system",
+    "stop_sequences",
+    "temperature",
+    "top_p",
+    "top_k",
+    "stream",
+    "tools",
+    "tool_choice",
+    "metadata",
+    "thinking",
+    "service_tier",
+    "container",
+];
+
+/// Top-level fields of an OpenAI chat completion request.
+const OPENAI_CHAT_FIELDS: [&str; 33] = [
+    "model",
+    "messages",
+    "audio",
+    "frequency_penalty",
+    "function_call",
+    "functions",
+    "logit_bias",
+    "logprobs",
+    "max_completion_tokens",
+    "max_tokens",
+    "metadata",
+    "modalities",
+    "n",
+    "parallel_tool_calls",
+    "prediction",
+    "presence_penalty",
+    "prompt_cache_key",
+    "reasoning_effort",
+    "response_format",
+    "safety_identifier",
+    "seed",
+    "service_tier",
+    "stop",
+    "store",
+    "stream",
+    "stream_options",
+    "temperature",
+    "tool_choice",
+    "tools",
+    "top_logprobs",
+    "top_p",
+    "user",
+    "web_search_options",
+];
+
+/// An error body in the shape of the API asked.
+fn error_json(anthropic: bool, status: u16, message: &str) -> serde_json::Value {
+    if anthropic {
+        let kind = match status {
+            400 | 422 => "invalid_request_error",
+            401 => "authentication_error",
+            402 => "billing_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            529 | 503 => "overloaded_error",
+            _ => "api_error",
+        };
+        serde_json::json!({"type": "error", "error": {"type": kind, "message": message}})
+    } else {
+        let kind = match status {
+            400..=499 => "invalid_request_error",
+            _ => "server_error",
+        };
+        serde_json::json!({"error": {"message": message, "type": kind, "param": null, "code": null}})
+    }
+}
+
+/// Refuses what the strict API would refuse: another API's path, a
+/// missing key or version header, a field the API does not have.
+fn strict_refusal(
+    api: Api,
+    parts: &http::request::Parts,
+    path: &str,
+    json: Option<&serde_json::Value>,
+) -> Option<Response<Body>> {
+    let anthropic = api == Api::Anthropic;
+    let refuse = |status: u16, message: String| {
+        Some(json_response(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+            error_json(anthropic, status, &message),
+        ))
+    };
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+    };
+    let served: &[&str] = if anthropic {
+        &["/v1/messages", "/v1/models"]
+    } else {
+        &[
+            "/v1/chat/completions",
+            "/v1/completions",
+            "/v1/embeddings",
+            "/v1/models",
+        ]
+    };
+    if !served.contains(&path) {
+        return refuse(
+            404,
+            format!("Invalid URL ({} {})", parts.method, parts.uri.path()),
+        );
+    }
+    if anthropic {
+        if header("x-api-key").is_none() {
+            return refuse(401, "x-api-key header is required".into());
+        }
+        if header("anthropic-version").is_none() {
+            return refuse(400, "anthropic-version: header is required".into());
+        }
+        if header("authorization").is_some() {
+            return refuse(400, "authorization: unexpected header".into());
+        }
+    } else if !header("authorization").is_some_and(|v| v.starts_with("Bearer ")) {
+        return refuse(
+            401,
+            "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth.".into(),
+        );
+    }
+    if parts.method != http::Method::POST {
+        return None;
+    }
+    let Some(body) = json.and_then(|j| j.as_object()) else {
+        return refuse(400, "the request body is not a JSON object".into());
+    };
+    if anthropic {
+        if let Some(key) = body
+            .keys()
+            .find(|k| !ANTHROPIC_FIELDS.contains(&k.as_str()))
+        {
+            return refuse(400, format!("{key}: Extra inputs are not permitted"));
+        }
+        if !body.contains_key("max_tokens") {
+            return refuse(400, "max_tokens: Field required".into());
+        }
+        if body
+            .get("temperature")
+            .and_then(serde_json::Value::as_f64)
+            .is_some_and(|t| t > 1.0)
+        {
+            return refuse(
+                400,
+                "temperature: Input should be less than or equal to 1".into(),
+            );
+        }
+        let roles_ok = body
+            .get("messages")
+            .and_then(serde_json::Value::as_array)
+            .is_some_and(|m| {
+                m.iter()
+                    .all(|m| matches!(m["role"].as_str(), Some("user" | "assistant")))
+            });
+        if !roles_ok {
+            return refuse(
+                400,
+                "messages: roles must be \"user\" or \"assistant\"".into(),
+            );
+        }
+    } else if path == "/v1/chat/completions"
+        && let Some(key) = body
+            .keys()
+            .find(|k| !OPENAI_CHAT_FIELDS.contains(&k.as_str()))
+    {
+        return refuse(
+            400,
+            format!("Unrecognized request argument supplied: {key}"),
+        );
+    }
+    None
+}
+
+/// The tool call the mock answers with, when a request offers tools and
+/// its last message is not a tool's result: the forced tool, or the first.
+fn tool_call(json: Option<&serde_json::Value>, anthropic: bool) -> Option<(String, String)> {
+    let json = json?;
+    let tools = json.get("tools")?.as_array()?;
+    let name_of = |t: &serde_json::Value| {
+        t.pointer("/function/name")
+            .or_else(|| t.get("name"))
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string)
+    };
+    let last = json.get("messages")?.as_array()?.last()?;
+    let answered = last["role"] == "tool"
+        || last["content"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|b| b["type"] == "tool_result"));
+    if answered {
+        return None;
+    }
+    let choice = json.get("tool_choice");
+    if choice.is_some_and(|c| c == "none" || c["type"] == "none") {
+        return None;
+    }
+    let forced = choice.and_then(|c| {
+        c.pointer("/function/name")
+            .or_else(|| if anthropic { c.get("name") } else { None })
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string)
+    });
+    let name = forced.or_else(|| tools.first().and_then(name_of))?;
+    Some((name, r#"{"city":"Paris","days":2}"#.to_string()))
+}
+
+/// What a tool's result said, when the request's last message is one.
+fn tool_result(json: Option<&serde_json::Value>) -> Option<String> {
+    let last = json?.get("messages")?.as_array()?.last()?;
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Array(parts) => Some(
+            parts
+                .iter()
+                .filter_map(|p| p["text"].as_str())
+                .collect::<String>(),
+        ),
+        _ => None,
+    };
+    if last["role"] == "tool" {
+        return text(&last["content"]);
+    }
+    last["content"].as_array()?.iter().find_map(|b| {
+        (b["type"] == "tool_result")
+            .then(|| text(&b["content"]))
+            .flatten()
+    })
+}
+
 /// How the mock behaves; change it with [`MockProvider::set`].
 #[derive(Debug, Clone)]
 pub struct Behavior {
@@ -192,6 +461,10 @@ pub struct Behavior {
     pub gated: bool,
     /// Answer every request as a misconfigured provider does.
     pub mode: Option<Mode>,
+    /// Prompt tokens reported as read from the cache (OpenAI's
+    /// `prompt_tokens_details.cached_tokens`, Anthropic's
+    /// `cache_read_input_tokens`).
+    pub cached_tokens: u32,
 }
 
 impl Default for Behavior {
@@ -209,6 +482,7 @@ impl Default for Behavior {
             omit_final_event: false,
             gated: false,
             mode: None,
+            cached_tokens: 0,
         }
     }
 }
@@ -228,6 +502,8 @@ pub struct Received {
 
 struct State {
     name: String,
+    /// The one API served, strictly; `None`: both, leniently.
+    strict: Option<Api>,
     behavior: Mutex<Behavior>,
     received: Mutex<Vec<Received>>,
     counter: AtomicU64,
@@ -246,11 +522,27 @@ pub struct MockProvider {
 }
 
 impl MockProvider {
-    /// A provider whose answers say `name`.
+    /// A provider whose answers say `name`, answering both API families.
     pub fn new(name: &str) -> Self {
+        Self::serving(name, None)
+    }
+
+    /// A provider that serves OpenAI's APIs only, strictly.
+    pub fn openai(name: &str) -> Self {
+        Self::serving(name, Some(Api::OpenAi))
+    }
+
+    /// A provider that serves Anthropic's Messages API only, strictly.
+    pub fn anthropic(name: &str) -> Self {
+        Self::serving(name, Some(Api::Anthropic))
+    }
+
+    /// A provider serving `strict`'s API only (or both, leniently).
+    pub fn serving(name: &str, strict: Option<Api>) -> Self {
         Self {
             state: Arc::new(State {
                 name: name.into(),
+                strict,
                 behavior: Mutex::new(Behavior::default()),
                 received: Mutex::new(Vec::new()),
                 counter: AtomicU64::new(0),
@@ -437,9 +729,6 @@ impl MockProvider {
         if !behavior.delay.is_zero() {
             tokio::time::sleep(behavior.delay).await;
         }
-        if let Some(resp) = self.failure(&behavior, n) {
-            return resp;
-        }
         let model = model.unwrap_or_else(|| "mock-model".into());
         // Served under any base path: match on the API path it ends with.
         let full_path = parts.uri.path();
@@ -453,7 +742,18 @@ impl MockProvider {
         .into_iter()
         .find(|p| full_path.ends_with(p))
         .unwrap_or(full_path);
-        let anthropic = path == "/v1/messages";
+        let anthropic = match self.state.strict {
+            Some(api) => api == Api::Anthropic,
+            None => path == "/v1/messages",
+        };
+        if let Some(api) = self.state.strict
+            && let Some(resp) = strict_refusal(api, &parts, path, json.as_ref())
+        {
+            return resp;
+        }
+        if let Some(resp) = self.failure(&behavior, n, anthropic) {
+            return resp;
+        }
         let mode = parts
             .headers
             .get("x-mock-mode")
@@ -481,40 +781,80 @@ impl MockProvider {
             let status = u16::try_from(status).unwrap_or(500);
             return json_response(
                 StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-                serde_json::json!({"error": {"message": format!("{} failed on request", self.state.name), "type": "server_error"}}),
+                error_json(
+                    anthropic,
+                    status,
+                    &format!("{} failed on request", self.state.name),
+                ),
             );
         }
+        let call = tool_call(json.as_ref(), anthropic);
+        let text = match tool_result(json.as_ref()) {
+            Some(said) => format!("reply from {}: the tool said {said}", self.state.name),
+            None => format!("reply from {}", self.state.name),
+        };
+        let cached = behavior.cached_tokens;
         match (parts.method.as_str(), path) {
             ("GET", "/v1/models") => json_response(
                 StatusCode::OK,
                 serde_json::json!({"object": "list", "data": [{"id": model, "object": "model", "owned_by": self.state.name}]}),
             ),
             ("POST", "/v1/messages") if stream => {
-                let events = anthropic_events(&self.state.name, &model, behavior.chunks);
-                self.stream(behavior, events)
-            }
-            ("POST", "/v1/messages") => json_response(
-                StatusCode::OK,
-                serde_json::json!({
-                    "id": format!("msg_{n}"), "type": "message", "role": "assistant", "model": model,
-                    "content": [{"type": "text", "text": format!("reply from {}", self.state.name)}],
-                    "stop_reason": "end_turn",
-                    "usage": {"input_tokens": 11, "output_tokens": 7}
-                }),
-            ),
-            ("POST", "/v1/chat/completions") if stream => {
                 let events =
-                    openai_events(&self.state.name, &model, behavior.chunks, include_usage);
+                    anthropic_events(&self.state.name, &model, behavior.chunks, call, cached);
                 self.stream(behavior, events)
             }
-            ("POST", "/v1/chat/completions") => json_response(
-                StatusCode::OK,
-                serde_json::json!({
-                    "id": format!("chatcmpl-{n}"), "object": "chat.completion", "created": 1_700_000_000, "model": model,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("reply from {}", self.state.name)}, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
-                }),
-            ),
+            ("POST", "/v1/messages") => {
+                let mut content = vec![serde_json::json!({"type": "text", "text": text})];
+                if let Some((name, args)) = &call {
+                    let input: serde_json::Value = serde_json::from_str(args).unwrap_or_default();
+                    content.push(serde_json::json!({"type": "tool_use", "id": format!("toolu_{n}"), "name": name, "input": input}));
+                }
+                let mut usage = serde_json::json!({"input_tokens": 11, "output_tokens": 7});
+                if cached > 0 {
+                    usage["cache_read_input_tokens"] = cached.into();
+                }
+                json_response(
+                    StatusCode::OK,
+                    serde_json::json!({
+                        "id": format!("msg_{n}"), "type": "message", "role": "assistant", "model": model,
+                        "content": content,
+                        "stop_reason": if call.is_some() { "tool_use" } else { "end_turn" },
+                        "stop_sequence": null,
+                        "usage": usage
+                    }),
+                )
+            }
+            ("POST", "/v1/chat/completions") if stream => {
+                let events = openai_events(
+                    &self.state.name,
+                    &model,
+                    behavior.chunks,
+                    include_usage,
+                    call,
+                    cached,
+                );
+                self.stream(behavior, events)
+            }
+            ("POST", "/v1/chat/completions") => {
+                let mut message = serde_json::json!({"role": "assistant", "content": text});
+                if let Some((name, args)) = &call {
+                    message["content"] = serde_json::Value::Null;
+                    message["tool_calls"] = serde_json::json!([{"id": format!("call_{n}"), "type": "function", "function": {"name": name, "arguments": args}}]);
+                }
+                let mut usage = serde_json::json!({"prompt_tokens": 10 + cached, "completion_tokens": 5, "total_tokens": 15 + cached});
+                if cached > 0 {
+                    usage["prompt_tokens_details"] = serde_json::json!({"cached_tokens": cached});
+                }
+                json_response(
+                    StatusCode::OK,
+                    serde_json::json!({
+                        "id": format!("chatcmpl-{n}"), "object": "chat.completion", "created": 1_700_000_000, "model": model,
+                        "choices": [{"index": 0, "message": message, "finish_reason": if call.is_some() { "tool_calls" } else { "stop" }}],
+                        "usage": usage
+                    }),
+                )
+            }
             ("POST", "/v1/completions") => json_response(
                 StatusCode::OK,
                 serde_json::json!({
@@ -533,7 +873,11 @@ impl MockProvider {
             ),
             _ => json_response(
                 StatusCode::NOT_FOUND,
-                serde_json::json!({"error": {"message": format!("mock has no {} {path}", parts.method), "type": "invalid_request_error"}}),
+                error_json(
+                    anthropic,
+                    404,
+                    &format!("mock has no {} {path}", parts.method),
+                ),
             ),
         }
     }
@@ -552,7 +896,7 @@ impl MockProvider {
         }
     }
 
-    fn failure(&self, behavior: &Behavior, n: u64) -> Option<Response<Body>> {
+    fn failure(&self, behavior: &Behavior, n: u64, anthropic: bool) -> Option<Response<Body>> {
         let due = |k: u64, rate: f64| (k as f64 * rate).floor() as u64;
         let status = match (self.take_failure(), behavior.error_rate) {
             (Some(f), _) => Some(f),
@@ -564,7 +908,11 @@ impl MockProvider {
         let (status, retry_after) = status;
         let mut resp = json_response(
             StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            serde_json::json!({"error": {"message": format!("{} failed on purpose", self.state.name), "type": "server_error"}}),
+            error_json(
+                anthropic,
+                status,
+                &format!("{} failed on purpose", self.state.name),
+            ),
         );
         if let Some(ra) = retry_after {
             resp.headers_mut()
@@ -662,8 +1010,16 @@ fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Body>
     resp
 }
 
-/// The events of a streamed chat completion, ending with `data: [DONE]`.
-fn openai_events(name: &str, model: &str, chunks: u32, include_usage: bool) -> Vec<String> {
+/// The events of a streamed chat completion, ending with `data: [DONE]`;
+/// with `call`, a tool call whose arguments arrive in pieces.
+fn openai_events(
+    name: &str,
+    model: &str,
+    chunks: u32,
+    include_usage: bool,
+    call: Option<(String, String)>,
+    cached: u32,
+) -> Vec<String> {
     let chunk = |delta: serde_json::Value, finish: serde_json::Value| {
         format!(
             "data: {}\n\n",
@@ -681,25 +1037,63 @@ fn openai_events(name: &str, model: &str, chunks: u32, include_usage: bool) -> V
             serde_json::Value::Null,
         ));
     }
-    events.push(chunk(serde_json::json!({}), serde_json::json!("stop")));
+    let finish = match &call {
+        Some((tool, args)) => {
+            events.push(chunk(
+                serde_json::json!({"tool_calls": [{"index": 0, "id": "call_s", "type": "function", "function": {"name": tool, "arguments": ""}}]}),
+                serde_json::Value::Null,
+            ));
+            for piece in pieces(args) {
+                events.push(chunk(
+                    serde_json::json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+                    serde_json::Value::Null,
+                ));
+            }
+            "tool_calls"
+        }
+        None => "stop",
+    };
+    events.push(chunk(serde_json::json!({}), serde_json::json!(finish)));
     if include_usage {
+        let mut usage = serde_json::json!({"prompt_tokens": 10 + cached, "completion_tokens": chunks, "total_tokens": 10 + cached + chunks});
+        if cached > 0 {
+            usage["prompt_tokens_details"] = serde_json::json!({"cached_tokens": cached});
+        }
         events.push(format!(
             "data: {}\n\n",
             serde_json::json!({"id": "chatcmpl-s", "object": "chat.completion.chunk", "model": model, "choices": [],
-                "usage": {"prompt_tokens": 10, "completion_tokens": chunks, "total_tokens": 10 + chunks}})
+                "usage": usage})
         ));
     }
     events.push("data: [DONE]\n\n".into());
     events
 }
 
-/// The events of a streamed Anthropic message, ending with `message_stop`.
-fn anthropic_events(name: &str, model: &str, chunks: u32) -> Vec<String> {
+/// A tool call's arguments in three pieces, as providers stream them.
+fn pieces(args: &str) -> Vec<String> {
+    let chars: Vec<char> = args.chars().collect();
+    let third = chars.len().div_ceil(3).max(1);
+    chars.chunks(third).map(|c| c.iter().collect()).collect()
+}
+
+/// The events of a streamed Anthropic message, ending with `message_stop`;
+/// with `call`, a tool-use block whose input arrives in pieces.
+fn anthropic_events(
+    name: &str,
+    model: &str,
+    chunks: u32,
+    call: Option<(String, String)>,
+    cached: u32,
+) -> Vec<String> {
     let event = |kind: &str, data: serde_json::Value| format!("event: {kind}\ndata: {data}\n\n");
+    let mut usage = serde_json::json!({"input_tokens": 11, "output_tokens": 1});
+    if cached > 0 {
+        usage["cache_read_input_tokens"] = cached.into();
+    }
     let mut events = vec![
         event(
             "message_start",
-            serde_json::json!({"type": "message_start", "message": {"id": "msg_s", "type": "message", "role": "assistant", "model": model, "content": [], "usage": {"input_tokens": 11, "output_tokens": 1}}}),
+            serde_json::json!({"type": "message_start", "message": {"id": "msg_s", "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": null, "stop_sequence": null, "usage": usage}}),
         ),
         event(
             "content_block_start",
@@ -716,7 +1110,27 @@ fn anthropic_events(name: &str, model: &str, chunks: u32) -> Vec<String> {
         "content_block_stop",
         serde_json::json!({"type": "content_block_stop", "index": 0}),
     ));
-    events.push(event("message_delta", serde_json::json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": chunks}})));
+    let stop = match &call {
+        Some((tool, args)) => {
+            events.push(event(
+                "content_block_start",
+                serde_json::json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_s", "name": tool, "input": {}}}),
+            ));
+            for piece in pieces(args) {
+                events.push(event(
+                    "content_block_delta",
+                    serde_json::json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": piece}}),
+                ));
+            }
+            events.push(event(
+                "content_block_stop",
+                serde_json::json!({"type": "content_block_stop", "index": 1}),
+            ));
+            "tool_use"
+        }
+        None => "end_turn",
+    };
+    events.push(event("message_delta", serde_json::json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": chunks}})));
     events.push(event(
         "message_stop",
         serde_json::json!({"type": "message_stop"}),

@@ -19,12 +19,23 @@ const MESSAGES: &str = "/v1/messages";
 const BODY: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
 const STREAM_BODY: &str =
     r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+const MESSAGES_BODY: &str =
+    r#"{"model":"claude-x","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}"#;
 /// A request the API refuses whatever the backend: no `messages`.
 const BAD_BODY: &str = r#"{"model":"gpt-4o"}"#;
 
 /// Baseline "a" and candidate "b" (at `weight`) on TCP, with `extra`
 /// merged into the policy.
 async fn setup(weight: u32, extra: Value) -> (MockProvider, MockProvider, TestAgent) {
+    setup_speaking("PROTOCOL_OPENAI", weight, extra).await
+}
+
+/// The same, both backends speaking `protocol`.
+async fn setup_speaking(
+    protocol: &str,
+    weight: u32,
+    extra: Value,
+) -> (MockProvider, MockProvider, TestAgent) {
     let a = MockProvider::new("a");
     let b = MockProvider::new("b");
     let (aa, ba) = (a.serve_tcp().await, b.serve_tcp().await);
@@ -32,8 +43,8 @@ async fn setup(weight: u32, extra: Value) -> (MockProvider, MockProvider, TestAg
         "name": "chat",
         "match": {"path_prefix": "/v1/"},
         "backends": [
-            {"name": "a", "base_url": format!("http://{aa}")},
-            {"name": "b", "base_url": format!("http://{ba}")}
+            {"name": "a", "base_url": format!("http://{aa}"), "protocol": protocol},
+            {"name": "b", "base_url": format!("http://{ba}"), "protocol": protocol}
         ],
         "traffic": {"baseline": "a", "candidate": "b", "candidate_weight": weight}
     });
@@ -67,8 +78,14 @@ fn outcome_line(backend: &str, outcome: &str) -> String {
 #[tokio::test]
 async fn rejected_and_malformed_answers_fall_back_at_once() {
     for mode in Mode::ALL {
-        for (path, body) in [(CHAT, BODY), (CHAT, STREAM_BODY), (MESSAGES, BODY)] {
-            let (a, b, agent) = setup(
+        for (path, body) in [(CHAT, BODY), (CHAT, STREAM_BODY), (MESSAGES, MESSAGES_BODY)] {
+            let protocol = if path == MESSAGES {
+                "PROTOCOL_ANTHROPIC"
+            } else {
+                "PROTOCOL_OPENAI"
+            };
+            let (a, b, agent) = setup_speaking(
+                protocol,
                 10_000,
                 json!({
                     "fallback": ["a"],

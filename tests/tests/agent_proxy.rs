@@ -24,6 +24,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CHAT: &str = "/v1/chat/completions";
 const BODY: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
+const MESSAGES_BODY: &str =
+    r#"{"model":"gpt-4o","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}"#;
+const MESSAGES_STREAM_BODY: &str = r#"{"model":"gpt-4o","max_tokens":100,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
 const STREAM_BODY: &str =
     r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
 
@@ -68,14 +71,14 @@ async fn metric(agent: &TestAgent, line_start: &str) -> u64 {
         .unwrap_or_else(|| panic!("no metric line starting {line_start:?}"))
 }
 
-/// OpenAI-compatible paths and Anthropic's /v1/messages pass through; a
+/// OpenAI-compatible paths pass through (Anthropic's /v1/messages is translated for an OpenAI backend); a
 /// request no policy matches gets a clear 404 JSON error.
 #[tokio::test]
 async fn passes_api_paths_and_refuses_unmatched() {
     let (a, _b, p) = two_backends(0, json!({})).await;
     let agent = TestAgent::start(&p).await;
     let c = agent.client();
-    for path in [CHAT, "/v1/completions", "/v1/embeddings", "/v1/messages"] {
+    for path in [CHAT, "/v1/completions", "/v1/embeddings"] {
         let r = c.post(path, BODY, &[]).await;
         assert_eq!(r.status, 200, "{path}: {}", r.text());
         assert_eq!(r.backend(), "a");
@@ -84,9 +87,18 @@ async fn passes_api_paths_and_refuses_unmatched() {
     }
     let models = c.get("/v1/models").await;
     assert_eq!(models.status, 200);
-    assert_eq!(a.count(), 5);
+    assert_eq!(a.count(), 4);
     let paths: Vec<String> = a.received().iter().map(|r| r.path.clone()).collect();
-    assert!(paths.contains(&"/v1/messages".to_string()));
+    assert_eq!(
+        paths,
+        [CHAT, "/v1/completions", "/v1/embeddings", "/v1/models"]
+    );
+    // Anthropic's API on an OpenAI backend is translated: it reaches the
+    // backend as a chat completion and comes back as a message.
+    let r = c.post("/v1/messages", MESSAGES_BODY, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["type"], "message");
+    assert_eq!(a.received().last().unwrap().path, CHAT);
 
     let none = c.post("/other/thing", BODY, &[]).await;
     assert_eq!(none.status, 404);
@@ -401,7 +413,13 @@ async fn the_answer_names_the_served_or_the_requested_model() {
     assert!(text.contains("\"model\":\"gpt-4o\""), "{text}");
     assert!(!text.contains("mistral-large"), "{text}");
     assert!(text.ends_with("data: [DONE]\n\n"));
-    let (text, _) = read_stream(c.send(json_request("/v1/messages", STREAM_BODY)).await).await;
+    // Across APIs too: an Anthropic app's stream from this OpenAI backend.
+    let (text, _) = read_stream(
+        c.send(json_request("/v1/messages", MESSAGES_STREAM_BODY))
+            .await,
+    )
+    .await;
+    assert!(text.contains("event: message_stop"), "{text}");
     assert!(
         text.contains("\"model\":\"gpt-4o\"") && !text.contains("mistral"),
         "{text}"
@@ -580,14 +598,21 @@ async fn stream_without_its_final_event_is_broken() {
     let (a, _b, p) = two_backends(0, json!({})).await;
     a.set(|m| m.omit_final_event = true);
     let agent = TestAgent::start(&p).await;
-    for path in [CHAT, "/v1/messages"] {
-        let req = json_request(path, STREAM_BODY);
+    // The Anthropic app's stream is translated from this OpenAI backend's,
+    // and ends with an error in Anthropic's shape.
+    for (path, body) in [(CHAT, STREAM_BODY), ("/v1/messages", MESSAGES_STREAM_BODY)] {
+        let req = json_request(path, body);
         let (text, end) = read_stream(agent.client().send(req).await).await;
         assert_eq!(end, StreamEnd::Aborted, "{path}");
         assert!(text.contains("event: error\ndata: "), "{path}: {text}");
         assert!(text.contains("ended without its final event"), "{text}");
+        assert!(!text.contains("message_stop"), "{text}");
+        let error = text.rsplit("event: error\ndata: ").next().unwrap();
+        let e: Value = serde_json::from_str(error.trim()).unwrap();
+        assert_eq!(e["error"]["type"], "shepherd_stream_broken");
+        // Anthropic's error envelope for /v1/messages.
+        assert_eq!(e.get("type").is_some(), path != CHAT, "{e}");
     }
-    // Anthropic's error envelope for /v1/messages.
     agent.stop().await;
 }
 
@@ -602,18 +627,19 @@ async fn complete_streams_end_cleanly_and_count_usage() {
     let (text, end) = read_stream(agent.client().send(req).await).await;
     assert_eq!(end, StreamEnd::Clean);
     assert!(text.ends_with("data: [DONE]\n\n"));
-    let req = json_request("/v1/messages", STREAM_BODY);
+    // Translated from the OpenAI backend, whose usage it asks for.
+    let req = json_request("/v1/messages", MESSAGES_STREAM_BODY);
     let (text, end) = read_stream(agent.client().send(req).await).await;
     assert_eq!(end, StreamEnd::Clean);
     assert!(text.contains("event: message_stop"));
-    // 10 + 11 input, 5 + 5 output tokens.
+    // 10 + 10 input, 5 + 5 output tokens.
     assert_eq!(
         metric(
             &agent,
             "shepherd_agent_tokens_total{policy=\"chat\",backend=\"a\",kind=\"input\"}"
         )
         .await,
-        21
+        20
     );
     assert_eq!(
         metric(

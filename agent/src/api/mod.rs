@@ -119,7 +119,8 @@ pub fn is_sse(headers: &http::HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("text/event-stream"))
 }
 
-/// Token counts read from `usage`.
+/// Token counts read from `usage`, the same way for both API families:
+/// `input` counts every prompt token, cached ones included.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
     pub input: u64,
@@ -156,6 +157,9 @@ impl Usage {
         }
         r.open(b'{')?;
         let (mut input, mut output) = (None, None);
+        // Anthropic counts cache reads and writes apart from its input;
+        // OpenAI's prompt count holds its cached tokens.
+        let (mut cache_read, mut cache_write) = (0, 0);
         let mut first = true;
         while let Some(key) = r.key(&mut first)? {
             let value = match r.peek() {
@@ -168,10 +172,13 @@ impl Usage {
             match key {
                 b"prompt_tokens" | b"input_tokens" => input = input.or(value),
                 b"completion_tokens" | b"output_tokens" => output = output.or(value),
+                b"cache_read_input_tokens" => cache_read = value.unwrap_or(0),
+                b"cache_creation_input_tokens" => cache_write = value.unwrap_or(0),
                 _ => {}
             }
             // Fold as read, so a malformed rest keeps what came before.
-            self.input = self.input.max(input.unwrap_or(0));
+            let all_input = input.map(|n| n.saturating_add(cache_read).saturating_add(cache_write));
+            self.input = self.input.max(all_input.unwrap_or(0));
             self.output = self.output.max(output.unwrap_or(0));
         }
         Ok(())
@@ -391,6 +398,11 @@ impl StreamCheck {
             terminal: false,
             events: 0,
         }
+    }
+
+    /// The API whose events this checks.
+    pub fn api(&self) -> Api {
+        self.api
     }
 
     /// True once the stream's final event has passed.

@@ -18,6 +18,8 @@
 //! Same-API traffic never comes here: it passes byte for byte. The mapping
 //! tables are in the README ("Moving between API families").
 
+use std::sync::atomic::Ordering;
+
 use bytes::Bytes;
 use http::StatusCode;
 
@@ -25,6 +27,7 @@ use crate::api::parse::{Invalid, Unmapped};
 use crate::api::{Api, Dialect, anthropic, openai};
 use crate::json::Writer;
 use crate::policy::Backend;
+use crate::telemetry::BackendStats;
 
 pub mod anthropic_app;
 pub mod openai_app;
@@ -111,6 +114,93 @@ impl Refusal {
             Dialect::Anthropic => anthropic::error_body("invalid_request_error", &message),
         }
     }
+}
+
+/// A request made ready for one backend.
+#[derive(Debug)]
+pub struct Prepared {
+    pub body: Bytes,
+    /// The model the app asked for, when the backend's model map changed it.
+    pub requested_model: Option<String>,
+    /// How the answer is turned back, when the request was translated.
+    pub crossing: Option<Crossing>,
+}
+
+impl Prepared {
+    /// The API the backend answers in.
+    pub fn backend_api(&self, app: Api) -> Api {
+        self.crossing.as_ref().map_or(app, |c| c.backend)
+    }
+}
+
+/// Makes the app's request (of `app`) ready for `backend`: its model
+/// mapped and, when the backend speaks the other API family, translated
+/// (counted in `stats`). Same-API requests pass byte for byte, but for
+/// their model.
+pub fn prepare(
+    app: Api,
+    body: &Bytes,
+    backend: &Backend,
+    stats: &BackendStats,
+) -> Result<Prepared, Refusal> {
+    if !crosses(app, backend.protocol) {
+        let (body, requested_model) = crate::model::for_backend(backend, body);
+        return Ok(Prepared {
+            body,
+            requested_model,
+            crossing: None,
+        });
+    }
+    match request(app, body, backend) {
+        Ok(t) => {
+            stats.translated.fetch_add(1, Ordering::Relaxed);
+            if !t.dropped.is_empty() {
+                stats
+                    .dropped_fields
+                    .fetch_add(t.dropped.len() as u64, Ordering::Relaxed);
+                tracing::debug!(
+                    backend = %backend.name,
+                    fields = ?t.dropped.iter().map(|d| d.field.as_str()).collect::<Vec<_>>(),
+                    "dropped fields with no counterpart"
+                );
+            }
+            Ok(Prepared {
+                body: t.body,
+                requested_model: t.requested_model,
+                crossing: Some(t.crossing),
+            })
+        }
+        Err(refusal) => {
+            if matches!(refusal, Refusal::Untranslatable { .. }) {
+                stats.translation_refused.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(refusal)
+        }
+    }
+}
+
+/// An answer turned back into the app's API: a successful one translated,
+/// an error translated with its status. Its head loses the length (the
+/// body changed) and says JSON.
+pub fn turn_back(
+    c: &Crossing,
+    mut parts: http::response::Parts,
+    body: &[u8],
+    model: Option<&str>,
+) -> Result<(http::response::Parts, Bytes), String> {
+    let body = if parts.status.is_success() {
+        answer(c, body, model)?
+    } else {
+        let (status, body) = error(c, parts.status, body);
+        parts.status = status;
+        body
+    };
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    parts.headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    Ok((parts, body))
 }
 
 /// Translates the app's request (of `app`, a chat API) for `backend`.
