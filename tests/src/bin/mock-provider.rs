@@ -2,10 +2,16 @@
 //! OpenAI-compatible and Anthropic requests (JSON and SSE) like the test kit's
 //! mock, and can be told to fail, slow down or rate-limit.
 //!
-//!   mock-provider [--listen 127.0.0.1:9001] [--name NAME] [--error-rate F]
-//!                 [--error-status 503] [--delay-ms N] [--chunks N] [--chunk-delay-ms N]
-//!                 [--mode MODE]
+//!   mock-provider [--listen 127.0.0.1:9001] [--name NAME] [--api openai|anthropic]
+//!                 [--error-rate F] [--error-status 503] [--delay-ms N] [--chunks N]
+//!                 [--chunk-delay-ms N] [--mode MODE] [--cached-tokens N]
 //!
+//! Without `--api` it answers both API families on any path. `--api
+//! anthropic` serves only `/v1/messages`, strictly, as Anthropic does
+//! (x-api-key and anthropic-version required, unknown fields refused,
+//! Anthropic-shaped errors); `--api openai` serves only OpenAI's paths
+//! (a bearer key required, unknown arguments refused). Requests that offer
+//! tools get a tool call back (streamed as argument deltas).
 //! `--error-rate 0.2` fails exactly a fifth of requests, evenly spread.
 //! `--mode` answers every request as a misconfigured provider does:
 //! unauthorized, forbidden, model-not-found, unsupported-parameter,
@@ -18,16 +24,18 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use shepherd_tests::mock::{MockProvider, Mode};
+use shepherd_tests::mock::{Api, MockProvider, Mode};
 
-const USAGE: &str = "mock-provider [--listen 127.0.0.1:9001] [--name NAME] [--error-rate F]
-              [--error-status 503] [--delay-ms N] [--chunks N] [--chunk-delay-ms N]
+const USAGE: &str = "mock-provider [--listen 127.0.0.1:9001] [--name NAME] [--api openai|anthropic]
+              [--error-rate F] [--error-status 503] [--delay-ms N] [--chunks N]
+              [--chunk-delay-ms N] [--cached-tokens N]
               [--mode unauthorized|forbidden|model-not-found|unsupported-parameter|
                       quota-exhausted|malformed|empty-choices]";
 
 fn main() -> ExitCode {
     let mut listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9001));
     let mut name = String::from("mock");
+    let mut api = None;
     let provider_settings = |p: &MockProvider, flag: &str, value: &str| -> Result<(), String> {
         let number = |v: &str| v.parse::<f64>().map_err(|e| format!("{flag}: {e}"));
         match flag {
@@ -49,6 +57,12 @@ fn main() -> ExitCode {
             "--chunks" => {
                 let n = number(value)? as u32;
                 p.set(|b| b.chunks = n);
+            }
+            "--cached-tokens" => {
+                let n = value
+                    .parse::<u32>()
+                    .map_err(|e| format!("{flag}: {e}"))?;
+                p.set(|b| b.cached_tokens = n);
             }
             "--chunk-delay-ms" => {
                 let ms = number(value)?;
@@ -85,10 +99,17 @@ fn main() -> ExitCode {
                 }
             },
             "--name" => name = value.clone(),
+            "--api" => match Api::parse(value) {
+                Some(a) => api = Some(a),
+                None => {
+                    eprintln!("mock-provider: --api: must be openai or anthropic");
+                    return ExitCode::from(2);
+                }
+            },
             _ => settings.push((flag.clone(), value.clone())),
         }
     }
-    let provider = MockProvider::new(&name);
+    let provider = MockProvider::serving(&name, api);
     for (flag, value) in &settings {
         if let Err(e) = provider_settings(&provider, flag, value) {
             eprintln!("mock-provider: {e}");
