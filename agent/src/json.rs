@@ -374,8 +374,11 @@ pub fn unescape(raw: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
 #[derive(Debug, Default)]
 pub struct Writer {
     out: Vec<u8>,
-    /// For each open object or array: whether it has a member yet.
-    open: Vec<bool>,
+    /// For each open object or array, a bit: whether it has a member yet
+    /// (the innermost is the lowest bit).
+    open: u128,
+    /// How many objects and arrays are open.
+    depth: u32,
     /// A key was written and its value is due (no comma before it).
     after_key: bool,
 }
@@ -384,7 +387,8 @@ impl Writer {
     pub fn with_capacity(n: usize) -> Self {
         Self {
             out: Vec::with_capacity(n),
-            open: Vec::with_capacity(8),
+            open: 0,
+            depth: 0,
             after_key: false,
         }
     }
@@ -400,48 +404,70 @@ impl Writer {
     }
 
     /// Places a comma before a value or key when one is due.
+    #[inline]
     fn sep(&mut self) {
         if self.after_key {
             self.after_key = false;
             return;
         }
-        if let Some(has) = self.open.last_mut() {
-            if *has {
+        if self.depth > 0 {
+            if self.open & 1 == 1 {
                 self.out.push(b',');
             }
-            *has = true;
+            self.open |= 1;
         }
     }
 
+    #[inline]
+    fn push_level(&mut self) {
+        // Deeper than 128 levels, the outer levels' bits are lost: such
+        // documents are not written here.
+        self.open <<= 1;
+        self.depth += 1;
+    }
+
+    #[inline]
+    fn pop_level(&mut self) {
+        self.open >>= 1;
+        self.depth = self.depth.saturating_sub(1);
+    }
+
+    #[inline]
     pub fn begin_object(&mut self) -> &mut Self {
         self.sep();
         self.out.push(b'{');
-        self.open.push(false);
+        self.push_level();
         self
     }
 
+    #[inline]
     pub fn end_object(&mut self) -> &mut Self {
-        self.open.pop();
+        self.pop_level();
         self.out.push(b'}');
         self
     }
 
+    #[inline]
     pub fn begin_array(&mut self) -> &mut Self {
         self.sep();
         self.out.push(b'[');
-        self.open.push(false);
+        self.push_level();
         self
     }
 
+    #[inline]
     pub fn end_array(&mut self) -> &mut Self {
-        self.open.pop();
+        self.pop_level();
         self.out.push(b']');
         self
     }
 
     /// A key (plain ASCII, no escapes needed); its value comes next.
+    // Always inlined: keys are literals, so their copies become moves.
+    #[inline(always)]
     pub fn key(&mut self, key: &str) -> &mut Self {
         self.sep();
+        self.out.reserve(key.len() + 3);
         self.out.push(b'"');
         self.out.extend_from_slice(key.as_bytes());
         self.out.extend_from_slice(b"\":");
@@ -450,6 +476,7 @@ impl Writer {
     }
 
     /// A string from its raw JSON form (escapes kept, no quotes).
+    #[inline]
     pub fn raw_str(&mut self, raw: &[u8]) -> &mut Self {
         self.sep();
         self.out.push(b'"');
@@ -468,6 +495,7 @@ impl Writer {
     }
 
     /// A value already written as JSON (an object, a number).
+    #[inline]
     pub fn raw(&mut self, json: &[u8]) -> &mut Self {
         self.sep();
         self.out.extend_from_slice(json);
@@ -481,10 +509,12 @@ impl Writer {
         self
     }
 
+    #[inline]
     pub fn bool(&mut self, b: bool) -> &mut Self {
         self.raw(if b { b"true" } else { b"false" })
     }
 
+    #[inline]
     pub fn null(&mut self) -> &mut Self {
         self.raw(b"null")
     }

@@ -20,7 +20,7 @@
 
 use http::StatusCode;
 
-use crate::api::{Api, ErrorBody, Usage};
+use crate::api::{Api, ErrorBody, Malformed, Usage};
 use crate::retry::Failure;
 
 /// The class of an attempt's outcome.
@@ -166,17 +166,37 @@ impl Classified {
 }
 
 /// Classifies an answer from its status and whole body. `api` is the
-/// request's API (a successful body is checked against it).
+/// API the body is in (a successful body is checked against it).
 pub fn classify(api: Api, status: StatusCode, body: &[u8]) -> Classified {
+    classify_with(api, status, body, |body, usage| {
+        crate::api::check_document(api, body, None, usage)
+    })
+    .0
+}
+
+/// Classifies an answer as [`classify`] does, checking a successful body
+/// with `check` (which reads its usage, and may give something it read on
+/// the way, as a translated answer does).
+pub fn classify_with<T>(
+    api: Api,
+    status: StatusCode,
+    body: &[u8],
+    check: impl FnOnce(&[u8], &mut Usage) -> Result<T, Malformed>,
+) -> (Classified, Option<T>) {
     if status.is_success() {
         let mut usage = Usage::default();
-        let mut c = match crate::api::check_document(api, body, None, &mut usage) {
-            Ok(()) => Classified::of(Outcome::Ok, None),
-            Err(m) => Classified::of(Outcome::Malformed, Some(m.0)),
+        let (mut c, read) = match check(body, &mut usage) {
+            Ok(read) => (Classified::of(Outcome::Ok, None), Some(read)),
+            Err(m) => (Classified::of(Outcome::Malformed, Some(m.0)), None),
         };
         c.usage = usage;
-        return c;
+        return (c, read);
     }
+    (classify_error(api, status, body), None)
+}
+
+/// Classifies an answer that is not a success.
+fn classify_error(api: Api, status: StatusCode, body: &[u8]) -> Classified {
     if status.is_informational() || status.is_redirection() {
         // The agent follows no redirect: a base URL that redirects (http to
         // https, a moved path) is the backend's misconfiguration.

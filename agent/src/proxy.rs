@@ -434,59 +434,47 @@ async fn try_backend(
                 }
                 match read_answer(resp, lease, backend.timeouts.stream_idle, c.deadline).await {
                     Read::Whole(parts, bytes) => {
-                        let class = outcome::classify(backend_api, status, &bytes);
-                        let mut outcome = class.outcome();
-                        let mut detail = class.detail;
-                        let mut retry_after = None;
+                        // A translated answer is checked and turned back in
+                        // one pass.
+                        let (class, translated) = match crossing {
+                            None => (outcome::classify(backend_api, status, &bytes), None),
+                            Some(x) => outcome::classify_with(backend_api, status, &bytes, |b, usage| {
+                                translate::answer(x, b, answer_model, usage)
+                            }),
+                        };
+                        let outcome = class.outcome();
+                        let detail = class.detail;
                         if outcome.is_final() {
-                            let answer = match crossing {
-                                None => Ok((
+                            let (parts, bytes) = match (crossing, translated) {
+                                (None, _) => (
                                     parts,
                                     match answer_model {
                                         Some(model) => crate::model::in_answer(&bytes, model),
                                         None => bytes,
                                     },
-                                )),
-                                Some(x) => translate::turn_back(x, parts, &bytes, answer_model),
+                                ),
+                                (Some(_), Some(answer)) => (translate::json_head(parts), answer),
+                                (Some(x), None) => translate::turn_back_error(x, parts, &bytes),
                             };
-                            match answer {
-                                Ok((parts, bytes)) => {
-                                    trace::attempt_outcome(&attempt_span, outcome, Some(status));
-                                    let usage = class.usage;
-                                    if let Some(spans) = BodySpans::of(c.span.clone(), attempt_span)
-                                    {
-                                        spans.finish(outcome, usage);
-                                    }
-                                    attempt.settle(outcome, detail.as_deref(), None, usage);
-                                    c.answered(&backend.name, p.attempts, parts.status);
-                                    return Some(whole_answer(
-                                        parts, bytes, live, index, p.attempts,
-                                    ));
-                                }
-                                Err(why) => {
-                                    outcome = Outcome::Malformed;
-                                    detail = Some(why);
-                                    p.failed(LastFailure::Failed(Outcome::Malformed));
-                                }
+                            trace::attempt_outcome(&attempt_span, outcome, Some(status));
+                            let usage = class.usage;
+                            if let Some(spans) = BodySpans::of(c.span.clone(), attempt_span) {
+                                spans.finish(outcome, usage);
                             }
-                        } else {
-                            retry_after = retry::retry_after(&parts.headers, SystemTime::now());
-                            match crossing {
-                                None => {
-                                    p.failed(LastFailure::Answer(parts, bytes, index, p.attempts))
-                                }
-                                // A malformed answer cannot be translated.
-                                Some(_) if status.is_success() => {
-                                    p.failed(LastFailure::Failed(outcome));
-                                }
-                                Some(x) => match translate::turn_back(x, parts, &bytes, None) {
-                                    Ok((parts, bytes)) => {
-                                        p.failed(LastFailure::Answer(
-                                            parts, bytes, index, p.attempts,
-                                        ));
-                                    }
-                                    Err(_) => p.failed(LastFailure::Failed(outcome)),
-                                },
+                            attempt.settle(outcome, detail.as_deref(), None, usage);
+                            c.answered(&backend.name, p.attempts, parts.status);
+                            return Some(whole_answer(parts, bytes, live, index, p.attempts));
+                        }
+                        let retry_after = retry::retry_after(&parts.headers, SystemTime::now());
+                        match crossing {
+                            None => p.failed(LastFailure::Answer(parts, bytes, index, p.attempts)),
+                            // A malformed answer cannot be translated.
+                            Some(_) if status.is_success() => {
+                                p.failed(LastFailure::Failed(outcome));
+                            }
+                            Some(x) => {
+                                let (parts, bytes) = translate::turn_back_error(x, parts, &bytes);
+                                p.failed(LastFailure::Answer(parts, bytes, index, p.attempts));
                             }
                         }
                         trace::attempt_outcome(&attempt_span, outcome, Some(status));

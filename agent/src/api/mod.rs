@@ -128,6 +128,14 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// The larger of each count.
+    pub fn max_of(self, other: Usage) -> Usage {
+        Usage {
+            input: self.input.max(other.input),
+            output: self.output.max(other.output),
+        }
+    }
+
     /// Folds in the `usage` object of one JSON document (a response, or one
     /// event). It is found by its last `"usage"` key, so the rest of the
     /// document is not read (a key inside a JSON string would be escaped
@@ -332,7 +340,7 @@ pub fn check_document(
         Api::ChatCompletions => openai::chat_completion(&mut r, &mut read)?,
         Api::Completions => openai::completion(&mut r, &mut read)?,
         Api::Embeddings => openai::embeddings(&mut r, &mut read)?,
-        Api::Messages => anthropic::message(&mut r, &mut read)?,
+        Api::Messages => anthropic::message(&mut r, &mut read, None)?,
         Api::Responses | Api::Other(_) => {
             read.usage.absorb(body);
             return Ok(());
@@ -340,6 +348,20 @@ pub fn check_document(
     }
     r.done()?;
     Ok(())
+}
+
+/// Checks a successful Anthropic answer as [`check_document`] does and
+/// reads it into its plain type in the same pass, with its usage.
+pub fn read_message<'a>(
+    body: &'a [u8],
+    usage: &mut Usage,
+) -> Result<anthropic::messages::Answer<'a>, Malformed> {
+    let mut r = Reader::new(body);
+    let mut answer = anthropic::messages::Answer::default();
+    let mut read = Read { text: None, usage };
+    anthropic::message(&mut r, &mut read, Some(&mut answer))?;
+    r.done()?;
+    Ok(answer)
 }
 
 /// What a check collects as it reads: the text (when asked) and the usage.

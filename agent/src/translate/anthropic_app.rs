@@ -29,7 +29,7 @@ pub fn request(body: &[u8], backend: &Backend) -> Result<Translated, Refusal> {
     if dropped.iter().any(|d| d.field == "stop_sequences") {
         out.stop.truncate(MAX_STOP);
     }
-    let requested = q.model.as_ref().and_then(|m| m.text().map(Cow::into_owned));
+    let requested = q.model.as_ref().and_then(Str::text);
     let (model, requested_model) = model_for(backend, requested.as_deref());
     let mut w = Writer::with_capacity(body.len() + 256);
     out.write(&mut w, model.as_deref());
@@ -242,6 +242,9 @@ pub fn to_message<'a>(a: &oa::Answer<'a>) -> Result<an::Answer<'a>, Invalid> {
                     .key("function")
                     .index(j)
                     .key("tool_calls")
+                    .key("message")
+                    .index(0)
+                    .key("choices")
             })?,
         });
     }

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use http::StatusCode;
 
 use crate::api::parse::{Invalid, Unmapped};
-use crate::api::{Api, Dialect, anthropic, openai};
+use crate::api::{Api, Dialect, Malformed, Usage, anthropic, openai};
 use crate::json::Writer;
 use crate::policy::Backend;
 use crate::telemetry::BackendStats;
@@ -179,28 +179,27 @@ pub fn prepare(
     }
 }
 
-/// An answer turned back into the app's API: a successful one translated,
-/// an error translated with its status. Its head loses the length (the
-/// body changed) and says JSON.
-pub fn turn_back(
+/// An error answer turned back into the app's API: its status and body
+/// (see [`error`]). Its head loses the length (the body changed) and says
+/// JSON.
+pub fn turn_back_error(
     c: &Crossing,
     mut parts: http::response::Parts,
     body: &[u8],
-    model: Option<&str>,
-) -> Result<(http::response::Parts, Bytes), String> {
-    let body = if parts.status.is_success() {
-        answer(c, body, model)?
-    } else {
-        let (status, body) = error(c, parts.status, body);
-        parts.status = status;
-        body
-    };
+) -> (http::response::Parts, Bytes) {
+    let (status, body) = error(c, parts.status, body);
+    parts.status = status;
+    (json_head(parts), body)
+}
+
+/// A head for a body the agent rewrote as JSON.
+pub fn json_head(mut parts: http::response::Parts) -> http::response::Parts {
     parts.headers.remove(http::header::CONTENT_LENGTH);
     parts.headers.insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
     );
-    Ok((parts, body))
+    parts
 }
 
 /// Translates the app's request (of `app`, a chat API) for `backend`.
@@ -242,16 +241,31 @@ fn model_for(backend: &Backend, requested: Option<&str>) -> (Option<String>, Opt
     }
 }
 
-/// Turns a successful plain answer back into the app's API; `model`, when
-/// given, is the model it names. An answer that cannot be read as its
-/// API's is malformed.
-pub fn answer(c: &Crossing, body: &[u8], model: Option<&str>) -> Result<Bytes, String> {
+/// Checks a successful plain answer of the backend's API (as the answer
+/// check does, reading its usage into `usage`) and turns it back into the
+/// app's API; `model`, when given, is the model it names. An answer that
+/// is not a valid answer of its API, or cannot be expressed in the app's,
+/// is malformed.
+pub fn answer(
+    c: &Crossing,
+    body: &[u8],
+    model: Option<&str>,
+    usage: &mut Usage,
+) -> Result<Bytes, Malformed> {
+    let untranslatable = |e: Invalid| Malformed(format!("the answer cannot be translated: {e}"));
     match c.app {
-        Api::ChatCompletions => openai_app::answer(c, body, model),
-        _ => anthropic_app::answer(body, model),
+        Api::ChatCompletions => {
+            // One pass: the check reads the answer into its plain type.
+            let a = crate::api::read_message(body, usage)?;
+            Ok(openai_app::write_completion(c, &a, model).into())
+        }
+        _ => {
+            crate::api::check_document(c.backend, body, None, usage)?;
+            anthropic_app::answer(body, model)
+                .map(Bytes::from)
+                .map_err(untranslatable)
+        }
     }
-    .map(Bytes::from)
-    .map_err(|e| format!("the answer cannot be translated: {e}"))
 }
 
 /// Turns an error answer back into the app's API: its status (Anthropic's

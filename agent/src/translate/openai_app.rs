@@ -33,7 +33,7 @@ pub fn request(body: &[u8], backend: &Backend) -> Result<Translated, Refusal> {
     if out.max_tokens.is_none() {
         out.max_tokens = Some(backend.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS));
     }
-    let requested = q.model.as_ref().and_then(|m| m.text().map(Cow::into_owned));
+    let requested = q.model.as_ref().and_then(Str::text);
     let (model, requested_model) = model_for(backend, requested.as_deref());
     let mut w = Writer::with_capacity(body.len() + 256);
     out.write(&mut w, model.as_deref());
@@ -343,24 +343,16 @@ pub fn tokens(t: &an::Tokens) -> oa::Tokens {
     }
 }
 
-/// Turns a Messages answer into a chat completion.
-pub fn answer(c: &Crossing, body: &[u8], model: Option<&str>) -> Result<Vec<u8>, Invalid> {
-    let a = document(body, an::Answer::read)?;
-    let out = to_completion(&a, c.json_tool.as_deref());
-    let mut w = Writer::with_capacity(body.len() + 128);
-    let model_str;
-    let out = match model {
-        Some(m) => {
-            model_str = Str::from_text(m);
-            oa::Answer {
-                model: Some(model_str.clone()),
-                ..out
-            }
-        }
-        None => out,
-    };
+/// Writes the chat completion for a Messages answer (read and checked);
+/// `model`, when given, is the model it names.
+pub fn write_completion(c: &Crossing, a: &an::Answer<'_>, model: Option<&str>) -> Vec<u8> {
+    let mut out = to_completion(a, c.json_tool.as_deref());
+    if let Some(m) = model {
+        out.model = Some(Str::from_text(m));
+    }
+    let mut w = Writer::with_capacity(256);
     out.write(&mut w, now());
-    Ok(w.finish())
+    w.finish()
 }
 
 /// The chat completion for a Messages answer; with `json_tool`, that

@@ -382,8 +382,14 @@ fn crossing(app: Api) -> Crossing {
 }
 
 fn answer_json(c: &Crossing, body: Value, model: Option<&str>) -> Value {
-    let out = super::answer(c, body.to_string().as_bytes(), model).unwrap();
+    let out = super::answer(c, body.to_string().as_bytes(), model, &mut Usage::default()).unwrap();
     serde_json::from_slice(&out).unwrap()
+}
+
+fn answer_err(c: &Crossing, body: &Value) -> String {
+    super::answer(c, body.to_string().as_bytes(), None, &mut Usage::default())
+        .unwrap_err()
+        .0
 }
 
 /// Anthropic answers become chat completions: text, tool calls, stop
@@ -442,7 +448,13 @@ fn anthropic_answers_to_openai() {
     );
     assert_eq!(got["choices"][0]["finish_reason"], "stop");
     assert!(got["choices"][0]["message"].get("tool_calls").is_none());
-    assert!(super::answer(&c, b"{\"content\": 5}", None).is_err());
+    // An answer that is not a valid message is malformed, as the answer
+    // check says.
+    assert_eq!(
+        answer_err(&c, &json!({"type": "message", "role": "assistant", "content": [], "stop_reason": "end_turn"})),
+        "content: must be a non-empty list"
+    );
+    assert!(answer_err(&c, &json!({"content": 5})).contains("content"));
 }
 
 /// Chat completions become Anthropic answers.
@@ -473,10 +485,9 @@ fn openai_answers_to_anthropic() {
         assert_eq!(answer_json(&c, a, None)["stop_reason"], stop, "{finish}");
     }
     let bad = json!({"choices": [{"message": {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}, "finish_reason": "tool_calls"}]});
-    let e = super::answer(&c, bad.to_string().as_bytes(), None).unwrap_err();
-    assert!(
-        e.contains("choices") || e.contains("tool_calls[0].function.arguments"),
-        "{e}"
+    assert_eq!(
+        answer_err(&c, &bad),
+        "the answer cannot be translated: choices[0].message.tool_calls[0].function.arguments: must hold a JSON object to cross to Anthropic's Messages API"
     );
 }
 
@@ -1124,10 +1135,12 @@ mod roundtrip {
 
     fn anthropic_answer(rng: &mut SmallRng) -> an::Answer<'static> {
         let mut content = Vec::new();
-        if rng.random_bool(0.7) {
+        let with_text = rng.random_bool(0.7);
+        if with_text {
             content.push(an::Block::Text(text(rng)));
         }
-        let uses = rng.random_range(0..3);
+        // A message has some content.
+        let uses = rng.random_range(usize::from(!with_text)..3);
         for i in 0..uses {
             content.push(an::Block::ToolUse {
                 id: Str::from_text(&format!("toolu_{i}")),
@@ -1174,7 +1187,7 @@ mod roundtrip {
             there.write(&mut w);
             let there_bytes = w.finish();
             assert_eq!(
-                document(&there_bytes, an::Answer::read).unwrap(),
+                an::Answer::read(&there_bytes).unwrap(),
                 there,
                 "seed {seed}"
             );

@@ -659,7 +659,24 @@ pub struct Tokens {
     pub cache_creation: u64,
 }
 
+impl From<Tokens> for crate::api::Usage {
+    /// Every prompt token counts as input, cached ones included.
+    fn from(t: Tokens) -> Self {
+        crate::api::Usage {
+            input: t.input + t.cache_read + t.cache_creation,
+            output: t.output,
+        }
+    }
+}
+
 impl Tokens {
+    /// Reads `usage`.
+    pub fn read(r: &mut Reader<'_>) -> Result<Tokens, Invalid> {
+        let mut t = Tokens::default();
+        Tokens::read_into(r, &mut t)?;
+        Ok(t)
+    }
+
     /// Reads `usage`; fields it lacks stay as they were (a stream's counts
     /// arrive in pieces).
     fn read_into(r: &mut Reader<'_>, t: &mut Tokens) -> Result<(), Invalid> {
@@ -709,34 +726,11 @@ pub struct Answer<'a> {
 }
 
 impl<'a> Answer<'a> {
-    pub fn read(r: &mut Reader<'a>) -> Result<Self, Invalid> {
-        let mut a = Answer::default();
-        let mut ignored = Unsupported::default();
-        object(r, |r, key| {
-            match key {
-                b"id" => a.id = opt_string(r).map_err(|e| e.key("id"))?,
-                b"model" => a.model = opt_string(r).map_err(|e| e.key("model"))?,
-                b"stop_reason" => {
-                    a.stop_reason = opt_string(r).map_err(|e| e.key("stop_reason"))?
-                }
-                b"stop_sequence" => a.stop_sequence = opt_string(r)?,
-                b"usage" => {
-                    let mut t = Tokens::default();
-                    Tokens::read_into(r, &mut t)?;
-                    a.usage = Some(t);
-                }
-                b"content" => list(r, |r, _| {
-                    if let Some(b) = Block::read(r, &mut ignored, &String::new)? {
-                        a.content.push(b);
-                    }
-                    Ok(())
-                })
-                .map_err(|e| e.key("content"))?,
-                _ => r.skip()?,
-            }
-            Ok(())
-        })?;
-        Ok(a)
+    /// Reads an answer, checking it as the answer check does (see
+    /// [`crate::api::read_message`]).
+    pub fn read(body: &'a [u8]) -> Result<Self, Invalid> {
+        crate::api::read_message(body, &mut crate::api::Usage::default())
+            .map_err(|m| Invalid::new(m.0))
     }
 
     pub fn write(&self, w: &mut Writer) {
