@@ -438,9 +438,11 @@ async fn try_backend(
                         // one pass.
                         let (class, translated) = match crossing {
                             None => (outcome::classify(backend_api, status, &bytes), None),
-                            Some(x) => outcome::classify_with(backend_api, status, &bytes, |b, usage| {
-                                translate::answer(x, b, answer_model, usage)
-                            }),
+                            Some(x) => {
+                                outcome::classify_with(backend_api, status, &bytes, |b, usage| {
+                                    translate::answer(x, b, answer_model, usage)
+                                })
+                            }
                         };
                         let outcome = class.outcome();
                         let detail = class.detail;

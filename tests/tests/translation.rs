@@ -419,3 +419,40 @@ async fn apis_a_backend_cannot_serve_stay_on_the_baseline() {
     assert_eq!(claude.count(), 0);
     agent.stop().await;
 }
+
+/// The README's worked example (deploy/examples/agent-cross-api.json),
+/// with the mock providers' addresses and key files put in: alice's
+/// requests go to the Claude candidate and come back as chat completions,
+/// bob's stay on the OpenAI baseline.
+#[tokio::test]
+async fn the_readme_example_moves_an_openai_app_to_claude() {
+    let dir = tempfile::tempdir().unwrap();
+    let gpt = MockProvider::openai("gpt");
+    let claude = MockProvider::anthropic("claude");
+    let (ga, ca) = (gpt.serve_tcp().await, claude.serve_tcp().await);
+    let mut p: Value =
+        serde_json::from_str(include_str!("../../deploy/examples/agent-cross-api.json")).unwrap();
+    p["backends"][0]["base_url"] = json!(format!("http://{ga}"));
+    p["backends"][0]["credentials"] = json!(key_file(&dir, "gpt"));
+    p["backends"][1]["base_url"] = json!(format!("http://{ca}"));
+    p["backends"][1]["credentials"] = json!(key_file(&dir, "claude"));
+    let agent = TestAgent::start(&p.to_string()).await;
+    let c = agent.client();
+    let body = r#"{"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}]}"#;
+    let r = c.post(CHAT, body, &[("x-user-id", "alice")]).await;
+    assert_eq!(r.backend(), "claude");
+    let a = r.json();
+    assert_eq!(a["object"], "chat.completion");
+    assert_eq!(a["model"], "claude-sonnet-4-5");
+    assert_eq!(a["choices"][0]["message"]["content"], "reply from claude");
+    assert_eq!(a["usage"]["prompt_tokens"], 11);
+    let sent: Value = serde_json::from_slice(&claude.received()[0].body).unwrap();
+    assert_eq!(sent["max_tokens"], 1024, "the backend's default_max_tokens");
+    let r = c.post(CHAT, body, &[("x-user-id", "bob")]).await;
+    assert_eq!(r.backend(), "gpt");
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        "reply from gpt"
+    );
+    agent.stop().await;
+}

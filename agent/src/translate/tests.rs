@@ -451,7 +451,10 @@ fn anthropic_answers_to_openai() {
     // An answer that is not a valid message is malformed, as the answer
     // check says.
     assert_eq!(
-        answer_err(&c, &json!({"type": "message", "role": "assistant", "content": [], "stop_reason": "end_turn"})),
+        answer_err(
+            &c,
+            &json!({"type": "message", "role": "assistant", "content": [], "stop_reason": "end_turn"})
+        ),
         "content: must be a non-empty list"
     );
     assert!(answer_err(&c, &json!({"content": 5})).contains("content"));

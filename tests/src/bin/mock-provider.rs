@@ -59,9 +59,7 @@ fn main() -> ExitCode {
                 p.set(|b| b.chunks = n);
             }
             "--cached-tokens" => {
-                let n = value
-                    .parse::<u32>()
-                    .map_err(|e| format!("{flag}: {e}"))?;
+                let n = value.parse::<u32>().map_err(|e| format!("{flag}: {e}"))?;
                 p.set(|b| b.cached_tokens = n);
             }
             "--chunk-delay-ms" => {
