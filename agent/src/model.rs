@@ -164,17 +164,8 @@ mod tests {
     use super::*;
 
     fn backend(map: &[(&str, &str)]) -> Backend {
-        let p = serde_json::json!({
-            "name": "p", "match": {"path_prefix": "/"},
-            "backends": [{"name": "b", "base_url": "http://b.test",
-                          "model_map": map.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<std::collections::BTreeMap<_, _>>()}],
-            "traffic": {"baseline": "b"}
-        });
-        crate::policy::parse(&p.to_string())
-            .unwrap()
-            .remove(0)
-            .backends
-            .remove(0)
+        let map: std::collections::BTreeMap<_, _> = map.iter().copied().collect();
+        crate::policy::test_backend(serde_json::json!({ "model_map": map }))
     }
 
     /// The request's model is rewritten in place (key order kept); nested

@@ -378,6 +378,23 @@ fn backend(policy: &str, i: usize, b: &v1::Backend) -> Result<Backend, PolicyErr
     })
 }
 
+/// A backend of a one-backend policy (`name: b`, `base_url:
+/// http://b.test`) with the fields of `extra` added, for tests.
+#[cfg(test)]
+pub(crate) fn test_backend(extra: serde_json::Value) -> Backend {
+    let mut b = serde_json::json!({"name": "b", "base_url": "http://b.test"});
+    if let (Some(b), Some(extra)) = (b.as_object_mut(), extra.as_object()) {
+        b.extend(extra.clone());
+    }
+    let p = serde_json::json!({
+        "name": "p", "match": {"path_prefix": "/"},
+        "backends": [b],
+        "traffic": {"baseline": "b"}
+    });
+    let mut policies = parse(&p.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    policies.remove(0).backends.remove(0)
+}
+
 fn retry(r: &v1::RetryPolicy) -> RetrySettings {
     let defaults = RetrySettings::default();
     let mut classes = RetryClasses::empty();

@@ -120,6 +120,18 @@ impl TestAgent {
         Client::tcp(&format!("http://{}", self.admin_addr))
     }
 
+    /// The value of the first `/metrics` line that starts with
+    /// `line_start`; fails the test when there is none.
+    pub async fn metric(&self, line_start: &str) -> u64 {
+        let text = self.admin().get("/metrics").await;
+        text.text()
+            .lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no metric line starting {line_start:?}"))
+    }
+
     /// Writes a new policy file and reloads it.
     pub fn reload(&self, policy: &str) -> Result<u64, String> {
         std::fs::write(&self.policy_file, policy).unwrap();

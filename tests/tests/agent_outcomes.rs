@@ -53,16 +53,6 @@ async fn setup_speaking(
     (a, b, agent)
 }
 
-async fn metric(agent: &TestAgent, line: &str) -> u64 {
-    let text = agent.admin().get("/metrics").await;
-    text.text()
-        .lines()
-        .find(|l| l.starts_with(line))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no metric line starting {line:?}"))
-}
-
 fn outcome_line(backend: &str, outcome: &str) -> String {
     format!(
         "shepherd_agent_attempts_total{{policy=\"chat\",backend=\"{backend}\",outcome=\"{outcome}\"}}"
@@ -122,21 +112,15 @@ async fn rejected_and_malformed_answers_fall_back_at_once() {
             } else {
                 "backend_rejected"
             };
+            assert_eq!(agent.metric(&outcome_line("b", label)).await, 1, "{mode:?}");
             assert_eq!(
-                metric(&agent, &outcome_line("b", label)).await,
-                1,
-                "{mode:?}"
-            );
-            assert_eq!(
-                metric(&agent, &outcome_line("b", "breaker_rejected")).await,
+                agent.metric(&outcome_line("b", "breaker_rejected")).await,
                 9
             );
             assert_eq!(
-                metric(
-                    &agent,
-                    "shepherd_agent_breaker_state{policy=\"chat\",backend=\"b\"}"
-                )
-                .await,
+                agent
+                    .metric("shepherd_agent_breaker_state{policy=\"chat\",backend=\"b\"}")
+                    .await,
                 1,
                 "open"
             );
@@ -227,7 +211,7 @@ async fn app_errors_pass_through_and_are_not_backend_failures() {
         assert_eq!(r.header("x-should-retry"), None);
     }
     assert_eq!((a.count(), b.count()), (0, 3));
-    assert_eq!(metric(&agent, &outcome_line("b", "app_error")).await, 3);
+    assert_eq!(agent.metric(&outcome_line("b", "app_error")).await, 3);
     let ok = c.post(CHAT, BODY, &[]).await;
     assert_eq!(
         (ok.status.as_u16(), ok.backend()),

@@ -61,16 +61,6 @@ fn json_request(path: &str, body: &str) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
-async fn metric(agent: &TestAgent, line_start: &str) -> u64 {
-    let text = agent.admin().get("/metrics").await;
-    text.text()
-        .lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no metric line starting {line_start:?}"))
-}
-
 /// OpenAI-compatible paths pass through (Anthropic's /v1/messages is translated for an OpenAI backend); a
 /// request no policy matches gets a clear 404 JSON error.
 #[tokio::test]
@@ -205,11 +195,9 @@ async fn retries_retryable_failures_only() {
     assert_eq!(r.header("x-shepherd-attempts"), Some("2"));
     assert_eq!(a.count(), 2);
     assert_eq!(
-        metric(
-            &agent,
-            "shepherd_agent_retries_total{policy=\"chat\",backend=\"a\"}"
-        )
-        .await,
+        agent
+            .metric("shepherd_agent_retries_total{policy=\"chat\",backend=\"a\"}")
+            .await,
         1
     );
 
@@ -252,11 +240,9 @@ async fn falls_back_in_policy_order() {
     assert_eq!(r.header("x-shepherd-attempts"), Some("3"));
     assert_eq!((b.count(), a.count()), (2, 1));
     assert_eq!(
-        metric(
-            &agent,
-            "shepherd_agent_fallbacks_total{policy=\"chat\",backend=\"a\"}"
-        )
-        .await,
+        agent
+            .metric("shepherd_agent_fallbacks_total{policy=\"chat\",backend=\"a\"}")
+            .await,
         1
     );
 
@@ -297,9 +283,7 @@ async fn unreachable_backend_is_502_with_reason() {
         "{message}"
     );
     assert_eq!(
-        metric(
-            &agent,
-            "shepherd_agent_attempts_total{policy=\"chat\",backend=\"gone\",outcome=\"connect\"}"
+        agent.metric("shepherd_agent_attempts_total{policy=\"chat\",backend=\"gone\",outcome=\"connect\"}"
         )
         .await,
         1
@@ -445,11 +429,9 @@ async fn unresolvable_secret_refuses_the_policy() {
     let r = agent.client().post(CHAT, BODY, &[]).await;
     assert_eq!(r.status, 200, "the running policy stayed");
     assert_eq!(
-        metric(
-            &agent,
-            "shepherd_agent_policy_reloads_total{result=\"failed\"}"
-        )
-        .await,
+        agent
+            .metric("shepherd_agent_policy_reloads_total{result=\"failed\"}")
+            .await,
         1
     );
     agent.stop().await;
@@ -525,7 +507,7 @@ async fn sheds_load_past_the_concurrency_limit() {
     for h in held {
         assert_eq!(h.await.unwrap().status, 200);
     }
-    assert_eq!(metric(&agent, "shepherd_agent_shed_total").await, 1);
+    assert_eq!(agent.metric("shepherd_agent_shed_total").await, 1);
     agent.stop().await;
 }
 
@@ -582,9 +564,7 @@ async fn cut_stream_ends_with_an_error_event() {
         "no retry after the first byte reached the app"
     );
     assert_eq!(
-        metric(
-            &agent,
-            "shepherd_agent_attempts_total{policy=\"chat\",backend=\"a\",outcome=\"stream_broken\"}"
+        agent.metric("shepherd_agent_attempts_total{policy=\"chat\",backend=\"a\",outcome=\"stream_broken\"}"
         )
         .await,
         1
@@ -634,27 +614,23 @@ async fn complete_streams_end_cleanly_and_count_usage() {
     assert!(text.contains("event: message_stop"));
     // 10 + 10 input, 5 + 5 output tokens.
     assert_eq!(
-        metric(
-            &agent,
-            "shepherd_agent_tokens_total{policy=\"chat\",backend=\"a\",kind=\"input\"}"
-        )
-        .await,
+        agent
+            .metric("shepherd_agent_tokens_total{policy=\"chat\",backend=\"a\",kind=\"input\"}")
+            .await,
         20
     );
     assert_eq!(
-        metric(
-            &agent,
-            "shepherd_agent_tokens_total{policy=\"chat\",backend=\"a\",kind=\"output\"}"
-        )
-        .await,
+        agent
+            .metric("shepherd_agent_tokens_total{policy=\"chat\",backend=\"a\",kind=\"output\"}")
+            .await,
         10
     );
     assert_eq!(
-        metric(
-            &agent,
-            "shepherd_agent_time_to_first_token_seconds_count{policy=\"chat\",backend=\"a\"}"
-        )
-        .await,
+        agent
+            .metric(
+                "shepherd_agent_time_to_first_token_seconds_count{policy=\"chat\",backend=\"a\"}"
+            )
+            .await,
         2
     );
     agent.stop().await;
@@ -699,11 +675,11 @@ async fn abort_fault_hits_its_percentage() {
     assert!((share - 0.30).abs() < 0.073, "aborted share {share}"); // 5 sd
     assert_eq!(b.count() as u64, n - aborted);
     assert_eq!(
-        metric(
-            &agent,
-            "shepherd_agent_faults_injected_total{policy=\"chat\",backend=\"b\",kind=\"abort\"}"
-        )
-        .await,
+        agent
+            .metric(
+                "shepherd_agent_faults_injected_total{policy=\"chat\",backend=\"b\",kind=\"abort\"}"
+            )
+            .await,
         aborted
     );
     agent.stop().await;
@@ -725,11 +701,11 @@ async fn delay_and_stream_cut_faults_and_expiry() {
     for _ in 0..400 {
         c.post(CHAT, BODY, &[]).await;
     }
-    let delayed = metric(
-        &agent,
-        "shepherd_agent_faults_injected_total{policy=\"chat\",backend=\"b\",kind=\"delay\"}",
-    )
-    .await;
+    let delayed = agent
+        .metric(
+            "shepherd_agent_faults_injected_total{policy=\"chat\",backend=\"b\",kind=\"delay\"}",
+        )
+        .await;
     assert!(
         (delayed as f64 / 400.0 - 0.5).abs() < 0.125,
         "{delayed} of 400 delayed"

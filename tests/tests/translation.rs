@@ -11,6 +11,7 @@
 use serde_json::{Value, json};
 use shepherd_agent::telemetry::shadow_counter as c;
 use shepherd_tests::agent::TestAgent;
+use shepherd_tests::fixtures::merge_json;
 use shepherd_tests::mock::{Fail, MockProvider, Mode};
 
 const CHAT: &str = "/v1/chat/completions";
@@ -24,18 +25,32 @@ fn key_file(dir: &tempfile::TempDir, name: &str) -> String {
     format!("file:{}", path.display())
 }
 
-async fn metric(agent: &TestAgent, line: &str) -> u64 {
-    let text = agent.admin().get("/metrics").await;
-    text.text()
-        .lines()
-        .find(|l| l.starts_with(line))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no metric line starting {line:?}"))
-}
-
 fn line(name: &str, backend: &str) -> String {
     format!("{name}{{policy=\"chat\",backend=\"{backend}\"")
+}
+
+/// An OpenAI backend "gpt" and an Anthropic backend "claude" (strict mock
+/// providers whose answers say `names`), and an agent running a policy
+/// over them with `extra` merged in.
+async fn two_families(
+    names: (&str, &str),
+    extra: Value,
+) -> (MockProvider, MockProvider, TestAgent, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let gpt = MockProvider::openai(names.0);
+    let claude = MockProvider::anthropic(names.1);
+    let (ga, ca) = (gpt.serve_tcp().await, claude.serve_tcp().await);
+    let mut p = json!({
+        "name": "chat", "match": {"path_prefix": "/v1/"},
+        "backends": [
+            {"name": "gpt", "base_url": format!("http://{ga}"), "credentials": key_file(&dir, "gpt")},
+            {"name": "claude", "base_url": format!("http://{ca}"), "protocol": "PROTOCOL_ANTHROPIC",
+             "credentials": key_file(&dir, "claude")}
+        ]
+    });
+    merge_json(&mut p, extra);
+    let agent = TestAgent::start(&p.to_string()).await;
+    (gpt, claude, agent, dir)
 }
 
 /// The official openai SDK, on a backend that speaks only Anthropic's
@@ -106,11 +121,9 @@ async fn openai_sdk_on_an_anthropic_backend() {
     // The refused request (n=2) never reached the backend.
     assert_eq!(received.len(), 9, "every case but the refused one");
     assert_eq!(
-        metric(
-            &agent,
-            &line("shepherd_agent_translation_refused_total", "claude")
-        )
-        .await,
+        agent
+            .metric(&line("shepherd_agent_translation_refused_total", "claude"))
+            .await,
         1
     );
     agent.stop().await;
@@ -178,22 +191,15 @@ async fn anthropic_sdk_on_an_openai_backend() {
 /// counted as a rejection that leaves its breaker alone.
 #[tokio::test]
 async fn fallback_crosses_apis_and_untranslatable_requests_fall_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let gpt = MockProvider::openai("gpt");
-    let claude = MockProvider::anthropic("claude");
-    let (ga, ca) = (gpt.serve_tcp().await, claude.serve_tcp().await);
-    let p = json!({
-        "name": "chat", "match": {"path_prefix": "/v1/"},
-        "backends": [
-            {"name": "gpt", "base_url": format!("http://{ga}"), "credentials": key_file(&dir, "gpt")},
-            {"name": "claude", "base_url": format!("http://{ca}"), "protocol": "PROTOCOL_ANTHROPIC",
-             "credentials": key_file(&dir, "claude"), "model_map": {"*": "claude-sonnet-4-5"}}
-        ],
-        "traffic": {"baseline": "gpt", "candidate": "claude", "candidate_weight": 10000},
-        "fallback": ["gpt"],
-        "circuit_breaker": {"consecutive_failures": 5, "open_time": "60s"}
-    });
-    let agent = TestAgent::start(&p.to_string()).await;
+    let (gpt, claude, agent, _dir) = two_families(
+        ("gpt", "claude"),
+        json!({
+            "traffic": {"baseline": "gpt", "candidate": "claude", "candidate_weight": 10000},
+            "fallback": ["gpt"],
+            "circuit_breaker": {"consecutive_failures": 5, "open_time": "60s"}
+        }),
+    )
+    .await;
     let c = agent.client();
 
     // Translated and served by the candidate.
@@ -216,11 +222,13 @@ async fn fallback_crosses_apis_and_untranslatable_requests_fall_back() {
     }
     assert_eq!(claude.count(), before);
     assert_eq!(
-        metric(&agent, "shepherd_agent_attempts_total{policy=\"chat\",backend=\"claude\",outcome=\"backend_rejected\"}").await,
+        agent.metric("shepherd_agent_attempts_total{policy=\"chat\",backend=\"claude\",outcome=\"backend_rejected\"}").await,
         6
     );
     assert_eq!(
-        metric(&agent, &line("shepherd_agent_breaker_state", "claude")).await,
+        agent
+            .metric(&line("shepherd_agent_breaker_state", "claude"))
+            .await,
         0,
         "closed"
     );
@@ -260,10 +268,11 @@ async fn fallback_crosses_apis_and_untranslatable_requests_fall_back() {
 
     // With nothing left to try, the app gets the refusal in its API,
     // naming the field.
+    let running = std::fs::read_to_string(&agent.policy_file).unwrap();
+    let running: Value = serde_json::from_str(&running).unwrap();
     let solo = json!({
         "name": "chat", "match": {"path_prefix": "/v1/"},
-        "backends": [{"name": "claude", "base_url": format!("http://{ca}"), "protocol": "PROTOCOL_ANTHROPIC",
-                      "credentials": key_file(&dir, "claude")}],
+        "backends": [running["backends"][1]],
         "traffic": {"baseline": "claude"}
     });
     agent.reload(&solo.to_string()).unwrap();
@@ -306,19 +315,18 @@ async fn drop_unsupported_drops_and_counts() {
         "2024-01-01"
     );
     assert_eq!(
-        metric(
-            &agent,
-            &line("shepherd_agent_translation_dropped_fields_total", "claude")
-        )
-        .await,
+        agent
+            .metric(&line(
+                "shepherd_agent_translation_dropped_fields_total",
+                "claude"
+            ))
+            .await,
         4
     );
     assert_eq!(
-        metric(
-            &agent,
-            &line("shepherd_agent_translated_requests_total", "claude")
-        )
-        .await,
+        agent
+            .metric(&line("shepherd_agent_translated_requests_total", "claude"))
+            .await,
         1
     );
     agent.stop().await;
@@ -329,21 +337,14 @@ async fn drop_unsupported_drops_and_counts() {
 /// schema mismatch, the text's similarity measured, tokens counted.
 #[tokio::test]
 async fn a_cross_api_shadow_compares_like_with_like() {
-    let dir = tempfile::tempdir().unwrap();
-    let gpt = MockProvider::openai("same");
-    let claude = MockProvider::anthropic("same");
-    let (ga, ca) = (gpt.serve_tcp().await, claude.serve_tcp().await);
-    let p = json!({
-        "name": "chat", "match": {"path_prefix": "/v1/"},
-        "backends": [
-            {"name": "gpt", "base_url": format!("http://{ga}"), "credentials": key_file(&dir, "gpt")},
-            {"name": "claude", "base_url": format!("http://{ca}"), "protocol": "PROTOCOL_ANTHROPIC",
-             "credentials": key_file(&dir, "claude")}
-        ],
-        "traffic": {"baseline": "gpt"},
-        "shadow": {"backend": "claude", "percent": 100}
-    });
-    let agent = TestAgent::start(&p.to_string()).await;
+    let (_gpt, claude, agent, _dir) = two_families(
+        ("same", "same"),
+        json!({
+            "traffic": {"baseline": "gpt"},
+            "shadow": {"backend": "claude", "percent": 100}
+        }),
+    )
+    .await;
     let c = agent.client();
     let stream = r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
     for body in [BODY, stream] {
@@ -391,21 +392,14 @@ async fn a_cross_api_shadow_compares_like_with_like() {
 /// completions stay on the OpenAI baseline, and it is no fallback for them.
 #[tokio::test]
 async fn apis_a_backend_cannot_serve_stay_on_the_baseline() {
-    let dir = tempfile::tempdir().unwrap();
-    let gpt = MockProvider::openai("gpt");
-    let claude = MockProvider::anthropic("claude");
-    let (ga, ca) = (gpt.serve_tcp().await, claude.serve_tcp().await);
-    let p = json!({
-        "name": "chat", "match": {"path_prefix": "/v1/"},
-        "backends": [
-            {"name": "gpt", "base_url": format!("http://{ga}"), "credentials": key_file(&dir, "gpt")},
-            {"name": "claude", "base_url": format!("http://{ca}"), "protocol": "PROTOCOL_ANTHROPIC",
-             "credentials": key_file(&dir, "claude")}
-        ],
-        "traffic": {"baseline": "gpt", "candidate": "claude", "candidate_weight": 10000},
-        "fallback": ["claude"]
-    });
-    let agent = TestAgent::start(&p.to_string()).await;
+    let (_gpt, claude, agent, _dir) = two_families(
+        ("gpt", "claude"),
+        json!({
+            "traffic": {"baseline": "gpt", "candidate": "claude", "candidate_weight": 10000},
+            "fallback": ["claude"]
+        }),
+    )
+    .await;
     let c = agent.client();
     let emb = r#"{"model":"text-embedding-3-small","input":"hi"}"#;
     for path in ["/v1/embeddings", "/v1/completions"] {

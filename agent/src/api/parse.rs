@@ -84,6 +84,80 @@ impl fmt::Debug for Raw<'_> {
     }
 }
 
+/// A value that writes itself into a JSON document.
+pub trait Json {
+    fn write_to(&self, w: &mut Writer);
+}
+
+impl Json for Str<'_> {
+    fn write_to(&self, w: &mut Writer) {
+        self.write(w);
+    }
+}
+
+impl Json for Raw<'_> {
+    fn write_to(&self, w: &mut Writer) {
+        self.write(w);
+    }
+}
+
+impl Json for u64 {
+    fn write_to(&self, w: &mut Writer) {
+        w.u64(*self);
+    }
+}
+
+impl Json for bool {
+    fn write_to(&self, w: &mut Writer) {
+        w.bool(*self);
+    }
+}
+
+/// Writes `"key": value` when there is a value. (These helpers are
+/// always inlined, as the writer's `key` is: keys are literals.)
+#[inline(always)]
+pub fn put<T: Json>(w: &mut Writer, key: &str, value: Option<&T>) {
+    if let Some(v) = value {
+        w.key(key);
+        v.write_to(w);
+    }
+}
+
+/// Writes `"key": value`, or `"key": null` when there is none.
+#[inline(always)]
+pub fn put_or_null<T: Json>(w: &mut Writer, key: &str, value: Option<&T>) {
+    w.key(key);
+    match value {
+        Some(v) => v.write_to(w),
+        None => {
+            w.null();
+        }
+    }
+}
+
+/// Writes `"key": [values]` when there are any.
+#[inline(always)]
+pub fn put_list<T: Json>(w: &mut Writer, key: &str, values: &[T]) {
+    if !values.is_empty() {
+        w.key(key).begin_array();
+        for v in values {
+            v.write_to(w);
+        }
+        w.end_array();
+    }
+}
+
+/// Writes a request's `model`: `given` in place of its own, when given.
+#[inline(always)]
+pub fn put_model(w: &mut Writer, given: Option<&str>, own: Option<&Str<'_>>) {
+    match given {
+        Some(m) => {
+            w.key("model").str(m);
+        }
+        None => put(w, "model", own),
+    }
+}
+
 /// One step of a field's path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Seg {

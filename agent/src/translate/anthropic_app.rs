@@ -12,7 +12,7 @@ use crate::json::{Reader, Writer};
 use crate::policy::Backend;
 
 use super::openai_app::arguments;
-use super::{Crossing, Refusal, Translated, model_for, sse};
+use super::{Crossing, Refusal, Translated, sse, translated};
 
 /// The most stop sequences OpenAI takes.
 const MAX_STOP: usize = 4;
@@ -29,21 +29,21 @@ pub fn request(body: &[u8], backend: &Backend) -> Result<Translated, Refusal> {
     if dropped.iter().any(|d| d.field == "stop_sequences") {
         out.stop.truncate(MAX_STOP);
     }
-    let requested = q.model.as_ref().and_then(Str::text);
-    let (model, requested_model) = model_for(backend, requested.as_deref());
-    let mut w = Writer::with_capacity(body.len() + 256);
-    out.write(&mut w, model.as_deref());
-    Ok(Translated {
-        body: w.finish().into(),
+    let crossing = Crossing {
+        app: Api::Messages,
+        backend: Api::ChatCompletions,
+        json_tool: None,
+        include_usage: false,
+    };
+    let write = |w: &mut Writer, model: Option<&str>| out.write(w, model);
+    Ok(translated(
+        backend,
+        q.model.as_ref(),
+        body.len(),
+        write,
         dropped,
-        requested_model,
-        crossing: Crossing {
-            app: Api::Messages,
-            backend: Api::ChatCompletions,
-            json_tool: None,
-            include_usage: false,
-        },
-    })
+        crossing,
+    ))
 }
 
 /// The chat completion request for a Messages request. Fields with no

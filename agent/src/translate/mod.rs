@@ -23,7 +23,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use http::StatusCode;
 
-use crate::api::parse::{Invalid, Unmapped};
+use crate::api::parse::{Invalid, Str, Unmapped};
 use crate::api::{Api, Dialect, Malformed, Usage, anthropic, openai};
 use crate::json::Writer;
 use crate::policy::Backend;
@@ -226,6 +226,28 @@ fn settle_unsupported(
             ),
         }),
         _ => Ok(unsupported),
+    }
+}
+
+/// The translated request: `write` writes it with the model for `backend`
+/// (its model map's name for the app's `requested` model).
+fn translated(
+    backend: &Backend,
+    requested: Option<&Str<'_>>,
+    capacity: usize,
+    write: impl FnOnce(&mut Writer, Option<&str>),
+    dropped: Vec<Unmapped>,
+    crossing: Crossing,
+) -> Translated {
+    let requested = requested.and_then(Str::text);
+    let (model, requested_model) = model_for(backend, requested.as_deref());
+    let mut w = Writer::with_capacity(capacity + 256);
+    write(&mut w, model.as_deref());
+    Translated {
+        body: w.finish().into(),
+        dropped,
+        requested_model,
+        crossing,
     }
 }
 

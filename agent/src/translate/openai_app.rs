@@ -13,7 +13,7 @@ use crate::api::{Api, SseEvents};
 use crate::json::{Reader, Writer};
 use crate::policy::Backend;
 
-use super::{Crossing, DEFAULT_MAX_TOKENS, Refusal, Translated, model_for, now, sse};
+use super::{Crossing, DEFAULT_MAX_TOKENS, Refusal, Translated, now, sse, translated};
 
 /// The name of the tool standing in for `response_format: json_object`.
 const JSON_TOOL: &str = "json_answer";
@@ -33,21 +33,21 @@ pub fn request(body: &[u8], backend: &Backend) -> Result<Translated, Refusal> {
     if out.max_tokens.is_none() {
         out.max_tokens = Some(backend.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS));
     }
-    let requested = q.model.as_ref().and_then(Str::text);
-    let (model, requested_model) = model_for(backend, requested.as_deref());
-    let mut w = Writer::with_capacity(body.len() + 256);
-    out.write(&mut w, model.as_deref());
-    Ok(Translated {
-        body: w.finish().into(),
+    let crossing = Crossing {
+        app: Api::ChatCompletions,
+        backend: Api::Messages,
+        json_tool,
+        include_usage: q.include_usage == Some(true),
+    };
+    let write = |w: &mut Writer, model: Option<&str>| out.write(w, model);
+    Ok(translated(
+        backend,
+        q.model.as_ref(),
+        body.len(),
+        write,
         dropped,
-        requested_model,
-        crossing: Crossing {
-            app: Api::ChatCompletions,
-            backend: Api::Messages,
-            json_tool,
-            include_usage: q.include_usage == Some(true),
-        },
-    })
+        crossing,
+    ))
 }
 
 /// The Messages request for an OpenAI request, and the name of the tool

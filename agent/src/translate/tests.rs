@@ -5,21 +5,9 @@ use serde_json::{Value, json};
 
 use super::*;
 
-pub(super) fn backend(protocol: &str, extra: Value) -> Backend {
-    let mut b = json!({"name": "b", "base_url": "http://b.test", "protocol": protocol});
-    if let (Some(b), Some(extra)) = (b.as_object_mut(), extra.as_object()) {
-        b.extend(extra.clone());
-    }
-    let p = json!({
-        "name": "p", "match": {"path_prefix": "/"},
-        "backends": [b],
-        "traffic": {"baseline": "b"}
-    });
-    crate::policy::parse(&p.to_string())
-        .unwrap()
-        .remove(0)
-        .backends
-        .remove(0)
+pub(super) fn backend(protocol: &str, mut extra: Value) -> Backend {
+    extra["protocol"] = json!(protocol);
+    crate::policy::test_backend(extra)
 }
 
 fn anthropic() -> Backend {

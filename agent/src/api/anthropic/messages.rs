@@ -7,8 +7,8 @@
 //! exception: OpenAI caches prompts by itself, so they are let go.
 
 use crate::api::parse::{
-    Invalid, Raw, Str, Unsupported, boolean, count, document, list, null, number, object,
-    opt_string, raw, raw_object, string, unmapped,
+    Invalid, Json, Raw, Str, Unsupported, boolean, count, document, list, null, number, object,
+    opt_string, put, put_list, put_model, put_or_null, raw, raw_object, string, unmapped,
 };
 use crate::json::{Reader, Writer};
 
@@ -202,16 +202,7 @@ impl<'a> Request<'a> {
     /// Writes the request, with `model` in place of its own when given.
     pub fn write(&self, w: &mut Writer, model: Option<&str>) {
         w.begin_object();
-        match (model, &self.model) {
-            (Some(m), _) => {
-                w.key("model").str(m);
-            }
-            (None, Some(m)) => {
-                w.key("model");
-                m.write(w);
-            }
-            (None, None) => {}
-        }
+        put_model(w, model, self.model.as_ref());
         match &self.system {
             Some(System::Text(t)) => {
                 w.key("system");
@@ -248,36 +239,17 @@ impl<'a> Request<'a> {
             w.end_object();
         }
         w.end_array();
-        if let Some(n) = self.max_tokens {
-            w.key("max_tokens").u64(n);
-        }
-        if !self.stop_sequences.is_empty() {
-            w.key("stop_sequences").begin_array();
-            for s in &self.stop_sequences {
-                s.write(w);
-            }
-            w.end_array();
-        }
-        if let Some(t) = &self.temperature {
-            w.key("temperature");
-            t.write(w);
-        }
-        if let Some(t) = &self.top_p {
-            w.key("top_p");
-            t.write(w);
-        }
-        if let Some(s) = self.stream {
-            w.key("stream").bool(s);
-        }
+        put(w, "max_tokens", self.max_tokens.as_ref());
+        put_list(w, "stop_sequences", &self.stop_sequences);
+        put(w, "temperature", self.temperature.as_ref());
+        put(w, "top_p", self.top_p.as_ref());
+        put(w, "stream", self.stream.as_ref());
         if !self.tools.is_empty() {
             w.key("tools").begin_array();
             for t in &self.tools {
                 w.begin_object().key("name");
                 t.name.write(w);
-                if let Some(d) = &t.description {
-                    w.key("description");
-                    d.write(w);
-                }
+                put(w, "description", t.description.as_ref());
                 w.key("input_schema");
                 t.input_schema.write(w);
                 w.end_object();
@@ -301,9 +273,11 @@ impl<'a> Request<'a> {
                     name.write(w);
                 }
             }
-            if let Some(d) = c.disable_parallel_tool_use {
-                w.key("disable_parallel_tool_use").bool(d);
-            }
+            put(
+                w,
+                "disable_parallel_tool_use",
+                c.disable_parallel_tool_use.as_ref(),
+            );
             w.end_object();
         }
         if let Some(u) = &self.user_id {
@@ -669,6 +643,12 @@ impl From<Tokens> for crate::api::Usage {
     }
 }
 
+impl Json for Tokens {
+    fn write_to(&self, w: &mut Writer) {
+        self.write(w);
+    }
+}
+
 impl Tokens {
     /// Reads `usage`.
     pub fn read(r: &mut Reader<'_>) -> Result<Tokens, Invalid> {
@@ -735,38 +715,17 @@ impl<'a> Answer<'a> {
 
     pub fn write(&self, w: &mut Writer) {
         w.begin_object();
-        if let Some(id) = &self.id {
-            w.key("id");
-            id.write(w);
-        }
+        put(w, "id", self.id.as_ref());
         w.key("type").str("message").key("role").str("assistant");
-        if let Some(m) = &self.model {
-            w.key("model");
-            m.write(w);
-        }
+        put(w, "model", self.model.as_ref());
         w.key("content").begin_array();
         for b in &self.content {
             b.write(w);
         }
         w.end_array();
-        w.key("stop_reason");
-        match &self.stop_reason {
-            Some(s) => s.write(w),
-            None => {
-                w.null();
-            }
-        }
-        w.key("stop_sequence");
-        match &self.stop_sequence {
-            Some(s) => s.write(w),
-            None => {
-                w.null();
-            }
-        }
-        if let Some(u) = &self.usage {
-            w.key("usage");
-            u.write(w);
-        }
+        put_or_null(w, "stop_reason", self.stop_reason.as_ref());
+        put_or_null(w, "stop_sequence", self.stop_sequence.as_ref());
+        put(w, "usage", self.usage.as_ref());
         w.end_object();
     }
 }

@@ -6,8 +6,8 @@
 //! ([`Unsupported`]), never silently lost.
 
 use crate::api::parse::{
-    Invalid, Raw, Str, Unsupported, boolean, count, list, number, object, opt_string, raw,
-    raw_object, string, unmapped, value,
+    Invalid, Json, Raw, Str, Unsupported, boolean, count, list, number, object, opt_string, put,
+    put_list, put_model, put_or_null, raw, raw_object, string, unmapped, value,
 };
 use crate::json::{Reader, Writer};
 
@@ -210,45 +210,22 @@ impl<'a> Request<'a> {
     /// Writes the request, with `model` in place of its own when given.
     pub fn write(&self, w: &mut Writer, model: Option<&str>) {
         w.begin_object();
-        match (model, &self.model) {
-            (Some(m), _) => {
-                w.key("model").str(m);
-            }
-            (None, Some(m)) => {
-                w.key("model");
-                m.write(w);
-            }
-            (None, None) => {}
-        }
+        put_model(w, model, self.model.as_ref());
         w.key("messages").begin_array();
         for m in &self.messages {
             m.write(w);
         }
         w.end_array();
-        if let Some(n) = self.max_tokens {
-            w.key("max_tokens").u64(n);
-        }
-        if let Some(n) = self.max_completion_tokens {
-            w.key("max_completion_tokens").u64(n);
-        }
-        if let Some(t) = &self.temperature {
-            w.key("temperature");
-            t.write(w);
-        }
-        if let Some(t) = &self.top_p {
-            w.key("top_p");
-            t.write(w);
-        }
-        if !self.stop.is_empty() {
-            w.key("stop").begin_array();
-            for s in &self.stop {
-                s.write(w);
-            }
-            w.end_array();
-        }
-        if let Some(s) = self.stream {
-            w.key("stream").bool(s);
-        }
+        put(w, "max_tokens", self.max_tokens.as_ref());
+        put(
+            w,
+            "max_completion_tokens",
+            self.max_completion_tokens.as_ref(),
+        );
+        put(w, "temperature", self.temperature.as_ref());
+        put(w, "top_p", self.top_p.as_ref());
+        put_list(w, "stop", &self.stop);
+        put(w, "stream", self.stream.as_ref());
         if let Some(u) = self.include_usage {
             w.key("stream_options")
                 .begin_object()
@@ -262,14 +239,8 @@ impl<'a> Request<'a> {
                 w.begin_object().key("type").str("function");
                 w.key("function").begin_object().key("name");
                 t.name.write(w);
-                if let Some(d) = &t.description {
-                    w.key("description");
-                    d.write(w);
-                }
-                if let Some(p) = &t.parameters {
-                    w.key("parameters");
-                    p.write(w);
-                }
+                put(w, "description", t.description.as_ref());
+                put(w, "parameters", t.parameters.as_ref());
                 w.end_object().end_object();
             }
             w.end_array();
@@ -288,13 +259,8 @@ impl<'a> Request<'a> {
                 }
             };
         }
-        if let Some(p) = self.parallel_tool_calls {
-            w.key("parallel_tool_calls").bool(p);
-        }
-        if let Some(u) = &self.user {
-            w.key("user");
-            u.write(w);
-        }
+        put(w, "parallel_tool_calls", self.parallel_tool_calls.as_ref());
+        put(w, "user", self.user.as_ref());
         if let Some(f) = &self.response_format {
             w.key("response_format").begin_object().key("type");
             match f {
@@ -469,17 +435,8 @@ impl<'a> Message<'a> {
             w.key("refusal");
             r.write(w);
         }
-        if !self.tool_calls.is_empty() {
-            w.key("tool_calls").begin_array();
-            for c in &self.tool_calls {
-                c.write(w);
-            }
-            w.end_array();
-        }
-        if let Some(id) = &self.tool_call_id {
-            w.key("tool_call_id");
-            id.write(w);
-        }
+        put_list(w, "tool_calls", &self.tool_calls);
+        put(w, "tool_call_id", self.tool_call_id.as_ref());
         w.end_object();
     }
 }
@@ -583,6 +540,12 @@ impl<'a> Part<'a> {
                 unsupported.note(at(), key, NO_COUNTERPART);
             }
         })
+    }
+}
+
+impl Json for ToolCall<'_> {
+    fn write_to(&self, w: &mut Writer) {
+        self.write(w);
     }
 }
 
@@ -779,6 +742,12 @@ pub struct Tokens {
     pub cached: u64,
 }
 
+impl Json for Tokens {
+    fn write_to(&self, w: &mut Writer) {
+        self.write(w);
+    }
+}
+
 impl Tokens {
     fn read(r: &mut Reader<'_>) -> Result<Option<Self>, Invalid> {
         if crate::api::parse::null(r)? {
@@ -900,54 +869,21 @@ impl<'a> Answer<'a> {
     /// Writes the answer; `created` is its time (Unix seconds).
     pub fn write(&self, w: &mut Writer, created: u64) {
         w.begin_object();
-        if let Some(id) = &self.id {
-            w.key("id");
-            id.write(w);
-        }
+        put(w, "id", self.id.as_ref());
         w.key("object").str("chat.completion");
         w.key("created").u64(created);
-        if let Some(m) = &self.model {
-            w.key("model");
-            m.write(w);
-        }
+        put(w, "model", self.model.as_ref());
         w.key("choices").begin_array().begin_object();
         w.key("index").u64(0);
         w.key("message").begin_object().key("role").str("assistant");
-        w.key("content");
-        match &self.content {
-            Some(c) => c.write(w),
-            None => {
-                w.null();
-            }
-        }
-        w.key("refusal");
-        match &self.refusal {
-            Some(c) => c.write(w),
-            None => {
-                w.null();
-            }
-        }
-        if !self.tool_calls.is_empty() {
-            w.key("tool_calls").begin_array();
-            for c in &self.tool_calls {
-                c.write(w);
-            }
-            w.end_array();
-        }
+        put_or_null(w, "content", self.content.as_ref());
+        put_or_null(w, "refusal", self.refusal.as_ref());
+        put_list(w, "tool_calls", &self.tool_calls);
         w.end_object();
         w.key("logprobs").null();
-        w.key("finish_reason");
-        match &self.finish_reason {
-            Some(f) => f.write(w),
-            None => {
-                w.null();
-            }
-        }
+        put_or_null(w, "finish_reason", self.finish_reason.as_ref());
         w.end_object().end_array();
-        if let Some(u) = &self.usage {
-            w.key("usage");
-            u.write(w);
-        }
+        put(w, "usage", self.usage.as_ref());
         w.end_object();
     }
 }

@@ -39,26 +39,38 @@ pub const OPENAI_FINISH: [&str; 5] = [
 /// Finish reasons of legacy completions.
 pub(super) const COMPLETION_FINISH: [&str; 3] = ["stop", "length", "content_filter"];
 
-pub(super) fn chat_completion(
-    r: &mut Reader<'_>,
+/// An answer whose one required field is the non-empty list `field`, each
+/// item checked by `each` (reading the answer's text into `read`); the
+/// other keys are skipped, `usage` read.
+fn answer_with_list<'a>(
+    r: &mut Reader<'a>,
     read: &mut Read<'_, '_>,
+    field: &'static str,
+    mut each: impl FnMut(&mut Reader<'a>, usize, &mut Read<'_, '_>) -> Result<(), Malformed>,
 ) -> Result<(), Malformed> {
     document(r, "answer")?;
     let mut first = true;
-    let mut choices = 0;
+    let mut items = 0;
     while let Some(key) = r.key(&mut first)? {
-        if key == b"choices" {
-            choices = list(r, "choices", false, |r, i| {
-                chat_choice(r, i, &mut read.text)
-            })?;
+        if key == field.as_bytes() {
+            items = list(r, field, false, |r, i| each(r, i, read))?;
         } else {
             read.other(r, key)?;
         }
     }
-    if choices == 0 {
-        return Err(malformed("choices: must be a non-empty list"));
+    if items == 0 {
+        return Err(malformed(format!("{field}: must be a non-empty list")));
     }
     Ok(())
+}
+
+pub(super) fn chat_completion(
+    r: &mut Reader<'_>,
+    read: &mut Read<'_, '_>,
+) -> Result<(), Malformed> {
+    answer_with_list(r, read, "choices", |r, i, read| {
+        chat_choice(r, i, &mut read.text)
+    })
 }
 
 fn chat_choice(
@@ -131,81 +143,55 @@ fn chat_message(
 }
 
 pub(super) fn completion(r: &mut Reader<'_>, read: &mut Read<'_, '_>) -> Result<(), Malformed> {
-    document(r, "answer")?;
-    let mut first = true;
-    let mut choices = 0;
-    while let Some(key) = r.key(&mut first)? {
-        if key == b"choices" {
-            choices = list(r, "choices", false, |r, i| {
-                item_object(r, &At("choices", i, ""))?;
-                let mut first = true;
-                let (mut t, mut finish) = (Held::Absent, Held::Absent);
-                while let Some(key) = r.key(&mut first)? {
-                    match key {
-                        b"text" => t = Held::read(r)?,
-                        b"finish_reason" => finish = Held::read(r)?,
-                        _ => r.skip()?,
-                    }
-                }
-                match t {
-                    Held::Text(raw) => read.text(raw),
-                    _ => {
-                        return Err(malformed(format!(
-                            "{}: must be text",
-                            At("choices", i, ".text")
-                        )));
-                    }
-                }
-                known(
-                    finish.text(),
-                    &COMPLETION_FINISH,
-                    &At("choices", i, ".finish_reason"),
-                )
-            })?;
-        } else {
-            read.other(r, key)?;
+    answer_with_list(r, read, "choices", |r, i, read| {
+        item_object(r, &At("choices", i, ""))?;
+        let mut first = true;
+        let (mut t, mut finish) = (Held::Absent, Held::Absent);
+        while let Some(key) = r.key(&mut first)? {
+            match key {
+                b"text" => t = Held::read(r)?,
+                b"finish_reason" => finish = Held::read(r)?,
+                _ => r.skip()?,
+            }
         }
-    }
-    if choices == 0 {
-        return Err(malformed("choices: must be a non-empty list"));
-    }
-    Ok(())
+        match t {
+            Held::Text(raw) => read.text(raw),
+            _ => {
+                return Err(malformed(format!(
+                    "{}: must be text",
+                    At("choices", i, ".text")
+                )));
+            }
+        }
+        known(
+            finish.text(),
+            &COMPLETION_FINISH,
+            &At("choices", i, ".finish_reason"),
+        )
+    })
 }
 
 pub(super) fn embeddings(r: &mut Reader<'_>, read: &mut Read<'_, '_>) -> Result<(), Malformed> {
-    document(r, "answer")?;
-    let mut first = true;
-    let mut data = 0;
-    while let Some(key) = r.key(&mut first)? {
-        if key == b"data" {
-            data = list(r, "data", false, |r, i| {
-                item_object(r, &At("data", i, ""))?;
-                let mut first = true;
-                let mut embedding = Held::Absent;
-                while let Some(key) = r.key(&mut first)? {
-                    if key == b"embedding" {
-                        embedding = Held::read(r)?;
-                    } else {
-                        r.skip()?;
-                    }
-                }
-                if matches!(embedding, Held::List | Held::Text(_)) {
-                    Ok(())
-                } else {
-                    Err(malformed(format!(
-                        "{}: must be a list of numbers (or base64)",
-                        At("data", i, ".embedding")
-                    )))
-                }
-            })?;
-        } else {
-            read.other(r, key)?;
+    answer_with_list(r, read, "data", |r, i, _| {
+        item_object(r, &At("data", i, ""))?;
+        let mut first = true;
+        let mut embedding = Held::Absent;
+        while let Some(key) = r.key(&mut first)? {
+            if key == b"embedding" {
+                embedding = Held::read(r)?;
+            } else {
+                r.skip()?;
+            }
         }
-    }
-    if data == 0 {
-        return Err(malformed("data: must be a non-empty list"));
-    }
-    Ok(())
+        if matches!(embedding, Held::List | Held::Text(_)) {
+            Ok(())
+        } else {
+            Err(malformed(format!(
+                "{}: must be a list of numbers (or base64)",
+                At("data", i, ".embedding")
+            )))
+        }
+    })
 }
 
 /// An OpenAI chunk: its choices (perhaps none, as the usage chunk),
