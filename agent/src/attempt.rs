@@ -36,8 +36,8 @@ const DROPPED_REQUEST_HEADERS: [HeaderName; 13] = [
     http::header::UPGRADE,
     http::header::HOST,
     http::header::CONTENT_LENGTH,
-    http::header::AUTHORIZATION,
-    HeaderName::from_static("x-api-key"),
+    crate::api::openai::CREDENTIAL_HEADER,
+    crate::api::anthropic::CREDENTIAL_HEADER,
     HeaderName::from_static("api-key"),
 ];
 

@@ -14,7 +14,6 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::Dialect;
 use crate::breaker::{Breaker, BreakerSettings};
 use crate::lock;
 use crate::policy::{Backend, Policy, SecretRef, ShadowSettings};
@@ -343,13 +342,7 @@ fn resolve_credentials(b: &Backend) -> Result<Option<(HeaderName, HeaderValue)>,
     if key.is_empty() {
         return Err("the secret is empty".into());
     }
-    let (name, value) = match b.protocol {
-        Dialect::OpenAi => (
-            crate::api::openai::CREDENTIAL_HEADER,
-            format!("Bearer {key}"),
-        ),
-        Dialect::Anthropic => (crate::api::anthropic::CREDENTIAL_HEADER, key.to_string()),
-    };
+    let (name, value) = b.protocol.credential(key);
     let mut value = HeaderValue::try_from(value)
         .map_err(|_| "the secret holds characters not allowed in a header".to_string())?;
     value.set_sensitive(true);

@@ -42,6 +42,17 @@ pub enum Dialect {
     Anthropic,
 }
 
+impl Dialect {
+    /// The header a backend of this family takes its key in, and the
+    /// header's value for `key`.
+    pub fn credential(self, key: &str) -> (http::HeaderName, String) {
+        match self {
+            Dialect::OpenAi => (openai::CREDENTIAL_HEADER, format!("Bearer {key}")),
+            Dialect::Anthropic => (anthropic::CREDENTIAL_HEADER, key.to_string()),
+        }
+    }
+}
+
 /// The API of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Api {
