@@ -112,10 +112,15 @@ async fn serves_reloads_and_stops() {
     let metrics = Client::tcp(&format!("http://{admin}"))
         .get("/metrics")
         .await;
+    // Every refusal is counted (the poller and SIGHUP may both have read
+    // the bad file).
+    let refusals = agent.log().matches("policy file refused").count();
+    assert!(refusals >= 1);
     assert!(
-        metrics
-            .text()
-            .contains("shepherd_agent_policy_reloads_total{result=\"failed\"} 1")
+        metrics.text().contains(&format!(
+            "shepherd_agent_policy_reloads_total{{result=\"failed\"}} {refusals}"
+        )),
+        "{refusals} refusals logged"
     );
 
     let (status, log) = agent.terminate();
