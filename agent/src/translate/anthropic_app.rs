@@ -4,10 +4,10 @@
 
 use std::borrow::Cow;
 
+use crate::api::Api;
 use crate::api::anthropic::messages::{self as an, Block, Choice, Image, ToolResult};
 use crate::api::openai::chat::{self as oa, Chunk, Content, Part, Role, ToolChoice};
 use crate::api::parse::{Invalid, Str, Unsupported, document};
-use crate::api::{Api, SseEvents};
 use crate::json::{Reader, Writer};
 use crate::policy::Backend;
 
@@ -480,11 +480,12 @@ impl Stream {
     }
 }
 
-/// Translates a whole OpenAI stream (for tests and the shadow).
+/// Translates a whole OpenAI stream at once (as the tests read it).
+#[cfg(test)]
 pub fn whole_stream(body: &[u8]) -> Vec<u8> {
     let mut s = Stream::default();
     let mut out = Vec::new();
-    let mut events = SseEvents::default();
+    let mut events = crate::api::SseEvents::default();
     events.feed(body, |name, data| s.event(name, data, &mut out));
     events.finish(|name, data| s.event(name, data, &mut out));
     out

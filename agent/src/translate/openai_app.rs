@@ -4,12 +4,12 @@
 
 use std::borrow::Cow;
 
+use crate::api::Api;
 use crate::api::anthropic::messages::{
     self as an, Block, Choice, Delta, Event, Image, StartBlock, ToolResult,
 };
 use crate::api::openai::chat::{self as oa, Content, Part, Role, ToolChoice};
 use crate::api::parse::{Invalid, Raw, Str, Unsupported, document, value};
-use crate::api::{Api, SseEvents};
 use crate::json::{Reader, Writer};
 use crate::policy::Backend;
 
@@ -573,11 +573,12 @@ impl Stream {
     }
 }
 
-/// Translates a whole Anthropic stream (for tests and the shadow).
+/// Translates a whole Anthropic stream at once (as the tests read it).
+#[cfg(test)]
 pub fn whole_stream(c: &Crossing, body: &[u8]) -> Vec<u8> {
     let mut s = Stream::new(c);
     let mut out = Vec::new();
-    let mut events = SseEvents::default();
+    let mut events = crate::api::SseEvents::default();
     events.feed(body, |_, data| s.event(data, &mut out));
     events.finish(|_, data| s.event(data, &mut out));
     out
