@@ -169,8 +169,11 @@ pub fn render(w: &Watched, now: DateTime<Utc>, recent: usize) -> String {
                     .to_string();
                 let _ = writeln!(
                     out,
-                    "    {:<34} {:>10.3}  limit {:>10.3}  {verdict:<6} {}",
-                    g.gate, g.value, g.limit, g.detail
+                    "    {:<34} {:>10}  limit {:>10}  {verdict:<6} {}",
+                    g.gate,
+                    number(g.value),
+                    number(g.limit),
+                    g.detail
                 );
             }
             for (side, s) in [("candidate", &f.candidate), ("baseline", &f.baseline)] {
@@ -221,6 +224,16 @@ pub fn event_line(e: &v1::RolloutEvent) -> String {
         percent(e.weight),
         e.reason
     )
+}
+
+/// A gate's value or limit: three decimals, or scientific when large (an
+/// e-value may be).
+fn number(v: f64) -> String {
+    if v.abs() >= 1e6 {
+        format!("{v:.3e}")
+    } else {
+        format!("{v:.3}")
+    }
 }
 
 #[cfg(test)]

@@ -25,5 +25,6 @@ pub mod fleet;
 pub mod metrics;
 pub mod policy;
 pub mod rollout;
+pub mod sequential;
 pub mod server;
 pub mod store;

@@ -193,6 +193,25 @@ impl Histogram {
         Ok(h)
     }
 
+    /// How many values are above `bound`: whole buckets above it, and the
+    /// part of the bucket it falls in that lies above it (as values spread
+    /// evenly inside a bucket, the way [`Histogram::quantile`] reads them),
+    /// rounded down.
+    pub fn count_above(&self, bound: Duration) -> u64 {
+        let us = bound.as_micros() as f64;
+        let i = bucket_of(bound);
+        let whole: u64 = self.counts.iter().skip(i + 1).sum();
+        let Some(&count) = self.counts.get(i) else {
+            return whole;
+        };
+        let Some(&upper) = BOUNDS_US.get(i) else {
+            return whole + count;
+        };
+        let lower = if i == 0 { 0 } else { BOUNDS_US[i - 1] };
+        let share = (upper as f64 - us) / (upper - lower) as f64;
+        whole + (count as f64 * share.clamp(0.0, 1.0)).floor() as u64
+    }
+
     /// The `q` quantile (0 to 1) by nearest rank, interpolated inside its
     /// bucket; `None` when empty. Values above the last boundary report it.
     pub fn quantile(&self, q: f64) -> Option<Duration> {
@@ -224,6 +243,26 @@ impl Histogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Values above a bound: whole buckets above it, part of the bucket it
+    /// falls in, nothing above the largest value, everything below the
+    /// smallest.
+    #[test]
+    fn counts_above_a_bound() {
+        let mut h = Histogram::default();
+        for ms in 1..=100 {
+            h.record(Duration::from_millis(ms));
+        }
+        assert_eq!(h.count_above(Duration::ZERO), 100);
+        assert_eq!(h.count_above(Duration::from_secs(1)), 0);
+        let above_50 = h.count_above(Duration::from_millis(50));
+        assert!((48..=51).contains(&above_50), "{above_50}");
+        let above_95 = h.count_above(Duration::from_millis(95));
+        assert!((3..=6).contains(&above_95), "{above_95}");
+        // Consistent with the quantiles: about 5% above the p95.
+        let p95 = h.quantile(0.95).unwrap();
+        assert!((4..=6).contains(&h.count_above(p95)), "{p95:?}");
+    }
 
     /// The boundaries run from 100 µs to 1000 s, strictly increasing, in steps
     /// of at most 12.5 %.

@@ -15,7 +15,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use shepherd_proto::v1;
 
-use crate::analysis::{Judgement, StageInput, judge_shadow_stage, judge_stage};
+use crate::analysis::{
+    Judgement, PassRule, StageInput, Statistics, judge_shadow_stage, judge_stage,
+};
 use crate::policy::StoredPolicy;
 use crate::store::rollouts::from_timestamp;
 use crate::store::{PolicyWrite, RolloutWrite};
@@ -572,6 +574,8 @@ pub fn tick(
                     elapsed,
                     candidate: &seen.candidate,
                     baseline: &seen.baseline,
+                    rule: PassRule::of(&s),
+                    statistics: Statistics::Sequential,
                 })
             };
             j.figures.acked_agents = seen.quorum.acked;

@@ -12,8 +12,8 @@ use std::time::SystemTime;
 use pbjson_types::{Duration, Timestamp};
 
 use crate::v1::{
-    AnswerModel, Backend, CircuitBreaker, FailureAction, Fault, Gates, Policy, Protocol, RetryOn,
-    RetryPolicy, RollbackMode, RolloutSpec, Shadow, Timeouts, Traffic,
+    AnswerModel, Backend, CircuitBreaker, FailureAction, Fault, Gates, PassRule, Policy, Protocol,
+    RetryOn, RetryPolicy, RollbackMode, RolloutSpec, Shadow, Timeouts, Traffic,
 };
 
 /// Longest policy, backend or label name.
@@ -715,6 +715,12 @@ impl Checker {
             r.ack_timeout.as_ref(),
             Presence::Optional,
         );
+        if PassRule::try_from(r.pass_rule).is_err() {
+            self.fail(
+                "rollout.pass_rule",
+                "must be PASS_RULE_NO_REGRESSION or PASS_RULE_PROVEN_NOT_WORSE",
+            );
+        }
     }
 
     fn gates(&mut self, g: &Gates) {
@@ -765,6 +771,7 @@ impl Checker {
             g.max_ttft_p95.as_ref(),
             Presence::Optional,
         );
+        self.ratio("rollout.gates.max_ttft_p95_ratio", g.max_ttft_p95_ratio);
         self.opt_percent(
             "rollout.gates.max_shadow_divergence_percent",
             g.max_shadow_divergence_percent,

@@ -503,6 +503,23 @@ fn percentage_and_significance_rules() {
         "from 1",
     );
     assert_one(
+        violations(|p| gates(p).max_ttft_p95_ratio = Some(f64::INFINITY)),
+        "rollout.gates.max_ttft_p95_ratio",
+        "from 1",
+    );
+    assert_one(
+        violations(|p| p.rollout.as_mut().unwrap().pass_rule = 7),
+        "rollout.pass_rule",
+        "PASS_RULE_NO_REGRESSION or PASS_RULE_PROVEN_NOT_WORSE",
+    );
+    assert!(
+        violations(|p| {
+            p.rollout.as_mut().unwrap().pass_rule = crate::v1::PassRule::ProvenNotWorse as i32;
+            gates(p).max_ttft_p95_ratio = Some(1.5);
+        })
+        .is_empty()
+    );
+    assert_one(
         violations(|p| p.faults[0].abort.as_mut().unwrap().percent = 0.0),
         "faults[0].abort.percent",
         "above 0",
