@@ -259,6 +259,8 @@ impl Attempt {
         if outcome != Outcome::Ok && status != 0 {
             stats.examples.offer(outcome, status, detail);
         }
-        permit.record(breaker.as_deref(), outcome.health(quota));
+        if permit.record(breaker.as_deref(), outcome.health(quota)) {
+            stats.breaker_opened();
+        }
     }
 }

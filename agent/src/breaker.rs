@@ -123,12 +123,11 @@ impl Permit {
         Self { probe: None }
     }
 
-    /// Reports the outcome of the request this permit let through.
-    pub fn record(mut self, breaker: Option<&Breaker>, health: Health) {
+    /// Reports the outcome of the request this permit let through. Returns
+    /// whether that opened the breaker.
+    pub fn record(mut self, breaker: Option<&Breaker>, health: Health) -> bool {
         let probe = self.probe.take().is_some();
-        if let Some(b) = breaker {
-            b.record(health, probe);
-        }
+        breaker.is_some_and(|b| b.record(health, probe))
     }
 }
 
@@ -214,7 +213,8 @@ impl Breaker {
         }
     }
 
-    fn record(&self, health: Health, probe: bool) {
+    /// Learns an outcome; returns whether it opened the breaker.
+    fn record(&self, health: Health, probe: bool) -> bool {
         let mut inner = self.lock();
         let now = Instant::now();
         let success = health == Health::Success;
@@ -225,7 +225,7 @@ impl Breaker {
                 // Outcomes of requests let through before the breaker opened
                 // say nothing about the backend now.
                 if !probe {
-                    return;
+                    return false;
                 }
                 if success {
                     *succeeded += 1;
@@ -235,23 +235,28 @@ impl Breaker {
                         inner.consecutive = 0;
                         inner.slots = [Slot::default(); SLOTS];
                     }
+                    false
                 } else {
                     self.trip(&mut inner, now, health);
+                    true
                 }
             }
-            Phase::Open { .. } => {}
+            Phase::Open { .. } => false,
             Phase::Closed => {
                 self.count(&mut inner, now, success);
                 if success {
                     inner.consecutive = 0;
-                    return;
+                    return false;
                 }
                 inner.consecutive += 1;
                 let by_count = self.settings.consecutive_failures > 0
                     && inner.consecutive >= self.settings.consecutive_failures;
-                if by_count || health != Health::Failure || self.rate_exceeded(&inner, now) {
+                let trips =
+                    by_count || health != Health::Failure || self.rate_exceeded(&inner, now);
+                if trips {
                     self.trip(&mut inner, now, health);
                 }
+                trips
             }
         }
     }
@@ -335,14 +340,15 @@ mod tests {
         }))
     }
 
-    fn outcome(b: &Arc<Breaker>, success: bool) {
+    /// Records an outcome; returns whether it opened the breaker.
+    fn outcome(b: &Arc<Breaker>, success: bool) -> bool {
         let permit = b.try_acquire().expect("admitted");
         let health = if success {
             Health::Success
         } else {
             Health::Failure
         };
-        permit.record(Some(b), health);
+        permit.record(Some(b), health)
     }
 
     /// N failures in a row open it; a success in between resets the count.
@@ -353,9 +359,9 @@ mod tests {
         outcome(&b, false);
         outcome(&b, true);
         outcome(&b, false);
-        outcome(&b, false);
+        assert!(!outcome(&b, false), "not open yet");
         assert_eq!(b.state(), BreakerState::Closed);
-        outcome(&b, false);
+        assert!(outcome(&b, false), "the failure that opens it says so");
         assert_eq!(b.state(), BreakerState::Open);
         assert!(b.try_acquire().is_err());
     }

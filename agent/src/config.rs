@@ -75,6 +75,20 @@ pub struct Cli {
     #[arg(long, env = "SHEPHERD_AGENT_REPORT_INTERVAL", default_value = "1s", value_parser = positive_duration)]
     pub report_interval: Duration,
 
+    /// Failures of one backend since the last report, at least a quarter of
+    /// its attempts, that send the next report at once, marked urgent (a
+    /// breaker opening always does); 0: only breakers.
+    #[arg(
+        long,
+        env = "SHEPHERD_AGENT_URGENT_REPORT_FAILURES",
+        default_value_t = 5
+    )]
+    pub urgent_report_failures: u64,
+
+    /// Shortest time between two reports when urgent ones are called for.
+    #[arg(long, env = "SHEPHERD_AGENT_URGENT_REPORT_MIN_INTERVAL", default_value = "100ms", value_parser = positive_duration)]
+    pub urgent_report_min_interval: Duration,
+
     /// After this long without the control plane, faults and shadow traffic
     /// stop (weights stay).
     #[arg(long, env = "SHEPHERD_AGENT_CONTROL_PLANE_LOSS_TTL", default_value = "5m", value_parser = humantime::parse_duration)]

@@ -39,6 +39,12 @@ pub struct ControlSettings {
     pub hostname: String,
     pub state: Option<StateDir>,
     pub report_interval: Duration,
+    /// Failures of one backend since the last report (at least a quarter of
+    /// its attempts) that send the next report at once (a breaker opening
+    /// always does); 0: only breakers.
+    pub urgent_failures: u64,
+    /// Shortest time between two reports when urgent ones are called for.
+    pub urgent_min_interval: Duration,
     /// Reports kept while the control plane is out of reach.
     pub report_queue: usize,
     /// Time without the control plane after which faults and shadow stop.
@@ -60,6 +66,8 @@ impl ControlSettings {
             hostname: hostname(),
             state: None,
             report_interval: Duration::from_secs(1),
+            urgent_failures: 5,
+            urgent_min_interval: Duration::from_millis(100),
             report_queue: 300,
             loss_ttl: Duration::from_secs(300),
             backoff_base: Duration::from_millis(200),
@@ -405,23 +413,39 @@ fn apply(agent: &Agent, settings: &ControlSettings, snapshot: v1::Snapshot) -> v
     }
 }
 
-/// Collects telemetry every interval and queues it as a report.
+/// Collects telemetry every interval and queues it as a report; sooner,
+/// as an urgent report, when a backend's breaker opens or backends failed
+/// `urgent_failures` times since the last report, but never sooner than
+/// `urgent_min_interval` after the last one.
 async fn report_loop(
     agent: Arc<Agent>,
     queue: Arc<ReportQueue>,
     settings: ControlSettings,
     shutdown: CancellationToken,
 ) {
+    let urgency = agent.registry.stats.urgency.clone();
+    urgency.set_threshold(settings.urgent_failures);
     let mut ticker = tokio::time::interval(settings.report_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     let mut sequence = 0u64;
     let mut start = SystemTime::now();
+    let mut last = tokio::time::Instant::now();
     loop {
-        tokio::select! {
+        let urgent = tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
+            _ = ticker.tick() => false,
+            () = urgency.raised() => true,
+        };
+        if urgent {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep_until(last + settings.urgent_min_interval) => {}
+            }
+            // The regular report follows a whole interval after this one.
+            ticker.reset();
         }
+        last = tokio::time::Instant::now();
         let end = SystemTime::now();
         let policies = agent.registry.stats.collect();
         sequence += 1;
@@ -431,6 +455,7 @@ async fn report_loop(
             end_time: Some(timestamp(end)),
             policies,
             reports_lost: 0,
+            urgent,
         };
         start = end;
         let dropped = queue.push(report, settings.report_queue);
@@ -500,13 +525,106 @@ async fn loss_timer(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
+    use crate::outcome::Outcome;
 
     fn report(sequence: u64) -> v1::TelemetryReport {
         v1::TelemetryReport {
             sequence,
             ..Default::default()
         }
+    }
+
+    fn reporting_agent() -> Arc<Agent> {
+        let tls = crate::upstream::Tls::new(None).unwrap();
+        Arc::new(Agent::new(
+            crate::runtime::Registry::new(tls),
+            crate::proxy::Limits::default(),
+            BTreeMap::new(),
+        ))
+    }
+
+    async fn next_report(queue: &ReportQueue) -> v1::TelemetryReport {
+        loop {
+            if let Some(r) = queue.pop() {
+                return r;
+            }
+            queue.ready.notified().await;
+        }
+    }
+
+    fn failures(r: &v1::TelemetryReport) -> u64 {
+        r.policies
+            .iter()
+            .flat_map(|p| &p.backends)
+            .filter_map(|b| b.outcomes.as_ref())
+            .map(|o| o.server_error)
+            .sum()
+    }
+
+    /// A backend's failures past the threshold (and a quarter of its
+    /// attempts), or its breaker opening, send a report at once, marked
+    /// urgent, but never sooner than the minimum interval after the last
+    /// one; the regular reports follow a whole interval later.
+    #[tokio::test(start_paused = true)]
+    async fn failures_send_urgent_reports() {
+        let agent = reporting_agent();
+        let queue = Arc::new(ReportQueue::default());
+        let mut settings = ControlSettings::new(vec![], "a".into());
+        settings.report_interval = Duration::from_secs(60);
+        settings.urgent_failures = 3;
+        settings.urgent_min_interval = Duration::from_millis(250);
+        let shutdown = CancellationToken::new();
+        let loop_task = tokio::spawn(report_loop(
+            agent.clone(),
+            queue.clone(),
+            settings,
+            shutdown.clone(),
+        ));
+        // Let the loop start and pass its first (immediate) tick.
+        tokio::task::yield_now().await;
+        let stats = agent.registry.stats.backend("chat", "b", 1);
+        let began = tokio::time::Instant::now();
+        stats.record(Outcome::ServerError);
+        stats.record(Outcome::Ok);
+        stats.record(Outcome::ServerError);
+        assert!(queue.is_empty(), "two failures are not enough");
+        stats.record(Outcome::ServerError);
+        let first = next_report(&queue).await;
+        assert!(first.urgent);
+        assert_eq!(failures(&first), 3);
+        // The first urgent report waits out the minimum interval from the
+        // loop's start, no more.
+        assert!(began.elapsed() <= Duration::from_millis(250));
+        // A breaker opening calls for another at once: it waits for the
+        // minimum interval after the first.
+        let sent = tokio::time::Instant::now();
+        stats.record(Outcome::ServerError);
+        stats.breaker_opened();
+        let second = next_report(&queue).await;
+        assert!(second.urgent);
+        assert_eq!(failures(&second), 1);
+        assert_eq!(sent.elapsed(), Duration::from_millis(250));
+        // Failures that are a small share of the backend's attempts (a
+        // healthy backend's trickle under heavy traffic) call for nothing:
+        // the regular report comes a whole interval later.
+        for _ in 0..20 {
+            stats.record(Outcome::Ok);
+        }
+        for _ in 0..4 {
+            stats.record(Outcome::ServerError);
+        }
+        let regular = next_report(&queue).await;
+        assert!(!regular.urgent);
+        assert_eq!(failures(&regular), 4);
+        assert_eq!(
+            sent.elapsed(),
+            Duration::from_millis(250) + Duration::from_secs(60)
+        );
+        shutdown.cancel();
+        loop_task.await.unwrap();
     }
 
     /// Overflow drops the oldest reports; every report delivered carries the

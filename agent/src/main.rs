@@ -89,6 +89,8 @@ async fn run(cli: Cli) -> Result<(), String> {
         settings.token = cli.agent_token()?.map(control::Secret);
         settings.state = Some(StateDir::open(&cli.state_dir)?);
         settings.report_interval = cli.report_interval;
+        settings.urgent_failures = cli.urgent_report_failures;
+        settings.urgent_min_interval = cli.urgent_report_min_interval;
         settings.loss_ttl = cli.control_plane_loss_ttl;
         Some(settings)
     };

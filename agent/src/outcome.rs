@@ -88,6 +88,23 @@ impl Outcome {
         matches!(self, Outcome::Ok | Outcome::AppError)
     }
 
+    /// True for a failure of the backend (what a rollout's error rate
+    /// counts): 5xx, timeouts, connect errors, broken streams, rejected and
+    /// malformed answers, breaker rejections and injected faults.
+    pub fn is_backend_failure(self) -> bool {
+        matches!(
+            self,
+            Outcome::ServerError
+                | Outcome::Timeout
+                | Outcome::Connect
+                | Outcome::StreamBroken
+                | Outcome::BackendRejected
+                | Outcome::Malformed
+                | Outcome::BreakerRejected
+                | Outcome::FaultInjected
+        )
+    }
+
     /// What the backend's breaker learns from this outcome.
     pub fn health(self, quota: bool) -> Health {
         match self {

@@ -25,6 +25,11 @@ pub use crate::outcome::Outcome;
 #[derive(Debug, Default)]
 pub struct BackendStats {
     outcomes: [AtomicU64; Outcome::ALL.len()],
+    /// Where failures call for an early report.
+    urgency: Arc<Urgency>,
+    /// Attempts (low 32 bits) and failures (high 32 bits) since the last
+    /// report, in one word so both move together.
+    recent: AtomicU64,
     /// Time from sending an attempt to the end of its response.
     pub latency: AtomicHistogram,
     /// The part of `latency` whose attempt did not succeed.
@@ -271,6 +276,20 @@ impl ShadowCounts {
 impl BackendStats {
     pub fn record(&self, outcome: Outcome) {
         self.outcomes[outcome.index()].fetch_add(1, Ordering::Relaxed);
+        if outcome == Outcome::Cancelled {
+            return;
+        }
+        if outcome.is_backend_failure() {
+            let recent = self.recent.fetch_add((1 << 32) + 1, Ordering::Relaxed) + (1 << 32) + 1;
+            self.urgency.failure(recent >> 32, recent & 0xffff_ffff);
+        } else {
+            self.recent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The backend's breaker opened: report at once.
+    pub fn breaker_opened(&self) {
+        self.urgency.raise();
     }
 
     pub fn outcome(&self, outcome: Outcome) -> u64 {
@@ -445,6 +464,53 @@ pub struct AgentStats {
     pub control_plane_connected: AtomicU64,
 }
 
+/// When telemetry should be reported before its interval is up: a
+/// backend's breaker opened, or one backend failed `threshold` times since
+/// the last report, in at least [`URGENT_FAILURE_SHARE`] of its attempts (a
+/// jump, not the steady trickle of a healthy backend's errors under heavy
+/// traffic). The report loop waits on [`Urgency::raised`] and limits how
+/// often it answers.
+#[derive(Debug, Default)]
+pub struct Urgency {
+    /// Failures of one backend since the last report that call for one at
+    /// once; 0: never.
+    threshold: AtomicU64,
+    notify: tokio::sync::Notify,
+}
+
+/// The share of a backend's attempts since the last report that must have
+/// failed for its failures to call for an urgent report, in percent.
+pub const URGENT_FAILURE_SHARE: u64 = 25;
+
+impl Urgency {
+    /// Sets the number of a backend's failures since the last report that
+    /// calls for an early one (0 turns that off).
+    pub fn set_threshold(&self, failures: u64) {
+        self.threshold.store(failures, Ordering::Relaxed);
+    }
+
+    /// A backend failed: `failures` of its `attempts` since the last report.
+    fn failure(&self, failures: u64, attempts: u64) {
+        let threshold = self.threshold.load(Ordering::Relaxed);
+        if threshold > 0
+            && failures >= threshold
+            && failures * 100 >= attempts * URGENT_FAILURE_SHARE
+        {
+            self.raise();
+        }
+    }
+
+    /// Asks for a report at once.
+    pub fn raise(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Resolves once a report is called for.
+    pub async fn raised(&self) {
+        self.notify.notified().await;
+    }
+}
+
 /// Counters under one version, and what of them was already reported.
 #[derive(Debug)]
 struct VersionEntry {
@@ -460,6 +526,8 @@ type BackendKey = (String, String);
 /// so Prometheus counters continue across reloads.
 #[derive(Debug, Default)]
 pub struct StatsRegistry {
+    /// When a report should go before its interval is up.
+    pub urgency: Arc<Urgency>,
     versions: Mutex<BTreeMap<(BackendKey, u64), VersionEntry>>,
     retired: Mutex<HashMap<BackendKey, Counts>>,
     policies: Mutex<HashMap<String, Arc<AtomicU64>>>,
@@ -471,7 +539,10 @@ impl StatsRegistry {
         lock(&self.versions)
             .entry(((policy.to_string(), backend.to_string()), version))
             .or_insert_with(|| VersionEntry {
-                live: Arc::default(),
+                live: Arc::new(BackendStats {
+                    urgency: self.urgency.clone(),
+                    ..BackendStats::default()
+                }),
                 reported: Counts::default(),
             })
             .live
@@ -496,6 +567,7 @@ impl StatsRegistry {
             let mut versions = lock(&self.versions);
             for (((policy, backend), version), entry) in versions.iter_mut() {
                 let now = entry.live.counts();
+                entry.live.recent.store(0, Ordering::Relaxed);
                 let delta = now.since(&entry.reported);
                 entry.reported = now;
                 if Arc::strong_count(&entry.live) == 1 {

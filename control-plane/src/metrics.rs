@@ -31,6 +31,8 @@ pub struct Counters {
     pub nacks: AtomicU64,
     pub reports: AtomicU64,
     pub reports_refused: AtomicU64,
+    /// Urgent reports (a backend's failures jumped), written at once.
+    pub urgent_reports: AtomicU64,
     /// From sending a snapshot to the agent's ACK of it.
     pub ack_lag: AtomicHistogram,
     /// Rollout events written by this replica's analysis, by (policy, kind).
@@ -142,6 +144,11 @@ pub async fn render(fleet: &Fleet, store: &dyn Store) -> String {
             "shepherd_control_plane_telemetry_reports_refused_total",
             "Telemetry reports refused as malformed.",
             relaxed(&c.reports_refused),
+        ),
+        (
+            "shepherd_control_plane_urgent_reports_total",
+            "Urgent telemetry reports (a backend's failures jumped), written and judged at once.",
+            relaxed(&c.urgent_reports),
         ),
     ] {
         header(&mut out, name, "counter", help);

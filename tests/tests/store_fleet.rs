@@ -43,6 +43,7 @@ on_both_stores!(
     agent_records_follow_the_latest_stream,
     stale_replicas_lose_their_agents,
     telemetry_windows_add_up_and_are_pruned,
+    urgent_telemetry_is_announced,
 );
 
 /// Creates, updates and deletes each take the next generation, recorded on
@@ -106,6 +107,44 @@ async fn writes_are_noticed(t: TestStore) {
             .await
             .expect("another replica notices through NOTIFY");
         assert_eq!(other.load_catalog().await.unwrap().generation, 1);
+    }
+}
+
+/// An urgent telemetry write is announced to the feed of the same store
+/// and, with Postgres, to another connection pool's (the analysis leader
+/// on another replica); a plain write is not.
+async fn urgent_telemetry_is_announced(t: TestStore) {
+    let mut here = t.store.urgent_telemetry();
+    let other = store::open(&t.url, &StoreOptions::default()).await.unwrap();
+    let mut there = other.urgent_telemetry();
+    let postgres = t.url.starts_with("postgres");
+    if postgres {
+        // The listener's first connection counts as a notice.
+        tokio::time::timeout(Duration::from_secs(30), there.changed())
+            .await
+            .unwrap();
+    }
+    t.store
+        .write_telemetry(&[window(5, "a", 1_000, 3)], false)
+        .await
+        .unwrap();
+    t.store
+        .write_telemetry(&[window(5, "a", 2_000, 3)], true)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), here.changed())
+        .await
+        .expect("the writing store announces it");
+    if !postgres {
+        // (With Postgres the feed's own listener connection adds notices.)
+        assert_eq!(here.seen(), 1, "the plain write was not announced");
+    }
+    if postgres {
+        tokio::time::timeout(Duration::from_secs(30), there.changed())
+            .await
+            .expect("another replica hears of it through NOTIFY");
+        let rows = other.read_telemetry("chat", 0, 10_000).await.unwrap();
+        assert_eq!(rows.len(), 2, "written before the notice");
     }
 }
 
@@ -210,16 +249,19 @@ fn window(version: i64, backend: &str, start_ms: i64, success: u64) -> Telemetry
 /// pruned.
 async fn telemetry_windows_add_up_and_are_pruned(t: TestStore) {
     t.store
-        .write_telemetry(&[
-            window(5, "a", 1_000, 3),
-            window(5, "b", 1_000, 1),
-            window(6, "a", 2_000, 7),
-        ])
+        .write_telemetry(
+            &[
+                window(5, "a", 1_000, 3),
+                window(5, "b", 1_000, 1),
+                window(6, "a", 2_000, 7),
+            ],
+            false,
+        )
         .await
         .unwrap();
     let mut other = window(5, "a", 1_000, 2);
     other.replica = "r2".into();
-    t.store.write_telemetry(&[other]).await.unwrap();
+    t.store.write_telemetry(&[other], false).await.unwrap();
     let rows = t.store.read_telemetry("chat", 0, 10_000).await.unwrap();
     assert_eq!(rows.len(), 4);
     assert_eq!(rows[0].data.latency.as_ref().unwrap().buckets, vec![40]);

@@ -21,11 +21,11 @@ pub mod snapshots;
 pub mod telemetry;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -122,7 +122,14 @@ pub struct Fleet {
     /// (policies or rollouts, written by any replica).
     reads: tokio::sync::watch::Sender<u64>,
     last_session: AtomicI64,
+    /// An agent's urgent report is pending: the next flush announces it.
+    urgent: AtomicBool,
+    /// Wakes the flush loop for an urgent report.
+    flush_now: Notify,
 }
+
+/// Shortest time between two flushes when urgent reports call for them.
+pub const URGENT_FLUSH_GAP: Duration = Duration::from_millis(50);
 
 impl Fleet {
     pub fn new(store: Arc<dyn Store>, options: FleetOptions) -> Arc<Self> {
@@ -136,8 +143,17 @@ impl Fleet {
             stopping: CancellationToken::new(),
             reads: tokio::sync::watch::channel(0).0,
             last_session: AtomicI64::new(0),
+            urgent: AtomicBool::new(false),
+            flush_now: Notify::new(),
             options,
         })
+    }
+
+    /// An agent sent an urgent report (already absorbed): write it at once,
+    /// and have the analysis leader hear of it.
+    pub(crate) fn urgent_report(&self) {
+        self.urgent.store(true, Ordering::Relaxed);
+        self.flush_now.notify_one();
     }
 
     /// A turn to connect, waiting up to the admission wait.
@@ -233,11 +249,20 @@ impl Fleet {
     async fn flush_loop(self: Arc<Self>, shutdown: CancellationToken) {
         let mut ticker = tokio::time::interval(self.options.flush_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                _ = ticker.tick() => self.flush().await,
+                _ = ticker.tick() => {}
+                () = self.flush_now.notified() => {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep_until(last + URGENT_FLUSH_GAP) => {}
+                    }
+                }
             }
+            last = tokio::time::Instant::now();
+            self.flush().await;
         }
     }
 
@@ -264,12 +289,16 @@ impl Fleet {
                 "telemetry dropped: too many windows pending while the database could not be written"
             );
         }
+        let urgent = self.urgent.swap(false, Ordering::Relaxed);
         let rows = self.telemetry.take(&self.options.replica);
         if !rows.is_empty() {
-            let written = self.store.write_telemetry(&rows).await;
+            let written = self.store.write_telemetry(&rows, urgent).await;
             self.saw(&written, "cannot write telemetry; will retry");
             if written.is_err() {
                 self.telemetry.restore(rows);
+                if urgent {
+                    self.urgent.store(true, Ordering::Relaxed);
+                }
             }
         }
     }

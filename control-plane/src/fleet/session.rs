@@ -255,9 +255,16 @@ fn handle(
         }
         Some(Kind::Report(report)) => {
             counters.reports.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = fleet.telemetry.absorb(&report, SystemTime::now()) {
-                counters.reports_refused.fetch_add(1, Ordering::Relaxed);
-                warn!(agent = %agent_id, error = %e, "telemetry report refused");
+            match fleet.telemetry.absorb(&report, SystemTime::now()) {
+                Ok(()) if report.urgent => {
+                    counters.urgent_reports.fetch_add(1, Ordering::Relaxed);
+                    fleet.urgent_report();
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    counters.reports_refused.fetch_add(1, Ordering::Relaxed);
+                    warn!(agent = %agent_id, error = %e, "telemetry report refused");
+                }
             }
             let lost = i64::try_from(report.reports_lost).unwrap_or(i64::MAX);
             fleet.agents.update(agent_id, session, |r| {

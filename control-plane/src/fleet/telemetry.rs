@@ -176,6 +176,7 @@ mod tests {
     fn report(at_ms: u64, success: u64) -> v1::TelemetryReport {
         let end = SystemTime::UNIX_EPOCH + Duration::from_millis(at_ms);
         v1::TelemetryReport {
+            urgent: false,
             sequence: 1,
             start_time: None,
             end_time: Some(chrono::DateTime::<chrono::Utc>::from(end).into()),

@@ -22,6 +22,10 @@ use crate::store::fleet::list_all_agents;
 use crate::store::rollouts::from_timestamp;
 use crate::store::{Leadership, Store, StoreError};
 
+/// Shortest time between two judgements when urgent telemetry calls for
+/// them.
+pub const URGENT_TICK_GAP: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Runs the analysis loop until `shutdown`.
 pub async fn run(
     store: Arc<dyn Store>,
@@ -33,11 +37,28 @@ pub async fn run(
     let mut leadership: Option<Box<dyn Leadership>> = None;
     let mut ticker = tokio::time::interval(options.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Urgent telemetry (from any replica) is judged at once, not at the
+    // next tick, but at most once per URGENT_TICK_GAP.
+    let mut urgent = store.urgent_telemetry();
+    let mut last = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
+            alive = urgent.changed() => {
+                if !alive {
+                    return;
+                }
+                if leadership.is_none() {
+                    continue;
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep_until(last + URGENT_TICK_GAP) => {}
+                }
+            }
         }
+        last = tokio::time::Instant::now();
         match leadership.as_mut() {
             Some(l) => {
                 if let Err(why) = l.holds().await {

@@ -42,6 +42,11 @@ impl ChangeFeed {
     pub async fn changed(&mut self) -> bool {
         self.receiver.changed().await.is_ok()
     }
+
+    /// Notices so far (this replica's own count of them).
+    pub fn seen(&self) -> u64 {
+        *self.receiver.borrow()
+    }
 }
 
 /// Aborts a background task when dropped.

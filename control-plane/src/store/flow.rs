@@ -504,11 +504,15 @@ macro_rules! impl_sql_store {
             async fn write_telemetry(
                 &self,
                 rows: &[super::fleet::TelemetryRow],
+                urgent: bool,
             ) -> Result<(), StoreError> {
                 if rows.is_empty() {
                     return Ok(());
                 }
                 let mut tx = self.pool.begin().await?;
+                if urgent && let Some(notify) = sql::NOTIFY_TELEMETRY {
+                    sqlx::query(notify).execute(&mut *tx).await?;
+                }
                 for chunk in rows.chunks(1000) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO telemetry_windows (policy, snapshot_version, backend, \
@@ -526,7 +530,14 @@ macro_rules! impl_sql_store {
                     q.build().execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
+                if urgent {
+                    self.urgent.send_modify(|n| *n += 1);
+                }
                 Ok(())
+            }
+
+            fn urgent_telemetry(&self) -> super::fleet::ChangeFeed {
+                self.urgent_feed()
             }
 
             async fn read_telemetry(

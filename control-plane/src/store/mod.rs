@@ -219,8 +219,14 @@ pub trait Store: RolloutStore + Send + Sync + 'static {
     /// A replica stops: its agents are disconnected as of `now`.
     async fn release_replica(&self, replica: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
 
-    /// Appends merged telemetry windows.
-    async fn write_telemetry(&self, rows: &[TelemetryRow]) -> Result<(), StoreError>;
+    /// Appends merged telemetry windows. `urgent`: they hold an agent's
+    /// urgent report, and the analysis leader, wherever it runs, hears of
+    /// them at once ([`Store::urgent_telemetry`]).
+    async fn write_telemetry(&self, rows: &[TelemetryRow], urgent: bool) -> Result<(), StoreError>;
+
+    /// Notices of urgent telemetry writes (this replica's and, with
+    /// Postgres, every replica's, by NOTIFY on `shepherd_telemetry`).
+    fn urgent_telemetry(&self) -> ChangeFeed;
 
     /// A policy's telemetry rows with windows starting in `[from_ms, to_ms)`.
     async fn read_telemetry(

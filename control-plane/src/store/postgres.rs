@@ -35,6 +35,8 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 
 /// The channel policy writes are announced on.
 const CHANNEL: &str = "shepherd_changes";
+/// The channel urgent telemetry writes are announced on.
+const TELEMETRY_CHANNEL: &str = "shepherd_telemetry";
 
 /// The statements of [`super::flow`], in Postgres' dialect.
 mod sql {
@@ -53,6 +55,8 @@ mod sql {
     pub use super::super::flow::common_sql::{BUMP_FOR_UPDATE, HEAD, INSERT_HEAD, REVIVE};
     /// Delivered to every listening replica when the write commits.
     pub const NOTIFY: Option<&str> = Some("SELECT pg_notify('shepherd_changes', $1)");
+    /// Urgent telemetry, for the analysis leader wherever it runs.
+    pub const NOTIFY_TELEMETRY: Option<&str> = Some("SELECT pg_notify('shepherd_telemetry', '')");
     pub const INSERT_REVISION: &str = "INSERT INTO policy_revisions \
          (name, revision, change, spec, reason, create_time, policy_create_time, generation) \
          VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8)";
@@ -86,6 +90,8 @@ mod sql {
 pub struct PgStore {
     pool: PgPool,
     notices: Arc<watch::Sender<u64>>,
+    /// Urgent telemetry written by this replica or, by NOTIFY, any other.
+    urgent: Arc<watch::Sender<u64>>,
     health: Arc<super::health::DbHealth>,
 }
 
@@ -100,6 +106,7 @@ impl PgStore {
         Ok(Self {
             pool,
             notices: Arc::new(watch::channel(0).0),
+            urgent: Arc::new(watch::channel(0).0),
             health: Arc::default(),
         })
     }
@@ -145,7 +152,21 @@ impl PgStore {
         let receiver = self.notices.subscribe();
         let listener = tokio::spawn(listen(
             self.pool.clone(),
+            CHANNEL,
             self.notices.clone(),
+            self.health.clone(),
+        ));
+        ChangeFeed::new(receiver, Some(AbortOnDrop(listener)))
+    }
+
+    /// A feed of this replica's urgent telemetry writes and every
+    /// replica's NOTIFY of them.
+    fn urgent_feed(&self) -> ChangeFeed {
+        let receiver = self.urgent.subscribe();
+        let listener = tokio::spawn(listen(
+            self.pool.clone(),
+            TELEMETRY_CHANNEL,
+            self.urgent.clone(),
             self.health.clone(),
         ));
         ChangeFeed::new(receiver, Some(AbortOnDrop(listener)))
@@ -187,20 +208,25 @@ impl Leadership for PgLeadership {
 /// Turns NOTIFY into notices until aborted. Every (re)connection counts as a
 /// notice, since writes may have been missed while no connection listened.
 /// A lost connection is reported to `health` (logged once per outage).
-async fn listen(pool: PgPool, notices: Arc<watch::Sender<u64>>, health: Arc<DbHealth>) {
+async fn listen(
+    pool: PgPool,
+    channel: &'static str,
+    notices: Arc<watch::Sender<u64>>,
+    health: Arc<DbHealth>,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(l) => l,
             Err(e) => {
-                health.down(&format!("the policy change listener cannot connect: {e}"));
+                health.down(&format!("the {channel} listener cannot connect: {e}"));
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
-        if let Err(e) = listener.listen(CHANNEL).await {
-            health.down(&format!("the policy change listener cannot listen: {e}"));
+        if let Err(e) = listener.listen(channel).await {
+            health.down(&format!("the {channel} listener cannot listen: {e}"));
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
             continue;
@@ -218,7 +244,7 @@ async fn listen(pool: PgPool, notices: Arc<watch::Sender<u64>>, health: Arc<DbHe
                 // reports to `health` if it cannot).
                 Ok(None) => notices.send_modify(|n| *n += 1),
                 Err(e) => {
-                    health.down(&format!("the policy change listener failed: {e}"));
+                    health.down(&format!("the {channel} listener failed: {e}"));
                     break;
                 }
             }

@@ -51,6 +51,7 @@ mod sql {
     pub use super::super::flow::common_sql::{BUMP_FOR_UPDATE, HEAD, INSERT_HEAD, REVIVE};
     /// One replica only: the notice is in-process.
     pub const NOTIFY: Option<&str> = None;
+    pub const NOTIFY_TELEMETRY: Option<&str> = None;
     pub const INSERT_REVISION: &str = "INSERT INTO policy_revisions \
          (name, revision, change, spec, reason, create_time, policy_create_time, generation) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
@@ -84,6 +85,8 @@ mod sql {
 pub struct SqliteStore {
     pool: SqlitePool,
     notices: Arc<watch::Sender<u64>>,
+    /// Urgent telemetry written (one replica: nothing to listen to).
+    urgent: Arc<watch::Sender<u64>>,
     health: Arc<super::health::DbHealth>,
 }
 
@@ -103,6 +106,7 @@ impl SqliteStore {
         Ok(Self {
             pool,
             notices: Arc::new(watch::channel(0).0),
+            urgent: Arc::new(watch::channel(0).0),
             health: Arc::default(),
         })
     }
@@ -127,6 +131,10 @@ impl SqliteStore {
 
     fn change_feed(&self) -> ChangeFeed {
         ChangeFeed::new(self.notices.subscribe(), None)
+    }
+
+    fn urgent_feed(&self) -> ChangeFeed {
+        ChangeFeed::new(self.urgent.subscribe(), None)
     }
 }
 

@@ -8,7 +8,10 @@
 //! The telemetry path is modelled as it runs by default: traffic spread
 //! over 10 agents, each reporting every second at its own phase; a report
 //! reaches the database at the replica's next flush (every second) and is
-//! judged at the leader's next tick (every 250 ms). Each request is an error
+//! judged at the leader's next tick (every 250 ms). An agent whose backend
+//! failed 5 times since its last report, in at least a quarter of that
+//! backend's attempts, reports at once (at most every 100 ms), and such an
+//! urgent report is judged within 100 ms. Each request is an error
 //! (5xx), an app error (a 4xx the request caused), a rejected answer (wrong
 //! key, unknown model, ...) or a success, with each side's probabilities.
 //!
@@ -33,6 +36,15 @@ const AGENTS: usize = 10;
 const REPORT: f64 = 1.0;
 const FLUSH: f64 = 1.0;
 const TICK: f64 = 0.25;
+/// The simulation's time step.
+const STEP: f64 = 0.05;
+/// An agent's urgent report: one backend's failures since the last report
+/// (at least a quarter of its attempts), the shortest time between two
+/// reports, and the time from sending to being judged (the replica's
+/// urgent flush and the leader's urgent tick, at most 50 ms each).
+const URGENT_FAILURES: u64 = 5;
+const URGENT_GAP: f64 = 0.1;
+const URGENT_PATH: f64 = 0.1;
 
 /// splitmix64: small, fast, reproducible.
 struct Rng(u64);
@@ -96,6 +108,12 @@ struct Counts {
 }
 
 impl Counts {
+    /// The failures since the last report call for an urgent one.
+    fn jumped(&self) -> bool {
+        let failures = self.errors + self.rejected;
+        failures >= URGENT_FAILURES && failures * 4 >= self.requests
+    }
+
     fn add(&mut self, o: &Counts) {
         self.requests += o.requests;
         self.errors += o.errors;
@@ -181,6 +199,8 @@ struct Setup {
     bake: u64,
     max: u64,
     min_requests: u64,
+    /// Agents send urgent reports.
+    urgent: bool,
 }
 
 fn stage(weight: u32, s: &Setup) -> v1::Stage {
@@ -216,32 +236,43 @@ fn run_stage(
     // Per agent: counts since its last report; reports in flight with the
     // time they become visible.
     let mut pending = vec![(Counts::default(), Counts::default()); AGENTS];
+    let mut last_report = vec![f64::NEG_INFINITY; AGENTS];
     let mut in_flight: Vec<(f64, Counts, Counts)> = Vec::new();
     let mut cand = Counts::default();
     let mut base = Counts::default();
-    let per_tick = setup.rate * TICK / AGENTS as f64;
+    let per_step = setup.rate * STEP / AGENTS as f64;
     let mut carry = [0.0f64; AGENTS];
     let mut t = 0.0;
     let mut judged_at_bake = false;
     let mut changed = false;
     while t < max + TICK {
         let start = t;
-        t += TICK;
+        t += STEP;
         for (agent, (c, b)) in pending.iter_mut().enumerate() {
-            carry[agent] += per_tick;
+            carry[agent] += per_step;
             let n = carry[agent].floor() as u64;
             carry[agent] -= n as f64;
             let to_candidate = rng.binomial(n, weight);
             candidate(start).draw(&mut rng, to_candidate, c);
             baseline(start).draw(&mut rng, n - to_candidate, b);
-            // A report at this agent's phase, every REPORT seconds.
-            let due = (t - phases[agent]).rem_euclid(REPORT) < TICK;
-            if due {
-                // Visible at the replica's next flush after arrival.
-                let flush = (t / FLUSH).ceil() * FLUSH;
-                in_flight.push((flush, *c, *b));
+            // A report at this agent's phase, every REPORT seconds, or an
+            // urgent one.
+            let due = (t - phases[agent]).rem_euclid(REPORT) < STEP - 1e-9;
+            let urgent = setup.urgent
+                && t - last_report[agent] >= URGENT_GAP - 1e-9
+                && (c.jumped() || b.jumped());
+            if due || urgent {
+                // Visible at the replica's next flush after arrival, or
+                // judged at once when urgent.
+                let visible = if urgent {
+                    t + URGENT_PATH
+                } else {
+                    (t / FLUSH).ceil() * FLUSH
+                };
+                in_flight.push((visible, *c, *b));
                 *c = Counts::default();
                 *b = Counts::default();
+                last_report[agent] = t;
             }
         }
         in_flight.retain(|(visible, c, b)| {
@@ -464,6 +495,7 @@ fn matrix_row(rollouts: usize, (rate, weight, base): (f64, u32, f64)) -> String 
         bake: 60,
         max: 600,
         min_requests: 100,
+        urgent: true,
     };
     let gates = matrix_gates(base);
     let baseline = move |_: f64| Profile::errors(base);
@@ -511,6 +543,7 @@ fn cases(rollouts: usize) {
         bake: 60,
         max: 600,
         min_requests: 500,
+        urgent: true,
     };
     let g = v1::Gates {
         max_error_rate_percent: Some(5.0),
@@ -525,14 +558,22 @@ fn cases(rollouts: usize) {
     // its requests 30 s into a healthy stage.
     let onset = 30.0;
     let cand = move |t: f64| Profile::errors(if t >= onset { 0.5 } else { 0.01 });
-    for (name, judge) in judges {
+    let no_urgent = Setup {
+        urgent: false,
+        ..setup
+    };
+    for (name, judge, setup) in [
+        ("sequential", SEQUENTIAL, &setup),
+        ("fixed horizon", FIXED, &setup),
+        ("sequential, no urgent reports", SEQUENTIAL, &no_urgent),
+    ] {
         let mut times = Vec::new();
         let mut missed = 0;
         for i in 0..rollouts {
             match run_stage(
                 mix(1, i as u64, 0),
-                &setup,
-                &stage(1000, &setup),
+                setup,
+                &stage(1000, setup),
                 &g,
                 judge,
                 &cand,

@@ -204,6 +204,7 @@ async fn main() {
     let (_, cpu_before) = usage(cp.pid());
     let report = |sequence: u64| v1::TelemetryReport {
         sequence,
+        urgent: false,
         start_time: None,
         end_time: None,
         policies: vec![v1::PolicyTelemetry {
