@@ -236,7 +236,7 @@ fn run_stage(
     // Per agent: counts since its last report; reports in flight with the
     // time they become visible.
     let mut pending = vec![(Counts::default(), Counts::default()); AGENTS];
-    let mut last_report = vec![f64::NEG_INFINITY; AGENTS];
+    let mut last_report = [f64::NEG_INFINITY; AGENTS];
     let mut in_flight: Vec<(f64, Counts, Counts)> = Vec::new();
     let mut cand = Counts::default();
     let mut base = Counts::default();
