@@ -81,7 +81,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "SHEPHERD_AGENT_URGENT_REPORT_FAILURES",
-        default_value_t = 5
+        default_value_t = 3
     )]
     pub urgent_report_failures: u64,
 

@@ -27,6 +27,7 @@ use tracing::{debug, error, info, warn};
 use crate::Agent;
 use crate::lock;
 use crate::state::StateDir;
+use crate::telemetry::Calls;
 
 /// How the agent reaches the control plane.
 #[derive(Debug, Clone)]
@@ -66,7 +67,7 @@ impl ControlSettings {
             hostname: hostname(),
             state: None,
             report_interval: Duration::from_secs(1),
-            urgent_failures: 5,
+            urgent_failures: 3,
             urgent_min_interval: Duration::from_millis(100),
             report_queue: 300,
             loss_ttl: Duration::from_secs(300),
@@ -354,6 +355,9 @@ async fn stream(
                             return Ok(true);
                         }
                     }
+                    Ok(Some(v1::ControlMessage { kind: Some(v1::control_message::Kind::ReportNow(_)) })) => {
+                        agent.registry.stats.urgency.request();
+                    }
                     Ok(Some(_)) => {}
                     Ok(None) => return Ok(true),
                     Err(status) => return Err(describe(&status)),
@@ -432,18 +436,22 @@ async fn report_loop(
     let mut start = SystemTime::now();
     let mut last = tokio::time::Instant::now();
     loop {
-        let urgent = tokio::select! {
+        let early = tokio::select! {
             () = shutdown.cancelled() => return,
             _ = ticker.tick() => false,
             () = urgency.raised() => true,
         };
-        if urgent {
+        if early {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep_until(last + settings.urgent_min_interval) => {}
             }
-            // The regular report follows a whole interval after this one.
-            ticker.reset();
+        }
+        // What called for it (a tick may come with a call pending: the
+        // report answers that too, and the wake-up it left is spent).
+        let calls = urgency.take();
+        if early && calls == Calls::default() {
+            continue;
         }
         last = tokio::time::Instant::now();
         let end = SystemTime::now();
@@ -455,8 +463,13 @@ async fn report_loop(
             end_time: Some(timestamp(end)),
             policies,
             reports_lost: 0,
-            urgent,
+            urgent: calls.urgent,
+            requested: calls.requested,
         };
+        if early {
+            // The regular report follows a whole interval after this one.
+            ticker.reset();
+        }
         start = end;
         let dropped = queue.push(report, settings.report_queue);
         if dropped > 0 {
@@ -622,6 +635,16 @@ mod tests {
         assert_eq!(
             sent.elapsed(),
             Duration::from_millis(250) + Duration::from_secs(60)
+        );
+        // The control plane asks for a report (ReportNow): it goes once the
+        // minimum interval is up, marked requested, not urgent.
+        stats.record(Outcome::Ok);
+        agent.registry.stats.urgency.request();
+        let requested = next_report(&queue).await;
+        assert!(requested.requested && !requested.urgent);
+        assert_eq!(
+            sent.elapsed(),
+            Duration::from_millis(500) + Duration::from_secs(60)
         );
         shutdown.cancel();
         loop_task.await.unwrap();

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -475,7 +475,18 @@ pub struct Urgency {
     /// Failures of one backend since the last report that call for one at
     /// once; 0: never.
     threshold: AtomicU64,
+    /// This agent saw a backend's failures jump.
+    urgent: AtomicBool,
+    /// The control plane asked for a report (ReportNow).
+    requested: AtomicBool,
     notify: tokio::sync::Notify,
+}
+
+/// Why a report goes before its interval is up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Calls {
+    pub urgent: bool,
+    pub requested: bool,
 }
 
 /// The share of a backend's attempts since the last report that must have
@@ -500,9 +511,24 @@ impl Urgency {
         }
     }
 
-    /// Asks for a report at once.
+    /// Asks for an urgent report at once.
     pub fn raise(&self) {
+        self.urgent.store(true, Ordering::Relaxed);
         self.notify.notify_one();
+    }
+
+    /// The control plane asked for a report at once.
+    pub fn request(&self) {
+        self.requested.store(true, Ordering::Relaxed);
+        self.notify.notify_one();
+    }
+
+    /// What was called for since the last time, and clears it.
+    pub fn take(&self) -> Calls {
+        Calls {
+            urgent: self.urgent.swap(false, Ordering::Relaxed),
+            requested: self.requested.swap(false, Ordering::Relaxed),
+        }
     }
 
     /// Resolves once a report is called for.

@@ -539,6 +539,90 @@ async fn reconnect_storm_is_absorbed() {
     cp.stop().await;
 }
 
+/// An urgent report is written at once (not at the next flush) and
+/// announced to the analysis leader, and every other agent of the replica
+/// is asked for a report at once; its requested report is written at once
+/// too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn urgent_reports_are_written_at_once_and_ask_the_fleet() {
+    let store = shepherd_tests::stores::TestStore::sqlite().await;
+    let mut options = ServerOptions::default();
+    // Nothing reaches the store by the regular flush during the test.
+    options.fleet.flush_interval = Duration::from_secs(3600);
+    let cp = TestControlPlane::start(store.store.clone(), options).await;
+    let mut policies = cp.policy_client(None).await;
+    policies
+        .create_policy(v1::CreatePolicyRequest {
+            policy: Some(shepherd_tests::fixtures::minimal_policy("urgent")),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let channel = cp.channel().await;
+    let mut noticing = SimAgent::connect(channel.clone(), None, "a".into(), BTreeMap::new())
+        .await
+        .unwrap();
+    let mut other = SimAgent::connect(channel, None, "b".into(), BTreeMap::new())
+        .await
+        .unwrap();
+    noticing.acked(1).await;
+    other.acked(1).await;
+    let report = |urgent: bool, requested: bool, failures: u64| v1::TelemetryReport {
+        sequence: 1,
+        urgent,
+        requested,
+        policies: vec![v1::PolicyTelemetry {
+            policy: "urgent".into(),
+            snapshot_version: 1,
+            requests: failures,
+            backends: vec![v1::BackendTelemetry {
+                backend: "primary".into(),
+                outcomes: Some(v1::Outcomes {
+                    server_error: failures,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+        }],
+        ..Default::default()
+    };
+    let mut written = store.store.urgent_telemetry();
+    let errors = |rows: &[shepherd_control_plane::store::TelemetryRow]| -> u64 {
+        rows.iter()
+            .filter_map(|r| r.data.outcomes.as_ref())
+            .map(|o| o.server_error)
+            .sum()
+    };
+    assert!(noticing.report(report(true, false, 7)).await);
+    tokio::time::timeout(Duration::from_secs(30), written.changed())
+        .await
+        .expect("the urgent report is written and announced");
+    let rows = store
+        .store
+        .read_telemetry("urgent", 0, i64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(errors(&rows), 7);
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        other.report_requests.wait_for(|n| *n >= 1),
+    )
+    .await
+    .expect("the other agent is asked for a report")
+    .unwrap();
+    assert!(other.report(report(false, true, 3)).await);
+    tokio::time::timeout(Duration::from_secs(30), written.changed())
+        .await
+        .expect("the requested report is written at once");
+    let rows = store
+        .store
+        .read_telemetry("urgent", 0, i64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(errors(&rows), 10);
+    cp.stop().await;
+}
+
 /// Shadow figures travel from the agent to the control plane's telemetry
 /// windows, where the shadow gates judge them: a healthy shadow passes, one
 /// answering with malformed JSON fails the schema gate.

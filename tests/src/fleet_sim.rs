@@ -27,6 +27,8 @@ pub struct SimAgent {
     tx: mpsc::Sender<v1::AgentMessage>,
     /// Versions as they are ACKed, with the time, for latency figures.
     pub acks: watch::Receiver<(u64, Option<Instant>)>,
+    /// How many times the control plane asked for a report at once.
+    pub report_requests: watch::Receiver<u64>,
     task: tokio::task::JoinHandle<Result<(), tonic::Status>>,
 }
 
@@ -62,10 +64,14 @@ impl SimAgent {
         let mut inbound = client.connect(request).await?.into_inner();
         let state = Arc::new(SimState::default());
         let (ack_tx, acks) = watch::channel((0, None));
+        let (asked_tx, report_requests) = watch::channel(0);
         let task = tokio::spawn({
             let (tx, state) = (tx.clone(), state.clone());
             async move {
                 while let Some(message) = inbound.message().await? {
+                    if let Some(v1::control_message::Kind::ReportNow(_)) = message.kind {
+                        asked_tx.send_modify(|n| *n += 1);
+                    }
                     if let Some(v1::control_message::Kind::Snapshot(s)) = message.kind {
                         let _ = tx
                             .send(v1::AgentMessage {
@@ -84,6 +90,7 @@ impl SimAgent {
             state,
             tx,
             acks,
+            report_requests,
             task,
         })
     }

@@ -126,7 +126,14 @@ pub struct Fleet {
     urgent: AtomicBool,
     /// Wakes the flush loop for an urgent report.
     flush_now: Notify,
+    /// Bumped to ask every agent of this replica for a report at once.
+    report_now: tokio::sync::watch::Sender<u64>,
+    /// When agents were last asked, in microseconds since the Unix epoch.
+    last_asked: AtomicI64,
 }
+
+/// Shortest time between two requests for every agent's report.
+pub const REPORT_NOW_GAP: Duration = Duration::from_millis(250);
 
 /// Shortest time between two flushes when urgent reports call for them.
 pub const URGENT_FLUSH_GAP: Duration = Duration::from_millis(50);
@@ -145,15 +152,39 @@ impl Fleet {
             last_session: AtomicI64::new(0),
             urgent: AtomicBool::new(false),
             flush_now: Notify::new(),
+            report_now: tokio::sync::watch::channel(0).0,
+            last_asked: AtomicI64::new(0),
             options,
         })
     }
 
-    /// An agent sent an urgent report (already absorbed): write it at once,
-    /// and have the analysis leader hear of it.
+    /// An agent sent an urgent or requested report (already absorbed):
+    /// write it at once, and have the analysis leader hear of it.
     pub(crate) fn urgent_report(&self) {
         self.urgent.store(true, Ordering::Relaxed);
         self.flush_now.notify_one();
+    }
+
+    /// Asks every agent of this replica for a report at once (ReportNow),
+    /// so the analysis sees the whole fleet's figures and not only the
+    /// agent that noticed first; at most once per [`REPORT_NOW_GAP`].
+    pub(crate) fn ask_for_reports(&self) {
+        let now = Utc::now().timestamp_micros();
+        let gap = i64::try_from(REPORT_NOW_GAP.as_micros()).unwrap_or(i64::MAX);
+        let last = self.last_asked.load(Ordering::Relaxed);
+        if now - last >= gap
+            && self
+                .last_asked
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.report_now.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Changes each time agents are asked for a report at once.
+    pub(crate) fn report_requests(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.report_now.subscribe()
     }
 
     /// A turn to connect, waiting up to the admission wait.

@@ -163,8 +163,21 @@ pub async fn run(
         // Nothing to hand over: the agent's turn ends now.
         admission = None;
     }
+    let mut report_requests = fleet.report_requests();
+    report_requests.borrow_and_update();
     let end = loop {
         tokio::select! {
+            changed = report_requests.changed() => {
+                if changed.is_err() {
+                    break Some(shutting_down());
+                }
+                report_requests.borrow_and_update();
+                // Best effort: a full stream means the agent is busy with
+                // a snapshot, and it reports on its own soon anyway.
+                let _ = out.try_send(Ok(v1::ControlMessage {
+                    kind: Some(v1::control_message::Kind::ReportNow(v1::ReportNow {})),
+                }));
+            }
             () = cancel.cancelled() => {
                 break Some(if fleet.stopping.is_cancelled() {
                     shutting_down()
@@ -259,7 +272,9 @@ fn handle(
                 Ok(()) if report.urgent => {
                     counters.urgent_reports.fetch_add(1, Ordering::Relaxed);
                     fleet.urgent_report();
+                    fleet.ask_for_reports();
                 }
+                Ok(()) if report.requested => fleet.urgent_report(),
                 Ok(()) => {}
                 Err(e) => {
                     counters.reports_refused.fetch_add(1, Ordering::Relaxed);

@@ -177,6 +177,7 @@ mod tests {
         let end = SystemTime::UNIX_EPOCH + Duration::from_millis(at_ms);
         v1::TelemetryReport {
             urgent: false,
+            requested: false,
             sequence: 1,
             start_time: None,
             end_time: Some(chrono::DateTime::<chrono::Utc>::from(end).into()),

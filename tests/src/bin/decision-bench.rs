@@ -10,8 +10,9 @@
 //! reaches the database at the replica's next flush (every second) and is
 //! judged at the leader's next tick (every 250 ms). An agent whose backend
 //! failed 5 times since its last report, in at least a quarter of that
-//! backend's attempts, reports at once (at most every 100 ms), and such an
-//! urgent report is judged within 100 ms. Each request is an error
+//! backend's attempts, reports at once (at most every 100 ms), such an
+//! urgent report is judged within 100 ms, and the replica asks every other
+//! agent for a report at once (at most every 250 ms). Each request is an error
 //! (5xx), an app error (a 4xx the request caused), a rejected answer (wrong
 //! key, unknown model, ...) or a success, with each side's probabilities.
 //!
@@ -42,9 +43,12 @@ const STEP: f64 = 0.05;
 /// (at least a quarter of its attempts), the shortest time between two
 /// reports, and the time from sending to being judged (the replica's
 /// urgent flush and the leader's urgent tick, at most 50 ms each).
-const URGENT_FAILURES: u64 = 5;
+const URGENT_FAILURES: u64 = 3;
 const URGENT_GAP: f64 = 0.1;
 const URGENT_PATH: f64 = 0.1;
+/// Shortest time between two requests of the replica for every agent's
+/// report (ReportNow), which an urgent report triggers.
+const REPORT_NOW_GAP: f64 = 0.25;
 
 /// splitmix64: small, fast, reproducible.
 struct Rng(u64);
@@ -237,6 +241,8 @@ fn run_stage(
     // time they become visible.
     let mut pending = vec![(Counts::default(), Counts::default()); AGENTS];
     let mut last_report = [f64::NEG_INFINITY; AGENTS];
+    let mut asked = [false; AGENTS];
+    let mut last_asked = f64::NEG_INFINITY;
     let mut in_flight: Vec<(f64, Counts, Counts)> = Vec::new();
     let mut cand = Counts::default();
     let mut base = Counts::default();
@@ -255,16 +261,22 @@ fn run_stage(
             let to_candidate = rng.binomial(n, weight);
             candidate(start).draw(&mut rng, to_candidate, c);
             baseline(start).draw(&mut rng, n - to_candidate, b);
-            // A report at this agent's phase, every REPORT seconds, or an
-            // urgent one.
+            // A report at this agent's phase, every REPORT seconds, an
+            // urgent one, or one the control plane asked for.
             let due = (t - phases[agent]).rem_euclid(REPORT) < STEP - 1e-9;
-            let urgent = setup.urgent
-                && t - last_report[agent] >= URGENT_GAP - 1e-9
-                && (c.jumped() || b.jumped());
-            if due || urgent {
+            let may_hurry = setup.urgent && t - last_report[agent] >= URGENT_GAP - 1e-9;
+            let urgent = may_hurry && (c.jumped() || b.jumped());
+            let requested = may_hurry && asked[agent];
+            if urgent && t - last_asked >= REPORT_NOW_GAP - 1e-9 {
+                // The replica asks every agent for a report at once.
+                last_asked = t;
+                asked = [true; AGENTS];
+            }
+            if due || urgent || requested {
+                asked[agent] = false;
                 // Visible at the replica's next flush after arrival, or
-                // judged at once when urgent.
-                let visible = if urgent {
+                // judged at once when urgent or requested.
+                let visible = if urgent || requested {
                     t + URGENT_PATH
                 } else {
                     (t / FLUSH).ceil() * FLUSH

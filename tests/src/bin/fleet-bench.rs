@@ -205,6 +205,7 @@ async fn main() {
     let report = |sequence: u64| v1::TelemetryReport {
         sequence,
         urgent: false,
+        requested: false,
         start_time: None,
         end_time: None,
         policies: vec![v1::PolicyTelemetry {
