@@ -569,7 +569,39 @@ impl Gatekeeper {
             "candidate {rc:.2}% ({xc} of {nc}) vs baseline {rb:.2}% ({xb} of {nb}), margin {margin} points"
         );
         let worse = sequential::worse(xc, nc, xb, nb, margin / 100.0, alpha);
-        let (verdict, detail) = if worse.proven() && xc >= MIN_EVENTS_TO_FAIL {
+        let holding = (hold && rc - rb > margin)
+            .then(|| format!("{what} above baseline by more than the margin"));
+        self.judged(
+            gate,
+            what,
+            &numbers,
+            xc,
+            worse,
+            || sequential::not_worse(xc, nc, xb, nb, margin / 100.0, alpha),
+            holding,
+            more,
+        );
+        Some(worse)
+    }
+
+    /// A comparative gate's verdict from its regression test's evidence
+    /// (`events` behind it) and, under [`PassRule::ProvenNotWorse`], its
+    /// non-inferiority test's; `holding` says why the figures hold the
+    /// stage under [`PassRule::NoRegression`] when they do. Records the
+    /// result with the regression test's e-value and threshold.
+    #[allow(clippy::too_many_arguments)]
+    fn judged(
+        &mut self,
+        gate: &str,
+        what: &str,
+        numbers: &str,
+        events: u64,
+        worse: Evidence,
+        not_worse: impl FnOnce() -> Evidence,
+        holding: Option<String>,
+        more: &str,
+    ) {
+        let (verdict, detail) = if worse.proven() && events >= MIN_EVENTS_TO_FAIL {
             (
                 v1::Verdict::Fail,
                 format!(
@@ -579,33 +611,24 @@ impl Gatekeeper {
                 ),
             )
         } else if self.rule == PassRule::ProvenNotWorse {
-            let not_worse = sequential::not_worse(xc, nc, xb, nb, margin / 100.0, alpha);
-            if not_worse.proven() {
-                (
-                    v1::Verdict::Pass,
-                    format!(
-                        "{what} proven not worse: {numbers}: {} below a bound of {:.2}%",
-                        not_worse.describe(),
-                        not_worse.boundary * 100.0
-                    ),
-                )
+            let not_worse = not_worse();
+            let (verdict, proven) = if not_worse.proven() {
+                (v1::Verdict::Pass, "proven not worse")
             } else {
-                (
-                    v1::Verdict::Wait,
-                    format!(
-                        "{what} not yet proven not worse: {numbers}: {} below a bound of {:.2}%",
-                        not_worse.describe(),
-                        not_worse.boundary * 100.0
-                    ),
-                )
-            }
-        } else if hold && rc - rb > margin {
+                (v1::Verdict::Wait, "not yet proven not worse")
+            };
+            (
+                verdict,
+                format!(
+                    "{what} {proven}: {numbers}: {} below a bound of {:.2}%",
+                    not_worse.describe(),
+                    not_worse.boundary * 100.0
+                ),
+            )
+        } else if let Some(why) = holding {
             (
                 v1::Verdict::Wait,
-                format!(
-                    "{what} above baseline by more than the margin, not yet proven: {numbers}: {}",
-                    worse.describe()
-                ),
+                format!("{why}, not yet proven: {numbers}: {}", worse.describe()),
             )
         } else {
             (
@@ -614,7 +637,6 @@ impl Gatekeeper {
             )
         };
         self.add(gate, worse.e_value(), worse.threshold(), verdict, detail);
-        Some(worse)
     }
 
     /// The fixed-horizon two-proportion z-test the sequential tests
@@ -872,45 +894,18 @@ impl Gatekeeper {
             allowed * 100.0
         );
         let worse = sequential::above(slow, n, allowed, alpha);
-        let (verdict, detail) = if worse.proven() && slow >= MIN_EVENTS_TO_FAIL {
-            (
-                v1::Verdict::Fail,
-                format!("{what} regression: {numbers}: {}", worse.describe()),
-            )
-        } else if self.rule == PassRule::ProvenNotWorse {
-            let not_worse = sequential::below(slow, n, allowed, alpha);
-            if not_worse.proven() {
-                (
-                    v1::Verdict::Pass,
-                    format!(
-                        "{what} proven within {ceiling} x the baseline: {numbers}: {}",
-                        not_worse.describe()
-                    ),
-                )
-            } else {
-                (
-                    v1::Verdict::Wait,
-                    format!(
-                        "{what} not yet proven within {ceiling} x the baseline: {numbers}: {}",
-                        not_worse.describe()
-                    ),
-                )
-            }
-        } else if n >= need && ratio > ceiling {
-            (
-                v1::Verdict::Wait,
-                format!(
-                    "{what} ratio above the {ceiling} ceiling, not yet proven: {numbers}: {}",
-                    worse.describe()
-                ),
-            )
-        } else {
-            (
-                v1::Verdict::Pass,
-                format!("{what}: {numbers}: no regression ({})", worse.describe()),
-            )
-        };
-        self.add(gate, worse.e_value(), worse.threshold(), verdict, detail);
+        let holding = (n >= need && ratio > ceiling)
+            .then(|| format!("{what} ratio above the {ceiling} ceiling"));
+        self.judged(
+            gate,
+            what,
+            &numbers,
+            slow,
+            worse,
+            || sequential::below(slow, n, allowed, alpha),
+            holding,
+            "",
+        );
     }
 }
 
@@ -1512,7 +1507,7 @@ mod tests {
             .filter(|r| r.gate.ends_with("_ratio"));
         assert_eq!(ratios.clone().count(), 2);
         for r in ratios {
-            assert!(r.detail.contains("proven within 1.5 x"), "{}", r.detail);
+            assert!(r.detail.contains("proven not worse"), "{}", r.detail);
         }
         let few = timed(20, |i| 100 + (i * 7) % 100);
         let j = judge_by(

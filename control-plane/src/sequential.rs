@@ -257,10 +257,33 @@ const RATIOS_DOWN: [f64; 6] = [0.8, 0.67, 0.5, 0.33, 0.2, 0.05];
 /// margin (1/10; the construction of [`not_worse`], mirrored): a weighted
 /// mean of e-values is an e-value.
 pub fn worse(xc: u64, nc: u64, xb: u64, nb: u64, margin: f64, alpha: f64) -> Evidence {
-    let split = split_test(xc, nc, xb, nb, margin, alpha, &RATIOS_UP);
+    two_sample_test(xc, nc, xb, nb, margin, alpha, Side::Above)
+}
+
+/// [`worse`] (`Side::Above`) or [`not_worse`] (`Side::Below`).
+fn two_sample_test(
+    xc: u64,
+    nc: u64,
+    xb: u64,
+    nb: u64,
+    margin: f64,
+    alpha: f64,
+    side: Side,
+) -> Evidence {
+    let ratios: &[f64] = if side == Side::Above {
+        &RATIOS_UP
+    } else {
+        &RATIOS_DOWN
+    };
+    let split = split_test(xc, nc, xb, nb, margin, alpha, ratios);
     let baseline_alpha = alpha * BASELINE_ALPHA_SHARE;
-    let (_, upper) = interval(xb, nb, baseline_alpha);
-    let rate = above(xc, nc, (upper + margin).min(1.0), alpha - baseline_alpha);
+    let (lower, upper) = interval(xb, nb, baseline_alpha);
+    let edge = if side == Side::Above { upper } else { lower };
+    let rate = Evidence {
+        log_e: log_e(xc, nc, (edge + margin).min(1.0), side),
+        log_threshold: threshold(alpha - baseline_alpha),
+        boundary: (edge + margin).min(1.0),
+    };
     combine(split, rate, alpha)
 }
 
@@ -345,11 +368,7 @@ fn split_test(
 /// elsewhere), so the mixture can reach its threshold only if the mixture
 /// against `pc` itself does, which happens with probability at most 9α/10.
 pub fn not_worse(xc: u64, nc: u64, xb: u64, nb: u64, margin: f64, alpha: f64) -> Evidence {
-    let split = split_test(xc, nc, xb, nb, margin, alpha, &RATIOS_DOWN);
-    let baseline_alpha = alpha * BASELINE_ALPHA_SHARE;
-    let (lower, _) = interval(xb, nb, baseline_alpha);
-    let rate = below(xc, nc, (lower + margin).min(1.0), alpha - baseline_alpha);
-    combine(split, rate, alpha)
+    two_sample_test(xc, nc, xb, nb, margin, alpha, Side::Below)
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@
 //! - [`net`]: a TCP relay that can be cut, to take a dependency away.
 //! - [`otlp`]: an OTLP trace receiver, to see the spans the binaries export.
 //! - [`python`]: the official Python SDKs, run against an agent.
+//! - [`load`]: steady traffic through an agent, counting what the app saw.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
@@ -23,6 +24,7 @@ pub mod control_plane;
 pub mod fixtures;
 pub mod fleet_sim;
 pub mod http;
+pub mod load;
 pub mod mock;
 pub mod net;
 pub mod otlp;

@@ -22,62 +22,29 @@
 )]
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::json;
 use shepherd_proto::v1;
-use shepherd_tests::control_plane::{clients_of, rollout_client_of};
+use shepherd_tests::control_plane::{RolloutClient, clients_of, rollout_client_of};
 use shepherd_tests::http::Client;
+use shepherd_tests::load::{BODY, Load};
 use shepherd_tests::mock::{Fail, MockProvider};
 use shepherd_tests::process::{Spawned, logged_addr};
 
 const TOKEN: &str = "bench-admin-token";
 const AGENT_TOKEN: &str = "bench-agent-token";
-const BODY: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hello"}]}"#;
 
-#[derive(Default)]
-struct Load {
-    sent: AtomicU64,
-    failed: AtomicU64,
-    stop: AtomicBool,
-    in_flight: AtomicU64,
-    done: tokio::sync::Notify,
-}
-
-impl Load {
-    /// Waits for the requests in flight (once the traffic stopped).
-    async fn idle(&self) {
-        loop {
-            let done = self.done.notified();
-            if self.in_flight.load(Ordering::Relaxed) == 0 {
-                return;
-            }
-            done.await;
-        }
-    }
-}
-
-fn start_load(base: String, rate: u64, load: Arc<Load>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let client = Arc::new(Client::tcp(&base));
-        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
-        while !load.stop.load(Ordering::Relaxed) {
-            tick.tick().await;
-            let (client, load) = (client.clone(), load.clone());
-            load.in_flight.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(async move {
-                let r = client.post("/v1/chat/completions", BODY, &[]).await;
-                load.sent.fetch_add(1, Ordering::Relaxed);
-                if r.status != 200 {
-                    load.failed.fetch_add(1, Ordering::Relaxed);
-                }
-                load.in_flight.fetch_sub(1, Ordering::Relaxed);
-                load.done.notify_waiters();
-            });
-        }
-    })
+/// The rollout `number` of the chat policy as it is now.
+async fn rollout(client: &mut RolloutClient, number: i64) -> v1::Rollout {
+    client
+        .get_rollout(v1::GetRolloutRequest {
+            policy: "chat".into(),
+            number,
+        })
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 fn policy(baseline: &str, candidate: &str) -> v1::Policy {
@@ -191,8 +158,7 @@ async fn run(trials: usize, rate: u64, healthy: u64, agent_flags: Vec<String>) {
     while probe.post("/v1/chat/completions", BODY, &[]).await.status == 404 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let load = Arc::new(Load::default());
-    let traffic = start_load(format!("http://{proxy}"), rate, load.clone());
+    let (load, traffic) = Load::start(&format!("http://{proxy}"), rate);
 
     let mut times = Vec::new();
     for trial in 0..trials {
@@ -217,15 +183,11 @@ async fn run(trials: usize, rate: u64, healthy: u64, agent_flags: Vec<String>) {
         let number = started.number;
         // Wait for the stage's clock, then the healthy seconds.
         loop {
-            let r = rollouts
-                .get_rollout(v1::GetRolloutRequest {
-                    policy: "chat".into(),
-                    number,
-                })
+            if rollout(&mut rollouts, number)
                 .await
-                .unwrap()
-                .into_inner();
-            if r.clock_start_time.is_some() {
+                .clock_start_time
+                .is_some()
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -241,14 +203,7 @@ async fn run(trials: usize, rate: u64, healthy: u64, agent_flags: Vec<String>) {
             });
         });
         let ended = loop {
-            let r = rollouts
-                .get_rollout(v1::GetRolloutRequest {
-                    policy: "chat".into(),
-                    number,
-                })
-                .await
-                .unwrap()
-                .into_inner();
+            let r = rollout(&mut rollouts, number).await;
             if let Some(end) = r.end_time {
                 assert_eq!(r.state(), v1::RolloutState::RolledBack, "{}", r.reason);
                 break end;
@@ -267,16 +222,15 @@ async fn run(trials: usize, rate: u64, healthy: u64, agent_flags: Vec<String>) {
         );
         times.push(took);
     }
-    load.stop.store(true, Ordering::Relaxed);
-    let _ = traffic.await;
-    load.idle().await;
+    load.finish(traffic).await;
+    let (sent, failed) = load.counts();
     println!(
         "{trials} trials at {rate} req/s, candidate at 10%, {healthy} s healthy first: onset to rollback p50 {:.3} s, p99 {:.3} s, max {:.3} s ({} of {} app requests failed)",
         quantile(&mut times, 0.5),
         quantile(&mut times, 0.99),
         quantile(&mut times, 1.0),
-        load.failed.load(Ordering::Relaxed),
-        load.sent.load(Ordering::Relaxed)
+        failed,
+        sent
     );
     drop(agent);
     drop(cp);

@@ -10,18 +10,16 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use shepherd_tests::http::Client;
+use shepherd_tests::load::{BODY, Load};
 use shepherd_tests::mock::MockProvider;
 use shepherd_tests::process::{Spawned, logged_addr};
 
 const TOKEN: &str = "demo-admin-token";
 const AGENT_TOKEN: &str = "demo-agent-token";
-const BODY: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hello"}]}"#;
 
 struct Options {
     bin_dir: PathBuf,
@@ -71,32 +69,6 @@ fn parse_args() -> Result<Options, String> {
         }
     }
     Ok(options)
-}
-
-/// Traffic through the agent, counting what the app saw.
-#[derive(Default)]
-struct Load {
-    sent: AtomicU64,
-    failed: AtomicU64,
-    stop: AtomicBool,
-}
-
-fn start_load(base: String, rate: u64, load: Arc<Load>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let client = Arc::new(Client::tcp(&base));
-        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
-        while !load.stop.load(Ordering::Relaxed) {
-            tick.tick().await;
-            let (client, load) = (client.clone(), load.clone());
-            tokio::spawn(async move {
-                let r = client.post("/v1/chat/completions", BODY, &[]).await;
-                load.sent.fetch_add(1, Ordering::Relaxed);
-                if r.status != 200 {
-                    load.failed.fetch_add(1, Ordering::Relaxed);
-                }
-            });
-        }
-    })
 }
 
 fn policy(baseline: (&str, &str), candidate: (&str, &str), fast: bool) -> serde_json::Value {
@@ -285,8 +257,7 @@ async fn run(options: Options) -> Result<bool, String> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let load = Arc::new(Load::default());
-    let traffic = start_load(format!("http://{proxy}"), demo.options.rate, load.clone());
+    let (load, traffic) = Load::start(&format!("http://{proxy}"), demo.options.rate);
     println!(
         "   sending {} requests/s through the agent",
         demo.options.rate
@@ -295,10 +266,7 @@ async fn run(options: Options) -> Result<bool, String> {
     println!("\n== rollout 1: openai -> mistral, a healthy candidate");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let first = demo.rollout("demo: move chat to mistral")?;
-    let after_first = (
-        load.sent.load(Ordering::Relaxed),
-        load.failed.load(Ordering::Relaxed),
-    );
+    let after_first = load.counts();
 
     println!("\n== rollout 2: mistral -> openai-next, a candidate failing 30% of requests");
     openai.set(|b| {
@@ -312,13 +280,8 @@ async fn run(options: Options) -> Result<bool, String> {
     ))?;
     let second = demo.rollout("demo: try openai-next")?;
 
-    load.stop.store(true, Ordering::Relaxed);
-    let _ = traffic.await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (sent, failed) = (
-        load.sent.load(Ordering::Relaxed),
-        load.failed.load(Ordering::Relaxed),
-    );
+    load.finish(traffic).await;
+    let (sent, failed) = load.counts();
 
     println!("\n== summary");
     println!(
