@@ -27,11 +27,16 @@ pub struct Catalog {
 /// as a notice once it is back.
 pub struct ChangeFeed {
     receiver: watch::Receiver<u64>,
-    _listener: Option<AbortOnDrop>,
+    /// The listener task behind the feed, shared by the store's feeds; it
+    /// stops when the last of them is dropped.
+    _listener: Option<std::sync::Arc<AbortOnDrop>>,
 }
 
 impl ChangeFeed {
-    pub(crate) fn new(receiver: watch::Receiver<u64>, listener: Option<AbortOnDrop>) -> Self {
+    pub(crate) fn new(
+        receiver: watch::Receiver<u64>,
+        listener: Option<std::sync::Arc<AbortOnDrop>>,
+    ) -> Self {
         Self {
             receiver,
             _listener: listener,

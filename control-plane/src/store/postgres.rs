@@ -93,6 +93,20 @@ pub struct PgStore {
     /// Urgent telemetry written by this replica or, by NOTIFY, any other.
     urgent: Arc<watch::Sender<u64>>,
     health: Arc<super::health::DbHealth>,
+    listener: Arc<std::sync::Mutex<std::sync::Weak<AbortOnDrop>>>,
+}
+
+/// Where the listener delivers the notices of each channel.
+struct Notices {
+    changes: Arc<watch::Sender<u64>>,
+    urgent: Arc<watch::Sender<u64>>,
+}
+
+impl Notices {
+    fn all(&self) {
+        self.changes.send_modify(|n| *n += 1);
+        self.urgent.send_modify(|n| *n += 1);
+    }
 }
 
 impl PgStore {
@@ -108,6 +122,7 @@ impl PgStore {
             notices: Arc::new(watch::channel(0).0),
             urgent: Arc::new(watch::channel(0).0),
             health: Arc::default(),
+            listener: Arc::default(),
         })
     }
 
@@ -149,27 +164,35 @@ impl PgStore {
 
     /// A feed of this replica's writes and every replica's NOTIFY.
     fn change_feed(&self) -> ChangeFeed {
-        let receiver = self.notices.subscribe();
-        let listener = tokio::spawn(listen(
-            self.pool.clone(),
-            CHANNEL,
-            self.notices.clone(),
-            self.health.clone(),
-        ));
-        ChangeFeed::new(receiver, Some(AbortOnDrop(listener)))
+        ChangeFeed::new(self.notices.subscribe(), Some(self.listener()))
     }
 
     /// A feed of this replica's urgent telemetry writes and every
     /// replica's NOTIFY of them.
     fn urgent_feed(&self) -> ChangeFeed {
-        let receiver = self.urgent.subscribe();
-        let listener = tokio::spawn(listen(
+        ChangeFeed::new(self.urgent.subscribe(), Some(self.listener()))
+    }
+
+    /// The one listener of this store (one connection, both channels),
+    /// started by the first feed and stopped with the last.
+    fn listener(&self) -> Arc<AbortOnDrop> {
+        let mut shared = self
+            .listener
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(running) = shared.upgrade() {
+            return running;
+        }
+        let task = Arc::new(AbortOnDrop(tokio::spawn(listen(
             self.pool.clone(),
-            TELEMETRY_CHANNEL,
-            self.urgent.clone(),
+            Notices {
+                changes: self.notices.clone(),
+                urgent: self.urgent.clone(),
+            },
             self.health.clone(),
-        ));
-        ChangeFeed::new(receiver, Some(AbortOnDrop(listener)))
+        ))));
+        *shared = Arc::downgrade(&task);
+        task
     }
 }
 
@@ -205,46 +228,47 @@ impl Leadership for PgLeadership {
     }
 }
 
-/// Turns NOTIFY into notices until aborted. Every (re)connection counts as a
-/// notice, since writes may have been missed while no connection listened.
+/// Turns NOTIFY on both channels into notices until aborted, over one
+/// connection. Every (re)connection counts as a notice on both, since
+/// writes may have been missed while no connection listened.
 /// A lost connection is reported to `health` (logged once per outage).
-async fn listen(
-    pool: PgPool,
-    channel: &'static str,
-    notices: Arc<watch::Sender<u64>>,
-    health: Arc<DbHealth>,
-) {
+async fn listen(pool: PgPool, notices: Notices, health: Arc<DbHealth>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(l) => l,
             Err(e) => {
-                health.down(&format!("the {channel} listener cannot connect: {e}"));
+                health.down(&format!("the change listener cannot connect: {e}"));
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
-        if let Err(e) = listener.listen(channel).await {
-            health.down(&format!("the {channel} listener cannot listen: {e}"));
+        if let Err(e) = listener.listen_all([CHANNEL, TELEMETRY_CHANNEL]).await {
+            health.down(&format!("the change listener cannot listen: {e}"));
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
             continue;
         }
         health.up();
         backoff = Duration::from_millis(100);
-        notices.send_modify(|n| *n += 1);
+        notices.all();
         loop {
             match listener.try_recv().await {
-                Ok(Some(_)) => {
+                Ok(Some(n)) => {
                     health.up();
-                    notices.send_modify(|n| *n += 1);
+                    let to = if n.channel() == TELEMETRY_CHANNEL {
+                        &notices.urgent
+                    } else {
+                        &notices.changes
+                    };
+                    to.send_modify(|n| *n += 1);
                 }
                 // The connection was lost; the next call reconnects (and
                 // reports to `health` if it cannot).
-                Ok(None) => notices.send_modify(|n| *n += 1),
+                Ok(None) => notices.all(),
                 Err(e) => {
-                    health.down(&format!("the {channel} listener failed: {e}"));
+                    health.down(&format!("the change listener failed: {e}"));
                     break;
                 }
             }
