@@ -835,7 +835,9 @@ impl Gatekeeper {
             );
             return;
         }
-        let (Some(bv), Some(cv)) = (b.quantile(q), c.quantile(q)) else {
+        let few =
+            b.count() < need || (self.statistics == Statistics::FixedHorizon && c.count() < need);
+        let (Some(bv), Some(cv), false) = (b.quantile(q), c.quantile(q), few) else {
             self.add(
                 gate,
                 0.0,
@@ -849,20 +851,6 @@ impl Gatekeeper {
             );
             return;
         };
-        if b.count() < need || (self.statistics == Statistics::FixedHorizon && c.count() < need) {
-            self.add(
-                gate,
-                0.0,
-                1.0 / alpha,
-                v1::Verdict::Wait,
-                format!(
-                    "{what} ratio: {} and {} of {need} samples needed",
-                    c.count(),
-                    b.count()
-                ),
-            );
-            return;
-        }
         let ratio = cv.as_secs_f64() / bv.as_secs_f64().max(1e-6);
         let quantiles = format!(
             "{what} candidate {:.3}s / baseline {:.3}s = {ratio:.2}",
