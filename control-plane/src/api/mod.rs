@@ -26,6 +26,14 @@ pub(crate) fn invalid_policy(e: PolicyError) -> Status {
     Status::invalid_argument(e.to_string())
 }
 
+/// A command that does not apply: FAILED_PRECONDITION with why (the one
+/// place rollout command errors become statuses).
+impl From<crate::rollout::CommandError> for Status {
+    fn from(e: crate::rollout::CommandError) -> Self {
+        Status::failed_precondition(e.to_string())
+    }
+}
+
 impl From<StoreError> for Status {
     fn from(e: StoreError) -> Self {
         match &e {

@@ -53,8 +53,7 @@ impl RolloutApi {
                 Err(StoreError::NotFound { .. }) => None,
                 Err(e) => return Err(e.into()),
             };
-            let write = rollout::command(&current, stored.as_ref(), &cmd, reason, Utc::now())
-                .map_err(Status::failed_precondition)?;
+            let write = rollout::command(&current, stored.as_ref(), &cmd, reason, Utc::now())?;
             match self.store.write_rollout(write, Utc::now()).await {
                 Ok(r) => {
                     info!(policy = %r.policy, number = r.number, command = ?cmd, state = r.state().as_str_name(), weight = r.weight, "rollout command");
@@ -74,8 +73,7 @@ impl RolloutApi {
         retry_of: i64,
     ) -> Result<v1::Rollout, Status> {
         let stored = self.store.get_policy(policy).await?;
-        let (r, e) = rollout::start(&stored, Utc::now(), reason, retry_of)
-            .map_err(Status::failed_precondition)?;
+        let (r, e) = rollout::start(&stored, Utc::now(), reason, retry_of)?;
         let r = self.store.create_rollout(r, vec![e], Utc::now()).await?;
         info!(policy = %r.policy, number = r.number, weight = r.weight, "rollout started");
         Ok(r)
@@ -231,26 +229,7 @@ impl RolloutService for RolloutApi {
             Some(n) if n != latest.number => self.store.get_rollout(&r.policy, Some(n)).await?,
             _ => latest.clone(),
         };
-        if !matches!(
-            previous.state(),
-            v1::RolloutState::RolledBack | v1::RolloutState::Aborted
-        ) {
-            return Err(Status::failed_precondition(format!(
-                "rollout {}#{} is {}; only a rolled-back or aborted rollout can be retried",
-                previous.policy,
-                previous.number,
-                previous
-                    .state()
-                    .as_str_name()
-                    .trim_start_matches("ROLLOUT_STATE_")
-            )));
-        }
-        if latest.number != previous.number {
-            return Err(Status::failed_precondition(format!(
-                "rollout {}#{} is not the policy's latest ({}#{} is)",
-                previous.policy, previous.number, latest.policy, latest.number
-            )));
-        }
+        rollout::check_retry(&previous, &latest)?;
         Ok(Response::new(
             self.start(&r.policy, &r.reason, previous.number).await?,
         ))

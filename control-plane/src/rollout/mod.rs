@@ -25,6 +25,62 @@ use crate::store::{PolicyWrite, RolloutWrite};
 /// Actor of commands.
 pub const OPERATOR: &str = "operator";
 
+/// Why a rollout cannot be started or a command does not apply. Each is a
+/// failed precondition: the request is well formed, the rollout or policy
+/// is not in a state to take it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// The rollout's state does not take this command.
+    #[error("rollout {rollout} is {}; {rule}", state_name(*.state))]
+    WrongState {
+        rollout: String,
+        state: v1::RolloutState,
+        /// Which states do, as a sentence.
+        rule: &'static str,
+    },
+    /// A rollout to retry that is not the policy's latest.
+    #[error("rollout {rollout} is not the policy's latest ({latest} is)")]
+    NotLatest { rollout: String, latest: String },
+    #[error("policy {0:?} was deleted")]
+    PolicyDeleted(String),
+    #[error("policy {0:?} has no rollout spec (field \"rollout\")")]
+    NoRolloutSpec(String),
+    #[error("policy {0:?} has no candidate (traffic.candidate) to roll out")]
+    NoCandidate(String),
+}
+
+/// A state's name as events and errors show it ("RUNNING").
+pub fn state_name(state: v1::RolloutState) -> &'static str {
+    state.as_str_name().trim_start_matches("ROLLOUT_STATE_")
+}
+
+/// "chat#3".
+fn rollout_name(r: &v1::Rollout) -> String {
+    format!("{}#{}", r.policy, r.number)
+}
+
+/// Whether `previous` may be retried, the policy's latest rollout being
+/// `latest`: only a rolled-back or aborted rollout, and only the latest.
+pub fn check_retry(previous: &v1::Rollout, latest: &v1::Rollout) -> Result<(), CommandError> {
+    if !matches!(
+        previous.state(),
+        v1::RolloutState::RolledBack | v1::RolloutState::Aborted
+    ) {
+        return Err(CommandError::WrongState {
+            rollout: rollout_name(previous),
+            state: previous.state(),
+            rule: "only a rolled-back or aborted rollout can be retried",
+        });
+    }
+    if latest.number != previous.number {
+        return Err(CommandError::NotLatest {
+            rollout: rollout_name(previous),
+            latest: rollout_name(latest),
+        });
+    }
+    Ok(())
+}
+
 /// Defaults of a rollout spec's optional fields.
 pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_ROLLBACK_STEP: Duration = Duration::from_secs(10);
@@ -178,20 +234,15 @@ pub fn start(
     now: DateTime<Utc>,
     reason: &str,
     retry_of: i64,
-) -> Result<(v1::Rollout, v1::RolloutEvent), String> {
+) -> Result<(v1::Rollout, v1::RolloutEvent), CommandError> {
     let p = policy.spec.as_proto();
-    let spec = p.rollout.clone().ok_or_else(|| {
-        format!(
-            "policy {:?} has no rollout spec (field \"rollout\")",
-            p.name
-        )
-    })?;
+    let spec = p
+        .rollout
+        .clone()
+        .ok_or_else(|| CommandError::NoRolloutSpec(p.name.clone()))?;
     let traffic = p.traffic.clone().unwrap_or_default();
     if traffic.candidate.is_empty() {
-        return Err(format!(
-            "policy {:?} has no candidate (traffic.candidate) to roll out",
-            p.name
-        ));
+        return Err(CommandError::NoCandidate(p.name.clone()));
     }
     let first = spec.stages.first().map_or(0, |s| s.weight);
     let rollout = v1::Rollout {
@@ -659,14 +710,14 @@ pub fn command(
     cmd: &Command,
     reason: &str,
     now: DateTime<Utc>,
-) -> Result<RolloutWrite, String> {
+) -> Result<RolloutWrite, CommandError> {
     let state = r.state();
-    let name = format!("rollout {}#{}", r.policy, r.number);
-    let not = |what: &str| {
-        Err(format!(
-            "{name} is {}; {what}",
-            state.as_str_name().trim_start_matches("ROLLOUT_STATE_")
-        ))
+    let not = |rule: &'static str| {
+        Err(CommandError::WrongState {
+            rollout: rollout_name(r),
+            state,
+            rule,
+        })
     };
     let why = |default: &str| {
         if reason.is_empty() {
@@ -712,7 +763,7 @@ pub fn command(
                 return not("only a running or paused rollout can be promoted");
             }
             let Some(policy) = policy else {
-                return Err(format!("policy {:?} was deleted", r.policy));
+                return Err(CommandError::PolicyDeleted(r.policy.clone()));
             };
             let text = if *full {
                 why("promoted all the way by an operator")
@@ -775,6 +826,182 @@ mod tests {
             create_time: now,
             update_time: now,
         }
+    }
+
+    /// An example policy that can be rolled out (a candidate and stages).
+    fn rollable(now: DateTime<Utc>) -> StoredPolicy {
+        let (_, p) = example_policies()
+            .into_iter()
+            .find(|(_, p)| {
+                p.rollout.as_ref().is_some_and(|r| r.stages.len() >= 2)
+                    && p.traffic.as_ref().is_some_and(|t| !t.candidate.is_empty())
+            })
+            .expect("an example policy with a rollout");
+        stored(p, now)
+    }
+
+    /// Every command in every state: what it leads to, or the rule that
+    /// refuses it, named in the error.
+    #[test]
+    fn commands_in_every_state() {
+        use v1::RolloutState as S;
+        let now = Utc::now();
+        let policy = rollable(now);
+        let (started, _) = start(&policy, now, "", 0).unwrap();
+        let stages = started.spec.as_ref().unwrap().stages.len();
+        let in_state = |state: S| {
+            let mut r = started.clone();
+            r.number = 4;
+            r.state = state as i32;
+            r
+        };
+        let promote = Command::Promote { full: false };
+        let full = Command::Promote { full: true };
+        // (state, command, the state it leads to or the refusal's rule)
+        let table: [(S, &Command, Result<S, &str>); 16] = [
+            (S::Running, &Command::Pause, Ok(S::Paused)),
+            (
+                S::Paused,
+                &Command::Pause,
+                Err("only a running rollout can be paused"),
+            ),
+            (S::Paused, &Command::Resume, Ok(S::Running)),
+            (
+                S::Running,
+                &Command::Resume,
+                Err("only a paused rollout can be resumed"),
+            ),
+            (S::Running, &promote, Ok(S::Running)),
+            (S::Paused, &promote, Ok(S::Running)),
+            (S::Running, &full, Ok(S::Succeeded)),
+            (
+                S::RollingBack,
+                &promote,
+                Err("only a running or paused rollout can be promoted"),
+            ),
+            (
+                S::Succeeded,
+                &full,
+                Err("only a running or paused rollout can be promoted"),
+            ),
+            (S::Running, &Command::Abort, Ok(S::Aborted)),
+            (S::Paused, &Command::Abort, Ok(S::Aborted)),
+            (S::RollingBack, &Command::Abort, Ok(S::Aborted)),
+            (
+                S::Succeeded,
+                &Command::Abort,
+                Err("only an active rollout can be aborted"),
+            ),
+            (
+                S::RolledBack,
+                &Command::Abort,
+                Err("only an active rollout can be aborted"),
+            ),
+            (
+                S::Aborted,
+                &Command::Pause,
+                Err("only a running rollout can be paused"),
+            ),
+            (
+                S::RolledBack,
+                &Command::Resume,
+                Err("only a paused rollout can be resumed"),
+            ),
+        ];
+        for (state, cmd, want) in table {
+            let r = in_state(state);
+            let got = command(&r, Some(&policy), cmd, "why", now);
+            match (want, got) {
+                (Ok(next), Ok(write)) => {
+                    assert_eq!(write.rollout.state(), next, "{state:?} {cmd:?}");
+                    assert_eq!(write.expected_sequence, r.sequence);
+                    assert_eq!(write.events.len(), 1, "{state:?} {cmd:?}");
+                    assert!(
+                        write.events[0].reason.ends_with(": why"),
+                        "{:?}",
+                        write.events[0]
+                    );
+                }
+                (Err(rule), Err(e)) => {
+                    assert_eq!(
+                        e,
+                        CommandError::WrongState {
+                            rollout: "{}#4".replace("{}", &r.policy),
+                            state,
+                            rule,
+                        }
+                    );
+                    assert!(e.to_string().contains(state_name(state)), "{e}");
+                }
+                (want, got) => panic!("{state:?} {cmd:?}: wanted {want:?}, got {got:?}"),
+            }
+        }
+        // Promote moves one stage; resume starts the stage over.
+        let next = command(&in_state(S::Running), Some(&policy), &promote, "", now).unwrap();
+        assert_eq!(
+            next.rollout.stage,
+            1.min(u32::try_from(stages - 1).unwrap())
+        );
+        assert!(next.new_stage && next.rollout.clock_start_time.is_none());
+        // Promote needs the policy; abort does not.
+        assert_eq!(
+            command(&in_state(S::Running), None, &promote, "", now).unwrap_err(),
+            CommandError::PolicyDeleted(started.policy.clone())
+        );
+        let aborted = command(&in_state(S::Running), None, &Command::Abort, "", now).unwrap();
+        assert_eq!(aborted.rollout.state(), S::Aborted);
+        assert!(aborted.policy.is_none(), "no revision of a deleted policy");
+    }
+
+    /// Only the latest rolled-back or aborted rollout may be retried.
+    #[test]
+    fn retry_rules() {
+        use v1::RolloutState as S;
+        let now = Utc::now();
+        let (r, _) = start(&rollable(now), now, "", 0).unwrap();
+        let at = |number: i64, state: S| v1::Rollout {
+            number,
+            state: state as i32,
+            ..r.clone()
+        };
+        assert_eq!(
+            check_retry(&at(3, S::RolledBack), &at(3, S::RolledBack)),
+            Ok(())
+        );
+        assert_eq!(check_retry(&at(3, S::Aborted), &at(3, S::Aborted)), Ok(()));
+        let e = check_retry(&at(3, S::Running), &at(3, S::Running)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "rollout {}#3 is RUNNING; only a rolled-back or aborted rollout can be retried",
+                r.policy
+            )
+        );
+        let e = check_retry(&at(2, S::RolledBack), &at(3, S::Succeeded)).unwrap_err();
+        assert_eq!(
+            e,
+            CommandError::NotLatest {
+                rollout: format!("{}#2", r.policy),
+                latest: format!("{}#3", r.policy),
+            }
+        );
+    }
+
+    /// A policy without a rollout spec or a candidate cannot be rolled out.
+    #[test]
+    fn start_needs_a_spec_and_a_candidate() {
+        let now = Utc::now();
+        let mut p = rollable(now).spec.as_proto().clone();
+        p.rollout = None;
+        let e = start(&stored(p.clone(), now), now, "", 0).unwrap_err();
+        assert_eq!(e, CommandError::NoRolloutSpec(p.name.clone()));
+        let mut p = rollable(now).spec.as_proto().clone();
+        if let Some(t) = p.traffic.as_mut() {
+            t.candidate.clear();
+            t.candidate_weight = 0;
+        }
+        let e = start(&stored(p.clone(), now), now, "", 0).unwrap_err();
+        assert_eq!(e, CommandError::NoCandidate(p.name.clone()));
     }
 
     /// Every example policy that can be rolled out ends its rollout with a
