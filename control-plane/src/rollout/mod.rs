@@ -953,6 +953,265 @@ mod tests {
         assert!(aborted.policy.is_none(), "no revision of a deleted policy");
     }
 
+    /// A policy of three stages (10%, 50%, 100%; 10 s bake, 20 requests,
+    /// 60 s at most) with a 5% error ceiling, and `rollout` set as given.
+    fn staged(now: DateTime<Utc>, rollout: serde_json::Value) -> StoredPolicy {
+        let mut spec = serde_json::json!({
+            "stages": [
+                {"weight": 1000, "min_bake_time": "10s", "min_requests": 20, "max_stage_time": "60s"},
+                {"weight": 5000, "min_bake_time": "10s", "min_requests": 20, "max_stage_time": "60s"},
+                {"weight": 10000, "min_bake_time": "10s", "min_requests": 20, "max_stage_time": "60s"}
+            ],
+            "gates": {"max_error_rate_percent": 5.0, "max_client_error_excess_percent": 100.0},
+            "ack_timeout": "30s"
+        });
+        if let (Some(spec), Some(more)) = (spec.as_object_mut(), rollout.as_object()) {
+            spec.extend(more.clone());
+        }
+        let p: v1::Policy = serde_json::from_value(serde_json::json!({
+            "name": "chat",
+            "match": {"path_prefix": "/v1/"},
+            "backends": [
+                {"name": "a", "base_url": "http://127.0.0.1:1"},
+                {"name": "b", "base_url": "http://127.0.0.1:2"}
+            ],
+            "traffic": {"baseline": "a", "candidate": "b", "candidate_weight": 0},
+            "rollout": spec
+        }))
+        .unwrap();
+        stored(p, now)
+    }
+
+    fn options() -> AnalysisOptions {
+        AnalysisOptions {
+            interval: Duration::from_millis(250),
+            stale_after: Duration::from_secs(10),
+            replica: "r1".into(),
+            telemetry_window: Duration::from_secs(1),
+        }
+    }
+
+    fn side(requests: u64, errors: u64) -> v1::BackendTelemetry {
+        v1::BackendTelemetry {
+            outcomes: Some(v1::Outcomes {
+                success: requests - errors,
+                server_error: errors,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// What the leader saw: `acked` of 2 agents, the candidate's and the
+    /// baseline's figures, and the end of the newest telemetry window.
+    fn seen(
+        acked: u32,
+        candidate: (u64, u64),
+        baseline: (u64, u64),
+        latest: DateTime<Utc>,
+    ) -> Observed {
+        Observed {
+            quorum: Quorum { selected: 2, acked },
+            candidate: side(candidate.0, candidate.1),
+            baseline: side(baseline.0, baseline.1),
+            shadow: v1::ShadowTelemetry::default(),
+            latest_window: Some(latest),
+        }
+    }
+
+    fn secs(t: DateTime<Utc>, s: i64) -> DateTime<Utc> {
+        t + chrono::Duration::seconds(s)
+    }
+
+    fn kinds(w: &RolloutWrite) -> Vec<v1::RolloutEventKind> {
+        w.events.iter().map(v1::RolloutEvent::kind).collect()
+    }
+
+    /// Every transition of `tick`, with the time given (the judge is a pure
+    /// function of the rollout, what was seen and the time): the stage's
+    /// clock waits for its quorum or its timeout; a stage waits, passes,
+    /// fails (rolling back, pausing, or stepping down gradually) or is
+    /// inconclusive; telemetry going stale and coming back are events; a
+    /// deleted policy aborts the rollout.
+    #[test]
+    fn tick_transitions() {
+        use v1::RolloutEventKind as K;
+        use v1::RolloutState as S;
+        let t0 = Utc::now();
+        let o = options();
+        let policy = staged(t0, serde_json::json!({}));
+        let (mut r, _) = start(&policy, t0, "", 0).unwrap();
+        r.number = 1;
+        r.sequence = 1;
+
+        // The clock waits for the quorum (2 of 2 by default)...
+        let healthy = |at| seen(2, (100, 0), (900, 0), at);
+        let (w, j) = tick(
+            &r,
+            Some(&policy),
+            &seen(1, (0, 0), (0, 0), t0),
+            secs(t0, 1),
+            &o,
+        );
+        assert!(w.is_none() && j.is_none());
+        // ...and starts with it,
+        let (w, _) = tick(&r, Some(&policy), &healthy(t0), secs(t0, 2), &o);
+        let w = w.unwrap();
+        assert_eq!(kinds(&w), [K::ClockStarted]);
+        assert_eq!(
+            from_timestamp(w.rollout.clock_start_time.as_ref()),
+            Some(secs(t0, 2))
+        );
+        // ...or with those that have, after the ACK timeout.
+        let (w, _) = tick(
+            &r,
+            Some(&policy),
+            &seen(1, (0, 0), (0, 0), t0),
+            secs(t0, 30),
+            &o,
+        );
+        let w = w.unwrap();
+        assert_eq!(kinds(&w), [K::ClockStarted]);
+        assert!(
+            w.events[0].reason.starts_with("quorum not reached in 30s"),
+            "{}",
+            w.events[0].reason
+        );
+
+        let mut running = r.clone();
+        running.clock_start_time = Some(t0.into());
+        // WAIT while baking: nothing to write.
+        let (w, j) = tick(
+            &running,
+            Some(&policy),
+            &healthy(secs(t0, 5)),
+            secs(t0, 5),
+            &o,
+        );
+        assert!(w.is_none());
+        assert_eq!(j.unwrap().verdict, v1::Verdict::Wait);
+        // PASS after the bake with enough requests: the next stage.
+        let (w, j) = tick(
+            &running,
+            Some(&policy),
+            &healthy(secs(t0, 11)),
+            secs(t0, 11),
+            &o,
+        );
+        let w = w.unwrap();
+        assert_eq!(j.unwrap().verdict, v1::Verdict::Pass);
+        assert_eq!(kinds(&w), [K::Promoted]);
+        assert_eq!((w.rollout.stage, w.rollout.weight), (1, 5000));
+        assert!(w.new_stage && w.rollout.clock_start_time.is_none());
+        // PASS at the last stage: the candidate is the baseline.
+        let mut last = running.clone();
+        last.stage = 2;
+        last.weight = 10_000;
+        let (w, _) = tick(
+            &last,
+            Some(&policy),
+            &healthy(secs(t0, 11)),
+            secs(t0, 11),
+            &o,
+        );
+        let w = w.unwrap();
+        assert_eq!(w.rollout.state(), S::Succeeded);
+        let t = w.policy.unwrap().spec.as_proto().traffic.clone().unwrap();
+        assert_eq!((t.baseline.as_str(), t.candidate.as_str()), ("b", ""));
+
+        // FAIL rolls back at once, the policy's weight back to 0.
+        let failing = seen(2, (100, 50), (900, 0), secs(t0, 3));
+        let (w, j) = tick(&running, Some(&policy), &failing, secs(t0, 3), &o);
+        let w = w.unwrap();
+        assert_eq!(j.unwrap().verdict, v1::Verdict::Fail);
+        assert_eq!(kinds(&w), [K::Failed, K::RolledBack]);
+        assert_eq!((w.rollout.state(), w.rollout.weight), (S::RolledBack, 0));
+        assert!(w.rollout.end_time.is_some());
+        // ...or pauses, when the spec says so.
+        let pausing = staged(
+            t0,
+            serde_json::json!({"on_failure": "FAILURE_ACTION_PAUSE"}),
+        );
+        let mut r2 = running.clone();
+        r2.spec = pausing.spec.as_proto().rollout.clone();
+        let (w, _) = tick(&r2, Some(&pausing), &failing, secs(t0, 3), &o);
+        let w = w.unwrap();
+        assert_eq!(kinds(&w), [K::Failed]);
+        assert_eq!((w.rollout.state(), w.rollout.weight), (S::Paused, 1000));
+        // ...or steps down gradually from a later stage.
+        let gradual = staged(
+            t0,
+            serde_json::json!({"rollback_mode": "ROLLBACK_MODE_GRADUAL", "rollback_step_time": "5s"}),
+        );
+        let mut r3 = running.clone();
+        r3.spec = gradual.spec.as_proto().rollout.clone();
+        r3.stage = 1;
+        r3.weight = 5000;
+        let (w, _) = tick(&r3, Some(&gradual), &failing, secs(t0, 3), &o);
+        let w = w.unwrap();
+        assert_eq!(kinds(&w), [K::Failed, K::RollbackStep]);
+        assert_eq!(
+            (w.rollout.state(), w.rollout.stage, w.rollout.weight),
+            (S::RollingBack, 0, 1000)
+        );
+        assert_eq!(
+            from_timestamp(w.rollout.next_step_time.as_ref()),
+            Some(secs(t0, 8))
+        );
+        // The next step waits for its time, then ends at 0.
+        let stepping = w.rollout;
+        let (w, _) = tick(&stepping, Some(&gradual), &failing, secs(t0, 7), &o);
+        assert!(w.is_none());
+        let (w, _) = tick(&stepping, Some(&gradual), &failing, secs(t0, 8), &o);
+        let w = w.unwrap();
+        assert_eq!(kinds(&w), [K::RolledBack]);
+        assert_eq!((w.rollout.state(), w.rollout.weight), (S::RolledBack, 0));
+
+        // INCONCLUSIVE at the stage's time limit without a decision (too
+        // few requests): the rollout pauses.
+        let few = seen(2, (5, 0), (900, 0), secs(t0, 60));
+        let (w, j) = tick(&running, Some(&policy), &few, secs(t0, 59), &o);
+        assert!(w.is_none());
+        assert_eq!(j.unwrap().verdict, v1::Verdict::Wait);
+        let (w, j) = tick(&running, Some(&policy), &few, secs(t0, 60), &o);
+        let w = w.unwrap();
+        assert_eq!(j.unwrap().verdict, v1::Verdict::Inconclusive);
+        assert_eq!(kinds(&w), [K::Inconclusive]);
+        assert_eq!(w.rollout.state(), S::Paused);
+
+        // Telemetry 10 s old is stale (an event, once); fresh again, an
+        // event too.
+        let old = seen(2, (5, 0), (900, 0), secs(t0, 20));
+        let (w, _) = tick(&running, Some(&policy), &old, secs(t0, 30), &o);
+        let w = w.unwrap();
+        assert_eq!(kinds(&w), [K::TelemetryStale]);
+        assert!(w.rollout.telemetry_stale);
+        let stale = w.rollout;
+        let (w, _) = tick(&stale, Some(&policy), &old, secs(t0, 31), &o);
+        assert!(w.is_none(), "said once");
+        let fresh = seen(2, (5, 0), (900, 0), secs(t0, 31));
+        let (w, _) = tick(&stale, Some(&policy), &fresh, secs(t0, 31), &o);
+        assert_eq!(kinds(&w.unwrap()), [K::TelemetryResumed]);
+
+        // A deleted policy aborts the rollout.
+        let (w, _) = tick(&running, None, &healthy(t0), secs(t0, 3), &o);
+        let w = w.unwrap();
+        assert_eq!(kinds(&w), [K::Aborted]);
+        assert!(
+            w.rollout.reason.contains("was deleted"),
+            "{}",
+            w.rollout.reason
+        );
+        // A paused rollout is left alone.
+        let mut paused = running.clone();
+        paused.state = S::Paused as i32;
+        assert!(
+            tick(&paused, Some(&policy), &failing, secs(t0, 3), &o)
+                .0
+                .is_none()
+        );
+    }
+
     /// Only the latest rolled-back or aborted rollout may be retried.
     #[test]
     fn retry_rules() {
