@@ -334,6 +334,26 @@ const FAILURE_CLASSES: [(&str, ClassCount); 6] = [
     ("rate_limited", |o| o.rate_limited),
 ];
 
+/// When a comparison whose observed excess is above its margin, but not
+/// proven, holds a stage under [`PassRule::NoRegression`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// Always (the error rate).
+    Always,
+    /// Only while either side has too few requests to judge (`true`): the
+    /// 4xx excess, since an app's own mistakes vary a lot by chance.
+    WhileFew(bool),
+}
+
+impl Hold {
+    fn holds(self) -> bool {
+        match self {
+            Hold::Always => true,
+            Hold::WhileFew(few) => few,
+        }
+    }
+}
+
 /// What one stage's judge is given.
 pub struct StageInput<'a> {
     pub stage: &'a v1::Stage,
@@ -524,8 +544,8 @@ impl Gatekeeper {
     /// [`MIN_EVENTS_TO_FAIL`] events). Otherwise, under
     /// [`PassRule::ProvenNotWorse`], PASS once the candidate is proven not
     /// worse by more than the margin and WAIT until then; under
-    /// [`PassRule::NoRegression`], WAIT while `hold` and the observed excess
-    /// is above the margin, PASS otherwise. Returns the regression test's
+    /// [`PassRule::NoRegression`], WAIT while `hold` holds and the observed
+    /// excess is above the margin, PASS otherwise. Returns the regression test's
     /// evidence.
     #[allow(clippy::too_many_arguments)]
     fn compare(
@@ -537,7 +557,7 @@ impl Gatekeeper {
         margin: f64,
         alpha: f64,
         baseline_expected: bool,
-        hold: bool,
+        hold: Hold,
         more: &str,
     ) -> Option<Evidence> {
         if nb == 0 && !baseline_expected {
@@ -569,7 +589,7 @@ impl Gatekeeper {
             "candidate {rc:.2}% ({xc} of {nc}) vs baseline {rb:.2}% ({xb} of {nb}), margin {margin} points"
         );
         let worse = sequential::worse(xc, nc, xb, nb, margin / 100.0, alpha);
-        let holding = (hold && rc - rb > margin)
+        let holding = (hold.holds() && rc - rb > margin)
             .then(|| format!("{what} above baseline by more than the margin"));
         self.judged(
             gate,
@@ -641,7 +661,8 @@ impl Gatekeeper {
 
     /// The fixed-horizon two-proportion z-test the sequential tests
     /// replaced, kept so decision-bench can run both judges on the same
-    /// seeds: FAIL when significant, else WAIT while `hold` and the excess is
+    /// seeds: FAIL when significant (the 4xx excess only once it has its
+    /// minimum of requests), else WAIT while `hold` holds and the excess is
     /// above the margin, PASS otherwise.
     #[allow(clippy::too_many_arguments)]
     fn fixed_horizon(
@@ -652,7 +673,7 @@ impl Gatekeeper {
         (xb, nb): (u64, u64),
         margin: f64,
         alpha: f64,
-        hold: bool,
+        hold: Hold,
         more: &str,
     ) {
         let z_critical = normal_quantile(1.0 - alpha);
@@ -661,15 +682,13 @@ impl Gatekeeper {
         let numbers = format!(
             "candidate {rc:.2}% ({xc} of {nc}) vs baseline {rb:.2}% ({xb} of {nb}): z = {z:.2}, critical {z_critical:.2} at {alpha}, margin {margin} points"
         );
-        // The 4xx excess held off failing until it had its minimum of
-        // requests (`hold` says it has not); the error rate did not.
-        let enough = gate == "significance" || !hold;
+        let enough = hold == Hold::Always || !hold.holds();
         let (verdict, detail) = if z > z_critical && xc >= MIN_EVENTS_TO_FAIL && enough {
             (
                 v1::Verdict::Fail,
                 format!("{what} regression: {numbers}{more}"),
             )
-        } else if hold && rc - rb > margin {
+        } else if hold.holds() && rc - rb > margin {
             (
                 v1::Verdict::Wait,
                 format!("{what} above baseline, not yet significant: {numbers}"),
@@ -709,7 +728,7 @@ impl Gatekeeper {
             margin,
             whole,
             baseline_expected,
-            true,
+            Hold::Always,
             &example_text(examples, &FAILURE_CLASSES.map(|(name, _)| name)),
         );
         if tested.is_none() {
@@ -766,7 +785,7 @@ impl Gatekeeper {
             margin,
             DEFAULT_CLIENT_ERROR_SIGNIFICANCE,
             baseline_expected,
-            few,
+            Hold::WhileFew(few),
             &more,
         );
     }
@@ -1097,7 +1116,7 @@ pub fn judge_shadow_stage(
             effect,
             DEFAULT_CLIENT_ERROR_SIGNIFICANCE,
             true,
-            shadow.compared < MIN_REQUESTS_FOR_EXCESS,
+            Hold::WhileFew(shadow.compared < MIN_REQUESTS_FOR_EXCESS),
             &example_text(&shadow.examples, &["backend_rejected", "app_error"]),
         );
     }
