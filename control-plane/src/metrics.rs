@@ -16,11 +16,11 @@ use http_body_util::Full;
 use shepherd_observe::admin::{PLAIN, text};
 use shepherd_proto::histogram::AtomicHistogram;
 use shepherd_proto::prometheus::{CONTENT_TYPE, escape, header, histogram, sample};
-use shepherd_proto::v1;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::fleet::{Fleet, lock};
+use crate::rollout::model::{EventKind, Phase};
 use crate::store::Store;
 
 /// Counters kept as things happen.
@@ -41,7 +41,7 @@ pub struct Counters {
 
 impl Counters {
     /// Counts the events of a rollout change this replica wrote.
-    pub fn decided(&self, policy: &str, kinds: &[v1::RolloutEventKind]) {
+    pub fn decided(&self, policy: &str, kinds: &[EventKind]) {
         let mut d = lock(&self.decisions);
         for &kind in kinds {
             *d.entry((policy.to_string(), event_label(kind)))
@@ -50,19 +50,14 @@ impl Counters {
     }
 }
 
-/// `ROLLOUT_EVENT_KIND_ROLLED_BACK` -> `rolled_back`.
-fn event_label(kind: v1::RolloutEventKind) -> String {
-    kind.as_str_name()
-        .trim_start_matches("ROLLOUT_EVENT_KIND_")
-        .to_ascii_lowercase()
+/// `ROLLED_BACK` -> `rolled_back`.
+fn event_label(kind: EventKind) -> String {
+    kind.name().to_ascii_lowercase()
 }
 
-/// `ROLLOUT_STATE_ROLLING_BACK` -> `rolling_back`.
-fn state_label(state: v1::RolloutState) -> String {
-    state
-        .as_str_name()
-        .trim_start_matches("ROLLOUT_STATE_")
-        .to_ascii_lowercase()
+/// `ROLLING_BACK` -> `rolling_back`.
+fn state_label(state: Phase) -> String {
+    state.name().to_ascii_lowercase()
 }
 
 fn relaxed(c: &AtomicU64) -> u64 {
@@ -200,7 +195,7 @@ async fn render_rollouts(out: &mut String, c: &Counters, store: &dyn Store) {
                 "policy=\"{}\",rollout=\"{}\",state=\"{}\"",
                 escape(&r.policy),
                 r.number,
-                state_label(r.state())
+                state_label(r.phase())
             ),
             1,
         );

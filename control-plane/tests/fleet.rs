@@ -628,7 +628,8 @@ async fn urgent_reports_are_written_at_once_and_ask_the_fleet() {
 /// answering with malformed JSON fails the schema gate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shadow_figures_reach_the_control_plane_and_its_gates() {
-    use shepherd_control_plane::analysis::{Check, judge_shadow, shadow_figures};
+    use shepherd_control_plane::analysis::{Check, judge_shadow};
+    use shepherd_control_plane::rollout::leader::shadow_figures;
     let store = shepherd_tests::stores::TestStore::sqlite().await;
     let mut options = ServerOptions::default();
     options.fleet.flush_interval = Duration::from_millis(100);

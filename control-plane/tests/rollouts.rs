@@ -491,8 +491,8 @@ async fn pause_resume_abort_retry() {
                 .await
                 .map_err(|e| e.to_string())?;
             let version = i64::try_from(started.stage_version).unwrap();
-            let c = shepherd_control_plane::analysis::backend_sums(&rows, "b", version);
-            let n = shepherd_control_plane::analysis::judged(&c.outcomes.unwrap_or_default());
+            let c = shepherd_control_plane::rollout::leader::backend_sums(&rows, "b", version);
+            let n = shepherd_control_plane::analysis::judged(&c.outcomes);
             if n >= 200 {
                 Ok(())
             } else {
@@ -1203,5 +1203,99 @@ async fn the_apps_own_bad_requests_roll_nothing_back() {
         figures.baseline.as_ref().unwrap(),
     );
     assert!(c.app_errors > 0 && b.app_errors > 0, "{c:?} {b:?}");
+    rig.stop().await;
+}
+
+/// Stages that pass on evidence: error-rate and 4xx tests with margins, the
+/// stage's time limit `max`.
+fn proven_not_worse(error_margin: f64, max: &str) -> serde_json::Value {
+    json!({
+        "stages": [stage(2000, "0.2s", 20, max), stage(10000, "0.2s", 20, max)],
+        "gates": {
+            "significance": 0.05,
+            "min_error_rate_effect_percent": error_margin,
+            "max_client_error_excess_percent": 5.0
+        },
+        "pass_rule": "PASS_RULE_PROVEN_NOT_WORSE",
+        "ack_timeout": "5s"
+    })
+}
+
+/// Under PASS_RULE_PROVEN_NOT_WORSE each stage of a healthy candidate
+/// passes once every comparative gate has proven it not worse than the
+/// baseline by more than its margin, well before the stage's time limit;
+/// the events carry each gate's proof.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evidence_driven_stages_pass_once_proven_not_worse() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = json!({"rollout": proven_not_worse(2.0, "120s")});
+    let mut rig = Rig::start(&sqlite_url(&dir), 1, extra).await;
+    let load = rig.load();
+    rig.start_rollout().await;
+    rig.wait_state(State::Succeeded).await;
+    let (_, failed) = load.stop().await;
+    assert_eq!(failed, 0);
+    let events = rig.events(1).await;
+    assert_eq!(
+        kinds(&events),
+        [
+            Kind::Started,
+            Kind::ClockStarted,
+            Kind::Promoted,
+            Kind::ClockStarted,
+            Kind::Succeeded
+        ]
+    );
+    // The first stage (20%) passed on the proofs; the last (100%) has no
+    // baseline left to compare with, so its comparisons do not run.
+    let promoted = &events[2];
+    assert_eq!(promoted.verdict(), v1::Verdict::Pass, "{promoted:?}");
+    let figures = promoted.figures.as_ref().unwrap();
+    assert!(figures.elapsed_seconds < 120.0, "{figures:?}");
+    for gate in ["significance", "max_client_error_excess_percent"] {
+        let g = figures.gates.iter().find(|g| g.gate == gate).unwrap();
+        assert_eq!(g.verdict(), v1::Verdict::Pass, "{g:?}");
+        assert!(g.detail.contains("proven not worse"), "{}", g.detail);
+    }
+    assert_eq!(events[4].verdict(), v1::Verdict::Pass);
+    rig.stop().await;
+}
+
+/// The same healthy candidate with no error-rate margin to prove: nothing
+/// can show it is not worse at all, so the stage holds and is INCONCLUSIVE
+/// at its time limit (where the default rule would pass it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_margin_nothing_is_proven_not_worse() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = json!({"rollout": proven_not_worse(0.0, "2s")});
+    let mut rig = Rig::start(&sqlite_url(&dir), 1, extra).await;
+    let load = rig.load();
+    rig.start_rollout().await;
+    let paused = rig.wait_state(State::Paused).await;
+    load.stop().await;
+    assert_eq!((paused.stage, paused.weight), (0, 2000));
+    // Paused, the rollout is still active: its stream does not end.
+    let mut stream = rig
+        .rollouts
+        .watch_rollout(v1::WatchRolloutRequest {
+            policy: "chat".into(),
+            number: 1,
+            after_sequence: 2,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let last = stream.next().await.unwrap().unwrap();
+    assert_eq!(
+        (last.kind(), last.verdict()),
+        (Kind::Inconclusive, v1::Verdict::Inconclusive)
+    );
+    assert!(
+        last.reason.contains("not yet proven not worse"),
+        "{}",
+        last.reason
+    );
+    let c = last.figures.as_ref().unwrap().candidate.as_ref().unwrap();
+    assert!(c.requests >= 20 && c.errors == 0, "{c:?}");
     rig.stop().await;
 }

@@ -17,8 +17,9 @@ use tracing::info;
 
 use super::{invalid, page};
 use crate::fleet::Fleet;
+use crate::rollout::convert::event_to_wire;
+use crate::rollout::model::Rollout;
 use crate::rollout::{self, Command};
-use crate::store::rollouts::is_active;
 use crate::store::{Store, StoreError};
 
 /// Serves RolloutService.
@@ -41,7 +42,7 @@ impl RolloutApi {
         number: i64,
         cmd: Command,
         reason: &str,
-    ) -> Result<v1::Rollout, Status> {
+    ) -> Result<Response<v1::Rollout>, Status> {
         valid_policy(policy)?;
         let number = number_arg(number)?;
         let mut attempts = 0;
@@ -56,8 +57,8 @@ impl RolloutApi {
             let write = rollout::command(&current, stored.as_ref(), &cmd, reason, Utc::now())?;
             match self.store.write_rollout(write, Utc::now()).await {
                 Ok(r) => {
-                    info!(policy = %r.policy, number = r.number, command = ?cmd, state = r.state().as_str_name(), weight = r.weight, "rollout command");
-                    return Ok(r);
+                    info!(policy = %r.policy, number = r.number, command = ?cmd, state = r.phase().name(), weight = r.weight, "rollout command");
+                    return Ok(wire(&r));
                 }
                 Err(StoreError::RolloutConflict { .. } | StoreError::RevisionMismatch { .. })
                     if attempts < 5 => {}
@@ -71,13 +72,18 @@ impl RolloutApi {
         policy: &str,
         reason: &str,
         retry_of: i64,
-    ) -> Result<v1::Rollout, Status> {
+    ) -> Result<Response<v1::Rollout>, Status> {
         let stored = self.store.get_policy(policy).await?;
         let (r, e) = rollout::start(&stored, Utc::now(), reason, retry_of)?;
         let r = self.store.create_rollout(r, vec![e], Utc::now()).await?;
         info!(policy = %r.policy, number = r.number, weight = r.weight, "rollout started");
-        Ok(r)
+        Ok(wire(&r))
     }
+}
+
+/// A rollout as callers see it.
+fn wire(r: &Rollout) -> Response<v1::Rollout> {
+    Response::new(v1::Rollout::from(r))
 }
 
 fn valid_policy(name: &str) -> Result<(), Status> {
@@ -103,9 +109,7 @@ impl RolloutService for RolloutApi {
     ) -> Result<Response<v1::Rollout>, Status> {
         let request = request.into_inner();
         valid_policy(&request.policy)?;
-        Ok(Response::new(
-            self.start(&request.policy, &request.reason, 0).await?,
-        ))
+        self.start(&request.policy, &request.reason, 0).await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "GetRollout"))]
@@ -116,8 +120,8 @@ impl RolloutService for RolloutApi {
         let request = request.into_inner();
         valid_policy(&request.policy)?;
         let number = number_arg(request.number)?;
-        Ok(Response::new(
-            self.store.get_rollout(&request.policy, number).await?,
+        Ok(wire(
+            &self.store.get_rollout(&request.policy, number).await?,
         ))
     }
 
@@ -158,7 +162,7 @@ impl RolloutService for RolloutApi {
             String::new()
         };
         Ok(Response::new(v1::ListRolloutsResponse {
-            rollouts: found,
+            rollouts: found.iter().map(v1::Rollout::from).collect(),
             next_page_token,
         }))
     }
@@ -169,10 +173,8 @@ impl RolloutService for RolloutApi {
         request: Request<v1::RolloutCommand>,
     ) -> Result<Response<v1::Rollout>, Status> {
         let r = request.into_inner();
-        Ok(Response::new(
-            self.act(&r.policy, r.number, Command::Pause, &r.reason)
-                .await?,
-        ))
+        self.act(&r.policy, r.number, Command::Pause, &r.reason)
+            .await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "ResumeRollout"))]
@@ -181,10 +183,8 @@ impl RolloutService for RolloutApi {
         request: Request<v1::RolloutCommand>,
     ) -> Result<Response<v1::Rollout>, Status> {
         let r = request.into_inner();
-        Ok(Response::new(
-            self.act(&r.policy, r.number, Command::Resume, &r.reason)
-                .await?,
-        ))
+        self.act(&r.policy, r.number, Command::Resume, &r.reason)
+            .await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "PromoteRollout"))]
@@ -193,15 +193,13 @@ impl RolloutService for RolloutApi {
         request: Request<v1::PromoteRolloutRequest>,
     ) -> Result<Response<v1::Rollout>, Status> {
         let r = request.into_inner();
-        Ok(Response::new(
-            self.act(
-                &r.policy,
-                r.number,
-                Command::Promote { full: r.full },
-                &r.reason,
-            )
-            .await?,
-        ))
+        self.act(
+            &r.policy,
+            r.number,
+            Command::Promote { full: r.full },
+            &r.reason,
+        )
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "AbortRollout"))]
@@ -210,10 +208,8 @@ impl RolloutService for RolloutApi {
         request: Request<v1::RolloutCommand>,
     ) -> Result<Response<v1::Rollout>, Status> {
         let r = request.into_inner();
-        Ok(Response::new(
-            self.act(&r.policy, r.number, Command::Abort, &r.reason)
-                .await?,
-        ))
+        self.act(&r.policy, r.number, Command::Abort, &r.reason)
+            .await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "RetryRollout"))]
@@ -230,9 +226,7 @@ impl RolloutService for RolloutApi {
             _ => latest.clone(),
         };
         rollout::check_retry(&previous, &latest)?;
-        Ok(Response::new(
-            self.start(&r.policy, &r.reason, previous.number).await?,
-        ))
+        self.start(&r.policy, &r.reason, previous.number).await
     }
 
     type WatchRolloutStream = EventStream;
@@ -276,6 +270,7 @@ impl RolloutService for RolloutApi {
                         Ok(events) => {
                             for e in events {
                                 after = e.sequence;
+                                let e = event_to_wire(&e, &rollout.policy, rollout.number);
                                 if tx.send(Ok(e)).await.is_err() {
                                     return;
                                 }
@@ -287,7 +282,7 @@ impl RolloutService for RolloutApi {
                         }
                     }
                 }
-                if !is_active(state.state()) && after >= state.sequence {
+                if !state.phase().is_active() && after >= state.sequence {
                     return;
                 }
                 // A change notice, or a slow poll in case one was missed.

@@ -78,7 +78,7 @@ impl Snapshots {
             // An older read finishing late; never go back.
             return 0;
         }
-        let rollouts: HashMap<&str, &v1::Rollout> = catalog
+        let rollouts: HashMap<&str, &crate::rollout::model::Rollout> = catalog
             .rollouts
             .iter()
             .map(|r| (r.policy.as_str(), r))
@@ -163,7 +163,10 @@ impl Snapshots {
 
 /// Sets the weight an active rollout gives a policy, if the rollout is still
 /// of the policy's baseline and candidate; returns the stage mark.
-fn effective_weight(policy: &mut v1::Policy, rollout: &v1::Rollout) -> Option<String> {
+fn effective_weight(
+    policy: &mut v1::Policy,
+    rollout: &crate::rollout::model::Rollout,
+) -> Option<String> {
     let traffic = policy.traffic.as_mut()?;
     if traffic.baseline != rollout.baseline || traffic.candidate != rollout.candidate {
         // The policy changed under the rollout; the leader ends it.

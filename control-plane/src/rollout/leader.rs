@@ -14,13 +14,15 @@ use shepherd_proto::validate::labels_match;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, info, warn};
 
+use super::model::{EventKind, Rollout};
 use super::{AnalysisOptions, Observed, Quorum, tick};
-use crate::analysis::{Judgement, backend_sums, shadow_figures};
+use shepherd_proto::telemetry::{merge_backend, merge_shadow};
+
+use crate::analysis::{Judgement, Side};
 use crate::metrics::Counters;
 use crate::policy::StoredPolicy;
 use crate::store::fleet::list_all_agents;
-use crate::store::rollouts::from_timestamp;
-use crate::store::{Leadership, Store, StoreError};
+use crate::store::{Leadership, Store, StoreError, TelemetryRow};
 
 /// Shortest time between two judgements when urgent telemetry calls for
 /// them.
@@ -128,12 +130,8 @@ pub async fn judge_all(
             debug!(policy = %rollout.policy, number = rollout.number, verdict = ?j.verdict, reason = %j.reason, "stage judged");
         }
         let Some(write) = write else { continue };
-        let event_kinds: Vec<v1::RolloutEventKind> =
-            write.events.iter().map(v1::RolloutEvent::kind).collect();
-        let kinds: Vec<&str> = event_kinds
-            .iter()
-            .map(|k| k.as_str_name().trim_start_matches("ROLLOUT_EVENT_KIND_"))
-            .collect();
+        let event_kinds: Vec<EventKind> = write.events.iter().map(|e| e.kind).collect();
+        let kinds: Vec<&str> = event_kinds.iter().map(|k| k.name()).collect();
         let kinds = kinds.join(",");
         let span = decision_span(&rollout, judgement.as_ref(), &kinds);
         match store
@@ -143,13 +141,16 @@ pub async fn judge_all(
         {
             Ok(r) => {
                 counters.decided(&r.policy, &event_kinds);
-                span.record("shepherd.rollout.state", r.state().as_str_name());
+                span.record(
+                    "shepherd.rollout.state",
+                    v1::RolloutState::from(r.phase()).as_str_name(),
+                );
                 span.record("shepherd.rollout.weight", r.weight);
                 span.record("shepherd.rollout.stage", r.stage);
                 info!(
                 policy = %r.policy,
                 number = r.number,
-                state = r.state().as_str_name(),
+                state = r.phase().name(),
                 stage = r.stage,
                 weight = r.weight,
                 events = %kinds,
@@ -170,7 +171,7 @@ pub async fn judge_all(
 
 /// The span of one rollout decision (a change the analysis writes): the
 /// rollout, the events, the verdict and its reason.
-fn decision_span(rollout: &v1::Rollout, judgement: Option<&Judgement>, kinds: &str) -> Span {
+fn decision_span(rollout: &Rollout, judgement: Option<&Judgement>, kinds: &str) -> Span {
     let span = tracing::info_span!(
         target: "shepherd::trace",
         "rollout decision",
@@ -188,7 +189,10 @@ fn decision_span(rollout: &v1::Rollout, judgement: Option<&Judgement>, kinds: &s
         shepherd.rollout.outcome = tracing::field::Empty,
     );
     if let Some(j) = judgement {
-        span.record("shepherd.rollout.verdict", j.verdict.as_str_name());
+        span.record(
+            "shepherd.rollout.verdict",
+            v1::Verdict::from(j.verdict).as_str_name(),
+        );
         span.record("shepherd.rollout.reason", j.reason.as_str());
     }
     span
@@ -212,7 +216,7 @@ async fn connected_agents(
 
 async fn observe(
     store: &dyn Store,
-    r: &v1::Rollout,
+    r: &Rollout,
     policy: &StoredPolicy,
     agents: &[(BTreeMap<String, String>, u64)],
     now: DateTime<Utc>,
@@ -233,7 +237,7 @@ async fn observe(
             }
         }
     }
-    let from = from_timestamp(r.stage_set_time.as_ref()).unwrap_or(now);
+    let from = r.stage_set;
     // Windows start on whole seconds (or the window length): one before the
     // stage was set may hold its first reports.
     let from_ms = from.timestamp_millis() - 60_000;
@@ -262,4 +266,92 @@ async fn observe(
         shadow: shadow_figures(&rows, &shadow_backend, version),
         latest_window,
     })
+}
+
+/// The rows of one backend recorded under `since_version` or later.
+fn stage_rows<'a>(
+    rows: &'a [TelemetryRow],
+    backend: &'a str,
+    since_version: i64,
+) -> impl Iterator<Item = &'a TelemetryRow> {
+    rows.iter()
+        .filter(move |r| r.backend == backend && r.snapshot_version >= since_version)
+}
+
+/// The shadow figures of one policy's backend, summed over the windows
+/// recorded under `since_version` or later.
+pub fn shadow_figures(
+    rows: &[TelemetryRow],
+    backend: &str,
+    since_version: i64,
+) -> v1::ShadowTelemetry {
+    let mut sum = v1::ShadowTelemetry::default();
+    for r in stage_rows(rows, backend, since_version) {
+        if let Some(s) = &r.data.shadow {
+            // Rows were checked when they were merged; a bad one adds nothing.
+            let _ = merge_shadow(&mut sum, s);
+        }
+    }
+    sum
+}
+
+/// Figures summed over a stage's windows: each backend's, from the stage's
+/// snapshot version on.
+pub fn backend_sums(rows: &[TelemetryRow], backend: &str, since_version: i64) -> Side {
+    let mut sum = v1::BackendTelemetry {
+        backend: backend.into(),
+        ..Default::default()
+    };
+    for r in stage_rows(rows, backend, since_version) {
+        // Rows were checked when they were merged; a bad one adds nothing.
+        let _ = merge_backend(&mut sum, &r.data);
+    }
+    Side::of(&sum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Figures add up over the windows of the stage's version and later,
+    /// per backend.
+    #[test]
+    fn sums_figures_from_the_stage_version_on() {
+        let row = |version: i64, backend: &str, n: u64| TelemetryRow {
+            policy: "chat".into(),
+            snapshot_version: version,
+            backend: backend.into(),
+            window_start_ms: 0,
+            replica: "r".into(),
+            reports: 1,
+            data: v1::BackendTelemetry {
+                backend: backend.into(),
+                outcomes: Some(v1::Outcomes {
+                    success: n,
+                    server_error: 1,
+                    ..Default::default()
+                }),
+                shadow: Some(v1::ShadowTelemetry {
+                    mirrored: n,
+                    compared: n,
+                    status_mismatch: 1,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        };
+        let rows = [
+            row(4, "b", 100),
+            row(5, "b", 10),
+            row(6, "b", 20),
+            row(6, "a", 7),
+        ];
+        let s = shadow_figures(&rows, "b", 5);
+        assert_eq!((s.compared, s.status_mismatch), (30, 2));
+        let b = backend_sums(&rows, "b", 5);
+        assert_eq!(b.backend, "b");
+        assert_eq!((b.outcomes.success, b.outcomes.server_error), (30, 2));
+        let a = backend_sums(&rows, "a", 5);
+        assert_eq!((a.outcomes.success, a.outcomes.server_error), (7, 1));
+    }
 }

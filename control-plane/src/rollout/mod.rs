@@ -1,26 +1,30 @@
 //! Rollouts: the state machine that moves a policy's traffic stage by stage
 //! and takes it back, written as pure functions of a rollout, what was
-//! observed and the time ([`tick`], [`command`]), and the leader loop that
-//! feeds them from the store ([`leader`]).
+//! observed and the time ([`tick`], [`command`]) over the domain types of
+//! [`model`], and the leader loop that feeds them from the store
+//! ([`leader`]). Wire types appear only at the API and store edges
+//! ([`convert`]).
 //!
 //! Every change is a [`RolloutWrite`] made from the state at one event
 //! sequence: if the rollout moved on meanwhile (another replica acted, an
 //! operator's command landed), the write changes nothing and the next tick
 //! starts from the new state. That is what rules out double actions.
 
+pub mod convert;
 pub mod leader;
+pub mod model;
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use shepherd_proto::v1;
 
-use crate::analysis::{
-    Judgement, PassRule, StageInput, Statistics, judge_shadow_stage, judge_stage,
-};
+use crate::analysis::{Judgement, Side, StageInput, Statistics, judge_shadow_stage, judge_stage};
 use crate::policy::StoredPolicy;
-use crate::store::rollouts::from_timestamp;
 use crate::store::{PolicyWrite, RolloutWrite};
+use model::{Event, EventKind, Figures, OnFailure, Phase, Plan, Rollback, Rollout, State, Verdict};
+
+pub use model::{DEFAULT_ACK_TIMEOUT, DEFAULT_QUORUM_PERCENT, DEFAULT_ROLLBACK_STEP};
 
 /// Actor of commands.
 pub const OPERATOR: &str = "operator";
@@ -31,10 +35,10 @@ pub const OPERATOR: &str = "operator";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CommandError {
     /// The rollout's state does not take this command.
-    #[error("rollout {rollout} is {}; {rule}", state_name(*.state))]
+    #[error("rollout {rollout} is {}; {rule}", .state.name())]
     WrongState {
         rollout: String,
-        state: v1::RolloutState,
+        state: Phase,
         /// Which states do, as a sentence.
         rule: &'static str,
     },
@@ -49,46 +53,23 @@ pub enum CommandError {
     NoCandidate(String),
 }
 
-/// A state's name as events and errors show it ("RUNNING").
-pub fn state_name(state: v1::RolloutState) -> &'static str {
-    state.as_str_name().trim_start_matches("ROLLOUT_STATE_")
-}
-
-/// "chat#3".
-fn rollout_name(r: &v1::Rollout) -> String {
-    format!("{}#{}", r.policy, r.number)
-}
-
 /// Whether `previous` may be retried, the policy's latest rollout being
 /// `latest`: only a rolled-back or aborted rollout, and only the latest.
-pub fn check_retry(previous: &v1::Rollout, latest: &v1::Rollout) -> Result<(), CommandError> {
-    if !matches!(
-        previous.state(),
-        v1::RolloutState::RolledBack | v1::RolloutState::Aborted
-    ) {
+pub fn check_retry(previous: &Rollout, latest: &Rollout) -> Result<(), CommandError> {
+    if !matches!(previous.phase(), Phase::RolledBack | Phase::Aborted) {
         return Err(CommandError::WrongState {
-            rollout: rollout_name(previous),
-            state: previous.state(),
+            rollout: previous.name(),
+            state: previous.phase(),
             rule: "only a rolled-back or aborted rollout can be retried",
         });
     }
     if latest.number != previous.number {
         return Err(CommandError::NotLatest {
-            rollout: rollout_name(previous),
-            latest: rollout_name(latest),
+            rollout: previous.name(),
+            latest: latest.name(),
         });
     }
     Ok(())
-}
-
-/// Defaults of a rollout spec's optional fields.
-pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(30);
-pub const DEFAULT_ROLLBACK_STEP: Duration = Duration::from_secs(10);
-pub const DEFAULT_QUORUM_PERCENT: f64 = 100.0;
-
-fn dur(d: Option<&pbjson_types::Duration>, default: Duration) -> Duration {
-    d.and_then(|d| Duration::try_from(*d).ok())
-        .unwrap_or(default)
 }
 
 fn chrono_dur(d: Duration) -> chrono::Duration {
@@ -109,8 +90,8 @@ pub struct Quorum {
 pub struct Observed {
     pub quorum: Quorum,
     /// Sums over the stage's windows.
-    pub candidate: v1::BackendTelemetry,
-    pub baseline: v1::BackendTelemetry,
+    pub candidate: Side,
+    pub baseline: Side,
     /// Shadow figures of the backend the policy mirrors to.
     pub shadow: v1::ShadowTelemetry,
     /// End of the newest telemetry window under the stage's version (or
@@ -133,49 +114,45 @@ pub struct AnalysisOptions {
     pub telemetry_window: Duration,
 }
 
-fn event(
-    r: &v1::Rollout,
-    kind: v1::RolloutEventKind,
-    now: DateTime<Utc>,
-    actor: &str,
-    reason: String,
-) -> v1::RolloutEvent {
-    v1::RolloutEvent {
-        time: Some(now.into()),
-        kind: kind as i32,
-        state: r.state,
+fn event(r: &Rollout, kind: EventKind, now: DateTime<Utc>, actor: &str, reason: String) -> Event {
+    Event {
+        sequence: 0,
+        time: now,
+        kind,
+        phase: r.phase(),
         stage: r.stage,
         weight: r.weight,
+        verdict: None,
         reason,
         actor: actor.into(),
-        ..Default::default()
+        figures: None,
     }
 }
 
 fn judged_event(
-    r: &v1::Rollout,
-    kind: v1::RolloutEventKind,
+    r: &Rollout,
+    kind: EventKind,
     now: DateTime<Utc>,
     actor: &str,
     j: &Judgement,
-) -> v1::RolloutEvent {
+) -> Event {
     let mut e = event(r, kind, now, actor, j.reason.clone());
-    e.verdict = j.verdict as i32;
+    e.verdict = Some(j.verdict);
     e.figures = Some(j.figures.clone());
     e
 }
 
 /// A change being assembled.
 struct Change {
-    rollout: v1::Rollout,
+    rollout: Rollout,
     expected: i64,
-    events: Vec<v1::RolloutEvent>,
+    events: Vec<Event>,
     new_stage: bool,
     policy: Option<PolicyWrite>,
 }
 
 impl Change {
-    fn of(r: &v1::Rollout) -> Self {
+    fn of(r: &Rollout) -> Self {
         Self {
             rollout: r.clone(),
             expected: r.sequence,
@@ -185,30 +162,37 @@ impl Change {
         }
     }
 
-    fn push(&mut self, e: v1::RolloutEvent) {
+    fn push(&mut self, e: Event) {
         self.events.push(e);
     }
 
-    fn set_state(&mut self, state: v1::RolloutState, reason: &str) {
-        self.rollout.state = state as i32;
+    fn set_state(&mut self, state: State, reason: &str) {
+        self.rollout.state = state;
         self.rollout.reason = reason.into();
     }
 
-    /// Sets a new weight at stage `stage`: a new snapshot version, and the
-    /// stage clock waits for the agents again.
+    /// The clock of the current stage, if it started.
+    fn clock(&self) -> Option<DateTime<Utc>> {
+        match self.rollout.state {
+            State::Running { clock, .. } | State::Paused { clock } => clock,
+            _ => None,
+        }
+    }
+
+    /// Sets a new weight at stage `stage`: a new snapshot version. A
+    /// running stage's clock waits for the agents again.
     fn set_stage(&mut self, stage: u32, weight: u32, now: DateTime<Utc>) {
         self.rollout.stage = stage;
         self.rollout.weight = weight;
-        self.rollout.stage_set_time = Some(now.into());
-        self.rollout.clock_start_time = None;
-        self.rollout.telemetry_stale = false;
+        self.rollout.stage_set = now;
+        if let State::Running { .. } = self.rollout.state {
+            self.rollout.state = State::new_stage();
+        }
         self.new_stage = true;
     }
 
-    fn end(&mut self, state: v1::RolloutState, reason: &str, now: DateTime<Utc>) {
-        self.set_state(state, reason);
-        self.rollout.end_time = Some(now.into());
-        self.rollout.next_step_time = None;
+    fn end(&mut self, phase: Phase, reason: &str, now: DateTime<Utc>) {
+        self.set_state(State::ended(phase, now), reason);
         self.new_stage = true;
     }
 
@@ -223,10 +207,6 @@ impl Change {
     }
 }
 
-fn spec(r: &v1::Rollout) -> v1::RolloutSpec {
-    r.spec.clone().unwrap_or_default()
-}
-
 /// A new rollout of `policy` at its first stage (`retry_of` names the one it
 /// retries). The store numbers it and sets its stage version.
 pub fn start(
@@ -234,34 +214,39 @@ pub fn start(
     now: DateTime<Utc>,
     reason: &str,
     retry_of: i64,
-) -> Result<(v1::Rollout, v1::RolloutEvent), CommandError> {
+) -> Result<(Rollout, Event), CommandError> {
     let p = policy.spec.as_proto();
     let spec = p
         .rollout
-        .clone()
+        .as_ref()
         .ok_or_else(|| CommandError::NoRolloutSpec(p.name.clone()))?;
     let traffic = p.traffic.clone().unwrap_or_default();
     if traffic.candidate.is_empty() {
         return Err(CommandError::NoCandidate(p.name.clone()));
     }
-    let first = spec.stages.first().map_or(0, |s| s.weight);
-    let rollout = v1::Rollout {
+    let plan = Plan::from(spec);
+    let first = plan.stages.first().map_or(0, |s| s.weight);
+    let rollout = Rollout {
         policy: p.name.clone(),
-        state: v1::RolloutState::Running as i32,
+        number: 0,
+        state: State::new_stage(),
         stage: 0,
         weight: first,
         baseline: traffic.baseline.clone(),
         candidate: traffic.candidate.clone(),
         policy_revision: policy.revision,
-        spec: Some(spec),
-        stage_set_time: Some(now.into()),
+        plan,
+        stage_version: 0,
+        stage_set: now,
         reason: if reason.is_empty() {
             "started".into()
         } else {
             reason.into()
         },
+        sequence: 0,
+        created: None,
+        updated: None,
         retry_of,
-        ..Default::default()
     };
     let why = format!(
         "{} from {} to {} at stage 1 ({}){}",
@@ -279,7 +264,7 @@ pub fn start(
             format!(": {reason}")
         }
     );
-    let e = event(&rollout, v1::RolloutEventKind::Started, now, OPERATOR, why);
+    let e = event(&rollout, EventKind::Started, now, OPERATOR, why);
     Ok((rollout, e))
 }
 
@@ -301,7 +286,7 @@ pub fn weight_text(weight: u32) -> String {
 /// the candidate could not be made the baseline, why.
 fn final_policy(
     policy: &StoredPolicy,
-    r: &v1::Rollout,
+    r: &Rollout,
     succeeded: bool,
     reason: &str,
 ) -> (Option<PolicyWrite>, Option<String>) {
@@ -364,7 +349,7 @@ fn final_policy(
 /// deleted, or its baseline or candidate changed.
 fn current_policy<'a>(
     policy: Option<&'a StoredPolicy>,
-    r: &v1::Rollout,
+    r: &Rollout,
 ) -> Result<&'a StoredPolicy, String> {
     let Some(p) = policy else {
         return Err(format!("policy {:?} was deleted", r.policy));
@@ -389,11 +374,18 @@ fn promote(
     reason: &str,
     full: bool,
 ) {
-    let stages = spec(&c.rollout).stages;
+    let stages = c.rollout.plan.stages.len();
     let next = c.rollout.stage as usize + 1;
-    if full || next >= stages.len() {
+    let judged = |mut e: Event| {
+        if let Some(j) = judgement {
+            e.verdict = Some(j.verdict);
+            e.figures = Some(j.figures.clone());
+        }
+        e
+    };
+    if full || next >= stages {
         c.rollout.weight = 10_000;
-        c.rollout.stage = u32::try_from(stages.len().saturating_sub(1)).unwrap_or(0);
+        c.rollout.stage = u32::try_from(stages.saturating_sub(1)).unwrap_or(0);
         let (write, refused) = final_policy(
             policy,
             &c.rollout,
@@ -407,44 +399,35 @@ fn promote(
                 c.rollout.candidate
             ),
         };
-        c.end(v1::RolloutState::Succeeded, &why, now);
+        c.end(Phase::Succeeded, &why, now);
         c.policy = write;
-        let mut e = event(&c.rollout, v1::RolloutEventKind::Succeeded, now, actor, why);
-        if let Some(j) = judgement {
-            e.verdict = j.verdict as i32;
-            e.figures = Some(j.figures.clone());
-        }
-        c.push(e);
+        let e = event(&c.rollout, EventKind::Succeeded, now, actor, why);
+        c.push(judged(e));
         return;
     }
-    let weight = stages[next].weight;
-    c.set_state(v1::RolloutState::Running, reason);
+    let weight = c.rollout.plan.stages[next].weight;
+    c.set_state(State::new_stage(), reason);
     c.set_stage(u32::try_from(next).unwrap_or(0), weight, now);
     let why = format!(
-        "stage {} of {} at {}: {reason}",
+        "stage {} of {stages} at {}: {reason}",
         next + 1,
-        stages.len(),
         weight_text(weight)
     );
-    let mut e = event(&c.rollout, v1::RolloutEventKind::Promoted, now, actor, why);
-    if let Some(j) = judgement {
-        e.verdict = j.verdict as i32;
-        e.figures = Some(j.figures.clone());
-    }
-    c.push(e);
+    let e = event(&c.rollout, EventKind::Promoted, now, actor, why);
+    c.push(judged(e));
 }
 
-/// Ends a rollout at weight 0.
+/// Ends a rollout at weight 0, as `phase` (rolled back or aborted).
 fn roll_back_now(
     c: &mut Change,
     policy: Option<&StoredPolicy>,
     now: DateTime<Utc>,
     actor: &str,
-    state: v1::RolloutState,
+    phase: Phase,
     reason: &str,
 ) {
     c.rollout.weight = 0;
-    c.end(state, reason, now);
+    c.end(phase, reason, now);
     // A policy that is gone (or no longer the same) gets no revision.
     c.policy = policy.and_then(|policy| {
         final_policy(
@@ -455,10 +438,10 @@ fn roll_back_now(
         )
         .0
     });
-    let kind = if state == v1::RolloutState::Aborted {
-        v1::RolloutEventKind::Aborted
+    let kind = if phase == Phase::Aborted {
+        EventKind::Aborted
     } else {
-        v1::RolloutEventKind::RolledBack
+        EventKind::RolledBack
     };
     c.push(event(&c.rollout, kind, now, actor, reason.into()));
 }
@@ -466,19 +449,24 @@ fn roll_back_now(
 /// One step down of a gradual rollback: to the previous stage's weight, or
 /// to 0 (the end) from the first stage.
 fn step_down(c: &mut Change, policy: &StoredPolicy, now: DateTime<Utc>, actor: &str) {
-    let s = spec(&c.rollout);
+    let plan = &c.rollout.plan;
     let previous = (c.rollout.stage as usize)
         .checked_sub(1)
-        .and_then(|i| s.stages.get(i).map(|st| (i, st.weight)))
+        .and_then(|i| plan.stages.get(i).map(|st| (i, st.weight)))
         .filter(|(_, w)| *w > 0 && *w < c.rollout.weight);
+    let step = match plan.rollback {
+        Rollback::Gradual { step } => step,
+        Rollback::Immediate => DEFAULT_ROLLBACK_STEP,
+    };
     match previous {
         Some((i, weight)) => {
+            c.rollout.state = State::RollingBack {
+                next_step: now + chrono_dur(step),
+            };
             c.set_stage(u32::try_from(i).unwrap_or(0), weight, now);
-            let step = dur(s.rollback_step_time.as_ref(), DEFAULT_ROLLBACK_STEP);
-            c.rollout.next_step_time = Some((now + chrono_dur(step)).into());
             c.push(event(
                 &c.rollout,
-                v1::RolloutEventKind::RollbackStep,
+                EventKind::RollbackStep,
                 now,
                 actor,
                 format!("rolling back: down to {}", weight_text(weight)),
@@ -486,19 +474,12 @@ fn step_down(c: &mut Change, policy: &StoredPolicy, now: DateTime<Utc>, actor: &
         }
         None => {
             let reason = c.rollout.reason.clone();
-            roll_back_now(
-                c,
-                Some(policy),
-                now,
-                actor,
-                v1::RolloutState::RolledBack,
-                &reason,
-            );
+            roll_back_now(c, Some(policy), now, actor, Phase::RolledBack, &reason);
         }
     }
 }
 
-/// What a failed gate does, per the spec.
+/// What a failed gate does, per the plan.
 fn on_failure(
     c: &mut Change,
     policy: &StoredPolicy,
@@ -506,45 +487,70 @@ fn on_failure(
     actor: &str,
     j: &Judgement,
 ) {
-    let s = spec(&c.rollout);
     let reason = format!("gate failed at stage {}: {}", c.rollout.stage + 1, j.reason);
-    if s.on_failure() == v1::FailureAction::Pause {
-        c.set_state(v1::RolloutState::Paused, &reason);
-        c.push(judged_event(
-            &c.rollout,
-            v1::RolloutEventKind::Failed,
-            now,
-            actor,
-            j,
-        ));
+    if c.rollout.plan.on_failure == OnFailure::Pause {
+        let clock = c.clock();
+        c.set_state(State::Paused { clock }, &reason);
+        c.push(judged_event(&c.rollout, EventKind::Failed, now, actor, j));
         return;
     }
-    c.push(judged_event(
-        &c.rollout,
-        v1::RolloutEventKind::Failed,
-        now,
-        actor,
-        j,
-    ));
-    if s.rollback_mode() == v1::RollbackMode::Gradual {
-        c.set_state(v1::RolloutState::RollingBack, &reason);
+    c.push(judged_event(&c.rollout, EventKind::Failed, now, actor, j));
+    if let Rollback::Gradual { .. } = c.rollout.plan.rollback {
+        c.set_state(State::RollingBack { next_step: now }, &reason);
         step_down(c, policy, now, actor);
     } else {
-        roll_back_now(
-            c,
-            Some(policy),
-            now,
-            actor,
-            v1::RolloutState::RolledBack,
-            &reason,
-        );
+        roll_back_now(c, Some(policy), now, actor, Phase::RolledBack, &reason);
     }
+}
+
+/// Starts a stage's clock once a quorum of the selected agents applied its
+/// weight, or its wait for them timed out. Returns the change, if any.
+fn start_clock(
+    mut c: Change,
+    seen: &Observed,
+    now: DateTime<Utc>,
+    actor: &str,
+) -> Option<RolloutWrite> {
+    let r = &c.rollout;
+    let q = seen.quorum;
+    let reached = q.selected > 0
+        && f64::from(q.acked) * 100.0 >= r.plan.quorum_percent * f64::from(q.selected);
+    let timeout = r.plan.ack_timeout;
+    let timed_out = now - r.stage_set >= chrono_dur(timeout);
+    if !reached && !timed_out {
+        return None;
+    }
+    let why = if reached {
+        format!(
+            "{} of {} selected agents applied snapshot version {}",
+            q.acked, q.selected, r.stage_version
+        )
+    } else {
+        format!(
+            "quorum not reached in {}: starting with the {} of {} selected agents that applied snapshot version {}",
+            humantime::format_duration(timeout),
+            q.acked,
+            q.selected,
+            r.stage_version
+        )
+    };
+    if let State::Running { clock, .. } = &mut c.rollout.state {
+        *clock = Some(now);
+    }
+    let mut e = event(&c.rollout, EventKind::ClockStarted, now, actor, why);
+    e.figures = Some(Figures {
+        acked_agents: q.acked,
+        selected_agents: q.selected,
+        ..Default::default()
+    });
+    c.push(e);
+    Some(c.done())
 }
 
 /// Judges a rollout's current stage from what was observed. Returns the
 /// change to write, if any.
 pub fn tick(
-    r: &v1::Rollout,
+    r: &Rollout,
     policy: Option<&StoredPolicy>,
     seen: &Observed,
     now: DateTime<Utc>,
@@ -555,142 +561,102 @@ pub fn tick(
     let policy = match current_policy(policy, r) {
         Ok(p) => p,
         Err(why) => {
-            roll_back_now(&mut c, None, now, actor, v1::RolloutState::Aborted, &why);
+            roll_back_now(&mut c, None, now, actor, Phase::Aborted, &why);
             return (Some(c.done()), None);
         }
     };
-    let s = spec(r);
-    match r.state() {
-        v1::RolloutState::RollingBack => {
-            let due = from_timestamp(r.next_step_time.as_ref()).is_none_or(|t| now >= t);
-            if due {
+    let (clock, stale) = match r.state {
+        State::RollingBack { next_step } => {
+            if now >= next_step {
                 step_down(&mut c, policy, now, actor);
                 return (Some(c.done()), None);
             }
-            (None, None)
+            return (None, None);
         }
-        v1::RolloutState::Running => {
-            let Some(stage) = s.stages.get(r.stage as usize) else {
-                return (None, None);
-            };
-            let Some(clock) = from_timestamp(r.clock_start_time.as_ref()) else {
-                let set = from_timestamp(r.stage_set_time.as_ref()).unwrap_or(now);
-                let quorum = s.ack_quorum_percent.unwrap_or(DEFAULT_QUORUM_PERCENT);
-                let q = seen.quorum;
-                let reached =
-                    q.selected > 0 && f64::from(q.acked) * 100.0 >= quorum * f64::from(q.selected);
-                let timeout = dur(s.ack_timeout.as_ref(), DEFAULT_ACK_TIMEOUT);
-                let timed_out = now - set >= chrono_dur(timeout);
-                if !reached && !timed_out {
-                    return (None, None);
-                }
-                c.rollout.clock_start_time = Some(now.into());
-                let why = if reached {
-                    format!(
-                        "{} of {} selected agents applied snapshot version {}",
-                        q.acked, q.selected, r.stage_version
-                    )
-                } else {
-                    format!(
-                        "quorum not reached in {}: starting with the {} of {} selected agents that applied snapshot version {}",
-                        humantime::format_duration(timeout),
-                        q.acked,
-                        q.selected,
-                        r.stage_version
-                    )
-                };
-                let mut e = event(
-                    &c.rollout,
-                    v1::RolloutEventKind::ClockStarted,
-                    now,
-                    actor,
-                    why,
-                );
-                e.figures = Some(v1::Figures {
-                    acked_agents: q.acked,
-                    selected_agents: q.selected,
-                    ..Default::default()
-                });
-                c.push(e);
-                return (Some(c.done()), None);
-            };
-            let elapsed = (now - clock).to_std().unwrap_or_default();
-            let gates = s.gates.unwrap_or_default();
-            let mut j = if stage.weight == 0 {
-                judge_shadow_stage(stage, &gates, elapsed, &seen.shadow)
-            } else {
-                judge_stage(&StageInput {
-                    stage,
-                    gates: &gates,
-                    elapsed,
-                    candidate: &seen.candidate,
-                    baseline: &seen.baseline,
-                    rule: PassRule::of(&s),
-                    statistics: Statistics::Sequential,
-                })
-            };
-            j.figures.acked_agents = seen.quorum.acked;
-            j.figures.selected_agents = seen.quorum.selected;
-            match j.verdict {
-                v1::Verdict::Fail => {
-                    on_failure(&mut c, policy, now, actor, &j);
-                    (Some(c.done()), Some(j))
-                }
-                v1::Verdict::Pass => {
-                    let reason = j.reason.clone();
-                    promote(&mut c, policy, now, actor, Some(&j), &reason, false);
-                    (Some(c.done()), Some(j))
-                }
-                _ if elapsed >= dur(stage.max_stage_time.as_ref(), Duration::MAX) => {
-                    j.verdict = v1::Verdict::Inconclusive;
-                    let why = format!(
-                        "stage {} reached its time limit without a decision: {}",
-                        r.stage + 1,
-                        j.reason
-                    );
-                    j.reason = why.clone();
-                    c.set_state(v1::RolloutState::Paused, &why);
-                    c.push(judged_event(
-                        &c.rollout,
-                        v1::RolloutEventKind::Inconclusive,
-                        now,
-                        actor,
-                        &j,
-                    ));
-                    (Some(c.done()), Some(j))
-                }
-                _ => {
-                    let stale_for = match seen.latest_window {
-                        Some(t) => now - t,
-                        None => now - clock,
-                    };
-                    let stale =
-                        seen.quorum.selected > 0 && stale_for >= chrono_dur(options.stale_after);
-                    if stale != r.telemetry_stale {
-                        c.rollout.telemetry_stale = stale;
-                        let (kind, why) = if stale {
-                            (
-                                v1::RolloutEventKind::TelemetryStale,
-                                format!(
-                                    "no telemetry for {}s from the {} selected agents; decisions wait",
-                                    stale_for.num_seconds(),
-                                    seen.quorum.selected
-                                ),
-                            )
-                        } else {
-                            (
-                                v1::RolloutEventKind::TelemetryResumed,
-                                "telemetry arrives again".to_string(),
-                            )
-                        };
-                        c.push(event(&c.rollout, kind, now, actor, why));
-                        return (Some(c.done()), Some(j));
-                    }
-                    (None, Some(j))
-                }
+        State::Running { clock: None, .. } => return (start_clock(c, seen, now, actor), None),
+        State::Running {
+            clock: Some(clock),
+            stale,
+        } => (clock, stale),
+        _ => return (None, None),
+    };
+    let Some(stage) = r.current_stage() else {
+        return (None, None);
+    };
+    let elapsed = (now - clock).to_std().unwrap_or_default();
+    let gates = &r.plan.gates;
+    let mut j = if stage.weight == 0 {
+        judge_shadow_stage(stage, gates, elapsed, &seen.shadow)
+    } else {
+        judge_stage(&StageInput {
+            stage,
+            gates,
+            elapsed,
+            candidate: &seen.candidate,
+            baseline: &seen.baseline,
+            rule: r.plan.pass_rule,
+            statistics: Statistics::Sequential,
+        })
+    };
+    j.figures.acked_agents = seen.quorum.acked;
+    j.figures.selected_agents = seen.quorum.selected;
+    match j.verdict {
+        Verdict::Fail => {
+            on_failure(&mut c, policy, now, actor, &j);
+            (Some(c.done()), Some(j))
+        }
+        Verdict::Pass => {
+            let reason = j.reason.clone();
+            promote(&mut c, policy, now, actor, Some(&j), &reason, false);
+            (Some(c.done()), Some(j))
+        }
+        _ if stage.max_time.is_some_and(|max| elapsed >= max) => {
+            j.verdict = Verdict::Inconclusive;
+            let why = format!(
+                "stage {} reached its time limit without a decision: {}",
+                r.stage + 1,
+                j.reason
+            );
+            j.reason = why.clone();
+            c.set_state(State::Paused { clock: Some(clock) }, &why);
+            c.push(judged_event(
+                &c.rollout,
+                EventKind::Inconclusive,
+                now,
+                actor,
+                &j,
+            ));
+            (Some(c.done()), Some(j))
+        }
+        _ => {
+            let stale_for = now - seen.latest_window.unwrap_or(clock);
+            let now_stale =
+                seen.quorum.selected > 0 && stale_for >= chrono_dur(options.stale_after);
+            if now_stale == stale {
+                return (None, Some(j));
             }
+            c.rollout.state = State::Running {
+                clock: Some(clock),
+                stale: now_stale,
+            };
+            let (kind, why) = if now_stale {
+                (
+                    EventKind::TelemetryStale,
+                    format!(
+                        "no telemetry for {}s from the {} selected agents; decisions wait",
+                        stale_for.num_seconds(),
+                        seen.quorum.selected
+                    ),
+                )
+            } else {
+                (
+                    EventKind::TelemetryResumed,
+                    "telemetry arrives again".to_string(),
+                )
+            };
+            c.push(event(&c.rollout, kind, now, actor, why));
+            (Some(c.done()), Some(j))
         }
-        _ => (None, None),
     }
 }
 
@@ -705,17 +671,17 @@ pub enum Command {
 
 /// Applies a command to a rollout, or says why it does not apply.
 pub fn command(
-    r: &v1::Rollout,
+    r: &Rollout,
     policy: Option<&StoredPolicy>,
     cmd: &Command,
     reason: &str,
     now: DateTime<Utc>,
 ) -> Result<RolloutWrite, CommandError> {
-    let state = r.state();
+    let phase = r.phase();
     let not = |rule: &'static str| {
         Err(CommandError::WrongState {
-            rollout: rollout_name(r),
-            state,
+            rollout: r.name(),
+            state: phase,
             rule,
         })
     };
@@ -729,37 +695,24 @@ pub fn command(
     let mut c = Change::of(r);
     match cmd {
         Command::Pause => {
-            if state != v1::RolloutState::Running {
+            let State::Running { clock, .. } = r.state else {
                 return not("only a running rollout can be paused");
-            }
+            };
             let why = why("paused by an operator");
-            c.set_state(v1::RolloutState::Paused, &why);
-            c.push(event(
-                &c.rollout,
-                v1::RolloutEventKind::Paused,
-                now,
-                OPERATOR,
-                why,
-            ));
+            c.set_state(State::Paused { clock }, &why);
+            c.push(event(&c.rollout, EventKind::Paused, now, OPERATOR, why));
         }
         Command::Resume => {
-            if state != v1::RolloutState::Paused {
+            if phase != Phase::Paused {
                 return not("only a paused rollout can be resumed");
             }
             let why = why("resumed by an operator; the stage starts over");
-            c.set_state(v1::RolloutState::Running, &why);
-            let (stage, weight) = (r.stage, r.weight);
-            c.set_stage(stage, weight, now);
-            c.push(event(
-                &c.rollout,
-                v1::RolloutEventKind::Resumed,
-                now,
-                OPERATOR,
-                why,
-            ));
+            c.set_state(State::new_stage(), &why);
+            c.set_stage(r.stage, r.weight, now);
+            c.push(event(&c.rollout, EventKind::Resumed, now, OPERATOR, why));
         }
         Command::Promote { full } => {
-            if !matches!(state, v1::RolloutState::Running | v1::RolloutState::Paused) {
+            if !matches!(phase, Phase::Running | Phase::Paused) {
                 return not("only a running or paused rollout can be promoted");
             }
             let Some(policy) = policy else {
@@ -773,18 +726,11 @@ pub fn command(
             promote(&mut c, policy, now, OPERATOR, None, &text, *full);
         }
         Command::Abort => {
-            if !crate::store::rollouts::is_active(state) {
+            if !phase.is_active() {
                 return not("only an active rollout can be aborted");
             }
             let why = why("aborted by an operator");
-            roll_back_now(
-                &mut c,
-                policy,
-                now,
-                OPERATOR,
-                v1::RolloutState::Aborted,
-                &why,
-            );
+            roll_back_now(&mut c, policy, now, OPERATOR, Phase::Aborted, &why);
         }
     }
     Ok(c.done())
@@ -794,6 +740,19 @@ pub fn command(
 mod tests {
     use super::*;
     use crate::policy::PolicySpec;
+
+    /// A state of each phase, with its times at `t`.
+    fn state_of(phase: Phase, t: DateTime<Utc>) -> State {
+        match phase {
+            Phase::Running => State::Running {
+                clock: Some(t),
+                stale: false,
+            },
+            Phase::Paused => State::Paused { clock: Some(t) },
+            Phase::RollingBack => State::RollingBack { next_step: t },
+            ended => State::ended(ended, t),
+        }
+    }
 
     /// The policies of every example file in deploy/ (one policy or a list).
     fn example_policies() -> Vec<(String, v1::Policy)> {
@@ -844,15 +803,15 @@ mod tests {
     /// refuses it, named in the error.
     #[test]
     fn commands_in_every_state() {
-        use v1::RolloutState as S;
+        use Phase as S;
         let now = Utc::now();
         let policy = rollable(now);
         let (started, _) = start(&policy, now, "", 0).unwrap();
-        let stages = started.spec.as_ref().unwrap().stages.len();
+        let stages = started.plan.stages.len();
         let in_state = |state: S| {
             let mut r = started.clone();
             r.number = 4;
-            r.state = state as i32;
+            r.state = state_of(state, now);
             r
         };
         let promote = Command::Promote { full: false };
@@ -913,7 +872,7 @@ mod tests {
             let got = command(&r, Some(&policy), cmd, "why", now);
             match (want, got) {
                 (Ok(next), Ok(write)) => {
-                    assert_eq!(write.rollout.state(), next, "{state:?} {cmd:?}");
+                    assert_eq!(write.rollout.phase(), next, "{state:?} {cmd:?}");
                     assert_eq!(write.expected_sequence, r.sequence);
                     assert_eq!(write.events.len(), 1, "{state:?} {cmd:?}");
                     assert!(
@@ -931,7 +890,7 @@ mod tests {
                             rule,
                         }
                     );
-                    assert!(e.to_string().contains(state_name(state)), "{e}");
+                    assert!(e.to_string().contains(state.name()), "{e}");
                 }
                 (want, got) => panic!("{state:?} {cmd:?}: wanted {want:?}, got {got:?}"),
             }
@@ -942,14 +901,15 @@ mod tests {
             next.rollout.stage,
             1.min(u32::try_from(stages - 1).unwrap())
         );
-        assert!(next.new_stage && next.rollout.clock_start_time.is_none());
+        assert!(next.new_stage);
+        assert_eq!(next.rollout.state, State::new_stage());
         // Promote needs the policy; abort does not.
         assert_eq!(
             command(&in_state(S::Running), None, &promote, "", now).unwrap_err(),
             CommandError::PolicyDeleted(started.policy.clone())
         );
         let aborted = command(&in_state(S::Running), None, &Command::Abort, "", now).unwrap();
-        assert_eq!(aborted.rollout.state(), S::Aborted);
+        assert_eq!(aborted.rollout.state, State::Aborted { ended: now });
         assert!(aborted.policy.is_none(), "no revision of a deleted policy");
     }
 
@@ -991,13 +951,13 @@ mod tests {
         }
     }
 
-    fn side(requests: u64, errors: u64) -> v1::BackendTelemetry {
-        v1::BackendTelemetry {
-            outcomes: Some(v1::Outcomes {
+    fn side(requests: u64, errors: u64) -> Side {
+        Side {
+            outcomes: v1::Outcomes {
                 success: requests - errors,
                 server_error: errors,
                 ..Default::default()
-            }),
+            },
             ..Default::default()
         }
     }
@@ -1023,8 +983,8 @@ mod tests {
         t + chrono::Duration::seconds(s)
     }
 
-    fn kinds(w: &RolloutWrite) -> Vec<v1::RolloutEventKind> {
-        w.events.iter().map(v1::RolloutEvent::kind).collect()
+    fn kinds(w: &RolloutWrite) -> Vec<EventKind> {
+        w.events.iter().map(|e| e.kind).collect()
     }
 
     /// Every transition of `tick`, with the time given (the judge is a pure
@@ -1035,8 +995,7 @@ mod tests {
     /// deleted policy aborts the rollout.
     #[test]
     fn tick_transitions() {
-        use v1::RolloutEventKind as K;
-        use v1::RolloutState as S;
+        use EventKind as K;
         let t0 = Utc::now();
         let o = options();
         let policy = staged(t0, serde_json::json!({}));
@@ -1059,8 +1018,11 @@ mod tests {
         let w = w.unwrap();
         assert_eq!(kinds(&w), [K::ClockStarted]);
         assert_eq!(
-            from_timestamp(w.rollout.clock_start_time.as_ref()),
-            Some(secs(t0, 2))
+            w.rollout.state,
+            State::Running {
+                clock: Some(secs(t0, 2)),
+                stale: false
+            }
         );
         // ...or with those that have, after the ACK timeout.
         let (w, _) = tick(
@@ -1079,7 +1041,7 @@ mod tests {
         );
 
         let mut running = r.clone();
-        running.clock_start_time = Some(t0.into());
+        running.state = state_of(Phase::Running, t0);
         // WAIT while baking: nothing to write.
         let (w, j) = tick(
             &running,
@@ -1089,7 +1051,7 @@ mod tests {
             &o,
         );
         assert!(w.is_none());
-        assert_eq!(j.unwrap().verdict, v1::Verdict::Wait);
+        assert_eq!(j.unwrap().verdict, Verdict::Wait);
         // PASS after the bake with enough requests: the next stage.
         let (w, j) = tick(
             &running,
@@ -1099,10 +1061,11 @@ mod tests {
             &o,
         );
         let w = w.unwrap();
-        assert_eq!(j.unwrap().verdict, v1::Verdict::Pass);
+        assert_eq!(j.unwrap().verdict, Verdict::Pass);
         assert_eq!(kinds(&w), [K::Promoted]);
         assert_eq!((w.rollout.stage, w.rollout.weight), (1, 5000));
-        assert!(w.new_stage && w.rollout.clock_start_time.is_none());
+        assert!(w.new_stage);
+        assert_eq!(w.rollout.state, State::new_stage());
         // PASS at the last stage: the candidate is the baseline.
         let mut last = running.clone();
         last.stage = 2;
@@ -1115,7 +1078,13 @@ mod tests {
             &o,
         );
         let w = w.unwrap();
-        assert_eq!(w.rollout.state(), S::Succeeded);
+        assert_eq!(
+            w.rollout.state,
+            State::Succeeded {
+                ended: secs(t0, 11)
+            }
+        );
+        assert_eq!(w.rollout.weight, 10_000);
         let t = w.policy.unwrap().spec.as_proto().traffic.clone().unwrap();
         assert_eq!((t.baseline.as_str(), t.candidate.as_str()), ("b", ""));
 
@@ -1123,41 +1092,50 @@ mod tests {
         let failing = seen(2, (100, 50), (900, 0), secs(t0, 3));
         let (w, j) = tick(&running, Some(&policy), &failing, secs(t0, 3), &o);
         let w = w.unwrap();
-        assert_eq!(j.unwrap().verdict, v1::Verdict::Fail);
+        assert_eq!(j.unwrap().verdict, Verdict::Fail);
         assert_eq!(kinds(&w), [K::Failed, K::RolledBack]);
-        assert_eq!((w.rollout.state(), w.rollout.weight), (S::RolledBack, 0));
-        assert!(w.rollout.end_time.is_some());
+        assert_eq!(
+            (w.rollout.state, w.rollout.weight),
+            (State::RolledBack { ended: secs(t0, 3) }, 0)
+        );
+        assert!(w.policy.is_none(), "the policy's own weight is 0 already");
         // ...or pauses, when the spec says so.
         let pausing = staged(
             t0,
             serde_json::json!({"on_failure": "FAILURE_ACTION_PAUSE"}),
         );
         let mut r2 = running.clone();
-        r2.spec = pausing.spec.as_proto().rollout.clone();
+        r2.plan = Plan::from(pausing.spec.as_proto().rollout.as_ref().unwrap());
         let (w, _) = tick(&r2, Some(&pausing), &failing, secs(t0, 3), &o);
         let w = w.unwrap();
         assert_eq!(kinds(&w), [K::Failed]);
-        assert_eq!((w.rollout.state(), w.rollout.weight), (S::Paused, 1000));
+        assert_eq!(
+            (w.rollout.state, w.rollout.weight),
+            (State::Paused { clock: Some(t0) }, 1000)
+        );
         // ...or steps down gradually from a later stage.
         let gradual = staged(
             t0,
             serde_json::json!({"rollback_mode": "ROLLBACK_MODE_GRADUAL", "rollback_step_time": "5s"}),
         );
         let mut r3 = running.clone();
-        r3.spec = gradual.spec.as_proto().rollout.clone();
+        r3.plan = Plan::from(gradual.spec.as_proto().rollout.as_ref().unwrap());
         r3.stage = 1;
         r3.weight = 5000;
         let (w, _) = tick(&r3, Some(&gradual), &failing, secs(t0, 3), &o);
         let w = w.unwrap();
         assert_eq!(kinds(&w), [K::Failed, K::RollbackStep]);
         assert_eq!(
-            (w.rollout.state(), w.rollout.stage, w.rollout.weight),
-            (S::RollingBack, 0, 1000)
+            (w.rollout.state, w.rollout.stage, w.rollout.weight),
+            (
+                State::RollingBack {
+                    next_step: secs(t0, 8)
+                },
+                0,
+                1000
+            )
         );
-        assert_eq!(
-            from_timestamp(w.rollout.next_step_time.as_ref()),
-            Some(secs(t0, 8))
-        );
+        assert!(w.new_stage, "each step is a new snapshot");
         // The next step waits for its time, then ends at 0.
         let stepping = w.rollout;
         let (w, _) = tick(&stepping, Some(&gradual), &failing, secs(t0, 7), &o);
@@ -1165,19 +1143,22 @@ mod tests {
         let (w, _) = tick(&stepping, Some(&gradual), &failing, secs(t0, 8), &o);
         let w = w.unwrap();
         assert_eq!(kinds(&w), [K::RolledBack]);
-        assert_eq!((w.rollout.state(), w.rollout.weight), (S::RolledBack, 0));
+        assert_eq!(
+            (w.rollout.state, w.rollout.weight),
+            (State::RolledBack { ended: secs(t0, 8) }, 0)
+        );
 
         // INCONCLUSIVE at the stage's time limit without a decision (too
         // few requests): the rollout pauses.
         let few = seen(2, (5, 0), (900, 0), secs(t0, 60));
         let (w, j) = tick(&running, Some(&policy), &few, secs(t0, 59), &o);
         assert!(w.is_none());
-        assert_eq!(j.unwrap().verdict, v1::Verdict::Wait);
+        assert_eq!(j.unwrap().verdict, Verdict::Wait);
         let (w, j) = tick(&running, Some(&policy), &few, secs(t0, 60), &o);
         let w = w.unwrap();
-        assert_eq!(j.unwrap().verdict, v1::Verdict::Inconclusive);
+        assert_eq!(j.unwrap().verdict, Verdict::Inconclusive);
         assert_eq!(kinds(&w), [K::Inconclusive]);
-        assert_eq!(w.rollout.state(), S::Paused);
+        assert_eq!(w.rollout.state, State::Paused { clock: Some(t0) });
 
         // Telemetry 10 s old is stale (an event, once); fresh again, an
         // event too.
@@ -1185,7 +1166,13 @@ mod tests {
         let (w, _) = tick(&running, Some(&policy), &old, secs(t0, 30), &o);
         let w = w.unwrap();
         assert_eq!(kinds(&w), [K::TelemetryStale]);
-        assert!(w.rollout.telemetry_stale);
+        assert_eq!(
+            w.rollout.state,
+            State::Running {
+                clock: Some(t0),
+                stale: true
+            }
+        );
         let stale = w.rollout;
         let (w, _) = tick(&stale, Some(&policy), &old, secs(t0, 31), &o);
         assert!(w.is_none(), "said once");
@@ -1204,7 +1191,7 @@ mod tests {
         );
         // A paused rollout is left alone.
         let mut paused = running.clone();
-        paused.state = S::Paused as i32;
+        paused.state = state_of(Phase::Paused, t0);
         assert!(
             tick(&paused, Some(&policy), &failing, secs(t0, 3), &o)
                 .0
@@ -1215,12 +1202,12 @@ mod tests {
     /// Only the latest rolled-back or aborted rollout may be retried.
     #[test]
     fn retry_rules() {
-        use v1::RolloutState as S;
+        use Phase as S;
         let now = Utc::now();
         let (r, _) = start(&rollable(now), now, "", 0).unwrap();
-        let at = |number: i64, state: S| v1::Rollout {
+        let at = |number: i64, state: S| Rollout {
             number,
-            state: state as i32,
+            state: state_of(state, now),
             ..r.clone()
         };
         assert_eq!(
@@ -1286,7 +1273,7 @@ mod tests {
                 now,
             )
             .unwrap();
-            assert_eq!(done.rollout.state(), v1::RolloutState::Succeeded, "{file}");
+            assert_eq!(done.rollout.phase(), Phase::Succeeded, "{file}");
             assert!(
                 done.rollout.reason.contains("is the baseline now"),
                 "{file}: {}",

@@ -18,7 +18,7 @@ pub struct Catalog {
     /// Live policies, by name.
     pub policies: Vec<StoredPolicy>,
     /// Active rollouts (they set their policies' weights), by policy.
-    pub rollouts: Vec<v1::Rollout>,
+    pub rollouts: Vec<crate::rollout::model::Rollout>,
 }
 
 /// Notices that policies may have changed. The value only ever grows; a

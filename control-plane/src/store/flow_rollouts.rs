@@ -8,14 +8,15 @@ macro_rules! impl_rollout_store {
         /// Inserts events and tells every replica (on commit).
         async fn record_events(
             conn: &mut $conn,
-            events: &[shepherd_proto::v1::RolloutEvent],
+            rollout: &crate::rollout::model::Rollout,
+            events: &[crate::rollout::model::Event],
         ) -> Result<(), StoreError> {
             for e in events {
                 sqlx::query(super::flow_rollouts::sql::INSERT_EVENT)
-                    .bind(&e.policy)
-                    .bind(e.number)
+                    .bind(&rollout.policy)
+                    .bind(rollout.number)
                     .bind(e.sequence)
-                    .bind(super::rollouts::event_json(e)?)
+                    .bind(super::rollouts::event_json(e, rollout)?)
                     .execute(&mut *conn)
                     .await?;
             }
@@ -26,10 +27,10 @@ macro_rules! impl_rollout_store {
         impl super::rollouts::RolloutStore for $store {
             async fn create_rollout(
                 &self,
-                mut rollout: shepherd_proto::v1::Rollout,
-                mut events: Vec<shepherd_proto::v1::RolloutEvent>,
+                mut rollout: crate::rollout::model::Rollout,
+                mut events: Vec<crate::rollout::model::Event>,
                 now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<shepherd_proto::v1::Rollout, StoreError> {
+            ) -> Result<crate::rollout::model::Rollout, StoreError> {
                 use super::flow_rollouts::sql as rsql;
                 let now = super::stored_time(now);
                 let mut tx = self.begin_write().await?;
@@ -70,10 +71,10 @@ macro_rules! impl_rollout_store {
                     .await?;
                 rollout.number = number;
                 rollout.stage_version = u64::try_from(generation).unwrap_or(0);
-                rollout.sequence = super::rollouts::number_events(&rollout, 0, &mut events);
-                rollout.create_time = Some(now.into());
-                rollout.update_time = rollout.create_time;
-                let active = super::rollouts::is_active(rollout.state());
+                rollout.sequence = super::rollouts::number_events(0, &mut events);
+                rollout.created = Some(now);
+                rollout.updated = Some(now);
+                let active = rollout.phase().is_active();
                 sqlx::query(rsql::INSERT_ROLLOUT)
                     .bind(&rollout.policy)
                     .bind(number)
@@ -83,7 +84,7 @@ macro_rules! impl_rollout_store {
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
-                record_events(&mut tx, &events).await?;
+                record_events(&mut tx, &rollout, &events).await?;
                 announce(&mut tx, &generation.to_string()).await?;
                 tx.commit().await?;
                 self.changed();
@@ -94,7 +95,7 @@ macro_rules! impl_rollout_store {
                 &self,
                 write: super::rollouts::RolloutWrite,
                 now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<shepherd_proto::v1::Rollout, StoreError> {
+            ) -> Result<crate::rollout::model::Rollout, StoreError> {
                 use super::flow_rollouts::sql as rsql;
                 let now = super::stored_time(now);
                 let super::rollouts::RolloutWrite {
@@ -126,10 +127,9 @@ macro_rules! impl_rollout_store {
                 if new_stage && let Some(g) = generation {
                     rollout.stage_version = u64::try_from(g).unwrap_or(0);
                 }
-                rollout.sequence =
-                    super::rollouts::number_events(&rollout, expected_sequence, &mut events);
-                rollout.update_time = Some(now.into());
-                let active = super::rollouts::is_active(rollout.state());
+                rollout.sequence = super::rollouts::number_events(expected_sequence, &mut events);
+                rollout.updated = Some(now);
+                let active = rollout.phase().is_active();
                 let updated = sqlx::query(rsql::UPDATE_ROLLOUT)
                     .bind(&rollout.policy)
                     .bind(rollout.number)
@@ -158,7 +158,7 @@ macro_rules! impl_rollout_store {
                         },
                     });
                 }
-                record_events(&mut tx, &events).await?;
+                record_events(&mut tx, &rollout, &events).await?;
                 // A policy write announced itself already.
                 if policy.is_none() {
                     announce(&mut tx, "rollout").await?;
@@ -172,7 +172,7 @@ macro_rules! impl_rollout_store {
                 &self,
                 policy: &str,
                 number: Option<i64>,
-            ) -> Result<shepherd_proto::v1::Rollout, StoreError> {
+            ) -> Result<crate::rollout::model::Rollout, StoreError> {
                 use super::flow_rollouts::sql as rsql;
                 let row: Option<(String,)> = match number {
                     Some(n) => {
@@ -202,7 +202,7 @@ macro_rules! impl_rollout_store {
                 active_only: bool,
                 after: Option<super::rollouts::RolloutCursor>,
                 limit: u32,
-            ) -> Result<Vec<shepherd_proto::v1::Rollout>, StoreError> {
+            ) -> Result<Vec<crate::rollout::model::Rollout>, StoreError> {
                 let (after_policy, after_number) = match after {
                     Some((p, n)) => (Some(p), Some(n)),
                     None => (None, None),
@@ -226,7 +226,7 @@ macro_rules! impl_rollout_store {
                 number: i64,
                 after: i64,
                 limit: u32,
-            ) -> Result<Vec<shepherd_proto::v1::RolloutEvent>, StoreError> {
+            ) -> Result<Vec<crate::rollout::model::Event>, StoreError> {
                 let rows: Vec<(String,)> = sqlx::query_as(super::flow_rollouts::sql::EVENTS)
                     .bind(policy)
                     .bind(number)

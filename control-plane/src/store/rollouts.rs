@@ -10,25 +10,19 @@ use shepherd_proto::v1;
 
 use super::StoreError;
 use crate::policy::PolicySpec;
-
-/// Rollout states that still steer traffic.
-pub fn is_active(state: v1::RolloutState) -> bool {
-    matches!(
-        state,
-        v1::RolloutState::Running | v1::RolloutState::Paused | v1::RolloutState::RollingBack
-    )
-}
+use crate::rollout::convert::event_to_wire;
+use crate::rollout::model::{Event, Rollout};
 
 /// A change of a rollout: its new state and the events that explain it.
 #[derive(Debug, Clone)]
 pub struct RolloutWrite {
     /// The rollout as it is after the change.
-    pub rollout: v1::Rollout,
+    pub rollout: Rollout,
     /// The sequence of the state this change was made from; if the rollout
     /// moved on since, nothing is written.
     pub expected_sequence: i64,
     /// Events, in order; the store numbers them.
-    pub events: Vec<v1::RolloutEvent>,
+    pub events: Vec<Event>,
     /// The weight changed: the write takes a new generation, recorded as
     /// the rollout's stage version, so agents get a new snapshot.
     pub new_stage: bool,
@@ -64,10 +58,10 @@ pub trait RolloutStore {
     /// Its stage version is the generation of this write.
     async fn create_rollout(
         &self,
-        rollout: v1::Rollout,
-        events: Vec<v1::RolloutEvent>,
+        rollout: Rollout,
+        events: Vec<Event>,
         now: DateTime<Utc>,
-    ) -> Result<v1::Rollout, StoreError>;
+    ) -> Result<Rollout, StoreError>;
 
     /// Writes a change of a rollout made from the state at
     /// `write.expected_sequence`.
@@ -75,14 +69,10 @@ pub trait RolloutStore {
         &self,
         write: RolloutWrite,
         now: DateTime<Utc>,
-    ) -> Result<v1::Rollout, StoreError>;
+    ) -> Result<Rollout, StoreError>;
 
     /// One rollout; `None` for the policy's latest.
-    async fn get_rollout(
-        &self,
-        policy: &str,
-        number: Option<i64>,
-    ) -> Result<v1::Rollout, StoreError>;
+    async fn get_rollout(&self, policy: &str, number: Option<i64>) -> Result<Rollout, StoreError>;
 
     /// Rollouts by policy and, within a policy, newest first.
     async fn list_rollouts(
@@ -91,7 +81,7 @@ pub trait RolloutStore {
         active_only: bool,
         after: Option<RolloutCursor>,
         limit: u32,
-    ) -> Result<Vec<v1::Rollout>, StoreError>;
+    ) -> Result<Vec<Rollout>, StoreError>;
 
     /// A rollout's events with sequences above `after`, in order, at most
     /// `limit`.
@@ -101,49 +91,52 @@ pub trait RolloutStore {
         number: i64,
         after: i64,
         limit: u32,
-    ) -> Result<Vec<v1::RolloutEvent>, StoreError>;
+    ) -> Result<Vec<Event>, StoreError>;
 
     /// Tries to become the replica that runs the analysis loop; `None` while
     /// another replica is.
     async fn try_lead(&self) -> Result<Option<Box<dyn Leadership>>, StoreError>;
 }
 
-/// A rollout in its stored form.
-pub(crate) fn rollout_json(r: &v1::Rollout) -> Result<String, StoreError> {
-    serde_json::to_string(r)
+/// A rollout in its stored form: the JSON of its wire form.
+pub(crate) fn rollout_json(r: &Rollout) -> Result<String, StoreError> {
+    serde_json::to_string(&v1::Rollout::from(r))
         .map_err(|e| StoreError::Internal(format!("cannot encode rollout: {e}")))
 }
 
-pub(crate) fn rollout_from_json(json: &str) -> Result<v1::Rollout, StoreError> {
-    serde_json::from_str(json).map_err(|e| StoreError::Internal(format!("stored rollout: {e}")))
+pub(crate) fn rollout_from_json(json: &str) -> Result<Rollout, StoreError> {
+    let wire: v1::Rollout = serde_json::from_str(json)
+        .map_err(|e| StoreError::Internal(format!("stored rollout: {e}")))?;
+    Rollout::try_from(&wire).map_err(|e| {
+        StoreError::Internal(format!(
+            "stored rollout {}#{}: {e}",
+            wire.policy, wire.number
+        ))
+    })
 }
 
-pub(crate) fn event_json(e: &v1::RolloutEvent) -> Result<String, StoreError> {
-    serde_json::to_string(e).map_err(|e| StoreError::Internal(format!("cannot encode event: {e}")))
+pub(crate) fn event_json(e: &Event, rollout: &Rollout) -> Result<String, StoreError> {
+    serde_json::to_string(&event_to_wire(e, &rollout.policy, rollout.number))
+        .map_err(|e| StoreError::Internal(format!("cannot encode event: {e}")))
 }
 
-pub(crate) fn event_from_json(json: &str) -> Result<v1::RolloutEvent, StoreError> {
-    serde_json::from_str(json).map_err(|e| StoreError::Internal(format!("stored event: {e}")))
+pub(crate) fn event_from_json(json: &str) -> Result<Event, StoreError> {
+    let wire: v1::RolloutEvent = serde_json::from_str(json)
+        .map_err(|e| StoreError::Internal(format!("stored event: {e}")))?;
+    Event::try_from(&wire).map_err(|e| {
+        StoreError::Internal(format!(
+            "stored event {} of {}#{}: {e}",
+            wire.sequence, wire.policy, wire.number
+        ))
+    })
 }
 
-/// Numbers `events` after `sequence` and stamps them with the rollout's
-/// identity; returns the last sequence.
-pub(crate) fn number_events(
-    rollout: &v1::Rollout,
-    sequence: i64,
-    events: &mut [v1::RolloutEvent],
-) -> i64 {
+/// Numbers `events` after `sequence`; returns the last sequence.
+pub(crate) fn number_events(sequence: i64, events: &mut [Event]) -> i64 {
     let mut s = sequence;
     for e in events.iter_mut() {
         s += 1;
         e.sequence = s;
-        e.policy = rollout.policy.clone();
-        e.number = rollout.number;
     }
     s
-}
-
-/// A wire timestamp as a time (an absent or invalid one is `None`).
-pub fn from_timestamp(t: Option<&pbjson_types::Timestamp>) -> Option<DateTime<Utc>> {
-    t.and_then(|t| DateTime::try_from(*t).ok())
 }

@@ -30,7 +30,8 @@
 
 use std::time::Duration;
 
-use shepherd_control_plane::analysis::{PassRule, StageInput, Statistics, judge_stage};
+use shepherd_control_plane::analysis::{PassRule, Side, StageInput, Statistics, judge_stage};
+use shepherd_control_plane::rollout::model::{Stage, Verdict};
 use shepherd_proto::v1;
 
 const AGENTS: usize = 10;
@@ -161,16 +162,16 @@ impl Profile {
 /// One backend's answers as a function of time.
 type Answers = dyn Fn(f64) -> Profile + Sync;
 
-fn telemetry(backend: &str, s: &Counts) -> v1::BackendTelemetry {
-    v1::BackendTelemetry {
+fn telemetry(backend: &str, s: &Counts) -> Side {
+    Side {
         backend: backend.into(),
-        outcomes: Some(v1::Outcomes {
+        outcomes: v1::Outcomes {
             success: s.requests - s.errors - s.app_errors - s.rejected,
             server_error: s.errors,
             app_error: s.app_errors,
             backend_rejected: s.rejected,
             ..Default::default()
-        }),
+        },
         ..Default::default()
     }
 }
@@ -207,12 +208,12 @@ struct Setup {
     urgent: bool,
 }
 
-fn stage(weight: u32, s: &Setup) -> v1::Stage {
-    v1::Stage {
+fn stage(weight: u32, s: &Setup) -> Stage {
+    Stage {
         weight,
-        min_bake_time: Some(Duration::from_secs(s.bake).into()),
+        min_bake: Duration::from_secs(s.bake),
         min_requests: s.min_requests,
-        max_stage_time: Some(Duration::from_secs(s.max).into()),
+        max_time: Some(Duration::from_secs(s.max)),
     }
 }
 
@@ -222,20 +223,16 @@ fn stage(weight: u32, s: &Setup) -> v1::Stage {
 fn run_stage(
     seed: u64,
     setup: &Setup,
-    stage: &v1::Stage,
+    stage: &Stage,
     gates: &v1::Gates,
     judge: Judge,
     candidate: &Answers,
     baseline: &Answers,
-) -> (v1::Verdict, f64) {
+) -> (Verdict, f64) {
     let mut rng = Rng(seed);
     let weight = f64::from(stage.weight) / 10_000.0;
-    let max = Duration::try_from(stage.max_stage_time.unwrap())
-        .unwrap()
-        .as_secs_f64();
-    let bake = Duration::try_from(stage.min_bake_time.unwrap())
-        .unwrap()
-        .as_secs_f64();
+    let max = stage.max_time.unwrap().as_secs_f64();
+    let bake = stage.min_bake.as_secs_f64();
     let phases: Vec<f64> = (0..AGENTS).map(|_| rng.unit() * REPORT).collect();
     // Per agent: counts since its last report; reports in flight with the
     // time they become visible.
@@ -313,14 +310,14 @@ fn run_stage(
             rule: judge.rule,
             statistics: judge.statistics,
         });
-        if j.verdict != v1::Verdict::Wait {
-            if j.verdict == v1::Verdict::Fail && std::env::var("WHY").is_ok() {
+        if j.verdict != Verdict::Wait {
+            if j.verdict == Verdict::Fail && std::env::var("WHY").is_ok() {
                 eprintln!("{} {t:.2}: {}", stage.weight, j.reason);
             }
             return (j.verdict, t);
         }
     }
-    (v1::Verdict::Wait, max)
+    (Verdict::Wait, max)
 }
 
 fn quantile(v: &mut [f64], p: f64) -> f64 {
@@ -377,13 +374,13 @@ fn whole_rollouts(
                 baseline,
             );
             total += t;
-            if verdict != v1::Verdict::Pass {
+            if verdict != Verdict::Pass {
                 ended = Some(verdict);
                 break;
             }
         }
         match ended {
-            Some(v1::Verdict::Fail) => out.rolled_back += 1,
+            Some(Verdict::Fail) => out.rolled_back += 1,
             Some(_) => out.inconclusive += 1,
             None => out.durations.push(total),
         }
@@ -421,7 +418,7 @@ fn time_to_fail(
             candidate,
             baseline,
         ) {
-            (v1::Verdict::Fail, t) => times.push(t),
+            (Verdict::Fail, t) => times.push(t),
             _ => missed += 1,
         }
     }
@@ -591,7 +588,7 @@ fn cases(rollouts: usize) {
                 &cand,
                 &healthy,
             ) {
-                (v1::Verdict::Fail, t) if t >= onset => times.push(t - onset),
+                (Verdict::Fail, t) if t >= onset => times.push(t - onset),
                 _ => missed += 1,
             }
         }
