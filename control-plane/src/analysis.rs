@@ -284,9 +284,46 @@ pub enum Statistics {
     FixedHorizon,
 }
 
-/// Share of the significance the error-rate test spends on the error rate
-/// as a whole; the failure classes share the rest.
-const WHOLE_RATE_SHARE: f64 = 0.9;
+/// Shares of the significance of the error-rate test: the error rate over
+/// the whole stage, each failure class (shared), and the rate since a
+/// recent window (the onset test).
+const WHOLE_RATE_SHARE: f64 = 0.8;
+const CLASS_SHARE: f64 = 0.1;
+const ONSET_SHARE: f64 = 0.1;
+
+/// How many of the latest telemetry windows the onset test starts from.
+pub const ONSET_LOOKBACK: usize = 30;
+
+/// Failures and judged attempts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub errors: u64,
+    pub requests: u64,
+}
+
+impl Tally {
+    pub fn of(o: &v1::Outcomes) -> Self {
+        Tally {
+            errors: errors(o),
+            requests: judged(o),
+        }
+    }
+
+    pub fn add(&mut self, other: Tally) {
+        self.errors += other.errors;
+        self.requests += other.requests;
+    }
+}
+
+/// One telemetry window of a stage: its ordinal from the stage's clock
+/// start (1 for the first window, and for any before it) and what each
+/// side did in it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Window {
+    pub index: u64,
+    pub candidate: Tally,
+    pub baseline: Tally,
+}
 
 /// Reads one failure class's count from an outcome tally.
 type ClassCount = fn(&v1::Outcomes) -> u64;
@@ -330,6 +367,9 @@ pub struct StageInput<'a> {
     pub elapsed: Duration,
     pub candidate: &'a Side,
     pub baseline: &'a Side,
+    /// The stage's telemetry windows, by index, oldest first (for the
+    /// onset test; empty: no onset test).
+    pub windows: &'a [Window],
     pub rule: PassRule,
     pub statistics: Statistics,
 }
@@ -665,6 +705,7 @@ impl Gatekeeper {
         &mut self,
         (c, nc): (&v1::Outcomes, u64),
         (b, nb): (&v1::Outcomes, u64),
+        windows: &[Window],
         margin: f64,
         alpha: f64,
         baseline_expected: bool,
@@ -689,7 +730,7 @@ impl Gatekeeper {
         if tested.is_none() {
             return;
         }
-        let share = alpha * (1.0 - WHOLE_RATE_SHARE) / FAILURE_CLASSES.len() as f64;
+        let share = alpha * CLASS_SHARE / FAILURE_CLASSES.len() as f64;
         for (name, count) in FAILURE_CLASSES {
             let (xc, xb) = (count(c), count(b));
             if xc < MIN_EVENTS_TO_FAIL {
@@ -704,6 +745,70 @@ impl Gatekeeper {
                     worse.describe(),
                     worse.boundary * 100.0,
                     example_text(examples, &[name])
+                );
+                self.add(
+                    "significance",
+                    worse.e_value(),
+                    worse.threshold(),
+                    Verdict::Fail,
+                    detail,
+                );
+                return;
+            }
+        }
+        if self.statistics == Statistics::Sequential {
+            self.onset(windows, margin, alpha * ONSET_SHARE, examples);
+        }
+    }
+
+    /// The onset test: the error rate since a recent window, so a candidate
+    /// that turns bad after a long healthy stretch is judged on the
+    /// failures since the change, not diluted by the stage's healthy
+    /// history. The test from window `j` on runs at `alpha / (j (j + 1))`;
+    /// those weights sum to 1, so by a union bound over the starting windows
+    /// the level `alpha` holds. Only the [`ONSET_LOOKBACK`] latest starts
+    /// are looked at (looking at fewer can only lower the chance of a false
+    /// alarm), and only those where the candidate's observed rate is above
+    /// the baseline's plus the margin (elsewhere no alternative is more
+    /// likely than the null, and the e-value is below 1).
+    fn onset(
+        &mut self,
+        windows: &[Window],
+        margin: f64,
+        alpha: f64,
+        examples: &[v1::FailureExample],
+    ) {
+        let (mut c, mut b) = (Tally::default(), Tally::default());
+        for w in windows.iter().rev().take(ONSET_LOOKBACK) {
+            c.add(w.candidate);
+            b.add(w.baseline);
+            if c.errors < MIN_EVENTS_TO_FAIL
+                || percent(c.errors, c.requests) <= percent(b.errors, b.requests) + margin
+            {
+                continue;
+            }
+            let j = w.index.max(1) as f64;
+            let worse = sequential::worse(
+                c.errors,
+                c.requests,
+                b.errors,
+                b.requests,
+                margin / 100.0,
+                alpha / (j * (j + 1.0)),
+            );
+            if worse.proven() {
+                let detail = format!(
+                    "error rate regression since window {} of the stage: candidate {:.2}% ({} of {}) vs baseline {:.2}% ({} of {}), margin {margin} points: {} against a bound of {:.2}%{}",
+                    w.index,
+                    percent(c.errors, c.requests),
+                    c.errors,
+                    c.requests,
+                    percent(b.errors, b.requests),
+                    b.errors,
+                    b.requests,
+                    worse.describe(),
+                    worse.boundary * 100.0,
+                    example_text(examples, &FAILURE_CLASSES.map(|(name, _)| name))
                 );
                 self.add(
                     "significance",
@@ -913,6 +1018,7 @@ pub fn judge_stage(input: &StageInput<'_>) -> Judgement {
         keeper.error_rate(
             (&co, c.requests),
             (&bo, b.requests),
+            input.windows,
             g.min_error_rate_effect_percent.unwrap_or(0.0),
             alpha,
             baseline_expected,
@@ -1186,6 +1292,7 @@ mod tests {
                 elapsed: Duration::from_secs(elapsed),
                 candidate: &c,
                 baseline: &b,
+                windows: &[],
                 rule: PassRule::NoRegression,
                 statistics: Statistics::Sequential,
             })
@@ -1256,6 +1363,7 @@ mod tests {
             elapsed: Duration::from_secs(5),
             candidate: c,
             baseline: b,
+            windows: &[],
             rule: PassRule::NoRegression,
             statistics: Statistics::Sequential,
         })
@@ -1274,6 +1382,7 @@ mod tests {
             elapsed: Duration::from_secs(30),
             candidate: c,
             baseline: b,
+            windows: &[],
             rule,
             statistics,
         })
@@ -1740,5 +1849,101 @@ mod tests {
             Check::Fail(why) => assert!(why.contains("below the 0.6 floor"), "{why}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Judges `windows` (candidate at 10%, the error-rate gate at 0.05 with
+    /// `margin` points) from their sums, with or without the onset test.
+    fn judge_windows(windows: &[Window], onset: bool, margin: f64) -> Judgement {
+        let (mut c, mut b) = (Tally::default(), Tally::default());
+        for w in windows {
+            c.add(w.candidate);
+            b.add(w.baseline);
+        }
+        let gates = v1::Gates {
+            significance: Some(0.05),
+            min_error_rate_effect_percent: Some(margin),
+            max_client_error_excess_percent: Some(100.0),
+            ..Default::default()
+        };
+        judge_stage(&StageInput {
+            stage: &stage_of(1000),
+            gates: &gates,
+            elapsed: Duration::from_secs(windows.len() as u64),
+            candidate: &outcomes(c.requests, c.errors),
+            baseline: &outcomes(b.requests, b.errors),
+            windows: if onset { windows } else { &[] },
+            rule: PassRule::NoRegression,
+            statistics: Statistics::Sequential,
+        })
+    }
+
+    /// A candidate that turns bad after five healthy minutes is caught on
+    /// the failures since the change (one window of them), which the whole
+    /// stage's rate, diluted by its healthy history, does not yet show.
+    #[test]
+    fn onset_test_catches_a_late_failure() {
+        let window = |index: u64, errors: u64| Window {
+            index,
+            candidate: Tally {
+                errors,
+                requests: 100,
+            },
+            baseline: Tally {
+                errors: 9,
+                requests: 900,
+            },
+        };
+        let mut windows: Vec<Window> = (1..=300).map(|i| window(i, 1)).collect();
+        windows.push(window(301, 50));
+        let caught = judge_windows(&windows, true, 0.5);
+        assert_eq!(caught.verdict, Verdict::Fail, "{}", caught.reason);
+        assert!(
+            caught.reason.contains("since window 301"),
+            "{}",
+            caught.reason
+        );
+        let diluted = judge_windows(&windows, false, 0.5);
+        assert_ne!(diluted.verdict, Verdict::Fail, "{}", diluted.reason);
+        // A healthy history alone proves nothing.
+        windows.pop();
+        assert_ne!(judge_windows(&windows, true, 0.5).verdict, Verdict::Fail);
+    }
+
+    /// With the onset test looking at every recent start, a healthy
+    /// candidate looked at after every window still raises an alarm in no
+    /// more than α of the runs.
+    #[test]
+    fn onset_test_keeps_the_false_alarm_rate() {
+        use rand::rngs::SmallRng;
+        use rand::{RngExt, SeedableRng};
+        let mut rng = SmallRng::seed_from_u64(5);
+        let mut binomial =
+            |n: u64, p: f64| (0..n).filter(|_| rng.random::<f64>() < p).count() as u64;
+        let runs = 60;
+        let mut alarms = 0;
+        for _ in 0..runs {
+            let mut windows = Vec::new();
+            for index in 1..=40 {
+                windows.push(Window {
+                    index,
+                    candidate: Tally {
+                        errors: binomial(50, 0.05),
+                        requests: 50,
+                    },
+                    baseline: Tally {
+                        errors: binomial(150, 0.05),
+                        requests: 150,
+                    },
+                });
+                if judge_windows(&windows, true, 0.0).verdict == Verdict::Fail {
+                    alarms += 1;
+                    break;
+                }
+            }
+        }
+        assert!(
+            alarms * 20 <= runs,
+            "{alarms} alarms in {runs} runs at 0.05"
+        );
     }
 }

@@ -384,8 +384,11 @@ async fn slow_candidate_rolls_back_on_latency() {
         "gates": {"max_latency_p95_ratio": 1.5}
     });
     let mut rig = Rig::start(&sqlite_url(&dir), 1, json!({"rollout": rollout})).await;
-    rig.a.set(|x| x.delay = Duration::from_millis(20));
-    rig.b.set(|x| x.delay = Duration::from_millis(40));
+    // Twice as slow, each side well inside its histogram bucket ((25, 50]
+    // and (50, 100] ms) so that a loaded machine's extra milliseconds do
+    // not carry the baseline into the candidate's bucket.
+    rig.a.set(|x| x.delay = Duration::from_millis(30));
+    rig.b.set(|x| x.delay = Duration::from_millis(60));
     let load = rig.load();
     rig.start_rollout().await;
     rig.wait_state(State::RolledBack).await;

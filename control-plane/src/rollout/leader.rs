@@ -14,11 +14,11 @@ use shepherd_proto::validate::labels_match;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, info, warn};
 
-use super::model::{EventKind, Rollout};
+use super::model::{EventKind, Rollout, State};
 use super::{AnalysisOptions, Observed, Quorum, tick};
 use shepherd_proto::telemetry::{merge_backend, merge_shadow};
 
-use crate::analysis::{Judgement, Side};
+use crate::analysis::{Judgement, Side, Tally, Window};
 use crate::metrics::Counters;
 use crate::policy::StoredPolicy;
 use crate::store::fleet::list_all_agents;
@@ -259,10 +259,17 @@ async fn observe(
         .max()
         .and_then(|start| DateTime::from_timestamp_millis(start.saturating_add(window_ms)))
         .map(|end| end.min(now));
+    let windows = match r.state {
+        State::Running {
+            clock: Some(clock), ..
+        } => stage_windows(&rows, r, version, clock.timestamp_millis(), window_ms),
+        _ => Vec::new(),
+    };
     Ok(Observed {
         quorum,
         candidate: backend_sums(&rows, &r.candidate, version),
         baseline: backend_sums(&rows, &r.baseline, version),
+        windows,
         shadow: shadow_figures(&rows, &shadow_backend, version),
         latest_window,
     })
@@ -309,6 +316,44 @@ pub fn backend_sums(rows: &[TelemetryRow], backend: &str, since_version: i64) ->
     Side::of(&sum)
 }
 
+/// Each side's failures and attempts per telemetry window of the stage
+/// (rows under `since_version` or later), indexed from the window the
+/// stage's clock started in (`clock_ms`): 1 for it and any before it.
+pub fn stage_windows(
+    rows: &[TelemetryRow],
+    r: &Rollout,
+    since_version: i64,
+    clock_ms: i64,
+    window_ms: i64,
+) -> Vec<Window> {
+    let window_ms = window_ms.max(1);
+    // Windows start on whole multiples of their length.
+    let first = clock_ms - clock_ms.rem_euclid(window_ms);
+    let mut windows: BTreeMap<u64, Window> = BTreeMap::new();
+    for row in rows
+        .iter()
+        .filter(|row| row.snapshot_version >= since_version)
+    {
+        let candidate = row.backend == r.candidate;
+        if !candidate && row.backend != r.baseline {
+            continue;
+        }
+        let since = (row.window_start_ms - first).div_euclid(window_ms);
+        let index = u64::try_from(since).unwrap_or(0) + 1;
+        let w = windows.entry(index).or_insert(Window {
+            index,
+            ..Default::default()
+        });
+        let tally = Tally::of(&row.data.outcomes.unwrap_or_default());
+        if candidate {
+            w.candidate.add(tally);
+        } else {
+            w.baseline.add(tally);
+        }
+    }
+    windows.into_values().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,5 +398,67 @@ mod tests {
         assert_eq!((b.outcomes.success, b.outcomes.server_error), (30, 2));
         let a = backend_sums(&rows, "a", 5);
         assert_eq!((a.outcomes.success, a.outcomes.server_error), (7, 1));
+    }
+
+    /// Windows are indexed from the one the stage's clock started in (1,
+    /// and any before it), each side summed per window.
+    #[test]
+    fn windows_are_indexed_from_the_clock() {
+        let row = |start_ms: i64, backend: &str, errors: u64| TelemetryRow {
+            policy: "chat".into(),
+            snapshot_version: 5,
+            backend: backend.into(),
+            window_start_ms: start_ms,
+            replica: "r".into(),
+            reports: 1,
+            data: v1::BackendTelemetry {
+                backend: backend.into(),
+                outcomes: Some(v1::Outcomes {
+                    success: 10,
+                    server_error: errors,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        };
+        let t0 = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let policy = crate::policy::StoredPolicy {
+            spec: crate::policy::PolicySpec::validate(
+                serde_json::from_value(serde_json::json!({
+                    "name": "chat",
+                    "match": {"path_prefix": "/v1/"},
+                    "backends": [
+                        {"name": "a", "base_url": "http://127.0.0.1:1"},
+                        {"name": "b", "base_url": "http://127.0.0.1:2"}
+                    ],
+                    "traffic": {"baseline": "a", "candidate": "b"},
+                    "rollout": {"stages": [{"weight": 10000, "min_bake_time": "1s", "max_stage_time": "9s"}]}
+                }))
+                .unwrap(),
+                t0.into(),
+            )
+            .unwrap(),
+            revision: 1,
+            generation: 1,
+            create_time: t0,
+            update_time: t0,
+        };
+        let (r, _) = super::super::start(&policy, t0, "", 0).unwrap();
+        let clock = 10_500;
+        let rows = [
+            row(9_000, "b", 1),
+            row(10_000, "b", 2),
+            row(10_000, "a", 3),
+            row(11_000, "b", 4),
+            row(11_000, "b", 5),
+            row(13_000, "c", 6),
+        ];
+        let windows = stage_windows(&rows, &r, 5, clock, 1000);
+        let summary: Vec<(u64, u64, u64)> = windows
+            .iter()
+            .map(|w| (w.index, w.candidate.errors, w.baseline.errors))
+            .collect();
+        assert_eq!(summary, [(1, 3, 3), (2, 9, 0)]);
+        assert_eq!(windows[1].candidate.requests, 29);
     }
 }

@@ -19,7 +19,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use shepherd_proto::v1;
 
-use crate::analysis::{Judgement, Side, StageInput, Statistics, judge_shadow_stage, judge_stage};
+use crate::analysis::{
+    Judgement, Side, StageInput, Statistics, Window, judge_shadow_stage, judge_stage,
+};
 use crate::policy::StoredPolicy;
 use crate::store::{PolicyWrite, RolloutWrite};
 use model::{Event, EventKind, Figures, OnFailure, Phase, Plan, Rollback, Rollout, State, Verdict};
@@ -92,6 +94,8 @@ pub struct Observed {
     /// Sums over the stage's windows.
     pub candidate: Side,
     pub baseline: Side,
+    /// Each side per telemetry window, oldest first (for the onset test).
+    pub windows: Vec<Window>,
     /// Shadow figures of the backend the policy mirrors to.
     pub shadow: v1::ShadowTelemetry,
     /// End of the newest telemetry window under the stage's version (or
@@ -594,6 +598,7 @@ pub fn tick(
             elapsed,
             candidate: &seen.candidate,
             baseline: &seen.baseline,
+            windows: &seen.windows,
             rule: r.plan.pass_rule,
             statistics: Statistics::Sequential,
         })
@@ -974,6 +979,7 @@ mod tests {
             quorum: Quorum { selected: 2, acked },
             candidate: side(candidate.0, candidate.1),
             baseline: side(baseline.0, baseline.1),
+            windows: Vec::new(),
             shadow: v1::ShadowTelemetry::default(),
             latest_window: Some(latest),
         }
@@ -987,216 +993,312 @@ mod tests {
         w.events.iter().map(|e| e.kind).collect()
     }
 
-    /// Every transition of `tick`, with the time given (the judge is a pure
-    /// function of the rollout, what was seen and the time): the stage's
-    /// clock waits for its quorum or its timeout; a stage waits, passes,
+    /// Every transition of `tick`, table-driven, with the time given (the
+    /// judge is a pure function of the rollout, what was seen and the
+    /// time): the stage's clock waits for its quorum or its timeout; a
+    /// stage waits, passes (to the next stage, or to success at the last),
     /// fails (rolling back, pausing, or stepping down gradually) or is
-    /// inconclusive; telemetry going stale and coming back are events; a
-    /// deleted policy aborts the rollout.
+    /// inconclusive; telemetry going stale and coming back are events, said
+    /// once; a deleted policy aborts the rollout; a paused one is left
+    /// alone.
     #[test]
     fn tick_transitions() {
         use EventKind as K;
         let t0 = Utc::now();
+        let at = |s: i64| secs(t0, s);
         let o = options();
-        let policy = staged(t0, serde_json::json!({}));
-        let (mut r, _) = start(&policy, t0, "", 0).unwrap();
-        r.number = 1;
-        r.sequence = 1;
-
-        // The clock waits for the quorum (2 of 2 by default)...
-        let healthy = |at| seen(2, (100, 0), (900, 0), at);
-        let (w, j) = tick(
-            &r,
-            Some(&policy),
-            &seen(1, (0, 0), (0, 0), t0),
-            secs(t0, 1),
-            &o,
-        );
-        assert!(w.is_none() && j.is_none());
-        // ...and starts with it,
-        let (w, _) = tick(&r, Some(&policy), &healthy(t0), secs(t0, 2), &o);
-        let w = w.unwrap();
-        assert_eq!(kinds(&w), [K::ClockStarted]);
-        assert_eq!(
-            w.rollout.state,
-            State::Running {
-                clock: Some(secs(t0, 2)),
-                stale: false
-            }
-        );
-        // ...or with those that have, after the ACK timeout.
-        let (w, _) = tick(
-            &r,
-            Some(&policy),
-            &seen(1, (0, 0), (0, 0), t0),
-            secs(t0, 30),
-            &o,
-        );
-        let w = w.unwrap();
-        assert_eq!(kinds(&w), [K::ClockStarted]);
-        assert!(
-            w.events[0].reason.starts_with("quorum not reached in 30s"),
-            "{}",
-            w.events[0].reason
-        );
-
-        let mut running = r.clone();
-        running.state = state_of(Phase::Running, t0);
-        // WAIT while baking: nothing to write.
-        let (w, j) = tick(
-            &running,
-            Some(&policy),
-            &healthy(secs(t0, 5)),
-            secs(t0, 5),
-            &o,
-        );
-        assert!(w.is_none());
-        assert_eq!(j.unwrap().verdict, Verdict::Wait);
-        // PASS after the bake with enough requests: the next stage.
-        let (w, j) = tick(
-            &running,
-            Some(&policy),
-            &healthy(secs(t0, 11)),
-            secs(t0, 11),
-            &o,
-        );
-        let w = w.unwrap();
-        assert_eq!(j.unwrap().verdict, Verdict::Pass);
-        assert_eq!(kinds(&w), [K::Promoted]);
-        assert_eq!((w.rollout.stage, w.rollout.weight), (1, 5000));
-        assert!(w.new_stage);
-        assert_eq!(w.rollout.state, State::new_stage());
-        // PASS at the last stage: the candidate is the baseline.
-        let mut last = running.clone();
-        last.stage = 2;
-        last.weight = 10_000;
-        let (w, _) = tick(
-            &last,
-            Some(&policy),
-            &healthy(secs(t0, 11)),
-            secs(t0, 11),
-            &o,
-        );
-        let w = w.unwrap();
-        assert_eq!(
-            w.rollout.state,
-            State::Succeeded {
-                ended: secs(t0, 11)
-            }
-        );
-        assert_eq!(w.rollout.weight, 10_000);
-        let t = w.policy.unwrap().spec.as_proto().traffic.clone().unwrap();
-        assert_eq!((t.baseline.as_str(), t.candidate.as_str()), ("b", ""));
-
-        // FAIL rolls back at once, the policy's weight back to 0.
-        let failing = seen(2, (100, 50), (900, 0), secs(t0, 3));
-        let (w, j) = tick(&running, Some(&policy), &failing, secs(t0, 3), &o);
-        let w = w.unwrap();
-        assert_eq!(j.unwrap().verdict, Verdict::Fail);
-        assert_eq!(kinds(&w), [K::Failed, K::RolledBack]);
-        assert_eq!(
-            (w.rollout.state, w.rollout.weight),
-            (State::RolledBack { ended: secs(t0, 3) }, 0)
-        );
-        assert!(w.policy.is_none(), "the policy's own weight is 0 already");
-        // ...or pauses, when the spec says so.
+        let plain = staged(t0, serde_json::json!({}));
         let pausing = staged(
             t0,
             serde_json::json!({"on_failure": "FAILURE_ACTION_PAUSE"}),
         );
-        let mut r2 = running.clone();
-        r2.plan = Plan::from(pausing.spec.as_proto().rollout.as_ref().unwrap());
-        let (w, _) = tick(&r2, Some(&pausing), &failing, secs(t0, 3), &o);
-        let w = w.unwrap();
-        assert_eq!(kinds(&w), [K::Failed]);
-        assert_eq!(
-            (w.rollout.state, w.rollout.weight),
-            (State::Paused { clock: Some(t0) }, 1000)
-        );
-        // ...or steps down gradually from a later stage.
         let gradual = staged(
             t0,
             serde_json::json!({"rollback_mode": "ROLLBACK_MODE_GRADUAL", "rollback_step_time": "5s"}),
         );
-        let mut r3 = running.clone();
-        r3.plan = Plan::from(gradual.spec.as_proto().rollout.as_ref().unwrap());
-        r3.stage = 1;
-        r3.weight = 5000;
-        let (w, _) = tick(&r3, Some(&gradual), &failing, secs(t0, 3), &o);
-        let w = w.unwrap();
-        assert_eq!(kinds(&w), [K::Failed, K::RollbackStep]);
-        assert_eq!(
-            (w.rollout.state, w.rollout.stage, w.rollout.weight),
-            (
-                State::RollingBack {
-                    next_step: secs(t0, 8)
-                },
-                0,
-                1000
-            )
-        );
-        assert!(w.new_stage, "each step is a new snapshot");
-        // The next step waits for its time, then ends at 0.
-        let stepping = w.rollout;
-        let (w, _) = tick(&stepping, Some(&gradual), &failing, secs(t0, 7), &o);
-        assert!(w.is_none());
-        let (w, _) = tick(&stepping, Some(&gradual), &failing, secs(t0, 8), &o);
-        let w = w.unwrap();
-        assert_eq!(kinds(&w), [K::RolledBack]);
-        assert_eq!(
-            (w.rollout.state, w.rollout.weight),
-            (State::RolledBack { ended: secs(t0, 8) }, 0)
-        );
+        let (mut started, _) = start(&plain, t0, "", 0).unwrap();
+        started.number = 1;
+        started.sequence = 1;
+        let with = |policy: &StoredPolicy, stage: u32, weight: u32, state: State| Rollout {
+            plan: Plan::from(policy.spec.as_proto().rollout.as_ref().unwrap()),
+            stage,
+            weight,
+            state,
+            ..started.clone()
+        };
+        let running = |stale| State::Running {
+            clock: Some(t0),
+            stale,
+        };
+        let clocked = |t| State::Running {
+            clock: Some(t),
+            stale: false,
+        };
+        // What the leader saw: (acked agents of 2, candidate and baseline
+        // (requests, errors), the newest telemetry window's end).
+        let healthy = |s| seen(2, (100, 0), (900, 0), at(s));
+        let failing = seen(2, (100, 50), (900, 0), at(3));
+        let few = |s| seen(2, (5, 0), (900, 0), at(s));
+        let waiting = seen(1, (0, 0), (0, 0), t0);
 
-        // INCONCLUSIVE at the stage's time limit without a decision (too
-        // few requests): the rollout pauses.
-        let few = seen(2, (5, 0), (900, 0), secs(t0, 60));
-        let (w, j) = tick(&running, Some(&policy), &few, secs(t0, 59), &o);
-        assert!(w.is_none());
-        assert_eq!(j.unwrap().verdict, Verdict::Wait);
-        let (w, j) = tick(&running, Some(&policy), &few, secs(t0, 60), &o);
-        let w = w.unwrap();
-        assert_eq!(j.unwrap().verdict, Verdict::Inconclusive);
-        assert_eq!(kinds(&w), [K::Inconclusive]);
-        assert_eq!(w.rollout.state, State::Paused { clock: Some(t0) });
-
-        // Telemetry 10 s old is stale (an event, once); fresh again, an
-        // event too.
-        let old = seen(2, (5, 0), (900, 0), secs(t0, 20));
-        let (w, _) = tick(&running, Some(&policy), &old, secs(t0, 30), &o);
-        let w = w.unwrap();
-        assert_eq!(kinds(&w), [K::TelemetryStale]);
-        assert_eq!(
-            w.rollout.state,
-            State::Running {
-                clock: Some(t0),
-                stale: true
+        struct Row<'a> {
+            name: &'a str,
+            rollout: Rollout,
+            policy: Option<&'a StoredPolicy>,
+            seen: Observed,
+            now: DateTime<Utc>,
+            /// The verdict, if the stage was judged.
+            verdict: Option<Verdict>,
+            /// The events written and the state, stage and weight after
+            /// them; `None`: nothing written.
+            wrote: Option<(Vec<EventKind>, State, u32, u32)>,
+        }
+        let table = [
+            Row {
+                name: "the clock waits for the quorum",
+                rollout: started.clone(),
+                policy: Some(&plain),
+                seen: waiting.clone(),
+                now: at(1),
+                verdict: None,
+                wrote: None,
+            },
+            Row {
+                name: "the clock starts with the quorum",
+                rollout: started.clone(),
+                policy: Some(&plain),
+                seen: healthy(0),
+                now: at(2),
+                verdict: None,
+                wrote: Some((vec![K::ClockStarted], clocked(at(2)), 0, 1000)),
+            },
+            Row {
+                name: "the clock starts at the ACK timeout without it",
+                rollout: started.clone(),
+                policy: Some(&plain),
+                seen: waiting,
+                now: at(30),
+                verdict: None,
+                wrote: Some((vec![K::ClockStarted], clocked(at(30)), 0, 1000)),
+            },
+            Row {
+                name: "WAIT while baking",
+                rollout: with(&plain, 0, 1000, running(false)),
+                policy: Some(&plain),
+                seen: healthy(5),
+                now: at(5),
+                verdict: Some(Verdict::Wait),
+                wrote: None,
+            },
+            Row {
+                name: "PASS: the next stage",
+                rollout: with(&plain, 0, 1000, running(false)),
+                policy: Some(&plain),
+                seen: healthy(11),
+                now: at(11),
+                verdict: Some(Verdict::Pass),
+                wrote: Some((vec![K::Promoted], State::new_stage(), 1, 5000)),
+            },
+            Row {
+                name: "PASS at the last stage: success",
+                rollout: with(&plain, 2, 10_000, running(false)),
+                policy: Some(&plain),
+                seen: healthy(11),
+                now: at(11),
+                verdict: Some(Verdict::Pass),
+                wrote: Some((
+                    vec![K::Succeeded],
+                    State::Succeeded { ended: at(11) },
+                    2,
+                    10_000,
+                )),
+            },
+            Row {
+                name: "FAIL rolls back",
+                rollout: with(&plain, 0, 1000, running(false)),
+                policy: Some(&plain),
+                seen: failing.clone(),
+                now: at(3),
+                verdict: Some(Verdict::Fail),
+                wrote: Some((
+                    vec![K::Failed, K::RolledBack],
+                    State::RolledBack { ended: at(3) },
+                    0,
+                    0,
+                )),
+            },
+            Row {
+                name: "FAIL pauses when the plan says so",
+                rollout: with(&pausing, 0, 1000, running(false)),
+                policy: Some(&pausing),
+                seen: failing.clone(),
+                now: at(3),
+                verdict: Some(Verdict::Fail),
+                wrote: Some((vec![K::Failed], State::Paused { clock: Some(t0) }, 0, 1000)),
+            },
+            Row {
+                name: "FAIL steps down a gradual rollback",
+                rollout: with(&gradual, 1, 5000, running(false)),
+                policy: Some(&gradual),
+                seen: failing.clone(),
+                now: at(3),
+                verdict: Some(Verdict::Fail),
+                wrote: Some((
+                    vec![K::Failed, K::RollbackStep],
+                    State::RollingBack { next_step: at(8) },
+                    0,
+                    1000,
+                )),
+            },
+            Row {
+                name: "the next step waits for its time",
+                rollout: with(&gradual, 0, 1000, State::RollingBack { next_step: at(8) }),
+                policy: Some(&gradual),
+                seen: failing.clone(),
+                now: at(7),
+                verdict: None,
+                wrote: None,
+            },
+            Row {
+                name: "the last step ends at 0",
+                rollout: with(&gradual, 0, 1000, State::RollingBack { next_step: at(8) }),
+                policy: Some(&gradual),
+                seen: failing.clone(),
+                now: at(8),
+                verdict: None,
+                wrote: Some((
+                    vec![K::RolledBack],
+                    State::RolledBack { ended: at(8) },
+                    0,
+                    0,
+                )),
+            },
+            Row {
+                name: "WAIT with too few requests before the time limit",
+                rollout: with(&plain, 0, 1000, running(false)),
+                policy: Some(&plain),
+                seen: few(59),
+                now: at(59),
+                verdict: Some(Verdict::Wait),
+                wrote: None,
+            },
+            Row {
+                name: "INCONCLUSIVE at the time limit: paused",
+                rollout: with(&plain, 0, 1000, running(false)),
+                policy: Some(&plain),
+                seen: few(60),
+                now: at(60),
+                verdict: Some(Verdict::Inconclusive),
+                wrote: Some((
+                    vec![K::Inconclusive],
+                    State::Paused { clock: Some(t0) },
+                    0,
+                    1000,
+                )),
+            },
+            Row {
+                name: "telemetry 10 s old is stale",
+                rollout: with(&plain, 0, 1000, running(false)),
+                policy: Some(&plain),
+                seen: few(20),
+                now: at(30),
+                verdict: Some(Verdict::Wait),
+                wrote: Some((vec![K::TelemetryStale], running(true), 0, 1000)),
+            },
+            Row {
+                name: "stale telemetry is said once",
+                rollout: with(&plain, 0, 1000, running(true)),
+                policy: Some(&plain),
+                seen: few(20),
+                now: at(31),
+                verdict: Some(Verdict::Wait),
+                wrote: None,
+            },
+            Row {
+                name: "fresh telemetry again",
+                rollout: with(&plain, 0, 1000, running(true)),
+                policy: Some(&plain),
+                seen: few(31),
+                now: at(31),
+                verdict: Some(Verdict::Wait),
+                wrote: Some((vec![K::TelemetryResumed], running(false), 0, 1000)),
+            },
+            Row {
+                name: "a deleted policy aborts the rollout",
+                rollout: with(&plain, 0, 1000, running(false)),
+                policy: None,
+                seen: healthy(3),
+                now: at(3),
+                verdict: None,
+                wrote: Some((vec![K::Aborted], State::Aborted { ended: at(3) }, 0, 0)),
+            },
+            Row {
+                name: "a paused rollout is left alone",
+                rollout: with(&plain, 0, 1000, State::Paused { clock: Some(t0) }),
+                policy: Some(&plain),
+                seen: failing,
+                now: at(3),
+                verdict: None,
+                wrote: None,
+            },
+        ];
+        for row in table {
+            let (w, j) = tick(&row.rollout, row.policy, &row.seen, row.now, &o);
+            assert_eq!(j.map(|j| j.verdict), row.verdict, "{}", row.name);
+            let got = w
+                .as_ref()
+                .map(|w| (kinds(w), w.rollout.state, w.rollout.stage, w.rollout.weight));
+            assert_eq!(got, row.wrote, "{}", row.name);
+            if let Some(w) = w {
+                assert_eq!(w.expected_sequence, row.rollout.sequence, "{}", row.name);
+                let moved = w.rollout.weight != row.rollout.weight
+                    || w.rollout.stage != row.rollout.stage
+                    || !w.rollout.phase().is_active();
+                assert_eq!(w.new_stage, moved, "{}: a new snapshot", row.name);
             }
-        );
-        let stale = w.rollout;
-        let (w, _) = tick(&stale, Some(&policy), &old, secs(t0, 31), &o);
-        assert!(w.is_none(), "said once");
-        let fresh = seen(2, (5, 0), (900, 0), secs(t0, 31));
-        let (w, _) = tick(&stale, Some(&policy), &fresh, secs(t0, 31), &o);
-        assert_eq!(kinds(&w.unwrap()), [K::TelemetryResumed]);
+        }
 
-        // A deleted policy aborts the rollout.
-        let (w, _) = tick(&running, None, &healthy(t0), secs(t0, 3), &o);
+        // What the events and revisions say.
+        let (w, _) = tick(
+            &started,
+            Some(&plain),
+            &seen(1, (0, 0), (0, 0), t0),
+            at(30),
+            &o,
+        );
+        let reason = &w.unwrap().events[0].reason;
+        assert!(reason.starts_with("quorum not reached in 30s"), "{reason}");
+        let (w, _) = tick(
+            &with(&plain, 2, 10_000, running(false)),
+            Some(&plain),
+            &healthy(11),
+            at(11),
+            &o,
+        );
+        let t = w
+            .unwrap()
+            .policy
+            .unwrap()
+            .spec
+            .as_proto()
+            .traffic
+            .clone()
+            .unwrap();
+        assert_eq!((t.baseline.as_str(), t.candidate.as_str()), ("b", ""));
+        let (w, _) = tick(
+            &with(&plain, 0, 1000, running(false)),
+            None,
+            &healthy(3),
+            at(3),
+            &o,
+        );
         let w = w.unwrap();
-        assert_eq!(kinds(&w), [K::Aborted]);
         assert!(
             w.rollout.reason.contains("was deleted"),
             "{}",
             w.rollout.reason
         );
-        // A paused rollout is left alone.
-        let mut paused = running.clone();
-        paused.state = state_of(Phase::Paused, t0);
-        assert!(
-            tick(&paused, Some(&policy), &failing, secs(t0, 3), &o)
-                .0
-                .is_none()
-        );
+        assert!(w.policy.is_none(), "no revision of a deleted policy");
     }
 
     /// Only the latest rolled-back or aborted rollout may be retried.

@@ -30,7 +30,9 @@
 
 use std::time::Duration;
 
-use shepherd_control_plane::analysis::{PassRule, Side, StageInput, Statistics, judge_stage};
+use shepherd_control_plane::analysis::{
+    PassRule, Side, StageInput, Statistics, Tally, Window, judge_stage,
+};
 use shepherd_control_plane::rollout::model::{Stage, Verdict};
 use shepherd_proto::v1;
 
@@ -113,6 +115,14 @@ struct Counts {
 }
 
 impl Counts {
+    /// Failures (5xx and rejections) and attempts, as the judge counts them.
+    fn tally(&self) -> Tally {
+        Tally {
+            errors: self.errors + self.rejected,
+            requests: self.requests,
+        }
+    }
+
     /// The failures since the last report call for an urgent one.
     fn jumped(&self) -> bool {
         let failures = self.errors + self.rejected;
@@ -240,7 +250,9 @@ fn run_stage(
     let mut last_report = [f64::NEG_INFINITY; AGENTS];
     let mut asked = [false; AGENTS];
     let mut last_asked = f64::NEG_INFINITY;
-    let mut in_flight: Vec<(f64, Counts, Counts)> = Vec::new();
+    let mut in_flight: Vec<(f64, u64, Counts, Counts)> = Vec::new();
+    // What became visible, per 1 s telemetry window of the report's time.
+    let mut windows: Vec<Window> = Vec::new();
     let mut cand = Counts::default();
     let mut base = Counts::default();
     let per_step = setup.rate * STEP / AGENTS as f64;
@@ -278,16 +290,28 @@ fn run_stage(
                 } else {
                     (t / FLUSH).ceil() * FLUSH
                 };
-                in_flight.push((visible, *c, *b));
+                in_flight.push((visible, t.floor() as u64 + 1, *c, *b));
                 *c = Counts::default();
                 *b = Counts::default();
                 last_report[agent] = t;
             }
         }
-        in_flight.retain(|(visible, c, b)| {
+        in_flight.retain(|(visible, index, c, b)| {
             if *visible <= t + 1e-9 {
                 cand.add(c);
                 base.add(b);
+                let at = windows.partition_point(|w| w.index < *index);
+                if windows.get(at).is_none_or(|w| w.index != *index) {
+                    windows.insert(
+                        at,
+                        Window {
+                            index: *index,
+                            ..Default::default()
+                        },
+                    );
+                }
+                windows[at].candidate.add(c.tally());
+                windows[at].baseline.add(b.tally());
                 changed = true;
                 false
             } else {
@@ -307,6 +331,7 @@ fn run_stage(
             elapsed: Duration::from_secs_f64(t),
             candidate: &telemetry("b", &cand),
             baseline: &telemetry("a", &base),
+            windows: &windows,
             rule: judge.rule,
             statistics: judge.statistics,
         });
