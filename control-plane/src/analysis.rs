@@ -694,12 +694,14 @@ impl Gatekeeper {
         self.add(gate, z, z_critical, verdict, detail);
     }
 
-    /// The error-rate test (the `significance` gate): the error rate as a
-    /// whole at 9/10 of the significance, then each failure class at an
-    /// equal share of the rest, so a regression confined to one class (the
+    /// The error-rate test (the `significance` gate): the error rate over
+    /// the whole stage at 8/10 of the significance; each failure class at
+    /// an equal share of 1/10, so a regression confined to one class (the
     /// candidate's timeouts, say) is caught without waiting for the whole
-    /// rate to show it. Only the whole rate holds or passes a stage; a class
-    /// adds a result only when it proves a regression.
+    /// rate to show it; and the onset test at 1/10, so a candidate that
+    /// turns bad late in a stage is caught on the failures since the
+    /// change. Only the whole rate holds or passes a stage; a class or the
+    /// onset test adds a result only when it proves a regression.
     #[allow(clippy::too_many_arguments)]
     fn error_rate(
         &mut self,
