@@ -790,13 +790,25 @@ impl Gatekeeper {
                 continue;
             }
             let j = w.index.max(1) as f64;
-            let worse = sequential::worse(
-                c.errors,
-                c.requests,
-                b.errors,
-                b.requests,
+            let level = alpha / (j * (j + 1.0));
+            let counts = (c.errors, c.requests, b.errors, b.requests);
+            if !sequential::could_prove_worse(
+                counts.0,
+                counts.1,
+                counts.2,
+                counts.3,
                 margin / 100.0,
-                alpha / (j * (j + 1.0)),
+                level,
+            ) {
+                continue;
+            }
+            let worse = sequential::worse(
+                counts.0,
+                counts.1,
+                counts.2,
+                counts.3,
+                margin / 100.0,
+                level,
             );
             if worse.proven() {
                 let detail = format!(

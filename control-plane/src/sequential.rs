@@ -260,6 +260,45 @@ pub fn worse(xc: u64, nc: u64, xb: u64, nb: u64, margin: f64, alpha: f64) -> Evi
     two_sample_test(xc, nc, xb, nb, margin, alpha, Side::Above)
 }
 
+/// Whether [`worse`] could prove a regression at all: a cheap bound that
+/// needs no mixture and no confidence sequence, for callers that look at
+/// many tests (the onset test). Every term of each mixture is at most the
+/// likelihood ratio at the observed proportion (the generalised ratio), and
+/// the high end of the baseline's confidence sequence is at least its
+/// observed rate, so when the weighted mean of those bounds stays below
+/// the thresholds, so does the test's e-value. `false` means it cannot
+/// prove one; `true` means it might.
+pub fn could_prove_worse(xc: u64, nc: u64, xb: u64, nb: u64, margin: f64, alpha: f64) -> bool {
+    if nc == 0 || nb == 0 || xc == 0 {
+        return false;
+    }
+    // The split, as split_test sets its null.
+    let p = (xb as f64 + 1.0) / (nb as f64 + 2.0);
+    let share = nc as f64 / (nc + nb) as f64;
+    let odds0 = (p + margin).min(1.0) / p * share / (1.0 - share);
+    let q0 = odds0 / (1.0 + odds0);
+    let q = xc as f64 / (xc + xb) as f64;
+    let split = if q > q0 {
+        log_likelihood(xc as f64, xb as f64, q) - log_likelihood(xc as f64, xb as f64, q0)
+    } else {
+        0.0
+    };
+    // The candidate's rate against the baseline's observed rate plus the
+    // margin.
+    let bound = (xb as f64 / nb as f64 + margin).min(1.0);
+    let pc = xc as f64 / nc as f64;
+    let (x, rest) = (xc as f64, (nc - xc) as f64);
+    let rate = if pc > bound && bound < 1.0 {
+        log_likelihood(x, rest, pc) - log_likelihood(x, rest, bound)
+    } else {
+        0.0
+    };
+    let baseline_alpha = alpha * BASELINE_ALPHA_SHARE;
+    let most = SPLIT_WEIGHT * (split - threshold(alpha)).exp()
+        + (1.0 - SPLIT_WEIGHT) * (rate - threshold(alpha - baseline_alpha)).exp();
+    most >= 1.0
+}
+
 /// [`worse`] (`Side::Above`) or [`not_worse`] (`Side::Below`).
 fn two_sample_test(
     xc: u64,
@@ -507,5 +546,40 @@ mod tests {
         assert_eq!(e_text(12.345), "12.3");
         assert_eq!(e_text(2.5e9), "2.50e9");
         assert!((above(200, 200, 0.01, 0.01).e_value() - 1e15).abs() < 1e3);
+    }
+
+    /// The cheap bound never says "cannot" where the test proves a
+    /// regression, and rules out most healthy comparisons.
+    #[test]
+    fn the_cheap_bound_never_hides_a_proof() {
+        let mut rng = SmallRng::seed_from_u64(3);
+        let (mut proven, mut ruled_out, mut healthy) = (0, 0, 0);
+        for i in 0..4000 {
+            let nc = 20 + rng.random_range(0..2000u64);
+            let nb = 20 + rng.random_range(0..20_000u64);
+            let pb: f64 = [0.001, 0.01, 0.05, 0.2][i % 4];
+            let pc = pb * [1.0, 1.0, 1.5, 3.0, 20.0][i % 5];
+            let (xc, xb) = (
+                binomial(&mut rng, nc, pc.min(1.0)),
+                binomial(&mut rng, nb, pb),
+            );
+            let margin = [0.0, 0.005][i % 2];
+            let alpha = [0.01, 1e-5][i % 2];
+            let e = worse(xc, nc, xb, nb, margin, alpha);
+            let could = could_prove_worse(xc, nc, xb, nb, margin, alpha);
+            if e.proven() {
+                proven += 1;
+                assert!(
+                    could,
+                    "{xc}/{nc} vs {xb}/{nb}, margin {margin}, alpha {alpha}"
+                );
+            }
+            if pc == pb {
+                healthy += 1;
+                ruled_out += u32::from(!could);
+            }
+        }
+        assert!(proven > 100, "{proven}");
+        assert!(ruled_out * 10 >= healthy * 9, "{ruled_out} of {healthy}");
     }
 }

@@ -369,6 +369,20 @@ struct Rollouts {
     rolled_back: usize,
     inconclusive: usize,
     durations: Vec<f64>,
+    /// Each stage's time, per stage.
+    stages: Vec<Vec<f64>>,
+}
+
+impl Rollouts {
+    /// "stage 1: p50 …; stage 2: …".
+    fn per_stage(&self) -> String {
+        self.stages
+            .iter()
+            .enumerate()
+            .map(|(k, t)| format!("stage {}: {}", k + 1, quantiles(t.clone())))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
 }
 
 /// Runs `rollouts` rollouts through the stages `weights`, stopping at a
@@ -399,6 +413,10 @@ fn whole_rollouts(
                 baseline,
             );
             total += t;
+            if out.stages.len() <= k {
+                out.stages.resize_with(k + 1, Vec::new);
+            }
+            out.stages[k].push(t);
             if verdict != Verdict::Pass {
                 ended = Some(verdict);
                 break;
@@ -668,10 +686,11 @@ fn cases(rollouts: usize) {
         4, rollouts, &fast, &weights, &margin, EVIDENCE, &healthy, &healthy,
     );
     println!(
-        "(c') evidence-driven stages (10 s minimum bake, 1-point margin), healthy candidate: {} rolled back, {} inconclusive; rollout time {}",
+        "(c') evidence-driven stages (10 s minimum bake, 1-point margin), healthy candidate: {} rolled back, {} inconclusive; rollout time {} ({})",
         r.rolled_back,
         r.inconclusive,
-        quantiles(r.durations)
+        quantiles(r.durations.clone()),
+        r.per_stage()
     );
     let r = whole_rollouts(
         4, rollouts, &fast, &weights, &g, EVIDENCE, &healthy, &healthy,
@@ -681,6 +700,25 @@ fn cases(rollouts: usize) {
         r.rolled_back,
         r.inconclusive,
         quantiles(r.durations)
+    );
+    // The first stage takes most of the time: at 10% it sees twice the
+    // candidate requests a second.
+    let r = whole_rollouts(
+        4,
+        rollouts,
+        &fast,
+        &[1000, 2500, 5000, 10_000],
+        &margin,
+        EVIDENCE,
+        &healthy,
+        &healthy,
+    );
+    println!(
+        "(c') evidence-driven stages (10 s minimum bake, 1-point margin), first stage at 10%, healthy candidate: {} rolled back, {} inconclusive; rollout time {} ({})",
+        r.rolled_back,
+        r.inconclusive,
+        quantiles(r.durations.clone()),
+        r.per_stage()
     );
 
     // The default gates alone (the policy sets none).
