@@ -6,6 +6,7 @@
 //!   stored form are one format).
 //! - [`validate`]: every rule a [`v1::Policy`] must satisfy, with errors that
 //!   name the field path and the rule.
+//! - [`cost`]: prices and costs in exact integer arithmetic.
 //! - [`file`]: the policies of a policy file (one or a list), read with
 //!   errors that name the field path.
 //! - [`histogram`]: latency histograms with shared bucket boundaries, so the
@@ -14,6 +15,7 @@
 //! - [`prometheus`]: the Prometheus text format of both `/metrics`.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors for gRPC reflection.
 
+pub mod cost;
 pub mod file;
 pub mod histogram;
 pub mod prometheus;

@@ -107,6 +107,11 @@ pub fn validate_policy(policy: &Policy, now: Option<SystemTime>) -> Result<(), P
 /// Longest part of a caller's value quoted back in an error message.
 pub const MAX_QUOTED: usize = 64;
 
+/// A model name: 1 to 256 characters, no spaces or control characters.
+fn model_name_ok(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 256 && !s.chars().any(|c| c.is_control() || c == ' ')
+}
+
 /// A value as quoted in an error message: at most [`MAX_QUOTED`]
 /// characters, with "…" and the full length when it was cut, so a huge
 /// value never makes a huge error (gRPC clients refuse large metadata).
@@ -413,6 +418,19 @@ impl Checker {
             self.shadow(s, &names);
         }
         self.faults(&p.faults, &names, now);
+        if !p.currency.is_empty() && !crate::cost::is_currency(&p.currency) {
+            self.fail(
+                "currency",
+                "must be an ISO 4217 code of three capital letters, for example \"USD\"",
+            );
+        }
+    }
+
+    /// A backend's prices (`prices`, or one entry of `model_prices`).
+    fn prices(&mut self, at: &str, p: &crate::v1::Prices) {
+        if let Err((field, rule)) = crate::cost::Prices::of(p) {
+            self.fail(format!("{at}.{field}"), rule);
+        }
     }
 
     fn labels(&mut self, path: &str, labels: &BTreeMap<String, String>) {
@@ -476,9 +494,7 @@ impl Checker {
         }
         for (from, to) in &b.model_map {
             let path = format!("{at}.model_map[{:?}]", clip(from));
-            let model_ok = |s: &str| {
-                !s.is_empty() && s.len() <= 256 && !s.chars().any(|c| c.is_control() || c == ' ')
-            };
+            let model_ok = model_name_ok;
             if !model_ok(from) {
                 self.fail(
                     &path,
@@ -524,6 +540,26 @@ impl Checker {
         }
         if let Some(t) = &b.timeouts {
             self.timeouts(&format!("{at}.timeouts"), t);
+        }
+        if let Some(p) = &b.prices {
+            self.prices(&format!("{at}.prices"), p);
+        }
+        if b.model_prices.len() > MAX_MODEL_MAP {
+            self.fail(
+                format!("{at}.model_prices"),
+                format!("at most {MAX_MODEL_MAP} entries"),
+            );
+        }
+        for (model, p) in &b.model_prices {
+            let path = format!("{at}.model_prices[{:?}]", clip(model));
+            if !model_name_ok(model) {
+                self.fail(
+                    &path,
+                    "model name must be 1 to 256 characters without spaces",
+                );
+            } else {
+                self.prices(&path, p);
+            }
         }
         if AnswerModel::try_from(b.answer_model).is_err() {
             self.fail(

@@ -719,3 +719,74 @@ fn shadow_caps_and_gates() {
 fn gates(p: &mut Policy) -> &mut Gates {
     p.rollout.as_mut().unwrap().gates.as_mut().unwrap()
 }
+
+fn prices(input: f64, output: f64) -> crate::v1::Prices {
+    crate::v1::Prices {
+        input_per_million: Some(input),
+        output_per_million: Some(output),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn prices_and_currency() {
+    // Valid: backend prices, per-model prices, a currency.
+    assert_eq!(
+        violations(|p| {
+            p.currency = "EUR".into();
+            p.backends[0].prices = Some(prices(2.5, 8.0));
+            p.backends[1]
+                .model_prices
+                .insert("gpt-4.1-mini".into(), prices(0.1, 0.42));
+        }),
+        Vec::<String>::new()
+    );
+    assert_one(
+        violations(|p| p.currency = "usd".into()),
+        "currency",
+        "three capital letters",
+    );
+    assert_one(
+        violations(|p| p.backends[0].prices = Some(prices(-1.0, 8.0))),
+        "backends[0].prices.input_per_million",
+        "must not be negative",
+    );
+    assert_one(
+        violations(|p| p.backends[0].prices = Some(prices(2.5, f64::NAN))),
+        "backends[0].prices.output_per_million",
+        "finite",
+    );
+    assert_one(
+        violations(|p| p.backends[0].prices = Some(prices(2.5, 0.0000001))),
+        "backends[0].prices.output_per_million",
+        "6 decimal places",
+    );
+    assert_one(
+        violations(|p| {
+            p.backends[0].prices = Some(crate::v1::Prices {
+                output_per_million: Some(1.0),
+                ..Default::default()
+            })
+        }),
+        "backends[0].prices.input_per_million",
+        "required",
+    );
+    assert_one(
+        violations(|p| {
+            p.backends[1]
+                .model_prices
+                .insert("gpt 4".into(), prices(1.0, 1.0));
+        }),
+        "backends[1].model_prices[\"gpt 4\"]",
+        "model name",
+    );
+    assert_one(
+        violations(|p| {
+            let mut bad = prices(1.0, 1.0);
+            bad.cache_write_per_million = Some(2e6);
+            p.backends[1].model_prices.insert("m".into(), bad);
+        }),
+        "backends[1].model_prices[\"m\"].cache_write_per_million",
+        "at most",
+    );
+}
