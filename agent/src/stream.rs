@@ -571,17 +571,22 @@ mod tests {
             br#"{"usage": {"prompt_tokens_details": {"cached_tokens": 99, "x": [1, {"y": "}"}]},
             "service_tier": "standard \"q\" }", "prompt_tokens": 7, "completion_tokens": 3}}"#,
         );
+        // OpenAI's cached tokens are part of its prompt count.
         assert_eq!(
             u,
             Usage {
                 input: 7,
-                output: 3
+                output: 3,
+                cache_read: 99,
+                reported: true,
+                ..Default::default()
             }
         );
         let mut none = Usage::default();
         none.absorb(br#"{"usage": null}"#);
+        assert_eq!(none, Usage::default(), "null is no usage: unpriced");
         none.absorb(br#"{"usage": {"prompt_tokens": "#);
-        assert_eq!(none, Usage::default());
+        assert_eq!((none.input, none.output), (0, 0));
     }
 
     /// Usage is read from OpenAI and Anthropic documents, streamed or not.
@@ -593,7 +598,9 @@ mod tests {
             u,
             Usage {
                 input: 24,
-                output: 12
+                output: 12,
+                reported: true,
+                ..Default::default()
             }
         );
         // Anthropic's cache reads and writes count as input, as they do in
@@ -604,7 +611,10 @@ mod tests {
             cached,
             Usage {
                 input: 115,
-                output: 3
+                output: 3,
+                cache_read: 100,
+                cache_write: 10,
+                reported: true,
             }
         );
         let mut a = Usage::default();
@@ -614,9 +624,58 @@ mod tests {
             a,
             Usage {
                 input: 25,
-                output: 15
+                output: 15,
+                reported: true,
+                ..Default::default()
             }
         );
+    }
+
+    /// Tokens by how they are charged: OpenAI's cached tokens come out of
+    /// its prompt count; Anthropic's cache reads and writes are counted
+    /// apart from its input; counts that do not add up never underflow.
+    #[test]
+    fn tokens_by_how_they_are_charged() {
+        use shepherd_proto::cost::Tokens;
+        let mut o = Usage::default();
+        o.absorb(br#"{"usage":{"prompt_tokens":1000,"completion_tokens":50,"prompt_tokens_details":{"audio_tokens":0,"cached_tokens":800}}}"#);
+        assert_eq!(
+            o.tokens(),
+            Tokens {
+                input: 200,
+                output: 50,
+                cache_read: 800,
+                cache_write: 0
+            }
+        );
+        let mut a = Usage::default();
+        a.absorb(br#"{"usage":{"input_tokens":5,"cache_creation_input_tokens":10,"cache_read_input_tokens":100,"output_tokens":3}}"#);
+        assert_eq!(
+            a.tokens(),
+            Tokens {
+                input: 5,
+                output: 3,
+                cache_read: 100,
+                cache_write: 10
+            }
+        );
+        let odd = Usage {
+            input: 10,
+            cache_read: 50,
+            cache_write: 50,
+            reported: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            odd.tokens(),
+            Tokens {
+                input: 0,
+                output: 0,
+                cache_read: 10,
+                cache_write: 0
+            }
+        );
+        assert!(!Usage::default().reported);
     }
 
     /// SSE usage is found even when its line is split across frames.
@@ -637,7 +696,9 @@ mod tests {
             usage,
             Usage {
                 input: 7,
-                output: 3
+                output: 3,
+                reported: true,
+                ..Default::default()
             }
         );
         assert!(events.check.saw_terminal());

@@ -136,6 +136,16 @@ pub fn is_sse(headers: &http::HeaderMap) -> bool {
 pub struct Usage {
     pub input: u64,
     pub output: u64,
+    /// Of `input`: tokens read from the provider's prompt cache (OpenAI's
+    /// `prompt_tokens_details.cached_tokens`, Anthropic's
+    /// `cache_read_input_tokens`).
+    pub cache_read: u64,
+    /// Of `input`: tokens written to the prompt cache (Anthropic's
+    /// `cache_creation_input_tokens`).
+    pub cache_write: u64,
+    /// The answer reported a `usage` object at all: one that did not is
+    /// unpriced, never free.
+    pub reported: bool,
 }
 
 impl Usage {
@@ -144,6 +154,22 @@ impl Usage {
         Usage {
             input: self.input.max(other.input),
             output: self.output.max(other.output),
+            cache_read: self.cache_read.max(other.cache_read),
+            cache_write: self.cache_write.max(other.cache_write),
+            reported: self.reported || other.reported,
+        }
+    }
+
+    /// The tokens by how they are charged.
+    pub fn tokens(&self) -> shepherd_proto::cost::Tokens {
+        let cached = self.cache_read.saturating_add(self.cache_write);
+        shepherd_proto::cost::Tokens {
+            input: self.input.saturating_sub(cached),
+            output: self.output,
+            cache_read: self.cache_read.min(self.input),
+            cache_write: self
+                .cache_write
+                .min(self.input.saturating_sub(self.cache_read)),
         }
     }
 
@@ -175,14 +201,19 @@ impl Usage {
             return r.skip();
         }
         r.open(b'{')?;
+        self.reported = true;
         let (mut input, mut output) = (None, None);
         // Anthropic counts cache reads and writes apart from its input;
         // OpenAI's prompt count holds its cached tokens.
-        let (mut cache_read, mut cache_write) = (0, 0);
+        let (mut cache_read, mut cache_write, mut cached) = (0, 0, 0);
         let mut first = true;
         while let Some(key) = r.key(&mut first)? {
             let value = match r.peek() {
                 Some(b'0'..=b'9') => r.number()?,
+                Some(b'{') if key == b"prompt_tokens_details" => {
+                    cached = Self::cached_tokens(r)?;
+                    None
+                }
                 _ => {
                     r.skip()?;
                     None
@@ -199,8 +230,24 @@ impl Usage {
             let all_input = input.map(|n| n.saturating_add(cache_read).saturating_add(cache_write));
             self.input = self.input.max(all_input.unwrap_or(0));
             self.output = self.output.max(output.unwrap_or(0));
+            self.cache_read = self.cache_read.max(cache_read.saturating_add(cached));
+            self.cache_write = self.cache_write.max(cache_write);
         }
         Ok(())
+    }
+
+    /// `cached_tokens` of OpenAI's `prompt_tokens_details` object.
+    fn cached_tokens(r: &mut Reader<'_>) -> Result<u64, Bad> {
+        r.open(b'{')?;
+        let mut cached = 0;
+        let mut first = true;
+        while let Some(key) = r.key(&mut first)? {
+            match (key, r.peek()) {
+                (b"cached_tokens", Some(b'0'..=b'9')) => cached = r.number()?.unwrap_or(0),
+                _ => r.skip()?,
+            }
+        }
+        Ok(cached)
     }
 }
 

@@ -639,6 +639,9 @@ impl From<Tokens> for crate::api::Usage {
         crate::api::Usage {
             input: t.input + t.cache_read + t.cache_creation,
             output: t.output,
+            cache_read: t.cache_read,
+            cache_write: t.cache_creation,
+            reported: true,
         }
     }
 }
