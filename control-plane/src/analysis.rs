@@ -115,6 +115,19 @@ pub struct Side {
 }
 
 impl Side {
+    /// `requests` attempts, `errors` of them 5xx and the rest successes.
+    #[cfg(test)]
+    pub fn with_server_errors(requests: u64, errors: u64) -> Self {
+        Side {
+            outcomes: v1::Outcomes {
+                success: requests - errors,
+                server_error: errors,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
     /// A side from summed wire telemetry (rows were checked when they were
     /// merged; an absent or bad histogram is empty).
     pub fn of(t: &v1::BackendTelemetry) -> Self {
@@ -1273,14 +1286,7 @@ mod tests {
     }
 
     fn outcomes(requests: u64, errors: u64) -> Side {
-        Side {
-            outcomes: v1::Outcomes {
-                success: requests - errors,
-                server_error: errors,
-                ..Default::default()
-            },
-            ..Default::default()
-        }
+        Side::with_server_errors(requests, errors)
     }
 
     /// A stage waits for its bake time and requests, passes when every gate

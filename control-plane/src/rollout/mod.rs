@@ -956,17 +956,6 @@ mod tests {
         }
     }
 
-    fn side(requests: u64, errors: u64) -> Side {
-        Side {
-            outcomes: v1::Outcomes {
-                success: requests - errors,
-                server_error: errors,
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-    }
-
     /// What the leader saw: `acked` of 2 agents, the candidate's and the
     /// baseline's figures, and the end of the newest telemetry window.
     fn seen(
@@ -977,8 +966,8 @@ mod tests {
     ) -> Observed {
         Observed {
             quorum: Quorum { selected: 2, acked },
-            candidate: side(candidate.0, candidate.1),
-            baseline: side(baseline.0, baseline.1),
+            candidate: Side::with_server_errors(candidate.0, candidate.1),
+            baseline: Side::with_server_errors(baseline.0, baseline.1),
             windows: Vec::new(),
             shadow: v1::ShadowTelemetry::default(),
             latest_window: Some(latest),
