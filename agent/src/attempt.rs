@@ -11,6 +11,7 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode, Uri, request};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use shepherd_proto::cost::{self, Rate};
 use tokio::time::Instant;
 
 use crate::api::{Dialect, Usage};
@@ -18,7 +19,7 @@ use crate::breaker::{Breaker, Permit};
 use crate::outcome::Outcome;
 use crate::policy::Backend;
 use crate::runtime::LiveBackend;
-use crate::telemetry::BackendStats;
+use crate::telemetry::{BackendStats, SpendKind};
 use crate::upstream::Lease;
 
 /// Marks shadow requests (sent by the agent, never by apps).
@@ -217,23 +218,76 @@ pub struct Attempt {
     pub started: Instant,
     /// The answer's status.
     pub status: u16,
+    /// What the backend charges for this request's answer; `None` when it
+    /// names no prices.
+    pub rate: Option<Rate>,
+    /// The tokens an answer not passed on reported (see [`Attempt::fail`]).
+    pub usage: Usage,
+}
+
+/// What an answer cost, as far as its spans and headers tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Charged {
+    /// Not billed (not a success), or the backend names no prices.
+    Nothing,
+    /// Billed, but it could not be priced.
+    Unpriced,
+    /// Its exact cost, in pico-units.
+    Cost(u128),
+}
+
+/// True for the outcome of an answer that was read to its end, whose usage
+/// is complete. An answer cut off (cancelled, broken) is billed too but
+/// its usage, if any came, is not the whole: it is unpriced.
+fn complete(outcome: Outcome) -> bool {
+    matches!(outcome, Outcome::Ok | Outcome::Malformed)
+}
+
+/// Counts a backend's answer of `kind` in `stats`: only successful answers
+/// are billed; one is priced from the usage it reported at `rate`.
+pub fn charge(
+    stats: &BackendStats,
+    kind: SpendKind,
+    rate: Option<Rate>,
+    status: u16,
+    outcome: Outcome,
+    usage: &Usage,
+) -> Charged {
+    let Some(rate) = rate else {
+        return Charged::Nothing;
+    };
+    if !(200..300).contains(&status) {
+        return Charged::Nothing;
+    }
+    let tokens = (usage.reported && complete(outcome)).then(|| usage.tokens());
+    let cost = cost::cost_of(rate, tokens.as_ref());
+    stats.charge(kind, cost);
+    cost.map_or(Charged::Unpriced, Charged::Cost)
 }
 
 impl Attempt {
     /// Settles an answer delivered to the app: its outcome, its latency and
-    /// time to first token, its tokens, and what the breaker learns.
-    /// `detail` names what was wrong, for the failure example.
+    /// time to first token, its tokens and cost, and what the breaker
+    /// learns. `detail` names what was wrong, for the failure example.
     pub fn settle(
         self,
         outcome: Outcome,
         detail: Option<&str>,
         ttft: Option<Duration>,
         usage: Usage,
-    ) {
+    ) -> Charged {
+        let charged = charge(
+            &self.stats,
+            SpendKind::Served,
+            self.rate,
+            self.status,
+            outcome,
+            &usage,
+        );
         if outcome == Outcome::Cancelled {
             // Says nothing about the backend: give a probe slot back.
             self.stats.record(outcome);
-            return;
+            return charged;
         }
         self.stats
             .record_latency(self.started.elapsed(), outcome == Outcome::Ok);
@@ -241,13 +295,27 @@ impl Attempt {
             self.stats.ttft.record(t);
         }
         self.stats.add_tokens(usage.input, usage.output);
-        self.fail(outcome, false, detail);
+        self.record(outcome, false, detail);
+        charged
     }
 
     /// Settles an attempt whose answer did not reach the app (a failure
-    /// retried or fallen back from): its outcome, its failure example and
-    /// what the breaker learns.
+    /// retried or fallen back from): its outcome, its failure example, what
+    /// the breaker learns, and its cost when it was billed (a successful
+    /// answer found malformed, with the usage set in `self.usage`).
     pub fn fail(self, outcome: Outcome, quota: bool, detail: Option<&str>) {
+        charge(
+            &self.stats,
+            SpendKind::Failed,
+            self.rate,
+            self.status,
+            outcome,
+            &self.usage,
+        );
+        self.record(outcome, quota, detail);
+    }
+
+    fn record(self, outcome: Outcome, quota: bool, detail: Option<&str>) {
         let Attempt {
             stats,
             breaker,

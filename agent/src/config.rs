@@ -116,6 +116,12 @@ pub struct Cli {
     #[arg(long, env = "SHEPHERD_AGENT_MAX_CONCURRENT", default_value_t = 1024)]
     pub max_concurrent: usize,
 
+    /// Answers read whole carry their cost in `x-shepherd-cost` ("0.0065
+    /// USD", or "unpriced"), when their backend has prices. Streams do not:
+    /// their cost is known only at their end.
+    #[arg(long, env = "SHEPHERD_AGENT_COST_HEADER")]
+    pub cost_header: bool,
+
     /// Time a client has to send a request's headers.
     #[arg(long, env = "SHEPHERD_AGENT_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Duration,

@@ -63,6 +63,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         max_request_body: cli.max_request_bytes,
         retry_body_limit: cli.retry_body_limit,
         max_concurrent: cli.max_concurrent,
+        cost_header: cli.cost_header,
     };
     let registry = Registry::new(tls).with_workers(workers);
     let agent = Arc::new(Agent::new(registry, limits, cli.labels.0.clone()));

@@ -11,25 +11,9 @@ use std::ops::Range;
 use bytes::{Bytes, BytesMut};
 use memchr::memmem;
 
+use crate::api::Api;
 use crate::json::{Reader, unescape};
 use crate::policy::Backend;
-
-/// Where a JSON object's top-level `model` string value is (quotes
-/// included), and the model.
-fn top_model(body: &[u8]) -> Option<(Range<usize>, String)> {
-    let mut r = Reader::new(body);
-    r.open(b'{').ok()?;
-    let mut first = true;
-    while let Some(key) = r.key(&mut first).ok()? {
-        if key == b"model" && r.peek() == Some(b'"') {
-            let start = r.position();
-            let model = unescape(r.str().ok()?)?.into_owned();
-            return Some((start..r.position(), model));
-        }
-        r.skip().ok()?;
-    }
-    None
-}
 
 /// `body` with `range` replaced by the JSON string `value`.
 fn splice(body: &[u8], range: Range<usize>, value: &str) -> Option<Bytes> {
@@ -41,22 +25,183 @@ fn splice(body: &[u8], range: Range<usize>, value: &str) -> Option<Bytes> {
     Some(out.freeze())
 }
 
-/// The body for a backend, with `model` rewritten by its model map, and the
-/// model the app asked for when it was rewritten.
-pub fn for_backend(backend: &Backend, body: &Bytes) -> (Bytes, Option<String>) {
-    if !backend.rewrites_model() {
-        return (body.clone(), None);
-    }
-    let Some((range, model)) = top_model(body) else {
-        return (body.clone(), None);
+/// A request of the app's own API family made ready for a backend.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ForBackend {
+    pub body: Bytes,
+    /// The model the app asked for, when the model map changed it.
+    pub requested_model: Option<String>,
+    /// The model sent, when the backend's prices depend on it.
+    pub sent_model: Option<String>,
+    /// `stream_options.include_usage` was set on the app's behalf, so that
+    /// the stream is priced: its usage chunk is kept from the app.
+    pub usage_asked: bool,
+}
+
+/// What the top level of a request says, as far as the edits care.
+#[derive(Default)]
+struct Top {
+    model: Option<(Range<usize>, String)>,
+    stream: bool,
+    /// Where `stream_options`' value is, and its shape.
+    stream_options: Option<(Range<usize>, Options)>,
+    /// Where `stream_options.include_usage`'s value is, and the value.
+    include_usage: Option<(Range<usize>, bool)>,
+    /// Just after the top level's `{`.
+    open: usize,
+}
+
+/// The shape of a request's `stream_options`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Options {
+    Object {
+        empty: bool,
+    },
+    Null,
+    /// Anything else: left alone (the backend refuses it).
+    Other,
+}
+
+/// Reads a request's top level: only its `model` when `all` is false.
+fn top(body: &[u8], all: bool) -> Option<Top> {
+    let mut r = Reader::new(body);
+    r.open(b'{').ok()?;
+    let mut t = Top {
+        open: r.position(),
+        ..Top::default()
     };
-    match backend
-        .map_model(&model)
-        .filter(|mapped| *mapped != model)
-        .and_then(|mapped| splice(body, range, mapped))
+    let mut first = true;
+    while let Some(key) = r.key(&mut first).ok()? {
+        let _ = r.peek();
+        let start = r.position();
+        match key {
+            b"model" if r.peek() == Some(b'"') && t.model.is_none() => {
+                let model = unescape(r.str().ok()?)?.into_owned();
+                t.model = Some((start..r.position(), model));
+                if !all {
+                    return Some(t);
+                }
+                continue;
+            }
+            b"stream" => t.stream = r.peek() == Some(b't'),
+            b"stream_options" if r.peek() == Some(b'{') => {
+                r.open(b'{').ok()?;
+                let mut inner_first = true;
+                let mut empty = true;
+                while let Some(k) = r.key(&mut inner_first).ok()? {
+                    empty = false;
+                    if k == b"include_usage" && matches!(r.peek(), Some(b't' | b'f')) {
+                        let at = r.position();
+                        let value = r.peek() == Some(b't');
+                        r.skip().ok()?;
+                        t.include_usage = Some((at..r.position(), value));
+                    } else {
+                        r.skip().ok()?;
+                    }
+                }
+                t.stream_options = Some((start..r.position(), Options::Object { empty }));
+                continue;
+            }
+            b"stream_options" => {
+                let shape = if r.peek() == Some(b'n') {
+                    Options::Null
+                } else {
+                    Options::Other
+                };
+                r.skip().ok()?;
+                t.stream_options = Some((start..r.position(), shape));
+                continue;
+            }
+            _ => {}
+        }
+        r.skip().ok()?;
+    }
+    Some(t)
+}
+
+fn top_model(body: &[u8]) -> Option<(Range<usize>, String)> {
+    top(body, false)?.model
+}
+
+/// The body for a backend of the app's API family: `model` rewritten by
+/// its model map and, when the backend has prices and the request is an
+/// OpenAI stream that does not ask for usage, `stream_options.include_usage`
+/// set. Every other byte stays as it was.
+pub fn for_backend(backend: &Backend, api: Api, body: &Bytes) -> ForBackend {
+    let by_model = backend.pricing.as_ref().is_some_and(|p| p.by_model());
+    let may_ask = backend.pricing.is_some()
+        && backend.protocol == crate::api::Dialect::OpenAi
+        && matches!(api, Api::ChatCompletions | Api::Completions);
+    let unchanged = || ForBackend {
+        body: body.clone(),
+        requested_model: None,
+        sent_model: None,
+        usage_asked: false,
+    };
+    if !backend.rewrites_model() && !by_model && !may_ask {
+        return unchanged();
+    }
+    let Some(t) = top(body, may_ask) else {
+        return unchanged();
+    };
+    let mut edits: Vec<(Range<usize>, Vec<u8>)> = Vec::with_capacity(2);
+    let mut requested_model = None;
+    let mut sent_model = t.model.as_ref().map(|(_, m)| m.clone());
+    if let Some((range, model)) = &t.model
+        && let Some(mapped) = backend.map_model(model).filter(|m| m != model)
+        && let Ok(quoted) = serde_json::to_string(mapped)
     {
-        Some(rewritten) => (rewritten, Some(model)),
-        None => (body.clone(), None),
+        edits.push((range.clone(), quoted.into_bytes()));
+        requested_model = Some(model.clone());
+        sent_model = Some(mapped.to_string());
+    }
+    let usage_asked = may_ask
+        && t.stream
+        && !matches!(t.include_usage, Some((_, true)))
+        && !matches!(t.stream_options, Some((_, Options::Other)));
+    if usage_asked {
+        const ASK: &[u8] = br#""include_usage":true"#;
+        edits.push(match (&t.include_usage, &t.stream_options) {
+            (Some((at, _)), _) => (at.clone(), b"true".to_vec()),
+            (None, Some((at, Options::Object { empty }))) => {
+                let at = at.start + 1..at.start + 1;
+                (
+                    at,
+                    if *empty {
+                        ASK.to_vec()
+                    } else {
+                        [ASK, b","].concat()
+                    },
+                )
+            }
+            (None, Some((at, _))) => (at.clone(), [b"{", ASK, b"}"].concat()),
+            (None, None) => (
+                t.open..t.open,
+                [br#""stream_options":{"#, ASK, b"},"].concat(),
+            ),
+        });
+    }
+    if edits.is_empty() && !by_model {
+        return unchanged();
+    }
+    edits.sort_by_key(|(r, _)| r.start);
+    let mut out = BytesMut::with_capacity(body.len() + 48);
+    let mut at = 0;
+    for (range, with) in &edits {
+        out.extend_from_slice(&body[at..range.start]);
+        out.extend_from_slice(with);
+        at = range.end;
+    }
+    out.extend_from_slice(&body[at..]);
+    ForBackend {
+        body: if edits.is_empty() {
+            body.clone()
+        } else {
+            out.freeze()
+        },
+        requested_model,
+        sent_model: sent_model.filter(|_| by_model),
+        usage_asked,
     }
 }
 
@@ -176,22 +321,138 @@ mod tests {
         let body = Bytes::from_static(
             br#"{"messages":[{"role":"user","content":"{\"model\":\"x\"}"}],"model":"gpt-4o","n":1}"#,
         );
-        let (out, asked) = for_backend(&b, &body);
+        let for_b = |b: &Backend, body: &Bytes| {
+            let f = for_backend(b, Api::ChatCompletions, body);
+            (f.body, f.requested_model)
+        };
+        let (out, asked) = for_b(&b, &body);
         assert_eq!(
             out,
             r#"{"messages":[{"role":"user","content":"{\"model\":\"x\"}"}],"model":"mistral-large","n":1}"#
         );
         assert_eq!(asked.as_deref(), Some("gpt-4o"));
-        let (out, asked) = for_backend(&b, &Bytes::from_static(br#"{"model":"other"}"#));
+        let (out, asked) = for_b(&b, &Bytes::from_static(br#"{"model":"other"}"#));
         assert_eq!(
             (out.as_ref(), asked.as_deref()),
             (&br#"{"model":"small"}"#[..], Some("other"))
         );
         let none = backend(&[]);
-        let (out, asked) = for_backend(&none, &body);
+        let (out, asked) = for_b(&none, &body);
         assert_eq!((out, asked), (body.clone(), None));
-        let (out, _) = for_backend(&b, &Bytes::from_static(b"not json"));
+        let (out, _) = for_b(&b, &Bytes::from_static(b"not json"));
         assert_eq!(out, "not json");
+    }
+
+    fn priced(extra: serde_json::Value) -> Backend {
+        let mut b = serde_json::json!({
+            "prices": {"input_per_million": 1.0, "output_per_million": 2.0}
+        });
+        if let (Some(b), Some(extra)) = (b.as_object_mut(), extra.as_object()) {
+            b.extend(extra.clone());
+        }
+        crate::policy::test_backend(b)
+    }
+
+    /// A priced backend's OpenAI streams ask for usage, whatever shape the
+    /// app's `stream_options` has; every other byte stays.
+    #[test]
+    fn asks_priced_streams_for_usage() {
+        let b = priced(serde_json::json!({}));
+        let ask = |body: &'static str| {
+            let f = for_backend(
+                &b,
+                Api::ChatCompletions,
+                &Bytes::from_static(body.as_bytes()),
+            );
+            if f.usage_asked {
+                let v: serde_json::Value = serde_json::from_slice(&f.body).unwrap();
+                assert_eq!(v["stream_options"]["include_usage"], true, "{body}");
+            }
+            (String::from_utf8(f.body.to_vec()).unwrap(), f.usage_asked)
+        };
+        assert_eq!(
+            ask(r#"{"model":"m","stream":true}"#),
+            (
+                r#"{"stream_options":{"include_usage":true},"model":"m","stream":true}"#.into(),
+                true
+            )
+        );
+        assert_eq!(
+            ask(r#"{"stream":true,"stream_options":{}}"#),
+            (
+                r#"{"stream":true,"stream_options":{"include_usage":true}}"#.into(),
+                true
+            )
+        );
+        assert_eq!(
+            ask(r#"{"stream":true,"stream_options":{"x":1}}"#),
+            (
+                r#"{"stream":true,"stream_options":{"include_usage":true,"x":1}}"#.into(),
+                true
+            )
+        );
+        assert_eq!(
+            ask(r#"{"stream": true, "stream_options": {"include_usage": false}}"#),
+            (
+                r#"{"stream": true, "stream_options": {"include_usage": true}}"#.into(),
+                true
+            )
+        );
+        assert_eq!(
+            ask(r#"{"stream":true,"stream_options":null}"#),
+            (
+                r#"{"stream":true,"stream_options":{"include_usage":true}}"#.into(),
+                true
+            )
+        );
+        // Already asked, not a stream, or not a shape to edit: unchanged.
+        for body in [
+            r#"{"stream":true,"stream_options":{"include_usage":true}}"#,
+            r#"{"stream":false}"#,
+            r#"{"model":"m"}"#,
+            r#"{"stream":true,"stream_options":"x"}"#,
+            "not json",
+        ] {
+            let (out, asked) = ask(body);
+            assert_eq!(out, body);
+            assert!(!asked, "{body}");
+        }
+        // Embeddings and unpriced backends are left alone.
+        let body = Bytes::from_static(br#"{"stream":true}"#);
+        assert!(!for_backend(&b, Api::Embeddings, &body).usage_asked);
+        assert!(!for_backend(&backend(&[]), Api::ChatCompletions, &body).usage_asked);
+    }
+
+    /// The model sent is known when the price depends on it, and the map
+    /// and the usage ask combine in one pass.
+    #[test]
+    fn names_the_model_sent_when_prices_depend_on_it() {
+        let b = priced(serde_json::json!({
+            "model_map": {"gpt-4o": "mini"},
+            "model_prices": {"mini": {"input_per_million": 0.1, "output_per_million": 0.4}}
+        }));
+        let f = for_backend(
+            &b,
+            Api::ChatCompletions,
+            &Bytes::from_static(br#"{"model":"gpt-4o","stream":true}"#),
+        );
+        assert_eq!(
+            f,
+            ForBackend {
+                body: Bytes::from_static(
+                    br#"{"stream_options":{"include_usage":true},"model":"mini","stream":true}"#
+                ),
+                requested_model: Some("gpt-4o".into()),
+                sent_model: Some("mini".into()),
+                usage_asked: true,
+            }
+        );
+        let f = for_backend(
+            &b,
+            Api::Embeddings,
+            &Bytes::from_static(br#"{"model":"e"}"#),
+        );
+        assert_eq!((f.sent_model.as_deref(), f.usage_asked), (Some("e"), false));
     }
 
     /// A plain answer's model is set back to the requested one.

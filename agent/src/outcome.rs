@@ -204,7 +204,14 @@ pub fn classify_with<T>(
         let mut usage = Usage::default();
         let (mut c, read) = match check(body, &mut usage) {
             Ok(read) => (Classified::of(Outcome::Ok, None), Some(read)),
-            Err(m) => (Classified::of(Outcome::Malformed, Some(m.0)), None),
+            Err(m) => {
+                // The check stopped at the problem; a malformed answer is
+                // billed all the same, so find its usage.
+                if !usage.reported {
+                    usage.absorb(body);
+                }
+                (Classified::of(Outcome::Malformed, Some(m.0)), None)
+            }
         };
         c.usage = usage;
         return (c, read);

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use http::uri::{Authority, Scheme};
 use http::{HeaderName, HeaderValue};
+use shepherd_proto::cost::Pricing;
 use shepherd_proto::v1;
 use shepherd_proto::validate::{timestamp_to_system_time, validate_policy};
 
@@ -132,6 +133,9 @@ pub struct Backend {
     /// Drop (and count) fields with no counterpart in translated requests
     /// instead of refusing them.
     pub drop_unsupported: bool,
+    /// What the backend charges; `None` when it names no prices (its
+    /// answers are not costed).
+    pub pricing: Option<Arc<Pricing>>,
 }
 
 impl Backend {
@@ -375,6 +379,7 @@ fn backend(policy: &str, i: usize, b: &v1::Backend) -> Result<Backend, PolicyErr
             .map_err(|e| err(policy, format!("{at}.anthropic_version"), e))?,
         default_max_tokens: (b.default_max_tokens != 0).then_some(u64::from(b.default_max_tokens)),
         drop_unsupported: b.drop_unsupported,
+        pricing: Pricing::of(b).map(Arc::new),
     })
 }
 

@@ -31,9 +31,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::api::{Api, Dialect, is_sse};
+use crate::api::{Api, Dialect, Usage, is_sse};
 pub use crate::attempt::SHADOW_HEADER;
-use crate::attempt::{Attempt, Outgoing, Tried, send};
+use crate::attempt::{Attempt, Charged, Outgoing, Tried, send};
 use crate::breaker::{Health, Permit};
 use crate::errors::{self, ErrorKind};
 use crate::fault;
@@ -57,6 +57,8 @@ pub struct Limits {
     pub retry_body_limit: usize,
     /// More requests in flight get 503.
     pub max_concurrent: usize,
+    /// Answers read whole carry their cost in `x-shepherd-cost`.
+    pub cost_header: bool,
 }
 
 impl Default for Limits {
@@ -65,6 +67,7 @@ impl Default for Limits {
             max_request_body: 16 << 20,
             retry_body_limit: 4 << 20,
             max_concurrent: 1024,
+            cost_header: false,
         }
     }
 }
@@ -77,6 +80,9 @@ pub const MAX_CHECKED_ANSWER: usize = 8 << 20;
 pub const BACKEND_HEADER: HeaderName = HeaderName::from_static("x-shepherd-backend");
 pub const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-shepherd-attempts");
 pub const POLICY_HEADER: HeaderName = HeaderName::from_static("x-shepherd-policy");
+/// The cost of an answer read whole ("0.0065 USD", or "unpriced"), when the
+/// agent runs with `--cost-header` and the backend has prices.
+pub const COST_HEADER: HeaderName = HeaderName::from_static("x-shepherd-cost");
 /// Tells the official OpenAI and Anthropic SDKs not to retry an error the
 /// agent already retried or fell back from.
 pub const SHOULD_RETRY_HEADER: HeaderName = HeaderName::from_static("x-should-retry");
@@ -118,6 +124,8 @@ struct Call<'a> {
     replayable: bool,
     span: &'a tracing::Span,
     mirrored: bool,
+    /// Answers read whole carry `x-shepherd-cost`.
+    cost_header: bool,
 }
 
 /// How far a request got: its attempts, whether it fell back, its last
@@ -284,6 +292,7 @@ impl Proxy {
             replayable: body.len() <= self.limits.retry_body_limit,
             span: &span,
             mirrored: mirror.is_some(),
+            cost_header: self.limits.cost_header,
         };
         let mut progress = Progress {
             guard: Some(guard),
@@ -384,6 +393,11 @@ async fn try_backend(
             permit,
             started: Instant::now(),
             status: 0,
+            rate: backend
+                .pricing
+                .as_ref()
+                .map(|p| p.rate(prepared.sent_model.as_deref())),
+            usage: Usage::default(),
         };
         let decision = policy
             .active_faults(index, SystemTime::now())
@@ -415,6 +429,7 @@ async fn try_backend(
                         attempts: p.attempts,
                         api: c.api,
                         crossing,
+                        hide_usage: prepared.usage_asked,
                         cut_after: decision.cut_after,
                         answer_model,
                         outcome: Outcome::Ok,
@@ -460,12 +475,17 @@ async fn try_backend(
                             };
                             trace::attempt_outcome(&attempt_span, outcome, Some(status));
                             let usage = class.usage;
+                            let charged = attempt.settle(outcome, detail.as_deref(), None, usage);
+                            let currency = || shepherd_proto::cost::currency_of(&policy.source);
                             if let Some(spans) = BodySpans::of(c.span.clone(), attempt_span) {
-                                spans.finish(outcome, usage);
+                                spans.finish(outcome, usage, charged, currency());
                             }
-                            attempt.settle(outcome, detail.as_deref(), None, usage);
                             c.answered(&backend.name, p.attempts, parts.status);
-                            return Some(whole_answer(parts, bytes, live, index, p.attempts));
+                            let mut answer = whole_answer(parts, bytes, live, index, p.attempts);
+                            if c.cost_header {
+                                cost_header(answer.headers_mut(), charged, currency());
+                            }
+                            return Some(answer);
                         }
                         let retry_after = retry::retry_after(&parts.headers, SystemTime::now());
                         match crossing {
@@ -480,6 +500,7 @@ async fn try_backend(
                             }
                         }
                         trace::attempt_outcome(&attempt_span, outcome, Some(status));
+                        attempt.usage = class.usage;
                         attempt.fail(outcome, class.quota, detail.as_deref());
                         p.notes.push(match (&detail, outcome) {
                             (Some(why), Outcome::Malformed) => {
@@ -515,6 +536,7 @@ async fn try_backend(
                             attempts: p.attempts,
                             api: c.api,
                             crossing: None,
+                            hide_usage: false,
                             cut_after: None,
                             answer_model: None,
                             outcome: outcome::classify_status(c.api, status),
@@ -861,6 +883,8 @@ struct Delivery<'a> {
     api: Api,
     /// How the stream is turned back into the app's API, when translated.
     crossing: Option<&'a Crossing>,
+    /// Keep the usage chunk asked for on the app's behalf from the app.
+    hide_usage: bool,
     /// Cut the stream after this many events (an injected fault).
     cut_after: Option<u32>,
     /// Set the stream's model to this one (the app's own).
@@ -903,6 +927,7 @@ fn deliver(
         attempts,
         api,
         crossing,
+        hide_usage,
         cut_after,
         answer_model,
         outcome,
@@ -920,16 +945,18 @@ fn deliver(
         sse,
         api,
         crossing: crossing.cloned(),
+        hide_usage,
         idle_timeout: backend.timeouts.stream_idle,
         cut_after,
         outcome,
     };
+    let currency = shepherd_proto::cost::currency_of(&live.policy.source);
     let mut body = ObservedBody::new(body, watch, attempt, lease, guard).with_prefix(prefix);
     if let Some(model) = answer_model {
         body.set_answer_model(model);
     }
     if let Some(spans) = spans {
-        body.set_spans(spans);
+        body.set_spans(spans, currency);
     }
     Response::from_parts(parts, ProxyBody::Observed(body))
 }
@@ -946,6 +973,25 @@ fn whole_answer(
     app_headers(&mut parts.headers, false);
     name_outcome(&mut parts.headers, live, index, attempts);
     Response::from_parts(parts, ProxyBody::full(body))
+}
+
+/// Sets `x-shepherd-cost` to what an answer cost (nothing when it was not
+/// billed or its backend names no prices).
+fn cost_header(headers: &mut HeaderMap, charged: Charged, currency: &str) {
+    let value = match charged {
+        Charged::Nothing => return,
+        Charged::Unpriced => HeaderValue::from_static("unpriced"),
+        Charged::Cost(picos) => {
+            match HeaderValue::try_from(format!(
+                "{} {currency}",
+                shepherd_proto::cost::exact(picos)
+            )) {
+                Ok(v) => v,
+                Err(_) => return,
+            }
+        }
+    };
+    headers.insert(COST_HEADER, value);
 }
 
 fn name_outcome(headers: &mut HeaderMap, live: &LivePolicy, index: usize, attempts: u32) {

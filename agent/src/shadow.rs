@@ -31,6 +31,7 @@ use crate::attempt::{Outgoing, Tried};
 use crate::outcome::Outcome;
 use crate::runtime::LivePolicy;
 use crate::shadow_gate::{Admission, Sample, Samples};
+use crate::telemetry::SpendKind;
 use crate::telemetry::shadow_counter as c;
 use crate::translate::Refusal;
 
@@ -145,9 +146,11 @@ async fn run(mirror: Mirror, primary: oneshot::Receiver<Seen>) {
     *parts.headers_mut() = mirror.headers.clone();
     let (parts, ()) = parts.into_parts();
     let app = Api::of_path(mirror.uri.path());
+    let mut rate = None;
     let shadow = match crate::translate::prepare(app, &mirror.body, backend, &lb.stats) {
         Ok(prepared) => {
             let api = prepared.backend_api(app);
+            rate = (backend.pricing.as_ref()).map(|p| p.rate(prepared.sent_model.as_deref()));
             let out = Outgoing {
                 parts: &parts,
                 body: prepared.body,
@@ -186,7 +189,15 @@ async fn run(mirror: Mirror, primary: oneshot::Receiver<Seen>) {
                 .offer(parsed.outcome, *status, parsed.detail.as_deref());
         }
     }
-    if let Some((_, a)) = &shadow {
+    if let Some((status, a)) = &shadow {
+        crate::attempt::charge(
+            &lb.stats,
+            SpendKind::Shadow,
+            rate,
+            *status,
+            a.outcome,
+            &a.usage,
+        );
         stats.add(c::INPUT_TOKENS, a.usage.input);
         stats.add(c::OUTPUT_TOKENS, a.usage.output);
         gate.used_tokens(a.usage.input + a.usage.output);

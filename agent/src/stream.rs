@@ -25,7 +25,7 @@ use tokio::time::{Instant, Sleep};
 
 pub use crate::api::Usage;
 use crate::api::{Api, SseEvents, StreamCheck};
-use crate::attempt::Attempt;
+use crate::attempt::{Attempt, Charged};
 use crate::errors::{self, ErrorKind};
 use crate::model::StreamModel;
 use crate::outcome::Outcome;
@@ -159,39 +159,67 @@ impl PlainUsage {
     }
 }
 
+/// Writes one event in the server-sent event format.
+fn write_event(name: Option<&[u8]>, data: &[u8], out: &mut Vec<u8>) {
+    if let Some(name) = name {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(name);
+        out.push(b'\n');
+    }
+    for line in data.split(|b| *b == b'\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+}
+
 /// What a server-sent event stream's events said so far, and, when the
 /// stream is translated, what the app gets for them.
 struct Events {
     reader: SseEvents,
     check: StreamCheck,
     translate: Option<translate::Stream>,
-    /// Translated events not yet passed on.
+    /// Keep usage-only chunks from the app (asked for on its behalf): the
+    /// other events are written out again as they complete.
+    hide_usage: bool,
+    /// Translated (or rewritten) events not yet passed on.
     out: Vec<u8>,
 }
 
 impl Events {
     /// Events of the backend's API `api`; with `crossing`, turned back into
     /// the app's.
-    fn new(api: Api, crossing: Option<&Crossing>) -> Self {
+    fn new(api: Api, crossing: Option<&Crossing>, hide_usage: bool) -> Self {
         Self {
             reader: SseEvents::default(),
             check: StreamCheck::new(api),
             translate: crossing.map(translate::Stream::new),
+            hide_usage: hide_usage && crossing.is_none(),
             out: Vec::new(),
         }
+    }
+
+    /// True when the app gets `out` rather than the upstream's bytes.
+    fn rewrites(&self) -> bool {
+        self.translate.is_some() || self.hide_usage
     }
 
     /// Reads the events completed by `data` (all that are left, at the end).
     fn feed(&mut self, data: Option<&[u8]>, usage: &mut Usage) {
         let check = &mut self.check;
         let (translate, out) = (&mut self.translate, &mut self.out);
+        let hide_usage = self.hide_usage;
         let mut on_event = |name: Option<&[u8]>, event: &[u8]| {
-            if crate::api::USAGE_KEY.find(event).is_some() {
+            let has_usage = crate::api::USAGE_KEY.find(event).is_some();
+            if has_usage {
                 usage.absorb(event);
             }
             check.event(name, event, None);
             if let Some(t) = translate {
                 t.event(name, event, out);
+            } else if hide_usage && !(has_usage && crate::api::openai::is_usage_chunk(event)) {
+                write_event(name, event, out);
             }
         };
         match data {
@@ -239,8 +267,9 @@ pub struct ObservedBody {
     lease: Option<Lease>,
     /// A copy for the shadow comparison, when the request is mirrored.
     tap: Option<Box<Tap>>,
-    /// The request's spans, which end with the body (tracing on).
-    spans: Option<Box<BodySpans>>,
+    /// The request's spans, which end with the body (tracing on), and the
+    /// currency its cost is in.
+    spans: Option<Box<(BodySpans, String)>>,
     /// Sets the stream's model to the app's own.
     answer_model: Option<Box<StreamModel>>,
     _inflight: Option<InflightGuard>,
@@ -255,6 +284,9 @@ pub struct Watch {
     /// The stream is in the backend's API, turned back into the app's as
     /// it passes.
     pub crossing: Option<Crossing>,
+    /// The stream's usage chunk was asked for on the app's behalf: it is
+    /// read, and kept from the app.
+    pub hide_usage: bool,
     pub idle_timeout: Duration,
     /// Cut the stream after this many events (an injected fault).
     pub cut_after: Option<u32>,
@@ -276,7 +308,7 @@ impl ObservedBody {
             state: State::Streaming,
             events: watch.sse.then(|| {
                 let api = watch.crossing.as_ref().map_or(watch.api, |c| c.backend);
-                Box::new(Events::new(api, watch.crossing.as_ref()))
+                Box::new(Events::new(api, watch.crossing.as_ref(), watch.hide_usage))
             }),
             plain: PlainUsage::default(),
             api: watch.api,
@@ -312,9 +344,9 @@ impl ObservedBody {
         self.tap = Some(Box::new(tap));
     }
 
-    /// Ends the request's spans with the body.
-    pub fn set_spans(&mut self, spans: BodySpans) {
-        self.spans = Some(Box::new(spans));
+    /// Ends the request's spans with the body; its cost is in `currency`.
+    pub fn set_spans(&mut self, spans: BodySpans, currency: &str) {
+        self.spans = Some(Box::new((spans, currency.to_owned())));
     }
 
     /// True for a server-sent event stream.
@@ -326,16 +358,18 @@ impl ObservedBody {
         if let Some(tap) = &mut self.tap {
             tap.finish(outcome);
         }
-        if let Some(spans) = self.spans.take() {
-            spans.finish(outcome, self.usage);
-        }
+        let mut charged = Charged::Nothing;
         if let Some(attempt) = self.attempt.take() {
             let ttft = if self.events.is_some() {
                 self.first_byte
             } else {
                 None
             };
-            attempt.settle(outcome, detail, ttft, self.usage);
+            charged = attempt.settle(outcome, detail, ttft, self.usage);
+        }
+        if let Some(spans) = self.spans.take() {
+            let (spans, currency) = *spans;
+            spans.finish(outcome, self.usage, charged, &currency);
         }
     }
 
@@ -417,7 +451,7 @@ impl ObservedBody {
         match self.events.as_mut() {
             Some(events) => {
                 events.feed(Some(&data), &mut self.usage);
-                if events.translate.is_some() {
+                if events.rewrites() {
                     return Bytes::from(std::mem::take(&mut events.out));
                 }
             }
@@ -681,7 +715,7 @@ mod tests {
     /// SSE usage is found even when its line is split across frames.
     #[test]
     fn sse_usage_across_frames() {
-        let mut events = Events::new(Api::ChatCompletions, None);
+        let mut events = Events::new(Api::ChatCompletions, None, false);
         let mut usage = Usage::default();
         events.feed(
             Some(b"data: {\"choices\":[]}\n\ndata: {\"usage\":{\"prompt_"),
@@ -702,5 +736,57 @@ mod tests {
             }
         );
         assert!(events.check.saw_terminal());
+    }
+
+    /// Usage asked for on the app's behalf is read, and its chunk is kept
+    /// from the app; every other event passes as it was, split anywhere.
+    #[test]
+    fn hides_the_usage_chunk_it_asked_for() {
+        let stream: &[u8] = b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"finish_reason\":null}],\"usage\":null}\n\n\
+data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":null}\n\n\
+data: {\"id\":\"c\",\"choices\":[ ],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2}}\n\n\
+data: [DONE]\n\n";
+        let usage_chunk = b"\"choices\":[ ]";
+        let expected: Vec<u8> = stream
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.windows(usage_chunk.len()).any(|w| w == usage_chunk))
+            .collect::<Vec<_>>()
+            .join(&b'\n');
+        // The usage event's line and its blank line went; restore the shape.
+        let expected = String::from_utf8(expected)
+            .unwrap()
+            .replace("\n\n\n", "\n\n");
+        for split in [1, 7, 50, stream.len()] {
+            let mut events = Events::new(Api::ChatCompletions, None, true);
+            let mut usage = Usage::default();
+            let mut out = Vec::new();
+            for part in stream.chunks(split) {
+                events.feed(Some(part), &mut usage);
+                out.append(&mut events.out);
+            }
+            events.feed(None, &mut usage);
+            out.append(&mut events.out);
+            assert_eq!(String::from_utf8(out).unwrap(), expected, "split {split}");
+            assert_eq!((usage.input, usage.output, usage.reported), (9, 2, true));
+            assert!(events.check.saw_terminal());
+            assert_eq!(events.check.verdict(), Ok(()));
+        }
+        // Without the ask, nothing is rewritten.
+        assert!(!Events::new(Api::ChatCompletions, None, false).rewrites());
+    }
+
+    #[test]
+    fn knows_the_usage_chunk() {
+        use crate::api::openai::is_usage_chunk;
+        assert!(is_usage_chunk(
+            br#"{"id":"x","choices":[],"usage":{"prompt_tokens":1}}"#
+        ));
+        assert!(is_usage_chunk(br#"{"usage":{},"choices":[ ]}"#));
+        assert!(!is_usage_chunk(
+            br#"{"choices":[{"index":0}],"usage":{"prompt_tokens":1}}"#
+        ));
+        assert!(!is_usage_chunk(br#"{"choices":[],"usage":null}"#));
+        assert!(!is_usage_chunk(br#"{"usage":{}}"#));
+        assert!(!is_usage_chunk(b"[DONE]"));
     }
 }

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use shepherd_proto::cost::Spend;
 use shepherd_proto::histogram::{AtomicHistogram, Histogram};
 use shepherd_proto::prometheus::{escape as esc, header, histogram};
 use shepherd_proto::telemetry::{SIMILARITY_BUCKETS, similarity_bucket};
@@ -60,6 +61,31 @@ pub struct BackendStats {
     pub shadow: ShadowStats,
     /// An example answer of each failure class.
     pub examples: Examples,
+    /// Money spent, by [`SpendKind`] (exact sums do not fit an atomic).
+    cost: Mutex<[Spend; SpendKind::ALL.len()]>,
+}
+
+/// What a backend's answer was for, as its cost is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpendKind {
+    /// An answer that reached the app.
+    Served,
+    /// An answer billed but retried or fallen back from.
+    Failed,
+    /// The answer to a mirrored request.
+    Shadow,
+}
+
+impl SpendKind {
+    pub const ALL: [SpendKind; 3] = [SpendKind::Served, SpendKind::Failed, SpendKind::Shadow];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            SpendKind::Served => "served",
+            SpendKind::Failed => "failed",
+            SpendKind::Shadow => "shadow",
+        }
+    }
 }
 
 /// Shadow counters, by index into [`ShadowStats::counters`].
@@ -296,6 +322,12 @@ impl BackendStats {
         self.outcomes[outcome.index()].load(Ordering::Relaxed)
     }
 
+    /// Counts one billed answer of `kind`: its cost, or `None` when it
+    /// could not be priced.
+    pub fn charge(&self, kind: SpendKind, cost: Option<u128>) {
+        lock(&self.cost)[kind as usize].charge(cost);
+    }
+
     pub fn add_tokens(&self, input: u64, output: u64) {
         if input > 0 {
             self.input_tokens.fetch_add(input, Ordering::Relaxed);
@@ -339,6 +371,7 @@ impl BackendStats {
                 load(&self.dropped_fields),
             ],
             shadow: self.shadow.counts(),
+            cost: *lock(&self.cost),
         }
     }
 }
@@ -361,6 +394,8 @@ pub struct Counts {
     /// Translated, refused, dropped fields.
     pub translation: [u64; 3],
     pub shadow: ShadowCounts,
+    /// By [`SpendKind`].
+    pub cost: [Spend; SpendKind::ALL.len()],
 }
 
 impl Counts {
@@ -389,6 +424,9 @@ impl Counts {
             *a += b;
         }
         self.shadow.add(&other.shadow);
+        for (a, b) in self.cost.iter_mut().zip(&other.cost) {
+            a.add(b);
+        }
     }
 
     /// What was added since `earlier`, a copy of the same counters.
@@ -411,6 +449,7 @@ impl Counts {
                 self.translation[i].saturating_sub(earlier.translation[i])
             }),
             shadow: self.shadow.since(&earlier.shadow),
+            cost: std::array::from_fn(|i| self.cost[i].since(&earlier.cost[i])),
         }
     }
 
@@ -421,6 +460,7 @@ impl Counts {
             && self.fallbacks == 0
             && self.outcomes.iter().all(|n| *n == 0)
             && self.shadow.is_empty()
+            && self.cost.iter().all(Spend::is_empty)
     }
 
     /// The wire form, for a telemetry report.
@@ -439,6 +479,17 @@ impl Counts {
             selected: self.selected,
             shadow: (!self.shadow.is_empty()).then(|| self.shadow.to_wire()),
             examples: Vec::new(),
+            cost: (!self.cost.iter().all(Spend::is_empty)).then(|| {
+                let spend = |k: SpendKind| {
+                    let s = &self.cost[k as usize];
+                    (!s.is_empty()).then(|| s.to_wire())
+                };
+                v1::Cost {
+                    served: spend(SpendKind::Served),
+                    failed: spend(SpendKind::Failed),
+                    shadow: spend(SpendKind::Shadow),
+                }
+            }),
         }
     }
 }
@@ -596,6 +647,10 @@ impl StatsRegistry {
                 entry.live.recent.store(0, Ordering::Relaxed);
                 let delta = now.since(&entry.reported);
                 entry.reported = now;
+                // A sum too large for one report's field waits for the next.
+                for (kept, sent) in entry.reported.cost.iter_mut().zip(&delta.cost) {
+                    kept.picos -= sent.picos.saturating_sub(u128::from(u64::MAX));
+                }
                 if Arc::strong_count(&entry.live) == 1 {
                     retiring.push(((policy.clone(), backend.clone()), *version));
                 }
@@ -767,6 +822,43 @@ impl StatsRegistry {
                     "shepherd_agent_tokens_total{{policy=\"{}\",backend=\"{}\",kind=\"{kind}\"}} {v}",
                     esc(policy),
                     esc(backend),
+                );
+            }
+        }
+        header(
+            &mut out,
+            "shepherd_agent_cost_total",
+            "counter",
+            "Money spent on a backend's answers, in its policy's currency, by kind: served (reached the app), failed (billed, then retried or fallen back from), shadow (mirrored).",
+        );
+        let priced = |s: &&Counts| s.cost.iter().any(|c| !c.is_empty());
+        for ((policy, backend), s) in backends.iter().filter(|(_, s)| priced(s)) {
+            for kind in SpendKind::ALL {
+                let _ = writeln!(
+                    out,
+                    "shepherd_agent_cost_total{{policy=\"{}\",backend=\"{}\",kind=\"{}\"}} {}",
+                    esc(policy),
+                    esc(backend),
+                    kind.label(),
+                    shepherd_proto::cost::exact(s.cost[kind as usize].picos)
+                );
+            }
+        }
+        header(
+            &mut out,
+            "shepherd_agent_unpriced_answers_total",
+            "counter",
+            "Billed answers of a priced backend that could not be priced (no usage reported, cut off before the end, or no price for the model), by kind.",
+        );
+        for ((policy, backend), s) in backends.iter().filter(|(_, s)| priced(s)) {
+            for kind in SpendKind::ALL {
+                let _ = writeln!(
+                    out,
+                    "shepherd_agent_unpriced_answers_total{{policy=\"{}\",backend=\"{}\",kind=\"{}\"}} {}",
+                    esc(policy),
+                    esc(backend),
+                    kind.label(),
+                    s.cost[kind as usize].unpriced
                 );
             }
         }
@@ -989,5 +1081,50 @@ mod tests {
 
     fn bump(a: &AtomicU64) {
         a.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Spend is reported per kind, exactly and only once; a sum past what
+    /// one report's field holds is carried to the next report, not lost.
+    #[test]
+    fn reports_spend_and_carries_what_does_not_fit() {
+        let reg = StatsRegistry::default();
+        let s = reg.backend("chat", "openai", 1);
+        s.charge(SpendKind::Served, Some(65_000_000));
+        s.charge(SpendKind::Served, None);
+        s.charge(SpendKind::Shadow, Some(7));
+        let first = reg.collect();
+        let cost = first[0].backends[0].cost.unwrap();
+        assert_eq!(
+            cost.served,
+            Some(v1::Spend {
+                picos: 65_000_000,
+                priced: 1,
+                unpriced: 1
+            })
+        );
+        assert_eq!(cost.failed, None);
+        assert_eq!(cost.shadow.map(|s| s.picos), Some(7));
+        assert!(reg.collect().is_empty());
+
+        let huge = u128::from(u64::MAX) + 5;
+        s.charge(SpendKind::Failed, Some(huge));
+        let sent = reg.collect()[0].backends[0].cost.unwrap().failed.unwrap();
+        assert_eq!((sent.picos, sent.priced), (u64::MAX, 1));
+        let rest = reg.collect()[0].backends[0].cost.unwrap().failed.unwrap();
+        assert_eq!((rest.picos, rest.priced), (5, 0));
+        assert!(reg.collect().is_empty());
+        // Prometheus shows the exact total, in units of the currency.
+        let text = reg.render(&AgentStats::default(), 1, &BTreeMap::new());
+        for line in [
+            "shepherd_agent_cost_total{policy=\"chat\",backend=\"openai\",kind=\"served\"} 0.000065",
+            "shepherd_agent_cost_total{policy=\"chat\",backend=\"openai\",kind=\"failed\"} 18446744.07370955162",
+            "shepherd_agent_cost_total{policy=\"chat\",backend=\"openai\",kind=\"shadow\"} 0.000000000007",
+            "shepherd_agent_unpriced_answers_total{policy=\"chat\",backend=\"openai\",kind=\"served\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
     }
 }

@@ -14,6 +14,7 @@ use shepherd_observe::{KeyValue, Status, TraceContextExt};
 use tracing::Span;
 
 use crate::api::{Api, Usage};
+use crate::attempt::Charged;
 use crate::breaker::BreakerState;
 use crate::outcome::Outcome;
 use crate::runtime::{LiveBackend, LivePolicy};
@@ -190,12 +191,12 @@ impl BodySpans {
         (!request.is_disabled()).then_some(BodySpans { request, attempt })
     }
 
-    /// Records how the body ended and the tokens it reported, and ends both
-    /// spans.
-    pub fn finish(self, outcome: Outcome, usage: Usage) {
+    /// Records how the body ended, the tokens it reported (the OpenTelemetry
+    /// GenAI attributes) and what it cost, and ends both spans.
+    pub fn finish(self, outcome: Outcome, usage: Usage, charged: Charged, currency: &str) {
         let error = (outcome != Outcome::Ok).then(|| outcome.label());
         for (span, attempt) in [(&self.request, false), (&self.attempt, true)] {
-            let mut attributes = Vec::with_capacity(3);
+            let mut attributes = Vec::with_capacity(7);
             if usage.input > 0 || usage.output > 0 {
                 attributes.push(KeyValue::new(
                     "gen_ai.usage.input_tokens",
@@ -205,6 +206,29 @@ impl BodySpans {
                     "gen_ai.usage.output_tokens",
                     usage.output as i64,
                 ));
+            }
+            if usage.cache_read > 0 {
+                attributes.push(KeyValue::new(
+                    "gen_ai.usage.cache_read.input_tokens",
+                    usage.cache_read as i64,
+                ));
+            }
+            if usage.cache_write > 0 {
+                attributes.push(KeyValue::new(
+                    "gen_ai.usage.cache_creation.input_tokens",
+                    usage.cache_write as i64,
+                ));
+            }
+            match charged {
+                Charged::Nothing => {}
+                Charged::Unpriced => attributes.push(KeyValue::new("shepherd.cost", "unpriced")),
+                Charged::Cost(picos) => {
+                    attributes.push(KeyValue::new(
+                        "shepherd.cost",
+                        shepherd_proto::cost::exact(picos),
+                    ));
+                    attributes.push(KeyValue::new("shepherd.cost.currency", currency.to_owned()));
+                }
             }
             if attempt && error.is_some() {
                 attributes.push(KeyValue::new("shepherd.outcome", outcome.label()));

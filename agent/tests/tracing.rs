@@ -76,8 +76,10 @@ async fn request_and_attempt_spans_reach_the_collector() {
     let dir = tempfile::tempdir().unwrap();
     let policy = json!({
         "name": "chat", "match": {"path_prefix": "/v1/"},
+        "currency": "EUR",
         "backends": [
-            {"name": "baseline", "base_url": format!("http://{addr}")},
+            {"name": "baseline", "base_url": format!("http://{addr}"),
+             "prices": {"input_per_million": 2.5, "output_per_million": 8.0}},
             {"name": "candidate", "base_url": format!("http://{dead}"), "model_map": {"gpt-4o": "open-model"}}
         ],
         "traffic": {"baseline": "baseline", "candidate": "candidate", "candidate_weight": 10000},
@@ -120,6 +122,9 @@ async fn request_and_attempt_spans_reach_the_collector() {
         ("gen_ai.request.model", "gpt-4o"),
         ("gen_ai.usage.input_tokens", "10"),
         ("gen_ai.usage.output_tokens", "5"),
+        // 10 × 2.50 + 5 × 8.00 per million tokens.
+        ("shepherd.cost", "0.000065"),
+        ("shepherd.cost.currency", "EUR"),
     ] {
         assert_eq!(
             request.attr(key).as_deref(),

@@ -6,6 +6,8 @@
 //! millionths of a millionth of the currency (pico-units), an integer. Sums
 //! are kept in pico-units and shown in whole micro-units or as decimals.
 
+use std::collections::HashMap;
+
 use crate::v1;
 
 /// Pico-units (10⁻¹²) of the currency in one unit.
@@ -82,6 +84,127 @@ impl Prices {
     }
 }
 
+/// A backend's prices: its own, and those of particular models by the name
+/// they are sent under.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Pricing {
+    pub default: Option<Prices>,
+    pub models: HashMap<String, Prices>,
+}
+
+/// What an answer of a priced backend is charged at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rate {
+    Known(Prices),
+    /// The backend has prices, but none for this model: its answers are
+    /// unpriced.
+    Unknown,
+}
+
+impl Pricing {
+    /// A backend's pricing, `None` when it names no prices at all. The
+    /// policy is validated first; a price that breaks the rules (which
+    /// validation refuses) is left out.
+    pub fn of(b: &v1::Backend) -> Option<Pricing> {
+        if b.prices.is_none() && b.model_prices.is_empty() {
+            return None;
+        }
+        Some(Pricing {
+            default: b.prices.as_ref().and_then(|p| Prices::of(p).ok()),
+            models: b
+                .model_prices
+                .iter()
+                .filter_map(|(m, p)| Some((m.clone(), Prices::of(p).ok()?)))
+                .collect(),
+        })
+    }
+
+    /// True when the price depends on the model sent.
+    pub fn by_model(&self) -> bool {
+        !self.models.is_empty()
+    }
+
+    /// The rate of an answer to a request sent with `model`.
+    pub fn rate(&self, model: Option<&str>) -> Rate {
+        match model
+            .and_then(|m| self.models.get(m))
+            .or(self.default.as_ref())
+        {
+            Some(p) => Rate::Known(*p),
+            None => Rate::Unknown,
+        }
+    }
+}
+
+/// Money spent on one kind of answer: the exact sum in pico-units, and how
+/// many answers were priced and how many could not be (no usage reported,
+/// or no price for their model).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Spend {
+    pub picos: u128,
+    pub priced: u64,
+    pub unpriced: u64,
+}
+
+impl Spend {
+    /// Adds one answer: its cost, or `None` when it is unpriced.
+    pub fn charge(&mut self, cost: Option<u128>) {
+        match cost {
+            Some(c) => {
+                self.picos += c;
+                self.priced += 1;
+            }
+            None => self.unpriced += 1,
+        }
+    }
+
+    pub fn add(&mut self, other: &Spend) {
+        self.picos += other.picos;
+        self.priced += other.priced;
+        self.unpriced += other.unpriced;
+    }
+
+    pub fn since(&self, earlier: &Spend) -> Spend {
+        Spend {
+            picos: self.picos.saturating_sub(earlier.picos),
+            priced: self.priced.saturating_sub(earlier.priced),
+            unpriced: self.unpriced.saturating_sub(earlier.unpriced),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.picos == 0 && self.priced == 0 && self.unpriced == 0
+    }
+
+    /// The wire form. A sum past `u64::MAX` pico-units (18 million units of
+    /// the currency) is sent as `u64::MAX`; the caller keeps the rest for
+    /// its next report.
+    pub fn to_wire(&self) -> v1::Spend {
+        v1::Spend {
+            picos: u64::try_from(self.picos).unwrap_or(u64::MAX),
+            priced: self.priced,
+            unpriced: self.unpriced,
+        }
+    }
+
+    pub fn from_wire(w: &v1::Spend) -> Spend {
+        Spend {
+            picos: u128::from(w.picos),
+            priced: w.priced,
+            unpriced: w.unpriced,
+        }
+    }
+}
+
+/// The cost of an answer with `usage` at `rate`: `None` (unpriced) when
+/// the answer reported no usage or its model has no price.
+pub fn cost_of(rate: Rate, tokens: Option<&Tokens>) -> Option<u128> {
+    match (rate, tokens) {
+        (Rate::Known(p), Some(t)) => Some(p.cost(t)),
+        _ => None,
+    }
+}
+
 /// An answer's tokens by how they are charged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Tokens {
@@ -99,6 +222,18 @@ pub struct Tokens {
 pub fn decimal(picos: u128) -> String {
     let micros = (picos + 500_000) / 1_000_000;
     format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
+}
+
+/// An amount in pico-units as an exact decimal of the currency, without
+/// trailing zeros ("0.0065", "0.0000007", "12").
+pub fn exact(picos: u128) -> String {
+    let units = picos / PICOS_PER_UNIT;
+    let frac = picos % PICOS_PER_UNIT;
+    if frac == 0 {
+        return units.to_string();
+    }
+    let digits = format!("{frac:012}");
+    format!("{units}.{}", digits.trim_end_matches('0'))
 }
 
 /// Whether `code` looks like an ISO 4217 currency code (three capital
@@ -202,6 +337,84 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(bad.unwrap_err().0, "cached_input_per_million");
+    }
+
+    #[test]
+    fn exact_decimals() {
+        assert_eq!(exact(0), "0");
+        assert_eq!(exact(6_500_000_000), "0.0065");
+        assert_eq!(exact(700_000), "0.0000007");
+        assert_eq!(exact(1), "0.000000000001");
+        assert_eq!(exact(12 * PICOS_PER_UNIT), "12");
+        assert_eq!(exact(12 * PICOS_PER_UNIT + 5), "12.000000000005");
+    }
+
+    /// A model's own price wins over the backend's; a model without one
+    /// takes the backend's, or is unpriced when the backend has none.
+    #[test]
+    fn rates_by_model() {
+        let prices = |i: f64, o: f64| v1::Prices {
+            input_per_million: Some(i),
+            output_per_million: Some(o),
+            ..Default::default()
+        };
+        let b = v1::Backend {
+            prices: Some(prices(1.0, 2.0)),
+            model_prices: [("mini".to_string(), prices(0.1, 0.4))].into(),
+            ..Default::default()
+        };
+        let p = Pricing::of(&b).unwrap();
+        assert!(p.by_model());
+        let Rate::Known(mini) = p.rate(Some("mini")) else {
+            panic!("mini is priced")
+        };
+        assert_eq!((mini.input, mini.output), (100_000, 400_000));
+        let Rate::Known(other) = p.rate(Some("big")) else {
+            panic!("the backend's price applies")
+        };
+        assert_eq!(other.input, 1_000_000);
+        assert_eq!(p.rate(None), Rate::Known(other));
+        let only_models = v1::Backend {
+            model_prices: [("mini".to_string(), prices(0.1, 0.4))].into(),
+            ..Default::default()
+        };
+        let p = Pricing::of(&only_models).unwrap();
+        assert_eq!(p.rate(Some("big")), Rate::Unknown);
+        assert_eq!(p.rate(None), Rate::Unknown);
+        assert_eq!(Pricing::of(&v1::Backend::default()), None);
+    }
+
+    #[test]
+    fn spend_counts_unpriced_apart() {
+        let t = Tokens {
+            input: 10,
+            output: 10,
+            ..Default::default()
+        };
+        let mut s = Spend::default();
+        let rate = Rate::Known(Prices {
+            input: 1,
+            output: 2,
+            cached_input: 1,
+            cache_write: 1,
+        });
+        s.charge(cost_of(rate, Some(&t)));
+        s.charge(cost_of(rate, None));
+        s.charge(cost_of(Rate::Unknown, Some(&t)));
+        assert_eq!(
+            s,
+            Spend {
+                picos: 30,
+                priced: 1,
+                unpriced: 2
+            }
+        );
+        let big = Spend {
+            picos: u128::from(u64::MAX) + 7,
+            ..s
+        };
+        assert_eq!(big.to_wire().picos, u64::MAX);
+        assert_eq!(Spend::from_wire(&s.to_wire()), s);
     }
 
     #[test]

@@ -86,10 +86,36 @@ pub fn merge_backend(
     into.fallbacks += from.fallbacks;
     into.selected += from.selected;
     merge_examples(&mut into.examples, &from.examples);
+    if let Some(cost) = &from.cost {
+        merge_cost(into.cost.get_or_insert_with(Default::default), cost)
+            .map_err(|e| format!("cost.{e}"))?;
+    }
     if let Some(shadow) = &from.shadow {
         merge_shadow(into.shadow.get_or_insert_with(Default::default), shadow)
             .map_err(|e| format!("shadow.{e}"))?;
     }
+    Ok(())
+}
+
+/// Adds one backend's spend to another's; a sum that would overflow is
+/// refused, naming its field, and changes nothing.
+pub fn merge_cost(into: &mut v1::Cost, from: &v1::Cost) -> Result<(), String> {
+    let mut sum = *into;
+    for (name, a, b) in [
+        ("served", &mut sum.served, &from.served),
+        ("failed", &mut sum.failed, &from.failed),
+        ("shadow", &mut sum.shadow, &from.shadow),
+    ] {
+        let Some(b) = b else { continue };
+        let a = a.get_or_insert_with(Default::default);
+        a.picos = a
+            .picos
+            .checked_add(b.picos)
+            .ok_or_else(|| format!("{name}.picos: the sum overflows"))?;
+        a.priced = a.priced.saturating_add(b.priced);
+        a.unpriced = a.unpriced.saturating_add(b.unpriced);
+    }
+    *into = sum;
     Ok(())
 }
 
@@ -268,6 +294,51 @@ mod tests {
         assert_eq!(latency.count(), 2);
         assert!(sum.ttft.is_none());
         assert!(sum.shadow.is_none());
+    }
+
+    /// Spend adds up per kind; a sum that would overflow is refused, naming
+    /// its field, and leaves the figures as they were.
+    #[test]
+    fn merges_cost_or_refuses_an_overflow() {
+        let spend = |picos, priced, unpriced| v1::Spend {
+            picos,
+            priced,
+            unpriced,
+        };
+        let a = v1::Cost {
+            served: Some(spend(65, 1, 1)),
+            shadow: Some(spend(7, 2, 1)),
+            ..Default::default()
+        };
+        let mut sum = v1::Cost::default();
+        merge_cost(&mut sum, &a).unwrap();
+        merge_cost(&mut sum, &a).unwrap();
+        assert_eq!(sum.served, Some(spend(130, 2, 2)));
+        assert_eq!(sum.shadow, Some(spend(14, 4, 2)));
+        assert_eq!(sum.failed, None);
+        let before = sum;
+        let huge = v1::Cost {
+            failed: Some(spend(1, 1, 0)),
+            shadow: Some(spend(u64::MAX, 1, 0)),
+            ..Default::default()
+        };
+        assert_eq!(
+            merge_cost(&mut sum, &huge),
+            Err("shadow.picos: the sum overflows".into())
+        );
+        assert_eq!(sum, before);
+        let mut b = v1::BackendTelemetry {
+            cost: Some(before),
+            ..Default::default()
+        };
+        let err = merge_backend(
+            &mut b,
+            &v1::BackendTelemetry {
+                cost: Some(huge),
+                ..Default::default()
+            },
+        );
+        assert_eq!(err, Err("cost.shadow.picos: the sum overflows".into()));
     }
 
     /// Shadow figures merge field by field; similarity buckets add up.

@@ -64,6 +64,8 @@ pub struct Translated {
     pub dropped: Vec<Unmapped>,
     /// The model the app asked for, when the backend's model map changed it.
     pub requested_model: Option<String>,
+    /// The model sent, when the backend's prices depend on it.
+    pub sent_model: Option<String>,
     /// What the answer needs to be turned back.
     pub crossing: Crossing,
 }
@@ -122,6 +124,11 @@ pub struct Prepared {
     pub body: Bytes,
     /// The model the app asked for, when the backend's model map changed it.
     pub requested_model: Option<String>,
+    /// The model sent, when the backend's prices depend on it.
+    pub sent_model: Option<String>,
+    /// Usage was asked for on the app's behalf: the stream's usage chunk is
+    /// kept from the app.
+    pub usage_asked: bool,
     /// How the answer is turned back, when the request was translated.
     pub crossing: Option<Crossing>,
 }
@@ -144,10 +151,12 @@ pub fn prepare(
     stats: &BackendStats,
 ) -> Result<Prepared, Refusal> {
     if !crosses(app, backend.protocol) {
-        let (body, requested_model) = crate::model::for_backend(backend, body);
+        let f = crate::model::for_backend(backend, app, body);
         return Ok(Prepared {
-            body,
-            requested_model,
+            body: f.body,
+            requested_model: f.requested_model,
+            sent_model: f.sent_model,
+            usage_asked: f.usage_asked,
             crossing: None,
         });
     }
@@ -167,6 +176,8 @@ pub fn prepare(
             Ok(Prepared {
                 body: t.body,
                 requested_model: t.requested_model,
+                sent_model: t.sent_model,
+                usage_asked: false,
                 crossing: Some(t.crossing),
             })
         }
@@ -243,10 +254,15 @@ fn translated(
     let (model, requested_model) = model_for(backend, requested.as_deref());
     let mut w = Writer::with_capacity(capacity + 256);
     write(&mut w, model.as_deref());
+    let by_model = backend.pricing.as_ref().is_some_and(|p| p.by_model());
+    let sent_model = by_model
+        .then(|| model.or_else(|| requested.map(std::borrow::Cow::into_owned)))
+        .flatten();
     Translated {
         body: w.finish().into(),
         dropped,
         requested_model,
+        sent_model,
         crossing,
     }
 }

@@ -194,6 +194,42 @@ pub(super) fn embeddings(r: &mut Reader<'_>, read: &mut Read<'_, '_>) -> Result<
     })
 }
 
+/// True for the chunk that carries a stream's usage when asked for with
+/// `stream_options.include_usage`: an empty `choices` list and a `usage`
+/// object.
+pub fn is_usage_chunk(data: &[u8]) -> bool {
+    let mut r = Reader::new(data);
+    if r.open(b'{').is_err() {
+        return false;
+    }
+    let (mut no_choices, mut usage) = (false, false);
+    let mut first = true;
+    while let Ok(Some(key)) = r.key(&mut first) {
+        match (key, r.peek()) {
+            (b"choices", Some(b'[')) => {
+                let empty = r.raw().is_ok_and(|raw| {
+                    raw[1..raw.len() - 1]
+                        .iter()
+                        .all(|b| matches!(b, b' ' | b'\n' | b'\r' | b'\t'))
+                });
+                no_choices = empty;
+            }
+            (b"usage", Some(b'{')) => {
+                usage = true;
+                if r.skip().is_err() {
+                    return false;
+                }
+            }
+            _ => {
+                if r.skip().is_err() {
+                    return false;
+                }
+            }
+        }
+    }
+    no_choices && usage
+}
+
 /// An OpenAI chunk: its choices (perhaps none, as the usage chunk),
 /// their text, and a known finish reason.
 pub(super) fn chunk(
