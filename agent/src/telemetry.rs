@@ -1099,7 +1099,8 @@ mod tests {
             Some(v1::Spend {
                 picos: 65_000_000,
                 priced: 1,
-                unpriced: 1
+                unpriced: 1,
+                squares: 65_000_000f64 * 65_000_000f64,
             })
         );
         assert_eq!(cost.failed, None);

@@ -188,7 +188,25 @@ pub fn render(w: &Watched, now: DateTime<Utc>, recent: usize) -> String {
                         s.rate_limited,
                         duration(s.latency_p95.as_ref())
                     );
+                    if let Some(c) = &s.cost {
+                        let unpriced = if c.unpriced > 0 {
+                            format!(", {} unpriced", c.unpriced)
+                        } else {
+                            String::new()
+                        };
+                        let _ = writeln!(
+                            out,
+                            "      spent {} {cur}: {:.6} {cur} per answer, {:.4} {cur} per 1,000 output tokens{unpriced}",
+                            c.spend,
+                            c.per_request,
+                            c.per_1k_output_tokens,
+                            cur = c.currency,
+                        );
+                    }
                 }
+            }
+            if !f.cost_projection.is_empty() {
+                let _ = writeln!(out, "    {}", f.cost_projection);
             }
         }
     }
@@ -301,8 +319,19 @@ mod tests {
                 requests: 250,
                 errors: 1,
                 error_rate_percent: 0.4,
+                cost: Some(v1::SideCost {
+                    currency: "USD".into(),
+                    spend: "0.0025".into(),
+                    priced: 250,
+                    per_request: 0.00001,
+                    per_1k_output_tokens: 0.0012,
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
+            cost_projection:
+                "at 100% the candidate would cost 1240.00 USD/month against 8310.00 USD: -85%"
+                    .into(),
             ..Default::default()
         });
         w.absorb(promoted);
@@ -321,6 +350,18 @@ mod tests {
         assert!(text.contains("limit      5.000  PASS"), "{text}");
         assert!(
             text.contains("candidate mistral: 250 requests, 1 errors (0.40%)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "spent 0.0025 USD: 0.000010 USD per answer, 0.0012 USD per 1,000 output tokens"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "at 100% the candidate would cost 1240.00 USD/month against 8310.00 USD: -85%"
+            ),
             "{text}"
         );
         assert_eq!(w.events.len(), 2);

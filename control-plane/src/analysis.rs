@@ -6,12 +6,13 @@
 
 use std::time::Duration;
 
+use shepherd_proto::cost::{PICOS_PER_UNIT, Spend};
 use shepherd_proto::histogram::Histogram;
 use shepherd_proto::telemetry::{attempts, example, mean_similarity};
 use shepherd_proto::v1;
 
 pub use crate::rollout::model::PassRule;
-use crate::rollout::model::{Figures, GateResult, SideFigures, Stage, Verdict};
+use crate::rollout::model::{Figures, GateResult, SideCost, SideFigures, Stage, Verdict};
 use crate::sequential::{self, Evidence};
 
 /// The outcome of one check.
@@ -103,8 +104,8 @@ pub fn judge_shadow(s: &v1::ShadowTelemetry, gates: &v1::Gates, min_compared: u6
 }
 
 /// One backend's telemetry over a stage's windows, as the judge reads it:
-/// its outcome counts, its latency and time-to-first-token histograms and
-/// an example answer per failure class.
+/// its outcome counts, its latency and time-to-first-token histograms, an
+/// example answer per failure class, and what its answers cost.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Side {
     pub backend: String,
@@ -112,6 +113,29 @@ pub struct Side {
     pub latency: Histogram,
     pub ttft: Histogram,
     pub examples: Vec<v1::FailureExample>,
+    /// Spend by kind; `None` when the backend has no prices.
+    pub cost: Option<Costs>,
+    /// Output tokens of the answers served.
+    pub output_tokens: u64,
+}
+
+/// A backend's spend by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Costs {
+    pub served: Spend,
+    pub failed: Spend,
+    pub shadow: Spend,
+}
+
+impl Costs {
+    pub fn of(c: &v1::Cost) -> Self {
+        let spend = |s: &Option<v1::Spend>| s.as_ref().map(Spend::from_wire).unwrap_or_default();
+        Costs {
+            served: spend(&c.served),
+            failed: spend(&c.failed),
+            shadow: spend(&c.shadow),
+        }
+    }
 }
 
 impl Side {
@@ -142,6 +166,8 @@ impl Side {
             latency: histogram(&t.latency),
             ttft: histogram(&t.ttft),
             examples: t.examples.clone(),
+            cost: t.cost.as_ref().map(Costs::of),
+            output_tokens: t.output_tokens,
         }
     }
 }
@@ -385,6 +411,8 @@ pub struct StageInput<'a> {
     pub windows: &'a [Window],
     pub rule: PassRule,
     pub statistics: Statistics,
+    /// The policy's currency (for the cost figures).
+    pub currency: &'a str,
 }
 
 /// A verdict, why, and the numbers behind it.
@@ -415,7 +443,58 @@ fn side(t: &Side) -> SideFigures {
         rejected_rate_percent: percent(rejected(&o), requests),
         client_error_rate_percent: percent(client_errors(&o), requests),
         examples: t.examples.clone(),
+        cost: None,
     }
+}
+
+/// Seconds in the month of a projection (30 days).
+pub const SECONDS_PER_MONTH: f64 = 30.0 * 86_400.0;
+
+/// An amount in pico-units as units of the currency.
+fn units(picos: u128) -> f64 {
+    picos as f64 / PICOS_PER_UNIT as f64
+}
+
+/// One backend's spend figures, with its monthly spend were it to take
+/// every request at `rate` attempts per second.
+fn side_cost(t: &Side, requests: u64, rate: f64, currency: &str) -> Option<SideCost> {
+    let c = t.cost?;
+    let spend = c.served.picos + c.failed.picos;
+    let per = |amount: u128, n: u64| {
+        if n == 0 {
+            0.0
+        } else {
+            units(amount) / n as f64
+        }
+    };
+    Some(SideCost {
+        currency: currency.to_string(),
+        spend,
+        shadow_spend: c.shadow.picos,
+        priced: c.served.priced,
+        unpriced: c.served.unpriced + c.failed.unpriced,
+        per_request: per(c.served.picos, c.served.priced),
+        per_1k_output_tokens: per(c.served.picos, t.output_tokens) * 1000.0,
+        monthly_at_full: per(spend, requests) * rate * SECONDS_PER_MONTH,
+    })
+}
+
+/// "at 100% the candidate would cost 1240.00 USD/month against 8310.00 USD:
+/// -85%", when both sides are priced and have answers.
+fn cost_projection(c: &SideFigures, b: &SideFigures) -> Option<String> {
+    let (cc, bc) = (c.cost.as_ref()?, b.cost.as_ref()?);
+    if c.requests == 0 || b.requests == 0 || cc.priced == 0 || bc.priced == 0 {
+        return None;
+    }
+    let (cm, bm, cur) = (cc.monthly_at_full, bc.monthly_at_full, &cc.currency);
+    let change = if bm > 0.0 {
+        format!(": {:+.0}%", (cm / bm - 1.0) * 100.0)
+    } else {
+        String::new()
+    };
+    Some(format!(
+        "at 100% the candidate would cost {cm:.2} {cur}/month against {bm:.2} {cur}{change}"
+    ))
 }
 
 /// " (e.g. HTTP 401 invalid_api_key)": the first example of `classes`.
@@ -1003,6 +1082,120 @@ impl Gatekeeper {
     }
 }
 
+impl Gatekeeper {
+    /// The cost gate: the candidate's mean cost per answer served against
+    /// `ceiling` times the baseline's. Each side's mean has an anytime-valid
+    /// confidence sequence at half of `alpha` ([`sequential::mean_interval`],
+    /// from [`MIN_COST_SAMPLES`] priced answers on each side); a regression
+    /// once the candidate's lower bound is above `ceiling` times the
+    /// baseline's upper bound, proven not worse once the candidate's upper
+    /// bound is below `ceiling` times the baseline's lower bound.
+    fn cost_ratio(&mut self, c: Spend, b: Spend, ceiling: f64, alpha: f64, expected: bool) {
+        let gate = "max_cost_ratio";
+        if b.priced == 0 && !expected {
+            self.add(
+                gate,
+                0.0,
+                ceiling,
+                Verdict::Pass,
+                "cost ratio not judged: no baseline traffic at this weight".into(),
+            );
+            return;
+        }
+        if c.priced < MIN_COST_SAMPLES || b.priced < MIN_COST_SAMPLES {
+            self.add(
+                gate,
+                0.0,
+                ceiling,
+                Verdict::Wait,
+                format!(
+                    "cost ratio: {} and {} of {MIN_COST_SAMPLES} priced answers needed",
+                    c.priced, b.priced
+                ),
+            );
+            return;
+        }
+        let mean = |s: &Spend| units(s.picos) / s.priced as f64;
+        let (mc, mb) = (mean(&c), mean(&b));
+        let ratio = if mb > 0.0 { mc / mb } else { f64::INFINITY };
+        let numbers = format!(
+            "candidate {mc:.8} vs baseline {mb:.8} per answer ({} and {} priced answers): ratio {ratio:.2}, ceiling {ceiling}",
+            c.priced, b.priced
+        );
+        if self.statistics == Statistics::FixedHorizon {
+            let verdict = if ratio > ceiling {
+                Verdict::Fail
+            } else {
+                Verdict::Pass
+            };
+            self.add(gate, ratio, ceiling, verdict, format!("cost {numbers}"));
+            return;
+        }
+        let interval = |s: &Spend| {
+            sequential::mean_interval(s.priced, s.picos as f64, s.squares as f64, alpha / 2.0)
+                .map_or((0.0, f64::INFINITY), |(lo, hi)| {
+                    (lo / PICOS_PER_UNIT as f64, hi / PICOS_PER_UNIT as f64)
+                })
+        };
+        let ((cl, ch), (bl, bh)) = (interval(&c), interval(&b));
+        let (verdict, detail) = if cl > ceiling * bh {
+            (
+                Verdict::Fail,
+                format!(
+                    "cost regression: {numbers}: the candidate's mean is at least {cl:.8}, above {ceiling} x the baseline's at most {bh:.8}"
+                ),
+            )
+        } else if self.rule == PassRule::ProvenNotWorse {
+            if ch < ceiling * bl {
+                (
+                    Verdict::Pass,
+                    format!(
+                        "cost proven not worse: {numbers}: the candidate's mean is at most {ch:.8}, below {ceiling} x the baseline's at least {bl:.8}"
+                    ),
+                )
+            } else {
+                (
+                    Verdict::Wait,
+                    format!(
+                        "cost not yet proven not worse: {numbers}: the candidate's mean is at most {ch:.8}, the bound {ceiling} x {bl:.8}"
+                    ),
+                )
+            }
+        } else if ratio > ceiling {
+            (
+                Verdict::Wait,
+                format!(
+                    "cost ratio above the {ceiling} ceiling, not yet proven: {numbers}: the candidate's mean is at least {cl:.8}, the bound {ceiling} x {bh:.8}"
+                ),
+            )
+        } else {
+            (Verdict::Pass, format!("cost: {numbers}: no regression"))
+        };
+        self.add(gate, ratio, ceiling, verdict, detail);
+    }
+
+    /// A cap on what the candidate spends in the stage (`spent`, in
+    /// pico-units; `cap` in units): reaching it fails the stage.
+    fn stage_spend(&mut self, spent: u128, cap: f64) {
+        let value = units(spent);
+        let (verdict, detail) = if value >= cap {
+            (
+                Verdict::Fail,
+                format!("stage spend {value:.6} reached its cap of {cap}"),
+            )
+        } else {
+            (
+                Verdict::Pass,
+                format!("stage spend {value:.6} of its cap of {cap}"),
+            )
+        };
+        self.add("max_stage_spend", value, cap, verdict, detail);
+    }
+}
+
+/// Fewest priced answers on each side before the cost ratio is judged.
+pub const MIN_COST_SAMPLES: u64 = 100;
+
 /// Judges a stage where the candidate takes live traffic: every gate of the
 /// policy over the stage's window, then the stage's time and request
 /// minimums. FAIL needs no minimum (a bad candidate is caught as soon as
@@ -1012,8 +1205,12 @@ pub fn judge_stage(input: &StageInput<'_>) -> Judgement {
     let g = input.gates;
     let (latency, baseline_latency) = (&input.candidate.latency, &input.baseline.latency);
     let (ttft, baseline_ttft) = (&input.candidate.ttft, &input.baseline.ttft);
-    let c = side(input.candidate);
-    let b = side(input.baseline);
+    let mut c = side(input.candidate);
+    let mut b = side(input.baseline);
+    // Attempts per second over the stage, both sides: the policy's rate.
+    let rate = (c.requests + b.requests) as f64 / input.elapsed.as_secs_f64().max(1.0);
+    c.cost = side_cost(input.candidate, c.requests, rate, input.currency);
+    b.cost = side_cost(input.baseline, b.requests, rate, input.currency);
     let alpha = g.significance.unwrap_or(DEFAULT_SIGNIFICANCE);
     let z_critical = normal_quantile(1.0 - alpha);
     let baseline_expected = input.stage.weight < 10_000;
@@ -1113,7 +1310,21 @@ pub fn judge_stage(input: &StageInput<'_>) -> Judgement {
             baseline_expected,
         );
     }
+    let (cc, bc) = (input.candidate.cost, input.baseline.cost);
+    if let Some(ceiling) = g.max_cost_ratio {
+        keeper.cost_ratio(
+            cc.map(|c| c.served).unwrap_or_default(),
+            bc.map(|c| c.served).unwrap_or_default(),
+            ceiling,
+            alpha,
+            baseline_expected,
+        );
+    }
+    if let Some(cap) = g.max_stage_spend {
+        keeper.stage_spend(cc.map_or(0, |c| c.served.picos + c.failed.picos), cap);
+    }
     let figures = Figures {
+        cost_projection: cost_projection(&c, &b),
         candidate: Some(c.clone()),
         baseline: Some(b),
         elapsed: input.elapsed,
@@ -1176,6 +1387,7 @@ pub fn judge_shadow_stage(
     gates: &v1::Gates,
     elapsed: Duration,
     shadow: &v1::ShadowTelemetry,
+    shadow_spend: u128,
 ) -> Judgement {
     let mut keeper = Gatekeeper {
         results: Vec::new(),
@@ -1198,6 +1410,9 @@ pub fn judge_shadow_stage(
             Hold::WhileFew(shadow.compared < MIN_REQUESTS_FOR_EXCESS),
             &example_text(&shadow.examples, &["backend_rejected", "app_error"]),
         );
+    }
+    if let Some(cap) = gates.max_stage_spend {
+        keeper.stage_spend(shadow_spend, cap);
     }
     let figures = Figures {
         shadow: Some(shadow.clone()),
@@ -1315,6 +1530,7 @@ mod tests {
                 windows: &[],
                 rule: PassRule::NoRegression,
                 statistics: Statistics::Sequential,
+                currency: "USD",
             })
         };
         let early = judge(5, outcomes(200, 2), outcomes(2000, 20));
@@ -1386,6 +1602,7 @@ mod tests {
             windows: &[],
             rule: PassRule::NoRegression,
             statistics: Statistics::Sequential,
+            currency: "USD",
         })
     }
 
@@ -1405,6 +1622,7 @@ mod tests {
             windows: &[],
             rule,
             statistics,
+            currency: "USD",
         })
     }
 
@@ -1771,7 +1989,7 @@ mod tests {
             client_errors: 30,
             ..Default::default()
         };
-        let j = judge_shadow_stage(&stage, &none, Duration::from_secs(5), &rejecting);
+        let j = judge_shadow_stage(&stage, &none, Duration::from_secs(5), &rejecting, 0);
         assert_eq!(j.verdict, Verdict::Fail);
         assert!(j.reason.contains("30 backend_rejected"), "{}", j.reason);
         let bad_requests = v1::ShadowTelemetry {
@@ -1786,7 +2004,7 @@ mod tests {
             primary_client_errors: 5,
             ..Default::default()
         };
-        let j = judge_shadow_stage(&stage, &none, Duration::from_secs(5), &bad_requests);
+        let j = judge_shadow_stage(&stage, &none, Duration::from_secs(5), &bad_requests, 0);
         assert_eq!(j.verdict, Verdict::Fail);
         assert!(
             j.reason.starts_with("shadow 4xx rate regression"),
@@ -1797,7 +2015,7 @@ mod tests {
             primary_client_errors: 60,
             ..bad_requests
         };
-        let j = judge_shadow_stage(&stage, &none, Duration::from_secs(5), &alike);
+        let j = judge_shadow_stage(&stage, &none, Duration::from_secs(5), &alike, 0);
         assert_eq!(j.verdict, Verdict::Pass, "{}", j.reason);
     }
 
@@ -1894,6 +2112,7 @@ mod tests {
             windows: if onset { windows } else { &[] },
             rule: PassRule::NoRegression,
             statistics: Statistics::Sequential,
+            currency: "USD",
         })
     }
 
@@ -1965,5 +2184,159 @@ mod tests {
             alarms * 20 <= runs,
             "{alarms} alarms in {runs} runs at 0.05"
         );
+    }
+
+    /// `n` answers served at `mean` pico-units each, half of them `spread`
+    /// below and half above, with 10 output tokens each.
+    fn priced(n: u64, mean: u128, spread: u128) -> Side {
+        let mut side = Side::with_server_errors(n, 0);
+        side.cost = Some(Costs {
+            served: Spend {
+                picos: mean * u128::from(n),
+                priced: n,
+                unpriced: 0,
+                squares: (mean * mean + spread * spread) * u128::from(n),
+            },
+            ..Default::default()
+        });
+        side.output_tokens = 10 * n;
+        side
+    }
+
+    fn cost_gate(ratio: f64) -> v1::Gates {
+        v1::Gates {
+            max_cost_ratio: Some(ratio),
+            ..Default::default()
+        }
+    }
+
+    fn cost_result(j: &Judgement) -> &GateResult {
+        j.figures
+            .gates
+            .iter()
+            .find(|r| r.gate == "max_cost_ratio")
+            .expect("the cost gate is judged")
+    }
+
+    /// A candidate three times pricier per answer fails the cost gate once
+    /// its confidence sequence clears the baseline's; before its minimum of
+    /// answers it waits; one as cheap passes, and under the evidence rule is
+    /// proven not worse.
+    #[test]
+    fn cost_ratio_is_a_sequential_test() {
+        let micro = 1_000_000; // 10^-6 of the currency, in pico-units
+        let baseline = priced(5000, 65 * micro, 30 * micro);
+        let dear = priced(500, 3 * 65 * micro, 90 * micro);
+        let j = judge_with(&cost_gate(1.2), 1000, &dear, &baseline);
+        assert_eq!(j.verdict, Verdict::Fail, "{}", j.reason);
+        let r = cost_result(&j);
+        assert!((r.value - 3.0).abs() < 1e-9 && r.limit == 1.2, "{r:?}");
+        assert!(r.detail.starts_with("cost regression"), "{}", r.detail);
+
+        let few = priced(MIN_COST_SAMPLES - 1, 3 * 65 * micro, 0);
+        let j = judge_with(&cost_gate(1.2), 1000, &few, &baseline);
+        assert_eq!(cost_result(&j).verdict, Verdict::Wait);
+
+        // Slightly above the ceiling but noisy: not proven, so it holds.
+        let close = priced(120, 82 * micro, 150 * micro);
+        let j = judge_with(&cost_gate(1.2), 1000, &close, &baseline);
+        let r = cost_result(&j);
+        assert_eq!(r.verdict, Verdict::Wait, "{}", r.detail);
+        assert!(r.detail.contains("not yet proven"), "{}", r.detail);
+
+        let same = priced(500, 65 * micro, 30 * micro);
+        let j = judge_with(&cost_gate(1.2), 1000, &same, &baseline);
+        assert_eq!(cost_result(&j).verdict, Verdict::Pass);
+        let j = judge_by(
+            PassRule::ProvenNotWorse,
+            Statistics::Sequential,
+            &cost_gate(1.2),
+            &same,
+            &baseline,
+        );
+        let r = cost_result(&j);
+        assert_eq!(r.verdict, Verdict::Pass, "{}", r.detail);
+        assert!(r.detail.contains("proven not worse"), "{}", r.detail);
+        // At 100% with no baseline answers it is not judged.
+        let j = judge_with(&cost_gate(1.2), 10_000, &dear, &Side::default());
+        assert_eq!(cost_result(&j).verdict, Verdict::Pass);
+    }
+
+    /// The stage's spend, billed failures included, fails the stage once it
+    /// reaches the cap.
+    #[test]
+    fn stage_spend_cap() {
+        let mut c = priced(1000, 1_000_000_000, 0); // 0.001 each: 1.0 in all
+        let b = priced(1000, 1_000_000_000, 0);
+        let cap = |spend: f64| v1::Gates {
+            max_stage_spend: Some(spend),
+            ..Default::default()
+        };
+        let j = judge_with(&cap(1.5), 1000, &c, &b);
+        let r = j
+            .figures
+            .gates
+            .iter()
+            .find(|r| r.gate == "max_stage_spend")
+            .unwrap();
+        assert_eq!((r.verdict, r.value, r.limit), (Verdict::Pass, 1.0, 1.5));
+        if let Some(cost) = c.cost.as_mut() {
+            cost.failed.picos = 500_000_000_000;
+        }
+        let j = judge_with(&cap(1.5), 1000, &c, &b);
+        assert_eq!(j.verdict, Verdict::Fail);
+        assert!(
+            j.reason
+                .contains("stage spend 1.500000 reached its cap of 1.5"),
+            "{}",
+            j.reason
+        );
+        // In a shadow stage, the shadow's spend counts.
+        let stage = stage_of(0);
+        let shadow = v1::ShadowTelemetry::default();
+        let j = judge_shadow_stage(
+            &stage,
+            &cap(1.0),
+            Duration::from_secs(5),
+            &shadow,
+            2_000_000_000_000,
+        );
+        assert_eq!(j.verdict, Verdict::Fail, "{}", j.reason);
+    }
+
+    /// Each side's cost figures, and the projection of a full move at the
+    /// stage's request rate.
+    #[test]
+    fn cost_figures_and_projection() {
+        let micro = 1_000_000;
+        // 1000 answers in 5 s at 0.000065 and 0.00001 each.
+        let b = priced(900, 65 * micro, 0);
+        let c = priced(100, 10 * micro, 0);
+        let j = judge_with(&v1::Gates::default(), 1000, &c, &b);
+        let (cf, bf) = (
+            j.figures.candidate.as_ref().unwrap().cost.clone().unwrap(),
+            j.figures.baseline.as_ref().unwrap().cost.clone().unwrap(),
+        );
+        assert_eq!(cf.currency, "USD");
+        assert_eq!((cf.spend, cf.priced), (1000 * micro, 100));
+        assert!((bf.per_request - 0.000065).abs() < 1e-12);
+        assert!((bf.per_1k_output_tokens - 0.0065).abs() < 1e-12);
+        // 200 attempts per second for 30 days.
+        let month = 200.0 * SECONDS_PER_MONTH;
+        assert!(
+            (bf.monthly_at_full - 0.000065 * month).abs() < 1e-6,
+            "{}",
+            bf.monthly_at_full
+        );
+        assert!((cf.monthly_at_full - 0.00001 * month).abs() < 1e-6);
+        assert_eq!(
+            j.figures.cost_projection.as_deref(),
+            Some("at 100% the candidate would cost 5184.00 USD/month against 33696.00 USD: -85%")
+        );
+        // Unpriced sides: no cost figures, no projection.
+        let plain = Side::with_server_errors(100, 0);
+        let j = judge_with(&v1::Gates::default(), 1000, &plain, &b);
+        assert!(j.figures.candidate.as_ref().unwrap().cost.is_none());
+        assert_eq!(j.figures.cost_projection, None);
     }
 }

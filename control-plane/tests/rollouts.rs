@@ -350,6 +350,138 @@ async fn failing_candidate_rolls_back_on_postgres() {
     failing_candidate_rolls_back(&db.url).await;
 }
 
+/// The baseline at 1.00/2.00 per million tokens, the candidate at three
+/// times that, and a ceiling of 1.5 on the ratio of their costs.
+fn pricier_candidate() -> serde_json::Value {
+    let price = |i: f64, o: f64| json!({"input_per_million": i, "output_per_million": o});
+    json!({
+        "currency": "EUR",
+        "backend_prices": {"a": price(1.0, 2.0), "b": price(3.0, 6.0)},
+        "rollout": {
+            "stages": [stage(2000, "0.3s", 20, "60s"), stage(10000, "0.3s", 20, "60s")],
+            "gates": {"max_cost_ratio": 1.5},
+            "ack_timeout": "5s"
+        }
+    })
+}
+
+/// A candidate three times pricier per answer is rolled back by the cost
+/// gate: the FAILED event names the regression, and the figures carry each
+/// side's cost and the projection of a full move.
+async fn pricier_candidate_rolls_back(url: &str) {
+    let mut rig = Rig::start(url, 1, pricier_candidate()).await;
+    let load = rig.load();
+    rig.start_rollout().await;
+    let done = rig.wait_state(State::RolledBack).await;
+    let (sent, failed) = load.stop().await;
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed for the app");
+    assert_eq!(done.weight, 0);
+    let events = rig.events(1).await;
+    let failure = events.iter().find(|e| e.kind() == Kind::Failed).unwrap();
+    assert!(
+        failure.reason.starts_with("cost regression"),
+        "{}",
+        failure.reason
+    );
+    let figures = failure.figures.as_ref().unwrap();
+    let gate = figures
+        .gates
+        .iter()
+        .find(|g| g.gate == "max_cost_ratio")
+        .unwrap();
+    // 10 input and 5 output tokens per answer on both sides.
+    assert!((gate.value - 3.0).abs() < 1e-9, "{gate:?}");
+    let cost = |s: &Option<v1::SideFigures>| s.as_ref().unwrap().cost.clone().unwrap();
+    let (c, b) = (cost(&figures.candidate), cost(&figures.baseline));
+    assert_eq!((c.currency.as_str(), c.unpriced, b.unpriced), ("EUR", 0, 0));
+    assert!(c.priced >= 100 && b.priced >= 100, "{c:?} {b:?}");
+    assert!((c.per_request - 0.00006).abs() < 1e-12, "{c:?}");
+    assert!((b.per_request - 0.00002).abs() < 1e-12, "{b:?}");
+    assert!((c.per_1k_output_tokens - 0.012).abs() < 1e-9, "{c:?}");
+    assert_eq!(
+        shepherd_proto::cost::parse_exact(&c.spend),
+        Some(u128::from(c.priced) * 60_000_000)
+    );
+    assert!((c.monthly_at_full / b.monthly_at_full - 3.0).abs() < 1e-9);
+    assert!(
+        figures
+            .cost_projection
+            .starts_with("at 100% the candidate would cost ")
+            && figures.cost_projection.ends_with(" EUR: +200%"),
+        "{}",
+        figures.cost_projection
+    );
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pricier_candidate_rolls_back_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    pricier_candidate_rolls_back(&sqlite_url(&dir)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pricier_candidate_rolls_back_on_postgres() {
+    let db = TestDb::create().await;
+    pricier_candidate_rolls_back(&db.url).await;
+}
+
+/// A stage's spend cap, once reached, pauses the rollout when on_failure
+/// says so; the event shows the spend against the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_spend_cap_pauses() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut extra = pricier_candidate();
+    // 0.00006 per candidate answer: the cap is reached after 10 of them.
+    extra["rollout"]["gates"] = json!({"max_stage_spend": 0.0006});
+    extra["rollout"]["on_failure"] = json!("FAILURE_ACTION_PAUSE");
+    let mut rig = Rig::start(&sqlite_url(&dir), 1, extra).await;
+    let load = rig.load();
+    rig.start_rollout().await;
+    let paused = rig.wait_state(State::Paused).await;
+    load.stop().await;
+    assert_eq!((paused.stage, paused.weight), (0, 2000));
+    let events = rig
+        .rollouts
+        .get_rollout(v1::GetRolloutRequest {
+            policy: "chat".into(),
+            number: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(events.reason.contains("gate failed"), "{}", events.reason);
+    let mut stream = rig
+        .rollouts
+        .watch_rollout(v1::WatchRolloutRequest {
+            policy: "chat".into(),
+            number: 1,
+            after_sequence: 2,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let e = stream.next().await.unwrap().unwrap();
+    assert_eq!((e.kind(), e.state()), (Kind::Failed, State::Paused));
+    assert!(
+        e.reason.contains("reached its cap of 0.0006"),
+        "{}",
+        e.reason
+    );
+    let gate = e
+        .figures
+        .as_ref()
+        .unwrap()
+        .gates
+        .iter()
+        .find(|g| g.gate == "max_stage_spend")
+        .unwrap()
+        .clone();
+    assert!(gate.value >= 0.0006 && gate.limit == 0.0006, "{gate:?}");
+    rig.rollouts.abort_rollout(command(0, "")).await.unwrap();
+    rig.stop().await;
+}
+
 /// A hard outage of the candidate (every answer a 503) with fallback and a
 /// circuit breaker on: the app sees no failed request, and the rollout is
 /// rolled back.

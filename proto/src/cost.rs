@@ -144,6 +144,8 @@ pub struct Spend {
     pub picos: u128,
     pub priced: u64,
     pub unpriced: u64,
+    /// The sum of each priced answer's cost squared (for its spread).
+    pub squares: u128,
 }
 
 impl Spend {
@@ -153,6 +155,7 @@ impl Spend {
             Some(c) => {
                 self.picos += c;
                 self.priced += 1;
+                self.squares = self.squares.saturating_add(c.saturating_mul(c));
             }
             None => self.unpriced += 1,
         }
@@ -162,6 +165,7 @@ impl Spend {
         self.picos += other.picos;
         self.priced += other.priced;
         self.unpriced += other.unpriced;
+        self.squares = self.squares.saturating_add(other.squares);
     }
 
     pub fn since(&self, earlier: &Spend) -> Spend {
@@ -169,6 +173,7 @@ impl Spend {
             picos: self.picos.saturating_sub(earlier.picos),
             priced: self.priced.saturating_sub(earlier.priced),
             unpriced: self.unpriced.saturating_sub(earlier.unpriced),
+            squares: self.squares.saturating_sub(earlier.squares),
         }
     }
 
@@ -184,14 +189,21 @@ impl Spend {
             picos: u64::try_from(self.picos).unwrap_or(u64::MAX),
             priced: self.priced,
             unpriced: self.unpriced,
+            squares: self.squares as f64,
         }
     }
 
+    /// From the wire (the sum of squares, a float there, rounded).
     pub fn from_wire(w: &v1::Spend) -> Spend {
         Spend {
             picos: u128::from(w.picos),
             priced: w.priced,
             unpriced: w.unpriced,
+            squares: if w.squares.is_finite() && w.squares > 0.0 {
+                w.squares as u128
+            } else {
+                0
+            },
         }
     }
 }
@@ -234,6 +246,23 @@ pub fn exact(picos: u128) -> String {
     }
     let digits = format!("{frac:012}");
     format!("{units}.{}", digits.trim_end_matches('0'))
+}
+
+/// The pico-units of a decimal written by [`exact`] (at most 12 decimal
+/// places); `None` for anything else.
+pub fn parse_exact(text: &str) -> Option<u128> {
+    let (units, frac) = text.split_once('.').unwrap_or((text, ""));
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(units) || (!frac.is_empty() && !digits(frac)) || frac.len() > 12 {
+        return None;
+    }
+    let whole: u128 = units.parse().ok()?;
+    let frac: u128 = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<12}").parse().ok()?
+    };
+    whole.checked_mul(PICOS_PER_UNIT)?.checked_add(frac)
 }
 
 /// Whether `code` looks like an ISO 4217 currency code (three capital
@@ -347,6 +376,19 @@ mod tests {
         assert_eq!(exact(1), "0.000000000001");
         assert_eq!(exact(12 * PICOS_PER_UNIT), "12");
         assert_eq!(exact(12 * PICOS_PER_UNIT + 5), "12.000000000005");
+        for picos in [
+            0,
+            1,
+            700_000,
+            6_500_000_000,
+            12 * PICOS_PER_UNIT + 5,
+            u128::from(u64::MAX),
+        ] {
+            assert_eq!(parse_exact(&exact(picos)), Some(picos));
+        }
+        for bad in ["", ".5", "1.", "-1", "1.0000000000001", "1e3", "x"] {
+            assert_eq!(parse_exact(bad), None, "{bad}");
+        }
     }
 
     /// A model's own price wins over the backend's; a model without one
@@ -406,7 +448,8 @@ mod tests {
             Spend {
                 picos: 30,
                 priced: 1,
-                unpriced: 2
+                unpriced: 2,
+                squares: 900,
             }
         );
         let big = Spend {

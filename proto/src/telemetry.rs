@@ -114,6 +114,7 @@ pub fn merge_cost(into: &mut v1::Cost, from: &v1::Cost) -> Result<(), String> {
             .ok_or_else(|| format!("{name}.picos: the sum overflows"))?;
         a.priced = a.priced.saturating_add(b.priced);
         a.unpriced = a.unpriced.saturating_add(b.unpriced);
+        a.squares += b.squares;
     }
     *into = sum;
     Ok(())
@@ -304,6 +305,7 @@ mod tests {
             picos,
             priced,
             unpriced,
+            squares: 0.0,
         };
         let a = v1::Cost {
             served: Some(spend(65, 1, 1)),

@@ -6,12 +6,13 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use shepherd_proto::cost::{exact, parse_exact};
 use shepherd_proto::v1;
 
 use super::model::{
     DEFAULT_ACK_TIMEOUT, DEFAULT_QUORUM_PERCENT, DEFAULT_ROLLBACK_STEP, Event, EventKind, Figures,
-    GateResult, OnFailure, PassRule, Phase, Plan, Rollback, Rollout, SideFigures, Stage, State,
-    Verdict,
+    GateResult, OnFailure, PassRule, Phase, Plan, Rollback, Rollout, SideCost, SideFigures, Stage,
+    State, Verdict,
 };
 
 fn time(t: Option<&pbjson_types::Timestamp>) -> Option<DateTime<Utc>> {
@@ -292,6 +293,16 @@ impl From<&SideFigures> for v1::SideFigures {
             rejected_rate_percent: s.rejected_rate_percent,
             client_error_rate_percent: s.client_error_rate_percent,
             examples: s.examples.clone(),
+            cost: s.cost.as_ref().map(|c| v1::SideCost {
+                currency: c.currency.clone(),
+                spend: exact(c.spend),
+                shadow_spend: exact(c.shadow_spend),
+                priced: c.priced,
+                unpriced: c.unpriced,
+                per_request: c.per_request,
+                per_1k_output_tokens: c.per_1k_output_tokens,
+                monthly_at_full: c.monthly_at_full,
+            }),
         }
     }
 }
@@ -314,6 +325,17 @@ impl From<&v1::SideFigures> for SideFigures {
             rejected_rate_percent: s.rejected_rate_percent,
             client_error_rate_percent: s.client_error_rate_percent,
             examples: s.examples.clone(),
+            // Written by this code: a spend that does not parse reads as 0.
+            cost: s.cost.as_ref().map(|c| SideCost {
+                currency: c.currency.clone(),
+                spend: parse_exact(&c.spend).unwrap_or(0),
+                shadow_spend: parse_exact(&c.shadow_spend).unwrap_or(0),
+                priced: c.priced,
+                unpriced: c.unpriced,
+                per_request: c.per_request,
+                per_1k_output_tokens: c.per_1k_output_tokens,
+                monthly_at_full: c.monthly_at_full,
+            }),
         }
     }
 }
@@ -342,6 +364,7 @@ impl From<&Figures> for v1::Figures {
             acked_agents: f.acked_agents,
             selected_agents: f.selected_agents,
             gates: f.gates.iter().map(v1::GateResult::from).collect(),
+            cost_projection: f.cost_projection.clone().unwrap_or_default(),
         }
     }
 }
@@ -366,6 +389,7 @@ impl From<&v1::Figures> for Figures {
                     detail: g.detail.clone(),
                 })
                 .collect(),
+            cost_projection: (!f.cost_projection.is_empty()).then(|| f.cost_projection.clone()),
         }
     }
 }
@@ -575,6 +599,16 @@ mod tests {
                             requests: 100,
                             errors: 3,
                             latency_p95: Some(Duration::from_millis(250)),
+                            cost: Some(SideCost {
+                                currency: "EUR".into(),
+                                spend: 6_500_000_000_007,
+                                shadow_spend: 3,
+                                priced: 97,
+                                unpriced: 1,
+                                per_request: 0.067,
+                                per_1k_output_tokens: 0.5,
+                                monthly_at_full: 1240.5,
+                            }),
                             ..Default::default()
                         }),
                         baseline: None,
@@ -589,6 +623,7 @@ mod tests {
                             verdict: Verdict::Fail,
                             detail: "e-value".into(),
                         }],
+                        cost_projection: Some("at 100% ...".into()),
                     }),
                 };
                 let wire = event_to_wire(&e, "chat", 3);

@@ -590,7 +590,8 @@ pub fn tick(
     let elapsed = (now - clock).to_std().unwrap_or_default();
     let gates = &r.plan.gates;
     let mut j = if stage.weight == 0 {
-        judge_shadow_stage(stage, gates, elapsed, &seen.shadow)
+        let shadow_spend = seen.candidate.cost.map_or(0, |c| c.shadow.picos);
+        judge_shadow_stage(stage, gates, elapsed, &seen.shadow, shadow_spend)
     } else {
         judge_stage(&StageInput {
             stage,
@@ -601,6 +602,7 @@ pub fn tick(
             windows: &seen.windows,
             rule: r.plan.pass_rule,
             statistics: Statistics::Sequential,
+            currency: shepherd_proto::cost::currency_of(policy.spec.as_proto()),
         })
     };
     j.figures.acked_agents = seen.quorum.acked;

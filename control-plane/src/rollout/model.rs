@@ -308,6 +308,8 @@ pub struct Figures {
     pub selected_agents: u32,
     /// Each gate checked, with its value and limit.
     pub gates: Vec<GateResult>,
+    /// What a full move would do to the bill, when both sides are priced.
+    pub cost_projection: Option<String>,
 }
 
 /// One backend's figures over a stage's window.
@@ -330,6 +332,28 @@ pub struct SideFigures {
     pub client_error_rate_percent: f64,
     /// One example answer per failure class seen.
     pub examples: Vec<v1::FailureExample>,
+    /// What its answers cost, when its backend has prices.
+    pub cost: Option<SideCost>,
+}
+
+/// One backend's spend over a stage.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SideCost {
+    pub currency: String,
+    /// Answers served and billed failures, in pico-units.
+    pub spend: u128,
+    /// Shadow answers, in pico-units.
+    pub shadow_spend: u128,
+    /// Answers served that were priced, and billed answers that were not.
+    pub priced: u64,
+    pub unpriced: u64,
+    /// Spend on answers served per priced answer, in units.
+    pub per_request: f64,
+    /// Spend on answers served per 1,000 output tokens, in units.
+    pub per_1k_output_tokens: f64,
+    /// Monthly spend (30 days) at the policy's request rate, were this
+    /// backend to take every request, in units.
+    pub monthly_at_full: f64,
 }
 
 /// One gate checked.

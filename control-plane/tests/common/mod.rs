@@ -148,6 +148,19 @@ pub fn chat_policy(
         ],
         "traffic": {"baseline": "a", "candidate": "b", "candidate_weight": weight}
     });
+    let mut extra = extra;
+    // Prices by backend name ("backend_prices": {"a": {...}}): merged into
+    // the backends, which `extra` cannot reach by name.
+    if let Some(prices) = extra
+        .as_object_mut()
+        .and_then(|e| e.remove("backend_prices"))
+    {
+        for backend in p["backends"].as_array_mut().unwrap() {
+            if let Some(price) = prices.get(backend["name"].as_str().unwrap()) {
+                backend["prices"] = price.clone();
+            }
+        }
+    }
     shepherd_tests::fixtures::merge_json(&mut p, extra);
     serde_json::from_value(p).unwrap()
 }

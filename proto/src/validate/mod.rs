@@ -406,6 +406,21 @@ impl Checker {
         }
         if let Some(r) = &p.rollout {
             self.rollout(r, p.shadow.as_ref());
+            if r.gates.as_ref().is_some_and(|g| g.max_cost_ratio.is_some())
+                && let Some(t) = &p.traffic
+            {
+                for (role, name) in [("baseline", &t.baseline), ("candidate", &t.candidate)] {
+                    let priced = p.backends.iter().any(|b| {
+                        &b.name == name && (b.prices.is_some() || !b.model_prices.is_empty())
+                    });
+                    if !name.is_empty() && !priced {
+                        self.fail(
+                            "rollout.gates.max_cost_ratio",
+                            format!("needs prices on the {role} backend {name:?} (backends[].prices or model_prices)"),
+                        );
+                    }
+                }
+            }
         }
         if let Some(r) = &p.retry {
             self.retry(r);
@@ -838,6 +853,18 @@ impl Checker {
         self.opt_percent(
             "rollout.gates.max_client_error_excess_percent",
             g.max_client_error_excess_percent,
+        );
+        self.opt_number(
+            "rollout.gates.max_cost_ratio",
+            g.max_cost_ratio,
+            |r| r > 0.0 && r <= 1000.0,
+            "must be above 0 and at most 1000",
+        );
+        self.opt_number(
+            "rollout.gates.max_stage_spend",
+            g.max_stage_spend,
+            |s| s > 0.0 && s <= 1e12,
+            "must be above 0 and at most 1000000000000",
         );
     }
 

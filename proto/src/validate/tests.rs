@@ -790,3 +790,51 @@ fn prices_and_currency() {
         "at most",
     );
 }
+
+#[test]
+fn cost_gates() {
+    let priced = |p: &mut Policy| {
+        p.backends[0].prices = Some(prices(2.5, 8.0));
+        p.backends[1]
+            .model_prices
+            .insert("m".into(), prices(0.1, 0.42));
+    };
+    assert_eq!(
+        violations(|p| {
+            priced(p);
+            gates(p).max_cost_ratio = Some(1.2);
+            gates(p).max_stage_spend = Some(50.0);
+        }),
+        Vec::<String>::new()
+    );
+    assert_one(
+        violations(|p| {
+            priced(p);
+            gates(p).max_cost_ratio = Some(0.0);
+        }),
+        "rollout.gates.max_cost_ratio",
+        "above 0",
+    );
+    assert_one(
+        violations(|p| {
+            priced(p);
+            gates(p).max_cost_ratio = Some(f64::INFINITY);
+        }),
+        "rollout.gates.max_cost_ratio",
+        "at most 1000",
+    );
+    assert_one(
+        violations(|p| gates(p).max_stage_spend = Some(-1.0)),
+        "rollout.gates.max_stage_spend",
+        "above 0",
+    );
+    // The ratio needs prices on both sides.
+    assert_one(
+        violations(|p| {
+            p.backends[0].prices = Some(prices(2.5, 8.0));
+            gates(p).max_cost_ratio = Some(1.2);
+        }),
+        "rollout.gates.max_cost_ratio",
+        "needs prices on the candidate backend",
+    );
+}

@@ -334,6 +334,7 @@ fn run_stage(
             windows: &windows,
             rule: judge.rule,
             statistics: judge.statistics,
+            currency: "USD",
         });
         if j.verdict != Verdict::Wait {
             if j.verdict == Verdict::Fail && std::env::var("WHY").is_ok() {
