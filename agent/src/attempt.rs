@@ -4,6 +4,7 @@
 //! through here.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,6 +20,7 @@ use crate::breaker::{Breaker, Permit};
 use crate::outcome::Outcome;
 use crate::policy::Backend;
 use crate::runtime::LiveBackend;
+use crate::spend_cap::HourCap;
 use crate::telemetry::{BackendStats, SpendKind};
 use crate::upstream::Lease;
 
@@ -223,6 +225,8 @@ pub struct Attempt {
     pub rate: Option<Rate>,
     /// The tokens an answer not passed on reported (see [`Attempt::fail`]).
     pub usage: Usage,
+    /// The hourly spend cap this backend's answers count against.
+    pub cap: Option<Arc<HourCap>>,
 }
 
 /// What an answer cost, as far as its spans and headers tell.
@@ -243,8 +247,10 @@ fn complete(outcome: Outcome) -> bool {
     matches!(outcome, Outcome::Ok | Outcome::Malformed)
 }
 
-/// Counts a backend's answer of `kind` in `stats`: only successful answers
-/// are billed; one is priced from the usage it reported at `rate`.
+/// Counts a backend's answer of `kind` in `stats`, and against `cap`: only
+/// successful answers are billed; one is priced from the usage it reported
+/// at `rate`.
+#[allow(clippy::too_many_arguments)]
 pub fn charge(
     stats: &BackendStats,
     kind: SpendKind,
@@ -252,6 +258,7 @@ pub fn charge(
     status: u16,
     outcome: Outcome,
     usage: &Usage,
+    cap: Option<&HourCap>,
 ) -> Charged {
     let Some(rate) = rate else {
         return Charged::Nothing;
@@ -262,6 +269,11 @@ pub fn charge(
     let tokens = (usage.reported && complete(outcome)).then(|| usage.tokens());
     let cost = cost::cost_of(rate, tokens.as_ref());
     stats.charge(kind, cost);
+    if let (Some(cap), Some(cost)) = (cap, cost)
+        && cap.add(cost, crate::spend_cap::now_secs())
+    {
+        stats.spend_cap_trips.fetch_add(1, Ordering::Relaxed);
+    }
     cost.map_or(Charged::Unpriced, Charged::Cost)
 }
 
@@ -283,6 +295,7 @@ impl Attempt {
             self.status,
             outcome,
             &usage,
+            self.cap.as_deref(),
         );
         if outcome == Outcome::Cancelled {
             // Says nothing about the backend: give a probe slot back.
@@ -311,6 +324,7 @@ impl Attempt {
             self.status,
             outcome,
             &self.usage,
+            self.cap.as_deref(),
         );
         self.record(outcome, quota, detail);
     }

@@ -57,6 +57,7 @@ pub mod runtime;
 pub mod server;
 pub mod shadow;
 pub mod shadow_gate;
+pub mod spend_cap;
 pub mod split;
 pub mod state;
 pub mod stream;

@@ -32,6 +32,9 @@ pub struct Policy {
     pub candidate: Option<usize>,
     /// Share of requests for the candidate, in basis points.
     pub candidate_weight: u32,
+    /// Most the candidate may cost per clock hour at this agent, in units
+    /// of the currency.
+    pub candidate_spend_per_hour: Option<f64>,
     pub sticky_header: Option<HeaderName>,
     pub retry: RetrySettings,
     pub breaker: Option<BreakerSettings>,
@@ -59,6 +62,8 @@ pub struct ShadowSettings {
     pub max_requests_per_second: Option<f64>,
     pub max_tokens_per_minute: Option<u64>,
     pub keep_prompts: bool,
+    /// Most the shadow's answers may cost per clock hour at this agent.
+    pub max_spend_per_hour: Option<f64>,
 }
 
 /// Which requests a policy handles.
@@ -270,6 +275,7 @@ impl TryFrom<&v1::Policy> for Policy {
                     max_requests_per_second: sh.max_requests_per_second,
                     max_tokens_per_minute: sh.max_tokens_per_minute,
                     keep_prompts: sh.keep_prompts,
+                    max_spend_per_hour: sh.max_spend_per_hour,
                 })
             }
             _ => None,
@@ -287,6 +293,7 @@ impl TryFrom<&v1::Policy> for Policy {
             baseline,
             candidate,
             candidate_weight: traffic.candidate_weight,
+            candidate_spend_per_hour: traffic.max_candidate_spend_per_hour,
             sticky_header,
             retry: p
                 .retry

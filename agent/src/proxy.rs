@@ -41,6 +41,7 @@ use crate::outcome::{self, Outcome};
 use crate::retry;
 use crate::runtime::{LivePolicy, Table};
 use crate::shadow;
+use crate::spend_cap;
 use crate::split;
 use crate::stream::{InflightGuard, ObservedBody, ProxyBody, Watch};
 use crate::telemetry::AgentStats;
@@ -267,7 +268,16 @@ impl Proxy {
                     if split::to_candidate(bucket, policy.candidate_weight)
                         && translate::serves(policy.backends[c].protocol, api) =>
                 {
-                    c
+                    // Past its hourly spend cap the candidate's share goes
+                    // to the baseline until the hour ends.
+                    let lb = &live.backends[c];
+                    match &lb.cap {
+                        Some(cap) if cap.closed(spend_cap::now_secs()) => {
+                            bump(&lb.stats.spend_capped);
+                            policy.baseline
+                        }
+                        _ => c,
+                    }
                 }
                 _ => policy.baseline,
             };
@@ -398,6 +408,7 @@ async fn try_backend(
                 .as_ref()
                 .map(|p| p.rate(prepared.sent_model.as_deref())),
             usage: Usage::default(),
+            cap: lb.cap.clone(),
         };
         let decision = policy
             .active_faults(index, SystemTime::now())
@@ -804,9 +815,21 @@ fn plan_mirror(
         .as_ref()
         .and_then(|h| parts.headers.get(h))
         .map(HeaderValue::as_bytes);
-    let admission = sh
-        .gate
-        .admit(sh.gate.bucket(key), &live.backends[index].stats.shadow)?;
+    let bucket = sh.gate.bucket(key);
+    let stats = &live.backends[index].stats;
+    if bucket >= sh.gate.settings.basis_points {
+        return None;
+    }
+    // Past its hourly spend cap the shadow rests until the hour ends.
+    if sh
+        .cap
+        .as_ref()
+        .is_some_and(|c| c.closed(spend_cap::now_secs()))
+    {
+        bump(&stats.spend_capped);
+        return None;
+    }
+    let admission = sh.gate.admit(bucket, &stats.shadow)?;
     let request_id = parts
         .headers
         .get("x-request-id")

@@ -19,6 +19,7 @@ use crate::lock;
 use crate::policy::{Backend, Policy, SecretRef, ShadowSettings};
 use crate::retry::RetryBudget;
 use crate::shadow_gate::{Samples, ShadowGate};
+use crate::spend_cap::{CapKind, HourCap};
 use crate::telemetry::{BackendStats, StatsRegistry};
 use crate::upstream::{self, Clients, Connector, Tls};
 
@@ -33,6 +34,8 @@ pub struct LiveBackend {
     pub auth: Option<(HeaderName, HeaderValue)>,
     pub breaker: Option<Arc<Breaker>>,
     pub stats: Arc<BackendStats>,
+    /// The policy's hourly cap on this backend's spend, as its candidate.
+    pub cap: Option<Arc<HourCap>>,
 }
 
 /// A policy ready to take requests.
@@ -54,6 +57,8 @@ pub struct LivePolicy {
 /// the settings stay), and the agent-wide samples and stop signal.
 pub struct LiveShadow {
     pub gate: Arc<ShadowGate>,
+    /// The hourly cap on shadow spend.
+    pub cap: Option<Arc<HourCap>>,
     pub samples: Arc<Samples>,
     pub stop: CancellationToken,
 }
@@ -125,6 +130,7 @@ pub struct Registry {
     breakers: Mutex<HashMap<(String, String), Arc<Breaker>>>,
     budgets: Mutex<HashMap<String, BudgetEntry>>,
     shadows: Mutex<HashMap<String, Arc<ShadowGate>>>,
+    caps: Mutex<HashMap<(String, CapKind), Arc<HourCap>>>,
     pub stats: Arc<StatsRegistry>,
     /// Sampled shadow mismatches.
     pub samples: Arc<Samples>,
@@ -143,6 +149,7 @@ impl Registry {
             breakers: Mutex::default(),
             budgets: Mutex::default(),
             shadows: Mutex::default(),
+            caps: Mutex::default(),
             stats: Arc::default(),
             samples: Arc::default(),
             shadow_stop: CancellationToken::new(),
@@ -171,7 +178,19 @@ impl Registry {
         let mut used_breakers = Vec::new();
         let mut used_budgets = Vec::new();
         let mut used_shadows = Vec::new();
+        let mut used_caps = Vec::new();
         for policy in policies {
+            let mut cap = |kind: CapKind, limit: Option<f64>| {
+                let key = (policy.name.to_string(), kind);
+                let cap = self.cap(&key, limit?);
+                used_caps.push(key);
+                Some(cap)
+            };
+            let candidate_cap = cap(CapKind::Candidate, policy.candidate_spend_per_hour);
+            let shadow_cap = cap(
+                CapKind::Shadow,
+                policy.shadow.as_ref().and_then(|s| s.max_spend_per_hour),
+            );
             let mut backends = Vec::with_capacity(policy.backends.len());
             for (i, b) in policy.backends.iter().enumerate() {
                 let auth = resolve_credentials(b).map_err(|message| ApplyError {
@@ -206,6 +225,9 @@ impl Registry {
                     auth,
                     breaker,
                     stats: self.stats.backend(&policy.name, &b.name, version),
+                    cap: candidate_cap
+                        .clone()
+                        .filter(|_| policy.candidate == Some(i)),
                 });
             }
             let budget = self.budget(&policy);
@@ -220,6 +242,7 @@ impl Registry {
                 used_shadows.push(policy.name.to_string());
                 LiveShadow {
                     gate: self.shadow_gate(&policy.name, settings),
+                    cap: shadow_cap.clone(),
                     samples: self.samples.clone(),
                     stop: self.shadow_stop.clone(),
                 }
@@ -246,6 +269,7 @@ impl Registry {
         lock(&self.breakers).retain(|k, _| used_breakers.contains(k));
         lock(&self.budgets).retain(|k, _| used_budgets.contains(k));
         lock(&self.shadows).retain(|k, _| used_shadows.contains(k));
+        lock(&self.caps).retain(|k, _| used_caps.contains(k));
         Ok(Table {
             version,
             policies: live,
@@ -285,6 +309,23 @@ impl Registry {
                 let g = Arc::new(ShadowGate::new(policy, settings.clone()));
                 gates.insert(policy.to_string(), g.clone());
                 g
+            }
+        }
+    }
+
+    /// A policy's hourly spend cap, kept (with the hour's spend) across
+    /// reloads; a new limit applies at once.
+    fn cap(&self, key: &(String, CapKind), limit: f64) -> Arc<HourCap> {
+        let mut caps = lock(&self.caps);
+        match caps.get(key) {
+            Some(c) => {
+                c.set_limit(limit, crate::spend_cap::now_secs());
+                c.clone()
+            }
+            None => {
+                let c = Arc::new(HourCap::new(&key.0, key.1, limit));
+                caps.insert(key.clone(), c.clone());
+                c
             }
         }
     }

@@ -197,6 +197,7 @@ async fn run(mirror: Mirror, primary: oneshot::Receiver<Seen>) {
             *status,
             a.outcome,
             &a.usage,
+            live.shadow.as_ref().and_then(|s| s.cap.as_deref()),
         );
         stats.add(c::INPUT_TOKENS, a.usage.input);
         stats.add(c::OUTPUT_TOKENS, a.usage.output);

@@ -218,6 +218,7 @@ mod tests {
             max_requests_per_second: None,
             max_tokens_per_minute: None,
             keep_prompts: false,
+            max_spend_per_hour: None,
         }
     }
 

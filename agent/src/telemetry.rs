@@ -63,6 +63,10 @@ pub struct BackendStats {
     pub examples: Examples,
     /// Money spent, by [`SpendKind`] (exact sums do not fit an atomic).
     cost: Mutex<[Spend; SpendKind::ALL.len()]>,
+    /// Times this backend's hourly spend cap was reached, and requests sent
+    /// elsewhere (or not mirrored) while it was.
+    pub spend_cap_trips: AtomicU64,
+    pub spend_capped: AtomicU64,
 }
 
 /// What a backend's answer was for, as its cost is counted.
@@ -372,6 +376,7 @@ impl BackendStats {
             ],
             shadow: self.shadow.counts(),
             cost: *lock(&self.cost),
+            spend_cap: [load(&self.spend_cap_trips), load(&self.spend_capped)],
         }
     }
 }
@@ -396,6 +401,8 @@ pub struct Counts {
     pub shadow: ShadowCounts,
     /// By [`SpendKind`].
     pub cost: [Spend; SpendKind::ALL.len()],
+    /// Hourly spend cap: trips, requests sent elsewhere.
+    pub spend_cap: [u64; 2],
 }
 
 impl Counts {
@@ -427,6 +434,9 @@ impl Counts {
         for (a, b) in self.cost.iter_mut().zip(&other.cost) {
             a.add(b);
         }
+        for (a, b) in self.spend_cap.iter_mut().zip(&other.spend_cap) {
+            *a += b;
+        }
     }
 
     /// What was added since `earlier`, a copy of the same counters.
@@ -450,6 +460,9 @@ impl Counts {
             }),
             shadow: self.shadow.since(&earlier.shadow),
             cost: std::array::from_fn(|i| self.cost[i].since(&earlier.cost[i])),
+            spend_cap: std::array::from_fn(|i| {
+                self.spend_cap[i].saturating_sub(earlier.spend_cap[i])
+            }),
         }
     }
 
@@ -461,6 +474,7 @@ impl Counts {
             && self.outcomes.iter().all(|n| *n == 0)
             && self.shadow.is_empty()
             && self.cost.iter().all(Spend::is_empty)
+            && self.spend_cap.iter().all(|n| *n == 0)
     }
 
     /// The wire form, for a telemetry report.
@@ -490,6 +504,8 @@ impl Counts {
                     shadow: spend(SpendKind::Shadow),
                 }
             }),
+            spend_cap_trips: self.spend_cap[0],
+            spend_capped: self.spend_cap[1],
         }
     }
 }
@@ -751,7 +767,7 @@ impl StatsRegistry {
             }
         }
         type Getter = fn(&Counts) -> u64;
-        let simple: [(&str, &str, Getter); 6] = [
+        let simple: [(&str, &str, Getter); 8] = [
             (
                 "shepherd_agent_selected_total",
                 "Requests the split sent to a backend first.",
@@ -766,6 +782,16 @@ impl StatsRegistry {
                 "shepherd_agent_fallbacks_total",
                 "Times a backend was tried as a fallback.",
                 |s| s.fallbacks,
+            ),
+            (
+                "shepherd_agent_spend_cap_trips_total",
+                "Times a backend's hourly spend cap was reached (as the candidate, or as the shadow).",
+                |s| s.spend_cap[0],
+            ),
+            (
+                "shepherd_agent_spend_capped_total",
+                "Requests sent to the baseline instead of the candidate, or not mirrored to the shadow, while its hourly spend cap was reached.",
+                |s| s.spend_cap[1],
             ),
             (
                 "shepherd_agent_translated_requests_total",

@@ -188,6 +188,13 @@ pub fn render(w: &Watched, now: DateTime<Utc>, recent: usize) -> String {
                         s.rate_limited,
                         duration(s.latency_p95.as_ref())
                     );
+                    if s.spend_cap_trips > 0 {
+                        let _ = writeln!(
+                            out,
+                            "      hourly spend cap reached {} time(s) at the agents; {} requests sent elsewhere",
+                            s.spend_cap_trips, s.spend_capped
+                        );
+                    }
                     if let Some(c) = &s.cost {
                         let unpriced = if c.unpriced > 0 {
                             format!(", {} unpriced", c.unpriced)
@@ -319,6 +326,8 @@ mod tests {
                 requests: 250,
                 errors: 1,
                 error_rate_percent: 0.4,
+                spend_cap_trips: 2,
+                spend_capped: 40,
                 cost: Some(v1::SideCost {
                     currency: "USD".into(),
                     spend: "0.0025".into(),

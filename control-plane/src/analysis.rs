@@ -117,6 +117,10 @@ pub struct Side {
     pub cost: Option<Costs>,
     /// Output tokens of the answers served.
     pub output_tokens: u64,
+    /// Hourly spend cap trips at the agents, and requests sent elsewhere
+    /// (or not mirrored) while capped.
+    pub spend_cap_trips: u64,
+    pub spend_capped: u64,
 }
 
 /// A backend's spend by kind.
@@ -168,6 +172,8 @@ impl Side {
             examples: t.examples.clone(),
             cost: t.cost.as_ref().map(Costs::of),
             output_tokens: t.output_tokens,
+            spend_cap_trips: t.spend_cap_trips,
+            spend_capped: t.spend_capped,
         }
     }
 }
@@ -444,6 +450,8 @@ fn side(t: &Side) -> SideFigures {
         client_error_rate_percent: percent(client_errors(&o), requests),
         examples: t.examples.clone(),
         cost: None,
+        spend_cap_trips: t.spend_cap_trips,
+        spend_capped: t.spend_capped,
     }
 }
 

@@ -85,6 +85,8 @@ pub fn merge_backend(
     into.retries += from.retries;
     into.fallbacks += from.fallbacks;
     into.selected += from.selected;
+    into.spend_cap_trips += from.spend_cap_trips;
+    into.spend_capped += from.spend_capped;
     merge_examples(&mut into.examples, &from.examples);
     if let Some(cost) = &from.cost {
         merge_cost(into.cost.get_or_insert_with(Default::default), cost)

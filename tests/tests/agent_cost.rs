@@ -324,3 +324,66 @@ async fn shadow_spend_is_its_own() {
     );
     agent.stop().await;
 }
+
+/// Past the candidate's hourly spend cap the agent sends its share to the
+/// baseline, and counts the trip and the requests moved; past the shadow's,
+/// it stops mirroring. (The cap opening again when the hour turns is tested
+/// in `spend_cap`, with the time given.)
+#[tokio::test]
+async fn hourly_spend_caps_send_the_candidates_share_to_the_baseline() {
+    // Each cheap answer costs 0.0000031: the fourth reaches 0.00001.
+    let (a, b, agent) = setup(json!({
+        "traffic": {"candidate_weight": 10000, "max_candidate_spend_per_hour": 0.00001}
+    }))
+    .await;
+    let c = agent.client();
+    let mut served_by = Vec::new();
+    for _ in 0..10 {
+        let r = c.post(CHAT, BODY, &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        served_by.push(r.backend().to_string());
+    }
+    assert_eq!(served_by[..4], ["b", "b", "b", "b"]);
+    assert!(served_by[4..].iter().all(|s| s == "a"), "{served_by:?}");
+    assert_eq!((b.count(), a.count()), (4, 6));
+    let metric = |name: &str| format!("{name}{{policy=\"chat\",backend=\"b\"}}");
+    assert_eq!(
+        agent
+            .metric(&metric("shepherd_agent_spend_cap_trips_total"))
+            .await,
+        1
+    );
+    assert_eq!(
+        agent
+            .metric(&metric("shepherd_agent_spend_capped_total"))
+            .await,
+        6
+    );
+    agent.stop().await;
+
+    // The shadow stops once its own cap is reached.
+    let (_a, b, agent) = setup(json!({
+        "shadow": {"percent": 100.0, "max_spend_per_hour": 0.00001}
+    }))
+    .await;
+    let c = agent.client();
+    for _ in 0..4 {
+        assert_eq!(c.post(CHAT, BODY, &[]).await.status, 200);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while spend(&agent, "b", SpendKind::Shadow).1 < 4 {
+        assert!(tokio::time::Instant::now() < deadline, "no shadow spend");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for _ in 0..5 {
+        assert_eq!(c.post(CHAT, BODY, &[]).await.status, 200);
+    }
+    assert_eq!(b.count(), 4, "no mirroring past the cap");
+    assert_eq!(
+        agent
+            .metric(&metric("shepherd_agent_spend_capped_total"))
+            .await,
+        5
+    );
+    agent.stop().await;
+}

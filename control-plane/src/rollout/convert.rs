@@ -10,9 +10,9 @@ use shepherd_proto::cost::{exact, parse_exact};
 use shepherd_proto::v1;
 
 use super::model::{
-    DEFAULT_ACK_TIMEOUT, DEFAULT_QUORUM_PERCENT, DEFAULT_ROLLBACK_STEP, Event, EventKind, Figures,
-    GateResult, OnFailure, PassRule, Phase, Plan, Rollback, Rollout, SideCost, SideFigures, Stage,
-    State, Verdict,
+    CapTrips, DEFAULT_ACK_TIMEOUT, DEFAULT_QUORUM_PERCENT, DEFAULT_ROLLBACK_STEP, Event, EventKind,
+    Figures, GateResult, OnFailure, PassRule, Phase, Plan, Rollback, Rollout, SideCost,
+    SideFigures, Stage, State, Verdict,
 };
 
 fn time(t: Option<&pbjson_types::Timestamp>) -> Option<DateTime<Utc>> {
@@ -153,7 +153,7 @@ fn verdict_of(v: v1::Verdict) -> Option<Verdict> {
     }
 }
 
-const KINDS: [(EventKind, v1::RolloutEventKind); 13] = [
+const KINDS: [(EventKind, v1::RolloutEventKind); 14] = [
     (EventKind::Started, v1::RolloutEventKind::Started),
     (EventKind::ClockStarted, v1::RolloutEventKind::ClockStarted),
     (EventKind::Promoted, v1::RolloutEventKind::Promoted),
@@ -173,6 +173,7 @@ const KINDS: [(EventKind, v1::RolloutEventKind); 13] = [
         EventKind::TelemetryResumed,
         v1::RolloutEventKind::TelemetryResumed,
     ),
+    (EventKind::SpendCapped, v1::RolloutEventKind::SpendCapped),
 ];
 
 impl From<EventKind> for v1::RolloutEventKind {
@@ -214,6 +215,8 @@ impl From<&Rollout> for v1::Rollout {
             create_time: r.created.and_then(stamp),
             update_time: r.updated.and_then(stamp),
             retry_of: r.retry_of,
+            spend_cap_trips: r.spend_capped.trips,
+            spend_cap_stage_version: r.spend_capped.stage_version,
             ..Default::default()
         };
         match r.state {
@@ -271,6 +274,10 @@ impl TryFrom<&v1::Rollout> for Rollout {
             created: time(w.create_time.as_ref()),
             updated: time(w.update_time.as_ref()),
             retry_of: w.retry_of,
+            spend_capped: CapTrips {
+                stage_version: w.spend_cap_stage_version,
+                trips: w.spend_cap_trips,
+            },
         })
     }
 }
@@ -293,6 +300,8 @@ impl From<&SideFigures> for v1::SideFigures {
             rejected_rate_percent: s.rejected_rate_percent,
             client_error_rate_percent: s.client_error_rate_percent,
             examples: s.examples.clone(),
+            spend_cap_trips: s.spend_cap_trips,
+            spend_capped: s.spend_capped,
             cost: s.cost.as_ref().map(|c| v1::SideCost {
                 currency: c.currency.clone(),
                 spend: exact(c.spend),
@@ -325,6 +334,8 @@ impl From<&v1::SideFigures> for SideFigures {
             rejected_rate_percent: s.rejected_rate_percent,
             client_error_rate_percent: s.client_error_rate_percent,
             examples: s.examples.clone(),
+            spend_cap_trips: s.spend_cap_trips,
+            spend_capped: s.spend_capped,
             // Written by this code: a spend that does not parse reads as 0.
             cost: s.cost.as_ref().map(|c| SideCost {
                 currency: c.currency.clone(),
@@ -484,6 +495,10 @@ mod tests {
             created: Some(at(0)),
             updated: Some(at(2)),
             retry_of: 2,
+            spend_capped: CapTrips {
+                stage_version: 7,
+                trips: 3,
+            },
         }
     }
 

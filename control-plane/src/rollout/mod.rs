@@ -24,7 +24,9 @@ use crate::analysis::{
 };
 use crate::policy::StoredPolicy;
 use crate::store::{PolicyWrite, RolloutWrite};
-use model::{Event, EventKind, Figures, OnFailure, Phase, Plan, Rollback, Rollout, State, Verdict};
+use model::{
+    CapTrips, Event, EventKind, Figures, OnFailure, Phase, Plan, Rollback, Rollout, State, Verdict,
+};
 
 pub use model::{DEFAULT_ACK_TIMEOUT, DEFAULT_QUORUM_PERCENT, DEFAULT_ROLLBACK_STEP};
 
@@ -251,6 +253,7 @@ pub fn start(
         created: None,
         updated: None,
         retry_of,
+        spend_capped: CapTrips::default(),
     };
     let why = format!(
         "{} from {} to {} at stage 1 ({}){}",
@@ -639,29 +642,50 @@ pub fn tick(
             let stale_for = now - seen.latest_window.unwrap_or(clock);
             let now_stale =
                 seen.quorum.selected > 0 && stale_for >= chrono_dur(options.stale_after);
-            if now_stale == stale {
+            let trips = seen.candidate.spend_cap_trips;
+            let told = match r.spend_capped {
+                CapTrips {
+                    stage_version,
+                    trips,
+                } if stage_version == r.stage_version => trips,
+                _ => 0,
+            };
+            if now_stale == stale && trips <= told {
                 return (None, Some(j));
             }
-            c.rollout.state = State::Running {
-                clock: Some(clock),
-                stale: now_stale,
-            };
-            let (kind, why) = if now_stale {
-                (
-                    EventKind::TelemetryStale,
-                    format!(
-                        "no telemetry for {}s from the {} selected agents; decisions wait",
-                        stale_for.num_seconds(),
-                        seen.quorum.selected
-                    ),
-                )
-            } else {
-                (
-                    EventKind::TelemetryResumed,
-                    "telemetry arrives again".to_string(),
-                )
-            };
-            c.push(event(&c.rollout, kind, now, actor, why));
+            if trips > told {
+                c.rollout.spend_capped = CapTrips {
+                    stage_version: r.stage_version,
+                    trips,
+                };
+                let why = format!(
+                    "an hourly spend cap on the candidate was reached {} more time(s) at the agents ({trips} in this stage): there its share goes to the baseline, or its mirroring stops, until the hour ends",
+                    trips - told
+                );
+                c.push(event(&c.rollout, EventKind::SpendCapped, now, actor, why));
+            }
+            if now_stale != stale {
+                c.rollout.state = State::Running {
+                    clock: Some(clock),
+                    stale: now_stale,
+                };
+                let (kind, why) = if now_stale {
+                    (
+                        EventKind::TelemetryStale,
+                        format!(
+                            "no telemetry for {}s from the {} selected agents; decisions wait",
+                            stale_for.num_seconds(),
+                            seen.quorum.selected
+                        ),
+                    )
+                } else {
+                    (
+                        EventKind::TelemetryResumed,
+                        "telemetry arrives again".to_string(),
+                    )
+                };
+                c.push(event(&c.rollout, kind, now, actor, why));
+            }
             (Some(c.done()), Some(j))
         }
     }
@@ -990,7 +1014,8 @@ mod tests {
     /// stage waits, passes (to the next stage, or to success at the last),
     /// fails (rolling back, pausing, or stepping down gradually) or is
     /// inconclusive; telemetry going stale and coming back are events, said
-    /// once; a deleted policy aborts the rollout; a paused one is left
+    /// once, and so are the candidate's hourly spend cap trips, per stage
+    /// version; a deleted policy aborts the rollout; a paused one is left
     /// alone.
     #[test]
     fn tick_transitions() {
@@ -1031,6 +1056,11 @@ mod tests {
         let failing = seen(2, (100, 50), (900, 0), at(3));
         let few = |s| seen(2, (5, 0), (900, 0), at(s));
         let waiting = seen(1, (0, 0), (0, 0), t0);
+        let capped = |trips| {
+            let mut s = few(5);
+            s.candidate.spend_cap_trips = trips;
+            s
+        };
 
         struct Row<'a> {
             name: &'a str,
@@ -1215,6 +1245,45 @@ mod tests {
                 wrote: Some((vec![K::TelemetryResumed], running(false), 0, 1000)),
             },
             Row {
+                name: "a spend cap reached at the agents is an event",
+                rollout: with(&plain, 0, 1000, running(false)),
+                policy: Some(&plain),
+                seen: capped(2),
+                now: at(5),
+                verdict: Some(Verdict::Wait),
+                wrote: Some((vec![K::SpendCapped], running(false), 0, 1000)),
+            },
+            Row {
+                name: "spend cap trips already told are not told again",
+                rollout: Rollout {
+                    spend_capped: CapTrips {
+                        stage_version: started.stage_version,
+                        trips: 2,
+                    },
+                    ..with(&plain, 0, 1000, running(false))
+                },
+                policy: Some(&plain),
+                seen: capped(2),
+                now: at(5),
+                verdict: Some(Verdict::Wait),
+                wrote: None,
+            },
+            Row {
+                name: "trips told under another stage version count afresh",
+                rollout: Rollout {
+                    spend_capped: CapTrips {
+                        stage_version: started.stage_version + 1,
+                        trips: 2,
+                    },
+                    ..with(&plain, 0, 1000, running(false))
+                },
+                policy: Some(&plain),
+                seen: capped(1),
+                now: at(5),
+                verdict: Some(Verdict::Wait),
+                wrote: Some((vec![K::SpendCapped], running(false), 0, 1000)),
+            },
+            Row {
                 name: "a deleted policy aborts the rollout",
                 rollout: with(&plain, 0, 1000, running(false)),
                 policy: None,
@@ -1248,6 +1317,24 @@ mod tests {
                 assert_eq!(w.new_stage, moved, "{}: a new snapshot", row.name);
             }
         }
+
+        // The cap's event says how often, and the rollout keeps the count.
+        let (w, _) = tick(
+            &with(&plain, 0, 1000, running(false)),
+            Some(&plain),
+            &capped(3),
+            at(5),
+            &o,
+        );
+        let w = w.unwrap();
+        assert!(
+            w.events[0]
+                .reason
+                .starts_with("an hourly spend cap on the candidate was reached 3 more time(s)"),
+            "{}",
+            w.events[0].reason
+        );
+        assert_eq!(w.rollout.spend_capped.trips, 3);
 
         // What the events and revisions say.
         let (w, _) = tick(

@@ -217,6 +217,15 @@ pub struct Rollout {
     pub updated: Option<DateTime<Utc>>,
     /// The rollout this one retries (0: none).
     pub retry_of: i64,
+    /// The candidate's hourly spend cap trips already told by an event.
+    pub spend_capped: CapTrips,
+}
+
+/// Hourly spend cap trips counted under one stage version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CapTrips {
+    pub stage_version: u64,
+    pub trips: u64,
 }
 
 impl Rollout {
@@ -251,6 +260,7 @@ pub enum EventKind {
     Aborted,
     TelemetryStale,
     TelemetryResumed,
+    SpendCapped,
 }
 
 impl EventKind {
@@ -270,6 +280,7 @@ impl EventKind {
             EventKind::Aborted => "ABORTED",
             EventKind::TelemetryStale => "TELEMETRY_STALE",
             EventKind::TelemetryResumed => "TELEMETRY_RESUMED",
+            EventKind::SpendCapped => "SPEND_CAPPED",
         }
     }
 }
@@ -334,6 +345,9 @@ pub struct SideFigures {
     pub examples: Vec<v1::FailureExample>,
     /// What its answers cost, when its backend has prices.
     pub cost: Option<SideCost>,
+    /// Hourly spend cap trips, and requests sent elsewhere while capped.
+    pub spend_cap_trips: u64,
+    pub spend_capped: u64,
 }
 
 /// One backend's spend over a stage.

@@ -404,6 +404,7 @@ impl Checker {
             None => self.fail("traffic", "required"),
             Some(t) => self.traffic(t, &names),
         }
+        self.spend_caps(p);
         if let Some(r) = &p.rollout {
             self.rollout(r, p.shadow.as_ref());
             if r.gates.as_ref().is_some_and(|g| g.max_cost_ratio.is_some())
@@ -771,6 +772,45 @@ impl Checker {
                 "rollout.pass_rule",
                 "must be PASS_RULE_NO_REGRESSION or PASS_RULE_PROVEN_NOT_WORSE",
             );
+        }
+    }
+
+    /// The hourly spend caps: positive amounts, on backends with prices.
+    fn spend_caps(&mut self, p: &crate::v1::Policy) {
+        let priced = |name: &str| {
+            p.backends
+                .iter()
+                .any(|b| b.name == name && (b.prices.is_some() || !b.model_prices.is_empty()))
+        };
+        let traffic = p.traffic.clone().unwrap_or_default();
+        let caps = [
+            (
+                "traffic.max_candidate_spend_per_hour",
+                traffic.max_candidate_spend_per_hour,
+                traffic.candidate.clone(),
+                "the candidate",
+            ),
+            (
+                "shadow.max_spend_per_hour",
+                p.shadow.as_ref().and_then(|s| s.max_spend_per_hour),
+                p.shadow
+                    .as_ref()
+                    .map(|s| s.backend.clone())
+                    .filter(|b| !b.is_empty())
+                    .unwrap_or(traffic.candidate),
+                "the shadow",
+            ),
+        ];
+        for (path, cap, backend, role) in caps {
+            let Some(cap) = cap else { continue };
+            if !(cap.is_finite() && cap > 0.0 && cap <= 1e12) {
+                self.fail(path, "must be above 0 and at most 1000000000000");
+            } else if !backend.is_empty() && !priced(&backend) {
+                self.fail(
+                    path,
+                    format!("needs prices on {role} backend {backend:?} (backends[].prices or model_prices)"),
+                );
+            }
         }
     }
 

@@ -39,6 +39,7 @@ fn valid() -> Policy {
             candidate: "candidate".into(),
             candidate_weight: 100,
             sticky_header: "x-user-id".into(),
+            max_candidate_spend_per_hour: None,
         }),
         rollout: Some(RolloutSpec {
             stages: vec![
@@ -836,5 +837,40 @@ fn cost_gates() {
         }),
         "rollout.gates.max_cost_ratio",
         "needs prices on the candidate backend",
+    );
+}
+
+#[test]
+fn hourly_spend_caps() {
+    let priced = |p: &mut Policy| {
+        for b in &mut p.backends {
+            b.prices = Some(prices(1.0, 2.0));
+        }
+    };
+    assert_eq!(
+        violations(|p| {
+            priced(p);
+            p.traffic.as_mut().unwrap().max_candidate_spend_per_hour = Some(25.0);
+            p.shadow.as_mut().unwrap().max_spend_per_hour = Some(5.0);
+        }),
+        Vec::<String>::new()
+    );
+    assert_one(
+        violations(|p| {
+            priced(p);
+            p.traffic.as_mut().unwrap().max_candidate_spend_per_hour = Some(0.0);
+        }),
+        "traffic.max_candidate_spend_per_hour",
+        "above 0",
+    );
+    assert_one(
+        violations(|p| p.traffic.as_mut().unwrap().max_candidate_spend_per_hour = Some(25.0)),
+        "traffic.max_candidate_spend_per_hour",
+        "needs prices on the candidate backend",
+    );
+    assert_one(
+        violations(|p| p.shadow.as_mut().unwrap().max_spend_per_hour = Some(f64::NAN)),
+        "shadow.max_spend_per_hour",
+        "above 0",
     );
 }
