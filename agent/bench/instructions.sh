@@ -10,6 +10,9 @@
 # if needed), warms up with 500 requests, then counts REQUESTS requests from oha
 # (8 connections). Prints the count and the top functions by inclusive cost.
 #
+# With PRICED=1, both backends of agent/bench/policy.json get prices, so every
+# answer is priced from its usage (compare with a run without it).
+#
 # With PROVIDER set, the upstream is the project's mock provider serving that
 # one API strictly (--api) on 127.0.0.1:18130, behind a one-backend policy of
 # that protocol: PROVIDER=openai is a passthrough, PROVIDER=anthropic
@@ -38,6 +41,18 @@ JSON
   provider_pid=$!
 else
   curl -sf -o /dev/null "http://127.0.0.1:$MOCK_PORT/health" || "$BENCH/peers.sh" start mock
+  if [[ -n "${PRICED:-}" ]]; then
+    priced=$(dirname "$out")/policy.json
+    python3 - "$policy" "$priced" <<'PY'
+import json, sys
+p = json.load(open(sys.argv[1]))
+p["currency"] = "USD"
+for b in p["backends"]:
+    b["prices"] = {"input_per_million": 2.5, "output_per_million": 8.0, "cached_input_per_million": 1.25}
+json.dump(p, open(sys.argv[2], "w"))
+PY
+    policy=$priced
+  fi
 fi
 BENCH_PROVIDER_KEY=sk-bench-provider-key valgrind --tool=callgrind --callgrind-out-file="$out" \
   "$root/target/profiling/shepherd-agent" --policy-file "$policy" \

@@ -7,6 +7,7 @@
 //! document, key order included, stays as it was.
 
 use std::ops::Range;
+use std::sync::LazyLock;
 
 use bytes::{Bytes, BytesMut};
 use memchr::memmem;
@@ -24,6 +25,10 @@ fn splice(body: &[u8], range: Range<usize>, value: &str) -> Option<Bytes> {
     out.extend_from_slice(body.get(range.end..)?);
     Some(out.freeze())
 }
+
+/// Finds a `stream` key (or the word in a string: then the body is read).
+static STREAM_KEY: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"stream\""));
 
 /// A request of the app's own API family made ready for a backend.
 #[derive(Debug, PartialEq, Eq)]
@@ -129,9 +134,12 @@ fn top_model(body: &[u8]) -> Option<(Range<usize>, String)> {
 /// set. Every other byte stays as it was.
 pub fn for_backend(backend: &Backend, api: Api, body: &Bytes) -> ForBackend {
     let by_model = backend.pricing.as_ref().is_some_and(|p| p.by_model());
+    // Only a body that names "stream" can be a stream (most are not: they
+    // are not read past their model).
     let may_ask = backend.pricing.is_some()
         && backend.protocol == crate::api::Dialect::OpenAi
-        && matches!(api, Api::ChatCompletions | Api::Completions);
+        && matches!(api, Api::ChatCompletions | Api::Completions)
+        && STREAM_KEY.find(body).is_some();
     let unchanged = || ForBackend {
         body: body.clone(),
         requested_model: None,

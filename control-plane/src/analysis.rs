@@ -859,7 +859,13 @@ impl Gatekeeper {
             }
         }
         if self.statistics == Statistics::Sequential {
-            self.onset(windows, margin, alpha * ONSET_SHARE, examples);
+            self.onset(
+                windows,
+                (errors(b), nb),
+                margin,
+                alpha * ONSET_SHARE,
+                examples,
+            );
         }
     }
 
@@ -872,10 +878,14 @@ impl Gatekeeper {
     /// are looked at (looking at fewer can only lower the chance of a false
     /// alarm), and only those where the candidate's observed rate is above
     /// the baseline's plus the margin (elsewhere no alternative is more
-    /// likely than the null, and the e-value is below 1).
+    /// likely than the null, and the e-value is below 1). The baseline's
+    /// rate, which the margin is measured against, is bounded from its
+    /// counts over the whole stage (`base`): a few windows of them say
+    /// little.
     fn onset(
         &mut self,
         windows: &[Window],
+        base: (u64, u64),
         margin: f64,
         alpha: f64,
         examples: &[v1::FailureExample],
@@ -897,16 +907,18 @@ impl Gatekeeper {
                 counts.1,
                 counts.2,
                 counts.3,
+                base,
                 margin / 100.0,
                 level,
             ) {
                 continue;
             }
-            let worse = sequential::worse(
+            let worse = sequential::worse_since(
                 counts.0,
                 counts.1,
                 counts.2,
                 counts.3,
+                base,
                 margin / 100.0,
                 level,
             );

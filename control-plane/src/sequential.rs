@@ -249,13 +249,15 @@ const RATIOS_DOWN: [f64; 6] = [0.8, 0.67, 0.5, 0.33, 0.2, 0.05];
 /// probability `q = ρs / (ρs + 1 − s)`, `s` being the candidate's share of
 /// the requests, whatever the baseline's own rate. The test is the mixture
 /// of the likelihood ratios of the events' split, `xc` against `xb`, for
-/// `ρ` at [`RATIOS_UP`] times the null's `ρ0`, against `ρ0`. The margin in
-/// rate points becomes `ρ0 = (p + margin) / p` at the baseline's rate `p`
-/// (as measured, with one event and one non-event added, so that a class
-/// the baseline never shows still has a finite ratio); with no margin,
-/// `ρ0 = 1` and the test is exact, with a margin it takes the baseline's
-/// measured rate as known. Under the null the split is no more lopsided
-/// than the binomial one (sampling without replacement is more
+/// `ρ` at [`RATIOS_UP`] times the null's `ρ0`, against `ρ0`. With no
+/// margin `ρ0 = 1` and the test is exact. A margin in rate points is the
+/// ratio `ρ0 = (p + margin) / p` at the baseline's rate `p`, which is not
+/// known: it is taken at the low end of the baseline's confidence sequence
+/// (at α/10, the one the one-sample part uses), where the ratio is at its
+/// largest, so the null tested contains the true one whenever the sequence
+/// holds, and the union bound keeps the level (the split is then judged at
+/// 9α/10 like the one-sample part). Under the null the split is no more
+/// lopsided than the binomial one (sampling without replacement is more
 /// concentrated), so the mixture stays a supermartingale.
 ///
 /// The split says little when the baseline has no events of the kind at
@@ -265,7 +267,25 @@ const RATIOS_DOWN: [f64; 6] = [0.8, 0.67, 0.5, 0.33, 0.2, 0.05];
 /// margin (1/10; the construction of [`not_worse`], mirrored): a weighted
 /// mean of e-values is an e-value.
 pub fn worse(xc: u64, nc: u64, xb: u64, nb: u64, margin: f64, alpha: f64) -> Evidence {
-    two_sample_test(xc, nc, xb, nb, margin, alpha, Side::Above)
+    two_sample_test(xc, nc, xb, nb, (xb, nb), margin, alpha, Side::Above)
+}
+
+/// [`worse`] on counts since some point of the stage, with the baseline's
+/// rate, which the margin is measured against, known from `base` (its
+/// counts over the whole stage, events and requests): the onset test's
+/// windows hold too few baseline events to bound its rate. The baseline's
+/// rate is taken to hold over the stage.
+#[allow(clippy::too_many_arguments)]
+pub fn worse_since(
+    xc: u64,
+    nc: u64,
+    xb: u64,
+    nb: u64,
+    base: (u64, u64),
+    margin: f64,
+    alpha: f64,
+) -> Evidence {
+    two_sample_test(xc, nc, xb, nb, base, margin, alpha, Side::Above)
 }
 
 /// Whether [`worse`] could prove a regression at all: a cheap bound that
@@ -276,24 +296,40 @@ pub fn worse(xc: u64, nc: u64, xb: u64, nb: u64, margin: f64, alpha: f64) -> Evi
 /// observed rate, so when the weighted mean of those bounds stays below
 /// the thresholds, so does the test's e-value. `false` means it cannot
 /// prove one; `true` means it might.
-pub fn could_prove_worse(xc: u64, nc: u64, xb: u64, nb: u64, margin: f64, alpha: f64) -> bool {
-    if nc == 0 || nb == 0 || xc == 0 {
+#[allow(clippy::too_many_arguments)]
+pub fn could_prove_worse(
+    xc: u64,
+    nc: u64,
+    xb: u64,
+    nb: u64,
+    base: (u64, u64),
+    margin: f64,
+    alpha: f64,
+) -> bool {
+    if nc == 0 || nb == 0 || xc == 0 || base.1 == 0 {
         return false;
     }
-    // The split, as split_test sets its null.
-    let p = (xb as f64 + 1.0) / (nb as f64 + 2.0);
+    // The split, as split_test sets its null: with a margin, at a baseline
+    // rate no higher than the low end of its confidence sequence, which is
+    // at most its observed rate (the mixture never rejects the observed
+    // rate), so the observed rate gives the smallest null.
+    let p = if margin > 0.0 {
+        base.0 as f64 / base.1 as f64
+    } else {
+        (xb as f64 + 1.0) / (nb as f64 + 2.0)
+    };
     let share = nc as f64 / (nc + nb) as f64;
     let odds0 = (p + margin).min(1.0) / p * share / (1.0 - share);
     let q0 = odds0 / (1.0 + odds0);
     let q = xc as f64 / (xc + xb) as f64;
-    let split = if q > q0 {
+    let split = if p > 0.0 && q > q0 {
         log_likelihood(xc as f64, xb as f64, q) - log_likelihood(xc as f64, xb as f64, q0)
     } else {
         0.0
     };
     // The candidate's rate against the baseline's observed rate plus the
     // margin.
-    let bound = (xb as f64 / nb as f64 + margin).min(1.0);
+    let bound = (base.0 as f64 / base.1 as f64 + margin).min(1.0);
     let pc = xc as f64 / nc as f64;
     let (x, rest) = (xc as f64, (nc - xc) as f64);
     let rate = if pc > bound && bound < 1.0 {
@@ -308,11 +344,15 @@ pub fn could_prove_worse(xc: u64, nc: u64, xb: u64, nb: u64, margin: f64, alpha:
 }
 
 /// [`worse`] (`Side::Above`) or [`not_worse`] (`Side::Below`).
+/// The two-sample test of [`worse`] or [`not_worse`]; the baseline's rate
+/// (its confidence sequence) comes from the counts `base`.
+#[allow(clippy::too_many_arguments)]
 fn two_sample_test(
     xc: u64,
     nc: u64,
     xb: u64,
     nb: u64,
+    base: (u64, u64),
     margin: f64,
     alpha: f64,
     side: Side,
@@ -322,9 +362,26 @@ fn two_sample_test(
     } else {
         &RATIOS_DOWN
     };
-    let split = split_test(xc, nc, xb, nb, margin, alpha, ratios);
     let baseline_alpha = alpha * BASELINE_ALPHA_SHARE;
-    let (lower, upper) = interval(xb, nb, baseline_alpha);
+    let (lower, upper) = interval(base.0, base.1, baseline_alpha);
+    // The margin's ratio is largest at the baseline's lowest rate (so a
+    // regression must clear the most the margin can allow) and smallest at
+    // its highest (so non-inferiority must clear the least).
+    let split = if margin > 0.0 {
+        let base = if side == Side::Above { lower } else { upper };
+        split_test(
+            xc,
+            nc,
+            xb,
+            nb,
+            margin,
+            Some(base),
+            alpha - baseline_alpha,
+            ratios,
+        )
+    } else {
+        split_test(xc, nc, xb, nb, margin, None, alpha, ratios)
+    };
     let edge = if side == Side::Above { upper } else { lower };
     let rate = Evidence {
         log_e: log_e(xc, nc, (edge + margin).min(1.0), side),
@@ -356,20 +413,24 @@ fn combine(split: Evidence, rate: Evidence, alpha: f64) -> Evidence {
     }
 }
 
-/// The split of the events between the two sides (see [`worse`]).
+/// The split of the events between the two sides (see [`worse`]), at level
+/// `alpha`; `base` is the baseline rate the margin is a ratio at (`None`:
+/// as measured, for the bound reported when there is no margin).
+#[allow(clippy::too_many_arguments)]
 fn split_test(
     xc: u64,
     nc: u64,
     xb: u64,
     nb: u64,
     margin: f64,
+    base: Option<f64>,
     alpha: f64,
     ratios: &[f64],
 ) -> Evidence {
-    let p = (xb as f64 + 1.0) / (nb as f64 + 2.0);
+    let p = base.unwrap_or((xb as f64 + 1.0) / (nb as f64 + 2.0));
     let bound = (p + margin).min(1.0);
     let log_threshold = threshold(alpha);
-    if nc == 0 || nb == 0 {
+    if nc == 0 || nb == 0 || p <= 0.0 || p >= 1.0 {
         return Evidence {
             log_e: f64::NEG_INFINITY,
             log_threshold,
@@ -415,7 +476,7 @@ fn split_test(
 /// elsewhere), so the mixture can reach its threshold only if the mixture
 /// against `pc` itself does, which happens with probability at most 9α/10.
 pub fn not_worse(xc: u64, nc: u64, xb: u64, nb: u64, margin: f64, alpha: f64) -> Evidence {
-    two_sample_test(xc, nc, xb, nb, margin, alpha, Side::Below)
+    two_sample_test(xc, nc, xb, nb, (xb, nb), margin, alpha, Side::Below)
 }
 
 /// Sample size at which [`mean_interval`] is tightest.
@@ -595,13 +656,25 @@ mod tests {
             );
             let margin = [0.0, 0.005][i % 2];
             let alpha = [0.01, 1e-5][i % 2];
-            let e = worse(xc, nc, xb, nb, margin, alpha);
-            let could = could_prove_worse(xc, nc, xb, nb, margin, alpha);
+            // Half the time the baseline's rate comes from the whole
+            // stage, as in the onset test.
+            let base = if i % 3 == 0 {
+                (xb, nb)
+            } else {
+                let more = nb * 4;
+                (xb + binomial(&mut rng, more, pb), nb + more)
+            };
+            let e = if base == (xb, nb) {
+                worse(xc, nc, xb, nb, margin, alpha)
+            } else {
+                worse_since(xc, nc, xb, nb, base, margin, alpha)
+            };
+            let could = could_prove_worse(xc, nc, xb, nb, base, margin, alpha);
             if e.proven() {
                 proven += 1;
                 assert!(
                     could,
-                    "{xc}/{nc} vs {xb}/{nb}, margin {margin}, alpha {alpha}"
+                    "{xc}/{nc} vs {xb}/{nb} (base {base:?}), margin {margin}, alpha {alpha}"
                 );
             }
             if pc == pb {

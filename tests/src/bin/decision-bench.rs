@@ -16,7 +16,8 @@
 //! (5xx), an app error (a 4xx the request caused), a rejected answer (wrong
 //! key, unknown model, ...) or a success, with each side's probabilities.
 //!
-//! Usage: decision-bench [ROLLOUTS] [matrix|cases|all]   (default 1000, all)
+//! Usage: decision-bench [ROLLOUTS] [matrix|cases|cost|all]   (default 1000,
+//! all; `cases` includes the cost case, `cost` runs it alone)
 //! With WHY=1 in the environment, every FAIL's reason is printed to stderr.
 
 #![allow(
@@ -31,9 +32,10 @@
 use std::time::Duration;
 
 use shepherd_control_plane::analysis::{
-    PassRule, Side, StageInput, Statistics, Tally, Window, judge_stage,
+    Costs, PassRule, Side, StageInput, Statistics, Tally, Window, judge_stage,
 };
 use shepherd_control_plane::rollout::model::{Stage, Verdict};
+use shepherd_proto::cost::Spend;
 use shepherd_proto::v1;
 
 const AGENTS: usize = 10;
@@ -112,6 +114,11 @@ struct Counts {
     errors: u64,
     app_errors: u64,
     rejected: u64,
+    /// Successful answers priced, the sum of their costs and of their
+    /// squares (pico-units).
+    priced: u64,
+    picos: f64,
+    squares: f64,
 }
 
 impl Counts {
@@ -134,7 +141,18 @@ impl Counts {
         self.errors += o.errors;
         self.app_errors += o.app_errors;
         self.rejected += o.rejected;
+        self.priced += o.priced;
+        self.picos += o.picos;
+        self.squares += o.squares;
     }
+}
+
+/// The cost of an answer at the baseline's prices, in pico-units: 200
+/// input tokens at 2.50 and 1 to 1,000 output tokens at 8.00 per million,
+/// skewed short (the output is 1 + 999·U³ for a uniform U: a mean of 251).
+fn answer_cost(rng: &mut Rng) -> f64 {
+    let u = rng.unit();
+    200.0 * 2.5e6 + 8e6 * (1.0 + (999.0 * u * u * u).round())
 }
 
 /// What one backend answers: the probability of each failure class.
@@ -143,6 +161,8 @@ struct Profile {
     error: f64,
     app_error: f64,
     rejected: f64,
+    /// Prices as a multiple of the baseline's (0: not priced).
+    price: f64,
 }
 
 impl Profile {
@@ -166,6 +186,15 @@ impl Profile {
         side.errors += errors;
         side.app_errors += app;
         side.rejected += rejected;
+        if self.price > 0.0 {
+            let ok = rest - app - rejected;
+            side.priced += ok;
+            for _ in 0..ok {
+                let x = self.price * answer_cost(rng);
+                side.picos += x;
+                side.squares += x * x;
+            }
+        }
     }
 }
 
@@ -182,6 +211,15 @@ fn telemetry(backend: &str, s: &Counts) -> Side {
             backend_rejected: s.rejected,
             ..Default::default()
         },
+        cost: (s.priced > 0).then(|| Costs {
+            served: Spend {
+                picos: s.picos as u128,
+                priced: s.priced,
+                unpriced: 0,
+                squares: s.squares as u128,
+            },
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -590,14 +628,18 @@ fn matrix_row(rollouts: usize, (rate, weight, base): (f64, u32, f64)) -> String 
 }
 
 /// The named cases of the goals and of the earlier benches.
+/// The traffic and stages of the cases: 1,000 req/s, 60 s bakes, 600 s at
+/// most, 500 requests at least, urgent reports on.
+const CASES: Setup = Setup {
+    rate: 1000.0,
+    bake: 60,
+    max: 600,
+    min_requests: 500,
+    urgent: true,
+};
+
 fn cases(rollouts: usize) {
-    let setup = Setup {
-        rate: 1000.0,
-        bake: 60,
-        max: 600,
-        min_requests: 500,
-        urgent: true,
-    };
+    let setup = CASES;
     let g = v1::Gates {
         max_error_rate_percent: Some(5.0),
         significance: Some(0.01),
@@ -784,6 +826,64 @@ fn cases(rollouts: usize) {
     }
 }
 
+/// (g) The cost gate: a candidate three times pricier per answer, and
+/// healthy ones as costly as the baseline or 10% pricier (within a ceiling
+/// of 1.2), at 5% of 1,000 req/s.
+fn cost_cases(rollouts: usize) {
+    let setup = CASES;
+    let gates = v1::Gates {
+        max_cost_ratio: Some(1.2),
+        ..Default::default()
+    };
+    let priced = |price: f64| {
+        move |_: f64| Profile {
+            error: 0.01,
+            price,
+            ..Profile::default()
+        }
+    };
+    let baseline = priced(1.0);
+    let judges = [("sequential", SEQUENTIAL), ("fixed horizon", FIXED)];
+    for (name, judge) in judges {
+        let (times, missed) = time_to_fail(
+            7,
+            rollouts,
+            &setup,
+            500,
+            &gates,
+            judge,
+            &priced(3.0),
+            &baseline,
+        );
+        println!(
+            "(g) {name}: candidate 3x pricier per answer at 5% weight, max_cost_ratio 1.2, to rollback decision: {}; not caught: {missed}",
+            quantiles(times)
+        );
+    }
+    let weights = [500, 2500, 5000, 10_000];
+    for price in [1.0, 1.1] {
+        for (name, judge) in judges {
+            let r = whole_rollouts(
+                8,
+                rollouts,
+                &setup,
+                &weights,
+                &gates,
+                judge,
+                &priced(price),
+                &baseline,
+            );
+            println!(
+                "(g) {name}: candidate at {price}x the baseline's cost, max_cost_ratio 1.2, four-stage rollouts: {} rolled back ({:.2}%), {} inconclusive; rollout time {}",
+                r.rolled_back,
+                r.rolled_back as f64 * 100.0 / rollouts as f64,
+                r.inconclusive,
+                quantiles(r.durations)
+            );
+        }
+    }
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let rollouts: usize = args
@@ -792,6 +892,9 @@ fn main() {
     let what = args.next().unwrap_or_else(|| "all".into());
     if what == "cases" || what == "all" {
         cases(rollouts);
+    }
+    if what == "cost" || what == "cases" || what == "all" {
+        cost_cases(rollouts);
     }
     if what == "matrix" || what == "all" {
         matrix(rollouts);
