@@ -251,11 +251,15 @@ pub fn exact(picos: u128) -> String {
 /// The pico-units of a decimal written by [`exact`] (at most 12 decimal
 /// places); `None` for anything else.
 pub fn parse_exact(text: &str) -> Option<u128> {
-    let (units, frac) = text.split_once('.').unwrap_or((text, ""));
+    let (units, frac) = match text.split_once('.') {
+        Some((units, frac)) => (units, Some(frac)),
+        None => (text, None),
+    };
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !digits(units) || (!frac.is_empty() && !digits(frac)) || frac.len() > 12 {
+    if !digits(units) || frac.is_some_and(|f| !digits(f) || f.len() > 12) {
         return None;
     }
+    let frac = frac.unwrap_or("");
     let whole: u128 = units.parse().ok()?;
     let frac: u128 = if frac.is_empty() {
         0
