@@ -243,6 +243,13 @@ impl Proxy {
                 }
             }
         };
+        // A model call must be a JSON object with a boolean `stream`: any
+        // backend would refuse it, so it is answered here, sent nowhere.
+        let inference = api.is_inference(&parts.method);
+        if inference && let Err(why) = crate::api::check_request(&body) {
+            bump(&self.stats.bad_request);
+            return error_response(api.dialect(), ErrorKind::BadRequest, &why);
+        }
         bump(&live.requests);
         live.budget.deposit();
         let policy = &live.policy;
@@ -250,7 +257,6 @@ impl Proxy {
 
         // Only model calls are split (and mirrored); a model list or a file
         // goes to the baseline.
-        let inference = api.is_inference(&parts.method);
         let sticky = policy
             .sticky_header
             .as_ref()

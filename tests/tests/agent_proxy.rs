@@ -98,6 +98,44 @@ async fn passes_api_paths_and_refuses_unmatched() {
     agent.stop().await;
 }
 
+/// A model call whose body is not a JSON object, or whose `stream` is not a
+/// boolean, is answered with a 400 in the app's API and sent nowhere;
+/// other requests pass as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_bodies_are_refused_before_any_backend() {
+    let (a, b, p) = two_backends(5000, json!({})).await;
+    let agent = TestAgent::start(&p).await;
+    let c = agent.client();
+    for (path, body, says) in [
+        (CHAT, "not json", "must be a JSON object"),
+        (CHAT, "[1, 2]", "must be a JSON object"),
+        (CHAT, r#"{"model":"gpt-4o","messages":[]"#, "not valid JSON at byte"),
+        (CHAT, r#"{"model":"gpt-4o"} trailing"#, "not valid JSON at byte"),
+        (CHAT, r#"{"model":"gpt-4o","stream":"yes"}"#, "stream: must be a boolean"),
+        ("/v1/embeddings", "", "must be a JSON object"),
+        ("/v1/messages", r#"{"model":"m","stream":1}"#, "stream: must be a boolean"),
+    ] {
+        let r = c.post(path, body, &[]).await;
+        assert_eq!(r.status, 400, "{path} {body}: {}", r.text());
+        let e = r.json();
+        assert_eq!(e["error"]["type"], "shepherd_bad_request", "{e}");
+        let message = e["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{body}: {message}");
+        // Anthropic's error envelope on its own path.
+        assert_eq!(e.get("type").is_some(), path == "/v1/messages", "{e}");
+    }
+    assert_eq!((a.count(), b.count()), (0, 0), "nothing was sent");
+    assert_eq!(agent.metric("shepherd_agent_bad_request_total").await, 7);
+    // A null stream is absent to the providers; other paths are not read.
+    let ok = r#"{"model":"gpt-4o","stream":null,"messages":[{"role":"user","content":"hi"}]}"#;
+    assert_eq!(c.post(CHAT, ok, &[]).await.status, 200);
+    let before = a.count();
+    let files = c.post("/v1/files", "not json", &[]).await;
+    assert_ne!(files.status, 400, "{}", files.text());
+    assert_eq!(a.count(), before + 1, "the baseline got it as it was");
+    agent.stop().await;
+}
+
 /// Without a sticky key the split sends the weight's share to the candidate
 /// (20 % here, within five standard deviations over 2000 requests).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

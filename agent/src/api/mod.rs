@@ -384,6 +384,26 @@ fn item_object(r: &mut Reader<'_>, at: &dyn std::fmt::Display) -> Result<(), Mal
     Ok(())
 }
 
+/// Why the body of a model call cannot be sent on: it is not one JSON
+/// object, or its `stream` is not a boolean (null, which the providers read
+/// as absent, passes). Read once, values skipped, nothing kept.
+pub fn check_request(body: &[u8]) -> Result<(), String> {
+    let bad = |b: Bad| format!("the request body is {b}");
+    let mut r = Reader::new(body);
+    if r.peek() != Some(b'{') {
+        return Err("the request body must be a JSON object".into());
+    }
+    r.open(b'{').map_err(bad)?;
+    let mut first = true;
+    while let Some(key) = r.key(&mut first).map_err(bad)? {
+        if key == b"stream" && !matches!(r.peek(), Some(b't' | b'f' | b'n')) {
+            return Err("stream: must be a boolean (true or false)".into());
+        }
+        r.skip().map_err(bad)?;
+    }
+    r.done().map_err(bad)
+}
+
 /// Checks a complete successful answer of `api`, reading its `usage` on
 /// the way (one pass); with `text`, collects the answer's text into it.
 pub fn check_document(
@@ -728,6 +748,32 @@ impl ErrorBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A model call's body: one JSON object whose top-level `stream`, if
+    /// any, is a boolean or null; a nested `stream` is the app's business.
+    #[test]
+    fn request_bodies() {
+        for ok in [
+            r#"{"model":"m"}"#,
+            " \n{\"stream\": true}\n",
+            r#"{"stream":false,"messages":[{"stream":"x"}]}"#,
+            r#"{"stream":null}"#,
+        ] {
+            assert_eq!(check_request(ok.as_bytes()), Ok(()), "{ok}");
+        }
+        for (bad, says) in [
+            ("", "must be a JSON object"),
+            ("null", "must be a JSON object"),
+            (r#"{"stream":"true"}"#, "stream: must be a boolean"),
+            (r#"{"stream":0}"#, "stream: must be a boolean"),
+            (r#"{"stream":tru}"#, "not valid JSON"),
+            (r#"{"a":1,}"#, "not valid JSON at byte 7"),
+            (r#"{"a":1}{}"#, "not valid JSON at byte 7"),
+        ] {
+            let e = check_request(bad.as_bytes()).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
 
     /// One rule decides a path's API, with or without a base path in front.
     #[test]
