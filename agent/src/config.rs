@@ -134,6 +134,12 @@ pub struct Cli {
     #[arg(long, env = "SHEPHERD_AGENT_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// On SIGTERM/SIGINT, how long the agent reports not ready while it
+    /// still serves, before it closes its listener: load balancers (a
+    /// Kubernetes Service) stop sending it new requests first.
+    #[arg(long, env = "SHEPHERD_AGENT_SHUTDOWN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub shutdown_delay: Duration,
+
     /// Extra CA certificates (PEM) to trust for https upstreams, besides the
     /// built-in Mozilla roots.
     #[arg(long, env = "SHEPHERD_AGENT_UPSTREAM_CA_FILE")]

@@ -29,6 +29,8 @@ pub enum ErrorKind {
     StreamBroken,
     /// A streamed response stalled past the idle timeout.
     StreamIdleTimeout,
+    /// The agent's drain time ran out with the response still running.
+    ShuttingDown,
 }
 
 impl ErrorKind {
@@ -44,6 +46,7 @@ impl ErrorKind {
             ErrorKind::FaultInjected => "shepherd_fault_injected",
             ErrorKind::StreamBroken => "shepherd_stream_broken",
             ErrorKind::StreamIdleTimeout => "shepherd_stream_idle_timeout",
+            ErrorKind::ShuttingDown => "shepherd_shutting_down",
         }
     }
 
@@ -58,6 +61,7 @@ impl ErrorKind {
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::FaultInjected => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::StreamBroken | ErrorKind::StreamIdleTimeout => StatusCode::BAD_GATEWAY,
+            ErrorKind::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }

@@ -121,10 +121,11 @@ async fn run(cli: Cli) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {} (admin): {e}", cli.admin_listen))?;
     let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
 
+    let signalled = CancellationToken::new();
     let shutdown = CancellationToken::new();
     let background = CancellationToken::new();
     let tasks = TaskTracker::new();
-    tasks.spawn(shepherd_observe::cancel_on_signal(shutdown.clone()));
+    tasks.spawn(shepherd_observe::cancel_on_signal(signalled.clone()));
     tasks.spawn(admin::serve(
         admin_listener,
         agent.clone(),
@@ -146,11 +147,19 @@ async fn run(cli: Cli) -> Result<(), String> {
             tasks.spawn(control::retire_counters(agent.clone(), background.clone()));
         }
     }
+    // On a signal: not ready at once, then (after the pre-stop delay, for
+    // load balancers to stop sending) the listener closes and the drain
+    // starts.
     tasks.spawn({
-        let (agent, shutdown) = (agent.clone(), shutdown.clone());
+        let (agent, shutdown, delay) = (agent.clone(), shutdown.clone(), cli.shutdown_delay);
         async move {
-            shutdown.cancelled().await;
+            signalled.cancelled().await;
             agent.set_stopping();
+            if !delay.is_zero() {
+                info!(delay = ?delay, "not ready; the listener closes after the delay");
+                tokio::time::sleep(delay).await;
+            }
+            shutdown.cancel();
         }
     });
 

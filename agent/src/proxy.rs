@@ -30,6 +30,7 @@ use http::{HeaderMap, Request, Response, StatusCode, request, response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::{Api, Dialect, Usage, is_sse};
 pub use crate::attempt::SHADOW_HEADER;
@@ -103,6 +104,9 @@ pub struct Proxy {
     table: Arc<ArcSwap<Table>>,
     limits: Limits,
     stats: Arc<AgentStats>,
+    /// Cancelled when the drain time at shutdown runs out: streams still
+    /// running end with an error event.
+    pub closing: CancellationToken,
 }
 
 /// The last failure seen, answered to the app when nothing else serves.
@@ -127,6 +131,8 @@ struct Call<'a> {
     mirrored: bool,
     /// Answers read whole carry `x-shepherd-cost`.
     cost_header: bool,
+    /// The drain's end, which streams still running are cut at.
+    closing: &'a CancellationToken,
 }
 
 /// How far a request got: its attempts, whether it fell back, its last
@@ -168,6 +174,7 @@ impl Proxy {
             table,
             limits,
             stats,
+            closing: CancellationToken::new(),
         }
     }
 
@@ -309,6 +316,7 @@ impl Proxy {
             span: &span,
             mirrored: mirror.is_some(),
             cost_header: self.limits.cost_header,
+            closing: &self.closing,
         };
         let mut progress = Progress {
             guard: Some(guard),
@@ -447,6 +455,7 @@ async fn try_backend(
                         api: c.api,
                         crossing,
                         hide_usage: prepared.usage_asked,
+                        closing: c.closing,
                         cut_after: decision.cut_after,
                         answer_model,
                         outcome: Outcome::Ok,
@@ -554,6 +563,7 @@ async fn try_backend(
                             api: c.api,
                             crossing: None,
                             hide_usage: false,
+                            closing: c.closing,
                             cut_after: None,
                             answer_model: None,
                             outcome: outcome::classify_status(c.api, status),
@@ -914,6 +924,9 @@ struct Delivery<'a> {
     crossing: Option<&'a Crossing>,
     /// Keep the usage chunk asked for on the app's behalf from the app.
     hide_usage: bool,
+    /// The drain's end: a stream still running then ends with an error
+    /// event.
+    closing: &'a CancellationToken,
     /// Cut the stream after this many events (an injected fault).
     cut_after: Option<u32>,
     /// Set the stream's model to this one (the app's own).
@@ -957,6 +970,7 @@ fn deliver(
         api,
         crossing,
         hide_usage,
+        closing,
         cut_after,
         answer_model,
         outcome,
@@ -981,6 +995,9 @@ fn deliver(
     };
     let currency = shepherd_proto::cost::currency_of(&live.policy.source);
     let mut body = ObservedBody::new(body, watch, attempt, lease, guard).with_prefix(prefix);
+    if sse {
+        body.set_closing(closing);
+    }
     if let Some(model) = answer_model {
         body.set_answer_model(model);
     }

@@ -138,10 +138,20 @@ pub async fn serve(
         connections = open,
         "proxy listener closed; draining in-flight requests"
     );
+    let drained = graceful.shutdown();
+    tokio::pin!(drained);
     tokio::select! {
-        () = graceful.shutdown() => info!("all connections drained"),
+        () = &mut drained => info!("all connections drained"),
         () = tokio::time::sleep(settings.shutdown_grace) => {
             warn!(grace = ?settings.shutdown_grace, "in-flight requests did not finish in time; closing them");
+            // Streams still running end with an error event; their
+            // connections get a moment to write it.
+            proxy.closing.cancel();
+            let _ = tokio::time::timeout(CLOSING_FLUSH, drained).await;
         }
     }
 }
+
+/// How long streams cut at the end of the drain have to write their error
+/// event.
+const CLOSING_FLUSH: Duration = Duration::from_secs(1);

@@ -22,6 +22,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use memchr::memmem;
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 pub use crate::api::Usage;
 use crate::api::{Api, SseEvents, StreamCheck};
@@ -272,6 +273,9 @@ pub struct ObservedBody {
     spans: Option<Box<(BodySpans, String)>>,
     /// Sets the stream's model to the app's own.
     answer_model: Option<Box<StreamModel>>,
+    /// The end of the agent's drain at shutdown: a stream still running
+    /// then ends with an error event.
+    closing: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     _inflight: Option<InflightGuard>,
 }
 
@@ -324,6 +328,7 @@ impl ObservedBody {
             tap: None,
             spans: None,
             answer_model: None,
+            closing: None,
             _inflight: inflight,
         }
     }
@@ -337,6 +342,11 @@ impl ObservedBody {
     pub fn with_prefix(mut self, prefix: Bytes) -> Self {
         self.prefix = (!prefix.is_empty()).then_some(prefix);
         self
+    }
+
+    /// Ends the stream with an error event when `closing` is cancelled.
+    pub fn set_closing(&mut self, closing: &CancellationToken) {
+        self.closing = Some(Box::pin(closing.clone().cancelled_owned()));
     }
 
     /// Copies the body, as it passes, for the shadow comparison.
@@ -487,6 +497,18 @@ impl ObservedBody {
                 return Poll::Ready(Some(Err(BodyError("upstream response ended abnormally"))));
             }
             State::Streaming => {}
+        }
+        if let Some(closing) = self.closing.as_mut()
+            && closing.as_mut().poll(cx).is_ready()
+        {
+            self.closing = None;
+            // Says nothing about the backend: settled as cancelled.
+            self.fail(
+                ErrorKind::ShuttingDown,
+                Outcome::Cancelled,
+                "the agent is shutting down and its drain time ran out",
+            );
+            return self.poll(cx);
         }
         if let Some(prefix) = self.prefix.take() {
             let prefix = self.observe(prefix);

@@ -27,18 +27,24 @@ fn policy(addr: std::net::SocketAddr, weight: u32) -> String {
 }
 
 fn start(file: &std::path::Path) -> (Spawned, String, String) {
+    start_with(file, &[])
+}
+
+fn start_with(file: &std::path::Path, extra: &[&str]) -> (Spawned, String, String) {
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--policy-file",
+        file.to_str().unwrap(),
+        "--policy-poll",
+        "50ms",
+    ];
+    args.extend_from_slice(extra);
     let agent = Spawned::start(
         BIN,
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--policy-file",
-            file.to_str().unwrap(),
-            "--policy-poll",
-            "50ms",
-        ],
+        &args,
         &[
             ("SHEPHERD_TEST_PROVIDER_KEY", KEY),
             ("SHEPHERD_LOG", "debug"),
@@ -392,4 +398,32 @@ async fn logs_losing_and_regaining_the_control_plane() {
         "{log}"
     );
     cp.stop().await;
+}
+
+/// With a pre-stop delay, SIGTERM turns readiness off at once while the
+/// agent still serves; the listener closes after the delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_not_ready_before_it_stops_serving() {
+    let provider = MockProvider::new("p");
+    let addr = provider.serve_tcp().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.json");
+    std::fs::write(&file, policy(addr, 0)).unwrap();
+    let (agent, proxy, admin) = start_with(&file, &["--shutdown-delay", "5s"]);
+    let (c, admin) = (
+        Client::tcp(&format!("http://{proxy}")),
+        Client::tcp(&format!("http://{admin}")),
+    );
+    assert_eq!(admin.get("/readyz").await.status, 200);
+    let seen = agent.line_count();
+    agent.signal("TERM");
+    agent.wait_for_line("the listener closes after the delay", seen);
+    assert_eq!(admin.get("/readyz").await.status, 503);
+    let r = c.post("/v1/chat/completions", BODY, &[]).await;
+    assert_eq!(r.status, 200, "still serving during the delay");
+    let (status, log) = agent.wait();
+    assert!(status.success(), "exit {status:?}\n{log}");
+    let delayed = log.find("the listener closes after the delay").unwrap();
+    let closed = log.find("proxy listener closed").unwrap();
+    assert!(delayed < closed, "{log}");
 }

@@ -109,11 +109,27 @@ async fn bad_bodies_are_refused_before_any_backend() {
     for (path, body, says) in [
         (CHAT, "not json", "must be a JSON object"),
         (CHAT, "[1, 2]", "must be a JSON object"),
-        (CHAT, r#"{"model":"gpt-4o","messages":[]"#, "not valid JSON at byte"),
-        (CHAT, r#"{"model":"gpt-4o"} trailing"#, "not valid JSON at byte"),
-        (CHAT, r#"{"model":"gpt-4o","stream":"yes"}"#, "stream: must be a boolean"),
+        (
+            CHAT,
+            r#"{"model":"gpt-4o","messages":[]"#,
+            "not valid JSON at byte",
+        ),
+        (
+            CHAT,
+            r#"{"model":"gpt-4o"} trailing"#,
+            "not valid JSON at byte",
+        ),
+        (
+            CHAT,
+            r#"{"model":"gpt-4o","stream":"yes"}"#,
+            "stream: must be a boolean",
+        ),
         ("/v1/embeddings", "", "must be a JSON object"),
-        ("/v1/messages", r#"{"model":"m","stream":1}"#, "stream: must be a boolean"),
+        (
+            "/v1/messages",
+            r#"{"model":"m","stream":1}"#,
+            "stream: must be a boolean",
+        ),
     ] {
         let r = c.post(path, body, &[]).await;
         assert_eq!(r.status, 400, "{path} {body}: {}", r.text());
@@ -931,6 +947,51 @@ async fn slow_headers_are_cut_off() {
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "the connection was left open");
+    agent.stop().await;
+}
+
+/// A stream still running when the drain at shutdown runs out ends with the
+/// SSE error event every other broken stream gets, in the app's API; the
+/// backend is not blamed.
+#[tokio::test]
+async fn a_stream_cut_at_the_end_of_the_drain_gets_the_error_event() {
+    let (a, _b, p) = two_backends(0, json!({})).await;
+    a.set(|m| m.stall_after = Some(2));
+    let settings = ServerSettings {
+        shutdown_grace: Duration::from_millis(200),
+        ..ServerSettings::default()
+    };
+    let agent = TestAgent::start_with(
+        &p,
+        AgentOptions {
+            settings,
+            ..AgentOptions::default()
+        },
+    )
+    .await;
+    // The head has arrived: the stream is running when the drain starts.
+    let resp = agent.client().send(json_request(CHAT, STREAM_BODY)).await;
+    assert_eq!(resp.status(), 200);
+    agent.begin_shutdown();
+    let (text, end) = read_stream(resp).await;
+    assert_eq!(end, StreamEnd::Aborted);
+    let error = text
+        .rsplit("event: error\ndata: ")
+        .next()
+        .filter(|_| text.contains("event: error\ndata: "))
+        .unwrap_or_else(|| panic!("no error event: {text}"));
+    let e: Value = serde_json::from_str(error.trim()).unwrap();
+    assert_eq!(e["error"]["type"], "shepherd_shutting_down", "{e}");
+    let totals = agent.agent.registry.stats.totals();
+    let a_counts = &totals[&("chat".to_string(), "a".to_string())];
+    assert_eq!(
+        a_counts.outcome(shepherd_agent::telemetry::Outcome::Cancelled),
+        1
+    );
+    assert_eq!(
+        a_counts.outcome(shepherd_agent::telemetry::Outcome::StreamBroken),
+        0
+    );
     agent.stop().await;
 }
 
