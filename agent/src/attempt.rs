@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use crate::api::{Dialect, Usage};
 use crate::breaker::{Breaker, Permit};
+use crate::outcome::Health;
 use crate::outcome::Outcome;
 use crate::policy::Backend;
 use crate::runtime::LiveBackend;
@@ -341,7 +342,14 @@ impl Attempt {
         if outcome != Outcome::Ok && status != 0 {
             stats.examples.offer(outcome, status, detail);
         }
-        if permit.record(breaker.as_deref(), outcome.health(quota)) {
+        // A 429 is the backend failing to serve, unless the policy says not.
+        let health = match breaker.as_deref() {
+            Some(b) if outcome == Outcome::RateLimited && b.settings().count_rate_limited => {
+                Health::Failure
+            }
+            _ => outcome.health(quota),
+        };
+        if permit.record(breaker.as_deref(), health) {
             stats.breaker_opened();
         }
     }

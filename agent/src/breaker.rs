@@ -38,6 +38,8 @@ pub struct BreakerSettings {
     pub half_open_probes: u32,
     /// Open time after a quota-exhausted answer.
     pub quota_open_time: Duration,
+    /// A 429 counts as a failure.
+    pub count_rate_limited: bool,
 }
 
 impl Default for BreakerSettings {
@@ -52,6 +54,7 @@ impl Default for BreakerSettings {
             max_open_time: Duration::from_secs(60),
             half_open_probes: 1,
             quota_open_time: Duration::from_secs(300),
+            count_rate_limited: true,
         }
     }
 }
@@ -444,6 +447,7 @@ mod tests {
             consecutive_failures: 5,
             open_time: Duration::from_secs(5),
             quota_open_time: Duration::from_secs(300),
+            count_rate_limited: true,
             ..BreakerSettings::default()
         }));
         b.try_acquire().unwrap().record(Some(&b), Health::Broken);

@@ -462,6 +462,7 @@ fn breaker(b: &v1::CircuitBreaker) -> BreakerSettings {
             b.half_open_probes
         },
         quota_open_time: duration(b.quota_open_time.as_ref(), d.quota_open_time),
+        count_rate_limited: b.count_rate_limited.unwrap_or(d.count_rate_limited),
     }
 }
 

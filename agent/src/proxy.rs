@@ -146,6 +146,11 @@ struct Progress {
     last_outcome: Option<Outcome>,
     notes: Vec<String>,
     guard: Option<InflightGuard>,
+    /// The last backend is cooling down after a 429: the next goes at once,
+    /// free of the retry budget.
+    cooling: bool,
+    /// The last backend was skipped (cooling down) without being sent to.
+    skipped: bool,
 }
 
 impl Call<'_> {
@@ -322,13 +327,13 @@ impl Proxy {
             guard: Some(guard),
             ..Progress::default()
         };
-        let plan =
-            std::iter::once(chosen).chain(
-                policy.fallback.iter().copied().filter(|&i| {
+        let plan: Vec<usize> =
+            std::iter::once(chosen)
+                .chain(policy.fallback.iter().copied().filter(|&i| {
                     i != chosen && translate::serves(policy.backends[i].protocol, api)
-                }),
-            );
-        for (step, index) in plan.enumerate() {
+                }))
+                .collect();
+        for (step, &index) in plan.iter().enumerate() {
             if step > 0 {
                 if !may_fall_back(&call, &progress) {
                     break;
@@ -336,7 +341,8 @@ impl Proxy {
                 progress.fell_back = true;
                 bump(&live.backends[index].stats.fallbacks);
             }
-            if let Some(served) = try_backend(&call, index, step, &mut progress).await {
+            let last = step + 1 == plan.len();
+            if let Some(served) = try_backend(&call, index, step, last, &mut progress).await {
                 return with_mirror(mirror, api, served);
             }
         }
@@ -351,10 +357,12 @@ impl Proxy {
 /// asked again anyway (an open breaker, a rejected or malformed answer).
 fn may_fall_back(c: &Call<'_>, p: &Progress) -> bool {
     let last = p.last_outcome.unwrap_or(Outcome::BreakerRejected);
-    let sent = last != Outcome::BreakerRejected;
+    let sent = last != Outcome::BreakerRejected && !p.skipped;
+    // A backend cooling down is not asked again: falling back from it adds
+    // no load to it, so it is free of the retry budget.
     Instant::now() < c.deadline
         && (!sent || c.replayable)
-        && (last.falls_back_freely() || c.live.budget.try_withdraw())
+        && (last.falls_back_freely() || p.cooling || c.live.budget.try_withdraw())
 }
 
 /// Tries one backend, with its retries. Returns the response for the app
@@ -364,6 +372,7 @@ async fn try_backend(
     c: &Call<'_>,
     index: usize,
     step: usize,
+    last: bool,
     p: &mut Progress,
 ) -> Option<Response<ProxyBody>> {
     let live = c.live;
@@ -383,6 +392,18 @@ async fn try_backend(
         .requested_model
         .as_deref()
         .filter(|_| backend.answer_requested_model);
+    // Cooling down after a 429: with somewhere else to go, go there at once.
+    if !last && let Some(left) = lb.cooldown.remaining(Instant::now()) {
+        bump(&lb.stats.cooled);
+        p.notes.push(format!(
+            "{}: cooling down after a 429 for {}",
+            backend.name,
+            humantime::format_duration(Duration::from_millis(left.as_millis() as u64))
+        ));
+        (p.cooling, p.skipped) = (true, true);
+        return None;
+    }
+    (p.cooling, p.skipped) = (false, false);
     let mut tries = 0u32;
     loop {
         let permit = match &lb.breaker {
@@ -410,6 +431,7 @@ async fn try_backend(
         if tries > 1 {
             bump(&lb.stats.retries);
         }
+        let mut cool = None;
         let attempt_span = trace::attempt(c.span, live, index, p.attempts, tries > 1, step > 0);
         let mut attempt = Attempt {
             stats: lb.stats.clone(),
@@ -514,6 +536,9 @@ async fn try_backend(
                             return Some(answer);
                         }
                         let retry_after = retry::retry_after(&parts.headers, SystemTime::now());
+                        if outcome == Outcome::RateLimited {
+                            cool = retry_after;
+                        }
                         match crossing {
                             None => p.failed(LastFailure::Answer(parts, bytes, index, p.attempts)),
                             // A malformed answer cannot be translated.
@@ -619,6 +644,17 @@ async fn try_backend(
             }
         };
         p.last_outcome = Some(outcome);
+        // A 429 with Retry-After cools the backend down for every request of
+        // the agent; this one goes on to the next backend at once.
+        if let Some(ra) = cool.take() {
+            lb.cooldown
+                .start(Instant::now() + ra.min(policy.retry.retry_after_max));
+            bump(&lb.stats.cooldowns);
+            if !last {
+                p.cooling = true;
+                return None;
+            }
+        }
         let remaining = c.deadline.saturating_duration_since(Instant::now());
         let wait = retry::next_wait(
             &policy.retry,

@@ -131,6 +131,30 @@ pub fn next_wait(
     (wait < remaining).then_some(wait)
 }
 
+/// A backend's cool-down after a 429 with `Retry-After`: until it ends,
+/// requests of every caller that have somewhere else to go go there at once,
+/// and return when it ends. Kept per (policy, backend) across reloads.
+#[derive(Debug, Default)]
+pub struct CoolDown {
+    until: Mutex<Option<Instant>>,
+}
+
+impl CoolDown {
+    /// Starts (or extends) the cool-down to `until`.
+    pub fn start(&self, until: Instant) {
+        let mut u = crate::lock(&self.until);
+        if u.is_none_or(|t| t < until) {
+            *u = Some(until);
+        }
+    }
+
+    /// The time left at `now`, while cooling down.
+    pub fn remaining(&self, now: Instant) -> Option<Duration> {
+        let u = *crate::lock(&self.until);
+        u.filter(|t| *t > now).map(|t| t - now)
+    }
+}
+
 /// Exponential backoff with full jitter: a uniform draw from
 /// `[0, min(max, base * 2^retry)]`, where `retry` counts from 0. `unit` is a
 /// draw from `[0, 1)`.
@@ -282,6 +306,27 @@ impl RetryBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cool-down lasts until its end, is extended by a later one, and is
+    /// never shortened.
+    #[tokio::test(start_paused = true)]
+    async fn cool_downs() {
+        let c = CoolDown::default();
+        let t0 = Instant::now();
+        assert_eq!(c.remaining(t0), None);
+        c.start(t0 + Duration::from_secs(2));
+        assert_eq!(c.remaining(t0), Some(Duration::from_secs(2)));
+        c.start(t0 + Duration::from_secs(1));
+        assert_eq!(
+            c.remaining(t0),
+            Some(Duration::from_secs(2)),
+            "not shortened"
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(c.remaining(Instant::now()), None, "over");
+        c.start(Instant::now() + Duration::from_secs(3));
+        assert_eq!(c.remaining(Instant::now()), Some(Duration::from_secs(3)));
+    }
 
     /// The backoff ceiling doubles per retry up to the cap; jitter scales it.
     #[test]

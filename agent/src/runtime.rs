@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::breaker::{Breaker, BreakerSettings};
 use crate::lock;
 use crate::policy::{Backend, Policy, SecretRef, ShadowSettings};
-use crate::retry::RetryBudget;
+use crate::retry::{CoolDown, RetryBudget};
 use crate::shadow_gate::{Samples, ShadowGate};
 use crate::spend_cap::{CapKind, HourCap};
 use crate::telemetry::{BackendStats, StatsRegistry};
@@ -36,6 +36,8 @@ pub struct LiveBackend {
     pub stats: Arc<BackendStats>,
     /// The policy's hourly cap on this backend's spend, as its candidate.
     pub cap: Option<Arc<HourCap>>,
+    /// Its cool-down after a 429 with `Retry-After`.
+    pub cooldown: Arc<CoolDown>,
 }
 
 /// A policy ready to take requests.
@@ -128,6 +130,7 @@ pub struct Registry {
     workers: usize,
     clients: Mutex<HashMap<ClientKey, Clients>>,
     breakers: Mutex<HashMap<(String, String), Arc<Breaker>>>,
+    cooldowns: Mutex<HashMap<(String, String), Arc<CoolDown>>>,
     budgets: Mutex<HashMap<String, BudgetEntry>>,
     shadows: Mutex<HashMap<String, Arc<ShadowGate>>>,
     caps: Mutex<HashMap<(String, CapKind), Arc<HourCap>>>,
@@ -147,6 +150,7 @@ impl Registry {
             workers: 1,
             clients: Mutex::default(),
             breakers: Mutex::default(),
+            cooldowns: Mutex::default(),
             budgets: Mutex::default(),
             shadows: Mutex::default(),
             caps: Mutex::default(),
@@ -179,6 +183,7 @@ impl Registry {
         let mut used_budgets = Vec::new();
         let mut used_shadows = Vec::new();
         let mut used_caps = Vec::new();
+        let mut used_cooldowns = Vec::new();
         for policy in policies {
             let mut cap = |kind: CapKind, limit: Option<f64>| {
                 let key = (policy.name.to_string(), kind);
@@ -228,6 +233,15 @@ impl Registry {
                     cap: candidate_cap
                         .clone()
                         .filter(|_| policy.candidate == Some(i)),
+                    cooldown: {
+                        let key = (policy.name.to_string(), b.name.to_string());
+                        let c = lock(&self.cooldowns)
+                            .entry(key.clone())
+                            .or_default()
+                            .clone();
+                        used_cooldowns.push(key);
+                        c
+                    },
                 });
             }
             let budget = self.budget(&policy);
@@ -270,6 +284,7 @@ impl Registry {
         lock(&self.budgets).retain(|k, _| used_budgets.contains(k));
         lock(&self.shadows).retain(|k, _| used_shadows.contains(k));
         lock(&self.caps).retain(|k, _| used_caps.contains(k));
+        lock(&self.cooldowns).retain(|k, _| used_cooldowns.contains(k));
         Ok(Table {
             version,
             policies: live,

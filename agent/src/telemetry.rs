@@ -67,6 +67,10 @@ pub struct BackendStats {
     /// elsewhere (or not mirrored) while it was.
     pub spend_cap_trips: AtomicU64,
     pub spend_capped: AtomicU64,
+    /// Cool-downs started by a 429 with `Retry-After`, and requests sent
+    /// elsewhere at once during one.
+    pub cooldowns: AtomicU64,
+    pub cooled: AtomicU64,
 }
 
 /// What a backend's answer was for, as its cost is counted.
@@ -377,6 +381,7 @@ impl BackendStats {
             shadow: self.shadow.counts(),
             cost: *lock(&self.cost),
             spend_cap: [load(&self.spend_cap_trips), load(&self.spend_capped)],
+            cooldown: [load(&self.cooldowns), load(&self.cooled)],
         }
     }
 }
@@ -403,6 +408,8 @@ pub struct Counts {
     pub cost: [Spend; SpendKind::ALL.len()],
     /// Hourly spend cap: trips, requests sent elsewhere.
     pub spend_cap: [u64; 2],
+    /// 429 cool-downs: started, requests sent elsewhere.
+    pub cooldown: [u64; 2],
 }
 
 impl Counts {
@@ -437,6 +444,9 @@ impl Counts {
         for (a, b) in self.spend_cap.iter_mut().zip(&other.spend_cap) {
             *a += b;
         }
+        for (a, b) in self.cooldown.iter_mut().zip(&other.cooldown) {
+            *a += b;
+        }
     }
 
     /// What was added since `earlier`, a copy of the same counters.
@@ -463,6 +473,7 @@ impl Counts {
             spend_cap: std::array::from_fn(|i| {
                 self.spend_cap[i].saturating_sub(earlier.spend_cap[i])
             }),
+            cooldown: std::array::from_fn(|i| self.cooldown[i].saturating_sub(earlier.cooldown[i])),
         }
     }
 
@@ -767,7 +778,7 @@ impl StatsRegistry {
             }
         }
         type Getter = fn(&Counts) -> u64;
-        let simple: [(&str, &str, Getter); 8] = [
+        let simple: [(&str, &str, Getter); 10] = [
             (
                 "shepherd_agent_selected_total",
                 "Requests the split sent to a backend first.",
@@ -782,6 +793,16 @@ impl StatsRegistry {
                 "shepherd_agent_fallbacks_total",
                 "Times a backend was tried as a fallback.",
                 |s| s.fallbacks,
+            ),
+            (
+                "shepherd_agent_rate_limit_cooldowns_total",
+                "Cool-downs of a backend started by a 429 with Retry-After.",
+                |s| s.cooldown[0],
+            ),
+            (
+                "shepherd_agent_cooldown_skipped_total",
+                "Requests sent to the next backend at once because this one was cooling down after a 429.",
+                |s| s.cooldown[1],
             ),
             (
                 "shepherd_agent_spend_cap_trips_total",

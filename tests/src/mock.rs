@@ -443,6 +443,8 @@ pub struct Behavior {
     /// with `error_status`.
     pub error_rate: Option<f64>,
     pub error_status: u16,
+    /// The `Retry-After` of the `error_rate` failures, if any.
+    pub error_retry_after: Option<String>,
     /// Wait before the response head.
     pub delay: Duration,
     /// How many requests get `delay`; `None`: all of them.
@@ -473,6 +475,7 @@ impl Default for Behavior {
             fail: None,
             error_rate: None,
             error_status: 503,
+            error_retry_after: None,
             delay: Duration::ZERO,
             delay_times: None,
             chunks: 5,
@@ -901,7 +904,7 @@ impl MockProvider {
         let status = match (self.take_failure(), behavior.error_rate) {
             (Some(f), _) => Some(f),
             (None, Some(rate)) if due(n, rate) > due(n - 1, rate) => {
-                Some((behavior.error_status, None))
+                Some((behavior.error_status, behavior.error_retry_after.clone()))
             }
             _ => None,
         }?;

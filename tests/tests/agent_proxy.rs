@@ -995,6 +995,95 @@ async fn a_stream_cut_at_the_end_of_the_drain_gets_the_error_event() {
     agent.stop().await;
 }
 
+/// A candidate at 50% answering half its requests with 429 and
+/// `Retry-After`, at 200 requests a second with the baseline as fallback:
+/// each 429 cools the candidate down for every request of the agent, which
+/// go to the baseline at once, free of the retry budget; the app sees no
+/// failure, and the breaker counts the 429s as failures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_candidate_cools_down_and_the_app_sees_no_failure() {
+    let (a, b, p) = two_backends(
+        5000,
+        json!({"fallback": ["a"],
+               "circuit_breaker": {"failure_rate_percent": 90.0, "min_requests": 1000}}),
+    )
+    .await;
+    b.set(|m| {
+        m.error_rate = Some(0.5);
+        m.error_status = 429;
+        m.error_retry_after = Some("1".into());
+    });
+    let agent = TestAgent::start(&p).await;
+    let c = std::sync::Arc::new(agent.client());
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    let mut sent = Vec::new();
+    for _ in 0..400 {
+        tick.tick().await;
+        let c = c.clone();
+        sent.push(tokio::spawn(
+            async move { c.post(CHAT, BODY, &[]).await.status },
+        ));
+    }
+    let mut failed = 0;
+    for s in sent {
+        failed += usize::from(s.await.unwrap() != 200);
+    }
+    assert_eq!(failed, 0, "requests the app saw fail");
+    let metric = |name: &str| format!("{name}{{policy=\"chat\",backend=\"b\"}}");
+    let cooldowns = agent
+        .metric(&metric("shepherd_agent_rate_limit_cooldowns_total"))
+        .await;
+    let skipped = agent
+        .metric(&metric("shepherd_agent_cooldown_skipped_total"))
+        .await;
+    assert!(cooldowns >= 1, "{cooldowns}");
+    assert!(
+        skipped > 100,
+        "{skipped} requests went to the baseline at once"
+    );
+    // The candidate saw few requests: one 429 cools it down for a second.
+    assert!(
+        b.count() < 100,
+        "{} requests reached the candidate",
+        b.count()
+    );
+    assert!(a.count() >= 300);
+    agent.stop().await;
+}
+
+/// 429s count as failures for the breaker, unless the policy says not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_count_for_the_breaker_unless_turned_off() {
+    for (count, opens) in [(None, true), (Some(false), false)] {
+        let mut breaker = json!({"consecutive_failures": 3});
+        if let Some(count) = count {
+            breaker["count_rate_limited"] = json!(count);
+        }
+        let (_a, b, p) = two_backends(
+            10_000,
+            json!({"fallback": ["a"], "circuit_breaker": breaker}),
+        )
+        .await;
+        b.set(|m| {
+            m.error_rate = Some(1.0);
+            m.error_status = 429;
+        });
+        let agent = TestAgent::start(&p).await;
+        for _ in 0..4 {
+            assert_eq!(agent.client().post(CHAT, BODY, &[]).await.status, 200);
+        }
+        let state = agent
+            .metric("shepherd_agent_breaker_state{policy=\"chat\",backend=\"b\"}")
+            .await;
+        assert_eq!(
+            state == 1,
+            opens,
+            "count_rate_limited {count:?}: state {state}"
+        );
+        agent.stop().await;
+    }
+}
+
 /// Apps may speak HTTP/2 without TLS (h2c).
 #[tokio::test]
 async fn serves_h2c() {
