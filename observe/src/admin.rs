@@ -48,12 +48,19 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10));
     let builder = Arc::new(builder);
+    let mut backoff = AcceptBackoff::default();
     loop {
         let stream = tokio::select! {
             () = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok((s, _)) => s,
-                Err(_) => continue,
+                Ok((s, _)) => {
+                    backoff.succeeded();
+                    s
+                }
+                Err(e) => {
+                    backoff.failed(&e, "admin").await;
+                    continue;
+                }
             },
         };
         let respond = respond.clone();
@@ -79,5 +86,87 @@ where
                 () = shutdown.cancelled() => {}
             }
         });
+    }
+}
+
+/// What a listener does after a failed accept (out of file descriptors and
+/// the like): it waits, 10 ms at first and twice as long after each failure
+/// in a row, up to 1 s, so it does not spin; the next success starts over.
+/// The first failure of a run is logged, then one line a second at most.
+#[derive(Debug)]
+pub struct AcceptBackoff {
+    delay: Duration,
+    failures: u64,
+    logged: Option<tokio::time::Instant>,
+}
+
+impl Default for AcceptBackoff {
+    fn default() -> Self {
+        Self {
+            delay: Self::FIRST,
+            failures: 0,
+            logged: None,
+        }
+    }
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+
+    /// An accept failed with `error` on the `listener` named: logs it (at
+    /// most once a second) and waits before the next accept.
+    pub async fn failed(&mut self, error: &std::io::Error, listener: &str) {
+        self.failures += 1;
+        let now = tokio::time::Instant::now();
+        if self
+            .logged
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            tracing::warn!(
+                listener,
+                error = %error,
+                failures = self.failures,
+                retry_in = ?self.delay,
+                "accept failed; backing off"
+            );
+            self.logged = Some(now);
+        }
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(Self::MAX);
+    }
+
+    /// An accept succeeded: the next failure waits the shortest time again.
+    pub fn succeeded(&mut self) {
+        if self.failures > 0 {
+            *self = Self::default();
+        }
+    }
+
+    /// The wait after the next failure.
+    pub fn next_delay(&self) -> Duration {
+        self.delay
+    }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    /// Failures in a row wait 10 ms, 20 ms, ... up to 1 s; a success starts
+    /// over.
+    #[tokio::test(start_paused = true)]
+    async fn accept_failures_back_off() {
+        let mut b = AcceptBackoff::default();
+        let e = std::io::Error::from_raw_os_error(24); // EMFILE
+        let mut waits = Vec::new();
+        for _ in 0..9 {
+            let t = tokio::time::Instant::now();
+            b.failed(&e, "test").await;
+            waits.push(t.elapsed().as_millis());
+        }
+        assert_eq!(waits, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        b.succeeded();
+        assert_eq!(b.next_delay(), Duration::from_millis(10));
     }
 }
