@@ -457,6 +457,9 @@ pub struct Behavior {
     pub cut_after: Option<u32>,
     /// Stop sending (keep the connection open) after this many events.
     pub stall_after: Option<u32>,
+    /// Answer plain (non-streamed) chat requests with a 200 head and the
+    /// start of a body, then send nothing more (keep the connection open).
+    pub stall_after_head: bool,
     /// End streams cleanly but without the final event.
     pub omit_final_event: bool,
     /// Hold each request until [`MockProvider::release`].
@@ -482,6 +485,7 @@ impl Default for Behavior {
             chunk_delay: Duration::ZERO,
             cut_after: None,
             stall_after: None,
+            stall_after_head: false,
             omit_final_event: false,
             gated: false,
             mode: None,
@@ -790,6 +794,9 @@ impl MockProvider {
                     &format!("{} failed on request", self.state.name),
                 ),
             );
+        }
+        if chat && !stream && behavior.stall_after_head {
+            return stalled_after_head();
         }
         let call = tool_call(json.as_ref(), anthropic);
         let text = match tool_result(json.as_ref()) {
@@ -1139,4 +1146,25 @@ fn anthropic_events(
         serde_json::json!({"type": "message_stop"}),
     ));
     events
+}
+
+/// A 200 JSON head and the start of its body, and then nothing: the
+/// connection stays open (a provider stalling after its head).
+fn stalled_after_head() -> Response<Body> {
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
+    tokio::spawn(async move {
+        if tx
+            .send(Ok(Frame::data(Bytes::from_static(b"{\"id\":\"stalled\","))))
+            .await
+            .is_ok()
+        {
+            tx.closed().await;
+        }
+    });
+    let mut resp = Response::new(BodyExt::boxed(StreamBody::new(ReceiverStream::new(rx))));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        "application/json".parse().unwrap(),
+    );
+    resp
 }

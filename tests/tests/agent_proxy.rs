@@ -1084,6 +1084,37 @@ async fn rate_limits_count_for_the_breaker_unless_turned_off() {
     }
 }
 
+/// A candidate that sends its answer's head and then stalls: the answer is
+/// read whole before its head goes to the app, so the stall is a broken
+/// answer that falls back, and the app sees no failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_candidate_stalling_after_its_head_fails_no_request() {
+    let (a, b, p) = two_backends(10_000, json!({"fallback": ["a"]})).await;
+    let p = {
+        let mut p: Value = serde_json::from_str(&p).unwrap();
+        p["backends"][1]["timeouts"] = json!({"stream_idle": "0.2s"});
+        p.to_string()
+    };
+    b.set(|m| m.stall_after_head = true);
+    let agent = TestAgent::start(&p).await;
+    for _ in 0..5 {
+        let r = agent.client().post(CHAT, BODY, &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.backend(), "a");
+        assert_eq!(r.json()["object"], "chat.completion");
+    }
+    assert!(
+        b.count() >= 1 && a.count() == 5,
+        "{} {}",
+        b.count(),
+        a.count()
+    );
+    let totals = agent.agent.registry.stats.totals();
+    let b_counts = &totals[&("chat".to_string(), "b".to_string())];
+    assert!(b_counts.outcome(shepherd_agent::telemetry::Outcome::StreamBroken) >= 1);
+    agent.stop().await;
+}
+
 /// Apps may speak HTTP/2 without TLS (h2c).
 #[tokio::test]
 async fn serves_h2c() {
