@@ -292,7 +292,17 @@ impl RetryBudget {
             let retries: u64 = slots.iter().filter(recent).map(|s| s.retries).sum();
             let current = &mut slots[(second % BUDGET_WINDOW_SECS) as usize];
             let floor_ok = current.retries < u64::from(self.min_per_second);
-            let ratio_ok = (retries + 1) as f64 <= self.ratio * requests as f64;
+            // A budget younger than its window has seen only part of one:
+            // its requests count as the whole window's at the same rate, so
+            // a fresh agent falls back as a warm one would.
+            let age = Instant::now().duration_since(self.start).as_secs_f64();
+            let window = BUDGET_WINDOW_SECS as f64;
+            let scale = if age < window {
+                window / age.max(1.0)
+            } else {
+                1.0
+            };
+            let ratio_ok = (retries + 1) as f64 <= self.ratio * requests as f64 * scale;
             if floor_ok || ratio_ok {
                 current.retries += 1;
                 true
@@ -429,6 +439,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn budget_caps_retries() {
         let budget = RetryBudget::new(0.2, 2);
+        // Past its first window (see the next test for a young budget).
+        tokio::time::advance(Duration::from_secs(BUDGET_WINDOW_SECS)).await;
         // No requests: only the floor.
         assert!(budget.try_withdraw());
         assert!(budget.try_withdraw());
@@ -451,5 +463,31 @@ mod tests {
         }
         let granted = (0..10).filter(|_| budget.try_withdraw()).count();
         assert_eq!(granted, 2);
+    }
+
+    /// A budget younger than its window counts its requests as a whole
+    /// window's at the same rate: a fresh agent may fall back as much as a
+    /// warm one seeing the same traffic.
+    #[tokio::test(start_paused = true)]
+    async fn a_young_budget_counts_a_whole_window() {
+        let young = RetryBudget::new(0.2, 0);
+        // 50 requests in its first second: 500 over a window, 100 retries.
+        for _ in 0..50 {
+            young.deposit();
+        }
+        assert_eq!((0..200).filter(|_| young.try_withdraw()).count(), 100);
+        // At 5 s, its 100 requests count twice: 40 retries in all.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        for _ in 0..50 {
+            young.deposit();
+        }
+        assert_eq!((0..200).filter(|_| young.try_withdraw()).count(), 0);
+        // A warm budget with 500 requests in its window allows 100 too.
+        let warm = RetryBudget::new(0.2, 0);
+        tokio::time::advance(Duration::from_secs(BUDGET_WINDOW_SECS)).await;
+        for _ in 0..500 {
+            warm.deposit();
+        }
+        assert_eq!((0..200).filter(|_| warm.try_withdraw()).count(), 100);
     }
 }

@@ -1115,6 +1115,37 @@ async fn a_candidate_stalling_after_its_head_fails_no_request() {
     agent.stop().await;
 }
 
+/// A fresh agent starting into a candidate outage (connections refused)
+/// falls back as a warm one would: over 20 cold starts, 100 requests sent
+/// at once to each, with half of them split to the dead candidate, the app
+/// sees no failure for lack of budget history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_starts_into_a_candidate_outage_fail_no_request() {
+    let a = MockProvider::new("a");
+    let aa = a.serve_tcp().await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let p = policy(aa, dead, 5000, json!({"fallback": ["a"]}));
+    for start in 0..20 {
+        let agent = TestAgent::start(&p).await;
+        let c = std::sync::Arc::new(agent.client());
+        let sent: Vec<_> = (0..100)
+            .map(|_| {
+                let c = c.clone();
+                tokio::spawn(async move { c.post(CHAT, BODY, &[]).await.status })
+            })
+            .collect();
+        let mut failed = 0;
+        for s in sent {
+            failed += usize::from(s.await.unwrap() != 200);
+        }
+        assert_eq!(failed, 0, "cold start {start}: requests the app saw fail");
+        agent.stop().await;
+    }
+}
+
 /// Apps may speak HTTP/2 without TLS (h2c).
 #[tokio::test]
 async fn serves_h2c() {
