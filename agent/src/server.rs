@@ -12,7 +12,7 @@ use shepherd_observe::admin::AcceptBackoff;
 use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -107,20 +107,33 @@ pub async fn serve(
     let builder = Arc::new(builder(&settings));
     let graceful = GracefulShutdown::new();
     let mut backoff = AcceptBackoff::default();
+    // Connections that sent their first bytes in time, to be served.
+    let (spoke, mut speaking) = tokio::sync::mpsc::channel::<TcpStream>(64);
     loop {
-        let (stream, _) = tokio::select! {
+        let stream = tokio::select! {
             () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => {
-                    backoff.succeeded();
-                    a
+            Some(stream) = speaking.recv() => stream,
+            accepted = listener.accept() => {
+                match accepted {
+                    Ok((stream, _)) => {
+                        backoff.succeeded();
+                        // The header-read timeout counts from the first
+                        // bytes on; a connection that sends none within it
+                        // (whatever its protocol) is closed.
+                        let (spoke, timeout) = (spoke.clone(), settings.header_read_timeout);
+                        tokio::spawn(async move {
+                            if first_bytes(&stream, timeout).await {
+                                let _ = spoke.send(stream).await;
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off.
+                        backoff.failed(&e, "proxy").await;
+                    }
                 }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off.
-                    backoff.failed(&e, "proxy").await;
-                    continue;
-                }
-            },
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
@@ -154,6 +167,16 @@ pub async fn serve(
             let _ = tokio::time::timeout(CLOSING_FLUSH, drained).await;
         }
     }
+}
+
+/// True once a connection has sent its first byte within `timeout`; false
+/// when it sent none (or closed, or failed): it is then dropped, closed.
+async fn first_bytes(stream: &TcpStream, timeout: Duration) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(timeout, stream.peek(&mut byte)).await,
+        Ok(Ok(n)) if n > 0
+    )
 }
 
 /// How long streams cut at the end of the drain have to write their error

@@ -1146,6 +1146,37 @@ async fn cold_starts_into_a_candidate_outage_fail_no_request() {
     }
 }
 
+/// A connection that sends nothing at all is closed at the header-read
+/// timeout too (before the protocol is known), and a new one is served.
+#[tokio::test]
+async fn silent_connections_are_closed() {
+    let (_a, _b, p) = two_backends(0, json!({})).await;
+    let settings = ServerSettings {
+        header_read_timeout: Duration::from_millis(200),
+        ..ServerSettings::default()
+    };
+    let agent = TestAgent::start_with(
+        &p,
+        AgentOptions {
+            settings,
+            ..AgentOptions::default()
+        },
+    )
+    .await;
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(tokio::net::TcpStream::connect(agent.addr).await.unwrap());
+    }
+    for s in &mut silent {
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "a silent connection was left open");
+        assert!(buf.is_empty());
+    }
+    assert_eq!(agent.client().post(CHAT, BODY, &[]).await.status, 200);
+    agent.stop().await;
+}
+
 /// Apps may speak HTTP/2 without TLS (h2c).
 #[tokio::test]
 async fn serves_h2c() {
