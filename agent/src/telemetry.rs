@@ -872,41 +872,33 @@ impl StatsRegistry {
                 );
             }
         }
-        header(
-            &mut out,
-            "shepherd_agent_cost_total",
-            "counter",
-            "Money spent on a backend's answers, in its policy's currency, by kind: served (reached the app), failed (billed, then retried or fallen back from), shadow (mirrored).",
-        );
+        type SpendValue = fn(&Spend) -> String;
+        let spends: [(&str, &str, SpendValue); 2] = [
+            (
+                "shepherd_agent_cost_total",
+                "Money spent on a backend's answers, in its policy's currency, by kind: served (reached the app), failed (billed, then retried or fallen back from), shadow (mirrored).",
+                |s| shepherd_proto::cost::exact(s.picos),
+            ),
+            (
+                "shepherd_agent_unpriced_answers_total",
+                "Billed answers of a priced backend that could not be priced (no usage reported, cut off before the end, or no price for the model), by kind.",
+                |s| s.unpriced.to_string(),
+            ),
+        ];
         let priced = |s: &&Counts| s.cost.iter().any(|c| !c.is_empty());
-        for ((policy, backend), s) in backends.iter().filter(|(_, s)| priced(s)) {
-            for kind in SpendKind::ALL {
-                let _ = writeln!(
-                    out,
-                    "shepherd_agent_cost_total{{policy=\"{}\",backend=\"{}\",kind=\"{}\"}} {}",
-                    esc(policy),
-                    esc(backend),
-                    kind.label(),
-                    shepherd_proto::cost::exact(s.cost[kind as usize].picos)
-                );
-            }
-        }
-        header(
-            &mut out,
-            "shepherd_agent_unpriced_answers_total",
-            "counter",
-            "Billed answers of a priced backend that could not be priced (no usage reported, cut off before the end, or no price for the model), by kind.",
-        );
-        for ((policy, backend), s) in backends.iter().filter(|(_, s)| priced(s)) {
-            for kind in SpendKind::ALL {
-                let _ = writeln!(
-                    out,
-                    "shepherd_agent_unpriced_answers_total{{policy=\"{}\",backend=\"{}\",kind=\"{}\"}} {}",
-                    esc(policy),
-                    esc(backend),
-                    kind.label(),
-                    s.cost[kind as usize].unpriced
-                );
+        for (name, help, value) in spends {
+            header(&mut out, name, "counter", help);
+            for ((policy, backend), s) in backends.iter().filter(|(_, s)| priced(s)) {
+                for kind in SpendKind::ALL {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{policy=\"{}\",backend=\"{}\",kind=\"{}\"}} {}",
+                        esc(policy),
+                        esc(backend),
+                        kind.label(),
+                        value(&s.cost[kind as usize])
+                    );
+                }
             }
         }
         header(

@@ -151,19 +151,24 @@ impl Rig {
             .await
     }
 
-    /// Every event of a rollout that has ended, through WatchRollout (which
-    /// ends its stream after the last one).
-    async fn events(&mut self, number: i64) -> Vec<v1::RolloutEvent> {
-        let mut stream = self
-            .rollouts
+    /// The events of rollout `number` of "chat" after `after`, as
+    /// WatchRollout streams them.
+    async fn watch(&mut self, number: i64, after: i64) -> tonic::Streaming<v1::RolloutEvent> {
+        self.rollouts
             .watch_rollout(v1::WatchRolloutRequest {
                 policy: "chat".into(),
                 number,
-                after_sequence: 0,
+                after_sequence: after,
             })
             .await
             .unwrap()
-            .into_inner();
+            .into_inner()
+    }
+
+    /// Every event of a rollout that has ended, through WatchRollout (which
+    /// ends its stream after the last one).
+    async fn events(&mut self, number: i64) -> Vec<v1::RolloutEvent> {
+        let mut stream = self.watch(number, 0).await;
         let mut events = Vec::new();
         while let Some(e) = tokio::time::timeout(Duration::from_secs(30), stream.next())
             .await
@@ -453,16 +458,7 @@ async fn stage_spend_cap_pauses() {
         .unwrap()
         .into_inner();
     assert!(events.reason.contains("gate failed"), "{}", events.reason);
-    let mut stream = rig
-        .rollouts
-        .watch_rollout(v1::WatchRolloutRequest {
-            policy: "chat".into(),
-            number: 1,
-            after_sequence: 2,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = rig.watch(1, 2).await;
     let e = stream.next().await.unwrap().unwrap();
     assert_eq!((e.kind(), e.state()), (Kind::Failed, State::Paused));
     assert!(
@@ -500,16 +496,7 @@ async fn spend_cap_is_an_event(url: &str) {
     let mut rig = Rig::start(url, 1, extra).await;
     let load = rig.load();
     rig.start_rollout().await;
-    let mut stream = rig
-        .rollouts
-        .watch_rollout(v1::WatchRolloutRequest {
-            policy: "chat".into(),
-            number: 1,
-            after_sequence: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = rig.watch(1, 0).await;
     let capped = loop {
         let e = tokio::time::timeout(Duration::from_secs(30), stream.next())
             .await
@@ -647,16 +634,7 @@ async fn too_little_traffic_is_inconclusive() {
     rig.start_rollout().await;
     let paused = rig.wait_state(State::Paused).await;
     assert_eq!((paused.stage, paused.weight), (0, 2000));
-    let mut stream = rig
-        .rollouts
-        .watch_rollout(v1::WatchRolloutRequest {
-            policy: "chat".into(),
-            number: 1,
-            after_sequence: 2,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = rig.watch(1, 2).await;
     let e = stream.next().await.unwrap().unwrap();
     assert_eq!(
         (e.kind(), e.verdict()),
@@ -982,16 +960,7 @@ async fn failed_gate_pauses_when_asked() {
     load.stop().await;
     assert_eq!((paused.stage, paused.weight), (0, 2000));
     assert!(paused.reason.contains("gate failed"), "{}", paused.reason);
-    let mut stream = rig
-        .rollouts
-        .watch_rollout(v1::WatchRolloutRequest {
-            policy: "chat".into(),
-            number: 1,
-            after_sequence: 2,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = rig.watch(1, 2).await;
     let e = stream.next().await.unwrap().unwrap();
     assert_eq!(
         (e.kind(), e.state(), e.weight),
@@ -1483,16 +1452,7 @@ async fn without_a_margin_nothing_is_proven_not_worse() {
     load.stop().await;
     assert_eq!((paused.stage, paused.weight), (0, 2000));
     // Paused, the rollout is still active: its stream does not end.
-    let mut stream = rig
-        .rollouts
-        .watch_rollout(v1::WatchRolloutRequest {
-            policy: "chat".into(),
-            number: 1,
-            after_sequence: 2,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = rig.watch(1, 2).await;
     let last = stream.next().await.unwrap().unwrap();
     assert_eq!(
         (last.kind(), last.verdict()),

@@ -53,6 +53,15 @@ fn policy(a: SocketAddr, b: SocketAddr, weight: u32, extra: Value) -> String {
     p.to_string()
 }
 
+/// An agent running `policy` with the listener `settings`.
+async fn start_with_settings(policy: &str, settings: ServerSettings) -> TestAgent {
+    let options = AgentOptions {
+        settings,
+        ..AgentOptions::default()
+    };
+    TestAgent::start_with(policy, options).await
+}
+
 /// A JSON POST to the agent.
 fn json_request(path: &str, body: &str) -> Request<Full<Bytes>> {
     Request::post(path)
@@ -932,14 +941,7 @@ async fn slow_headers_are_cut_off() {
         header_read_timeout: Duration::from_millis(200),
         ..ServerSettings::default()
     };
-    let agent = TestAgent::start_with(
-        &p,
-        AgentOptions {
-            settings,
-            ..AgentOptions::default()
-        },
-    )
-    .await;
+    let agent = start_with_settings(&p, settings).await;
     let mut s = tokio::net::TcpStream::connect(agent.addr).await.unwrap();
     s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
         .await
@@ -961,14 +963,7 @@ async fn a_stream_cut_at_the_end_of_the_drain_gets_the_error_event() {
         shutdown_grace: Duration::from_millis(200),
         ..ServerSettings::default()
     };
-    let agent = TestAgent::start_with(
-        &p,
-        AgentOptions {
-            settings,
-            ..AgentOptions::default()
-        },
-    )
-    .await;
+    let agent = start_with_settings(&p, settings).await;
     // The head has arrived: the stream is running when the drain starts.
     let resp = agent.client().send(json_request(CHAT, STREAM_BODY)).await;
     assert_eq!(resp.status(), 200);
@@ -1155,14 +1150,7 @@ async fn silent_connections_are_closed() {
         header_read_timeout: Duration::from_millis(200),
         ..ServerSettings::default()
     };
-    let agent = TestAgent::start_with(
-        &p,
-        AgentOptions {
-            settings,
-            ..AgentOptions::default()
-        },
-    )
-    .await;
+    let agent = start_with_settings(&p, settings).await;
     let mut silent = Vec::new();
     for _ in 0..20 {
         silent.push(tokio::net::TcpStream::connect(agent.addr).await.unwrap());
