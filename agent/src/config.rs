@@ -57,6 +57,30 @@ pub struct Cli {
     #[arg(long, env = "SHEPHERD_AGENT_TOKEN_FILE")]
     pub agent_token_file: Option<PathBuf>,
 
+    /// CA certificates (PEM) to verify an https:// control plane with
+    /// (default: the public web roots). Re-read at each connection.
+    #[arg(long, env = "SHEPHERD_AGENT_CONTROL_PLANE_CA")]
+    pub control_plane_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) presented to an https:// control plane that
+    /// takes agents by certificate (mTLS); its DNS or URI subject
+    /// alternative name must be the agent id. Re-read at each connection,
+    /// so a renewed certificate is used from the next one.
+    #[arg(
+        long,
+        env = "SHEPHERD_AGENT_CONTROL_PLANE_CERT",
+        requires = "control_plane_key"
+    )]
+    pub control_plane_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --control-plane-cert.
+    #[arg(
+        long,
+        env = "SHEPHERD_AGENT_CONTROL_PLANE_KEY",
+        requires = "control_plane_cert"
+    )]
+    pub control_plane_key: Option<PathBuf>,
+
     /// This agent's id in the fleet, stable across restarts (default: the
     /// host name and the proxy port, e.g. the pod name in Kubernetes).
     #[arg(long, env = "SHEPHERD_AGENT_ID")]
@@ -160,17 +184,15 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// The agent token from the flag, the variable or the file, if any.
-    pub fn agent_token(&self) -> Result<Option<String>, String> {
-        let raw = match (&self.agent_token, &self.agent_token_file) {
-            (Some(v), _) => v.clone(),
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|e| format!("agent token file {}: {e}", path.display()))?,
-            (None, None) => return Ok(None),
-        };
-        let token = shepherd_proto::validate::check_token(&raw)
-            .map_err(|rule| format!("agent token: {rule}"))?;
-        Ok(Some(token.to_string()))
+    /// Where the agent token comes from, if anywhere: a file is re-read at
+    /// each connection, so a rotated token is used from the next one.
+    pub fn agent_token(&self) -> Option<crate::control::TokenSource> {
+        use crate::control::{Secret, TokenSource};
+        match (&self.agent_token, &self.agent_token_file) {
+            (Some(v), _) => Some(TokenSource::Value(Secret(v.clone()))),
+            (None, Some(path)) => Some(TokenSource::File(path.clone())),
+            (None, None) => None,
+        }
     }
 }
 

@@ -35,7 +35,9 @@ pub struct ControlSettings {
     /// Control-plane addresses (http:// or https://), tried in turn.
     pub endpoints: Vec<String>,
     /// The agent token; never logged.
-    pub token: Option<Secret>,
+    pub token: Option<TokenSource>,
+    /// TLS settings of https:// endpoints.
+    pub tls: ClientTls,
     pub agent_id: String,
     pub hostname: String,
     pub state: Option<StateDir>,
@@ -63,6 +65,7 @@ impl ControlSettings {
         Self {
             endpoints,
             token: None,
+            tls: ClientTls::default(),
             agent_id,
             hostname: hostname(),
             state: None,
@@ -82,6 +85,92 @@ impl ControlSettings {
 /// A secret whose `Debug` form never shows it.
 #[derive(Clone)]
 pub struct Secret(pub String);
+
+/// Where the agent token comes from.
+#[derive(Debug, Clone)]
+pub enum TokenSource {
+    Value(Secret),
+    /// Re-read at each connection, so a rotated token is used from the next.
+    File(std::path::PathBuf),
+}
+
+impl TokenSource {
+    /// The token now; an error names the file and the rule.
+    pub fn read(&self) -> Result<Secret, String> {
+        let raw = match self {
+            TokenSource::Value(s) => s.0.clone(),
+            TokenSource::File(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("agent token file {}: {e}", path.display()))?,
+        };
+        let token = shepherd_proto::validate::check_token(&raw)
+            .map_err(|rule| format!("agent token: {rule}"))?;
+        Ok(Secret(token.to_string()))
+    }
+}
+
+impl From<String> for TokenSource {
+    fn from(value: String) -> Self {
+        TokenSource::Value(Secret(value))
+    }
+}
+
+/// The TLS files of https:// control-plane endpoints, read at each
+/// connection.
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    /// CAs to verify the control plane with; the public web roots without.
+    pub ca: Option<std::path::PathBuf>,
+    /// Client certificate and key, for a control plane taking agents by
+    /// certificate.
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl ClientTls {
+    /// The TLS settings for `endpoints`, read from the files now; `None`
+    /// when no endpoint is https://. An error names the file.
+    pub fn config(
+        &self,
+        endpoints: &[String],
+    ) -> Result<Option<tonic::transport::ClientTlsConfig>, String> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        if !endpoints.iter().any(|e| e.starts_with("https://")) {
+            if self.ca.is_some() || self.cert.is_some() {
+                return Err(
+                    "--control-plane-ca and --control-plane-cert need an https:// control-plane address"
+                        .into(),
+                );
+            }
+            return Ok(None);
+        }
+        let read = |path: &std::path::Path, what: &str, marker: &str| {
+            let pem = std::fs::read(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
+            if !pem.windows(marker.len()).any(|w| w == marker.as_bytes()) {
+                return Err(format!(
+                    "{what} {}: no PEM \"{marker}\" block in it",
+                    path.display()
+                ));
+            }
+            Ok(pem)
+        };
+        let mut config = ClientTlsConfig::new();
+        config = match &self.ca {
+            Some(ca) => config.ca_certificate(Certificate::from_pem(read(
+                ca,
+                "control-plane CA",
+                "BEGIN CERTIFICATE",
+            )?)),
+            None => config.with_webpki_roots(),
+        };
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            config = config.identity(Identity::from_pem(
+                read(cert, "client certificate", "BEGIN CERTIFICATE")?,
+                read(key, "client key", "PRIVATE KEY")?,
+            ));
+        }
+        Ok(Some(config))
+    }
+}
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -288,8 +377,16 @@ async fn stream(
     link: &Link,
     shutdown: &CancellationToken,
 ) -> Result<bool, String> {
-    let channel = Endpoint::from_shared(endpoint.to_string())
-        .map_err(|e| format!("control-plane address {endpoint:?}: {e}"))?
+    let mut channel = Endpoint::from_shared(endpoint.to_string())
+        .map_err(|e| format!("control-plane address {endpoint:?}: {e}"))?;
+    if endpoint.starts_with("https://")
+        && let Some(tls) = settings.tls.config(&[endpoint.to_string()])?
+    {
+        channel = channel
+            .tls_config(tls)
+            .map_err(|e| format!("control-plane TLS settings: {e}"))?;
+    }
+    let channel = channel
         .connect_timeout(settings.connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(20))
@@ -315,6 +412,7 @@ async fn stream(
     tx.send(hello).await.map_err(|e| e.to_string())?;
     let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
     if let Some(token) = &settings.token {
+        let token = token.read()?;
         let mut value: tonic::metadata::MetadataValue<_> = format!("Bearer {}", token.0.trim())
             .parse()
             .map_err(|_| "the agent token holds characters not allowed in a header".to_string())?;
@@ -380,7 +478,7 @@ fn describe(status: &tonic::Status) -> String {
         tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
             error!(
                 message = status.message(),
-                "the control plane refused the agent token; check SHEPHERD_AGENT_TOKEN(_FILE)"
+                "the control plane refused this agent; check SHEPHERD_AGENT_TOKEN(_FILE), or its client certificate"
             );
             format!("refused: {}", status.message())
         }

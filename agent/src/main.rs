@@ -87,7 +87,16 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
         }
         let mut settings = ControlSettings::new(cli.control_plane.clone(), agent_id);
-        settings.token = cli.agent_token()?.map(control::Secret);
+        settings.token = cli.agent_token();
+        if let Some(token) = &settings.token {
+            token.read()?;
+        }
+        settings.tls = control::ClientTls {
+            ca: cli.control_plane_ca.clone(),
+            cert: cli.control_plane_cert.clone(),
+            key: cli.control_plane_key.clone(),
+        };
+        settings.tls.config(&settings.endpoints)?;
         settings.state = Some(StateDir::open(&cli.state_dir)?);
         settings.report_interval = cli.report_interval;
         settings.urgent_failures = cli.urgent_report_failures;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::auth::Token;
+use crate::auth::{Credential, Role, Token, TokenSet, parse_token_file};
 
 /// The Shepherd control plane: keeps rollout policies in a database and
 /// serves them over gRPC (PolicyService, health, reflection).
@@ -59,9 +59,25 @@ pub struct ServeArgs {
     )]
     pub admin_token: Option<String>,
 
-    /// File holding the admin token (surrounding whitespace is ignored).
+    /// File holding the admin tokens: one per line, alone (named "admin")
+    /// or as "NAME TOKEN"; '#' starts a comment. Re-read when it changes, so
+    /// tokens rotate without a restart.
     #[arg(long, env = "SHEPHERD_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+
+    /// Read-only token: Get, List and Watch calls only. Prefer
+    /// SHEPHERD_VIEWER_TOKEN_FILE.
+    #[arg(
+        long,
+        env = "SHEPHERD_VIEWER_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "viewer_token_file"
+    )]
+    pub viewer_token: Option<String>,
+
+    /// File holding the viewer tokens (the admin token file's format).
+    #[arg(long, env = "SHEPHERD_VIEWER_TOKEN_FILE")]
+    pub viewer_token_file: Option<PathBuf>,
 
     /// Bearer token agents must send on their Connect stream; separate from
     /// the admin token. Prefer SHEPHERD_AGENT_TOKEN_FILE.
@@ -73,9 +89,31 @@ pub struct ServeArgs {
     )]
     pub agent_token: Option<String>,
 
-    /// File holding the agent token.
+    /// File holding the agent tokens (the admin token file's format).
     #[arg(long, env = "SHEPHERD_AGENT_TOKEN_FILE")]
     pub agent_token_file: Option<PathBuf>,
+
+    /// How often token files (and TLS files) are checked for changes. A
+    /// file that changes into something unreadable is logged and the
+    /// previous contents stay in force.
+    #[arg(long, env = "SHEPHERD_RELOAD_INTERVAL", default_value = "5s", value_parser = positive_duration)]
+    pub reload_interval: Duration,
+
+    /// Certificate chain (PEM) to serve TLS with, on the gRPC and admin
+    /// listeners. Needs --tls-key.
+    #[arg(long, env = "SHEPHERD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "SHEPHERD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA certificates (PEM) of client certificates (mTLS). Agents must
+    /// then present a certificate from this CA whose DNS or URI subject
+    /// alternative name is their agent id; operators may present one or
+    /// not. Needs --tls-cert.
+    #[arg(long, env = "SHEPHERD_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 
     /// Allow listening on a non-loopback address with no token configured,
     /// so anyone who can reach the port can change policies.
@@ -236,22 +274,64 @@ pub struct LogArgs {
 }
 
 impl ServeArgs {
-    /// The admin token from the flag, the variable or the file, if any.
-    pub fn admin_token(&self) -> Result<Option<Token>, String> {
-        read_token(
-            "admin token",
-            self.admin_token.as_deref(),
-            self.admin_token_file.as_ref(),
-        )
+    /// Each role with its token given directly and its token file.
+    fn token_sources(&self) -> [(Role, Option<&str>, Option<&PathBuf>); 3] {
+        [
+            (
+                Role::Admin,
+                self.admin_token.as_deref(),
+                self.admin_token_file.as_ref(),
+            ),
+            (
+                Role::Viewer,
+                self.viewer_token.as_deref(),
+                self.viewer_token_file.as_ref(),
+            ),
+            (
+                Role::Agent,
+                self.agent_token.as_deref(),
+                self.agent_token_file.as_ref(),
+            ),
+        ]
     }
 
-    /// The agent token from the flag, the variable or the file, if any.
-    pub fn agent_token(&self) -> Result<Option<Token>, String> {
-        read_token(
-            "agent token",
-            self.agent_token.as_deref(),
-            self.agent_token_file.as_ref(),
-        )
+    /// The token files, watched for changes.
+    pub fn token_files(&self) -> Vec<PathBuf> {
+        self.token_sources()
+            .into_iter()
+            .filter_map(|(_, _, file)| file.cloned())
+            .collect()
+    }
+
+    /// Every token from the flags, the variables and the files.
+    pub fn read_tokens(&self) -> Result<TokenSet, String> {
+        let mut credentials = Vec::new();
+        for (role, value, file) in self.token_sources() {
+            match (value, file) {
+                (Some(v), _) => {
+                    let token =
+                        Token::new(v).map_err(|rule| format!("{} token: {rule}", role.name()))?;
+                    credentials.push(Credential::new(role.name(), role, token)?);
+                }
+                (None, Some(path)) => {
+                    let text = std::fs::read_to_string(path).map_err(|e| {
+                        format!("{} token file {}: {e}", role.name(), path.display())
+                    })?;
+                    credentials.extend(parse_token_file(role, path, &text)?);
+                }
+                (None, None) => {}
+            }
+        }
+        TokenSet::new(credentials)
+    }
+
+    /// The TLS files, if TLS is on.
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        Some(crate::tls::TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
     }
 
     /// Refuses a configuration that would expose policy writes or the agent
@@ -294,23 +374,6 @@ fn at_least_one(s: &str) -> Result<usize, String> {
         Ok(n) => Ok(n),
         Err(e) => Err(e.to_string()),
     }
-}
-
-/// Reads a token given directly or in a file.
-pub fn read_token(
-    what: &str,
-    value: Option<&str>,
-    file: Option<&PathBuf>,
-) -> Result<Option<Token>, String> {
-    let raw = match (value, file) {
-        (Some(v), _) => v.to_string(),
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .map_err(|e| format!("{what} file {}: {e}", path.display()))?,
-        (None, None) => return Ok(None),
-    };
-    Token::new(&raw)
-        .map(Some)
-        .map_err(|rule| format!("{what}: {rule}"))
 }
 
 #[cfg(test)]
@@ -389,21 +452,39 @@ mod tests {
         }
     }
 
-    /// A token file is read and trimmed; an empty one is refused.
+    /// Tokens come from flags and files of each role; an empty file is
+    /// refused with its path.
     #[test]
-    fn reads_token_file() {
-        let dir = std::env::temp_dir().join(format!("shepherd-token-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("token");
-        std::fs::write(&file, "s3cret\n").unwrap();
-        assert!(
-            read_token("admin token", None, Some(&file))
-                .unwrap()
-                .is_some()
+    fn reads_token_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = dir.path().join("admin");
+        let viewer = dir.path().join("viewer");
+        std::fs::write(&admin, "s3cret\n").unwrap();
+        std::fs::write(&viewer, "dashboard v1\ngrafana v2\n").unwrap();
+        let args = Cli::try_parse_from([
+            "shepherd-control-plane",
+            "--admin-token-file",
+            admin.to_str().unwrap(),
+            "--viewer-token-file",
+            viewer.to_str().unwrap(),
+            "--agent-token",
+            "agent-1",
+        ])
+        .unwrap()
+        .serve;
+        let set = args.read_tokens().unwrap();
+        assert_eq!(
+            (
+                set.count(Role::Admin),
+                set.count(Role::Viewer),
+                set.count(Role::Agent)
+            ),
+            (1, 2, 1)
         );
-        std::fs::write(&file, "\n").unwrap();
-        let err = read_token("admin token", None, Some(&file)).unwrap_err();
-        assert_eq!(err, "admin token: must not be empty");
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(args.token_files(), vec![admin.clone(), viewer]);
+        std::fs::write(&admin, "\n").unwrap();
+        let err = args.read_tokens().unwrap_err();
+        assert!(err.contains("holds no admin token"), "{err}");
+        assert!(err.contains(admin.to_str().unwrap()), "{err}");
     }
 }

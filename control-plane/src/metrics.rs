@@ -260,12 +260,24 @@ async fn respond(
 /// Serves the admin endpoints until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<crate::tls::TlsServer>,
     fleet: Arc<Fleet>,
     store: Arc<dyn Store>,
     shutdown: CancellationToken,
 ) {
-    shepherd_observe::admin::serve(
+    let handshake = tls.map(|tls| -> shepherd_observe::admin::Handshake {
+        Arc::new(move |stream| {
+            let acceptor = tls.acceptor(crate::tls::Listener::Admin);
+            Box::pin(async move {
+                let io: Box<dyn shepherd_observe::admin::Io> =
+                    Box::new(acceptor.accept(stream).await?);
+                Ok(io)
+            })
+        })
+    });
+    shepherd_observe::admin::serve_with(
         listener,
+        handshake,
         move |req| {
             let (fleet, store) = (fleet.clone(), store.clone());
             async move { respond(&fleet, store.as_ref(), &req).await }

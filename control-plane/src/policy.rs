@@ -145,6 +145,8 @@ pub struct Revision {
     pub spec: Option<PolicySpec>,
     /// Why the server wrote it, when it did so itself.
     pub reason: String,
+    /// Who wrote it (see [`crate::store::Author`]).
+    pub actor: String,
 }
 
 impl Revision {
@@ -172,6 +174,7 @@ impl Revision {
             create_time: Some(self.create_time.into()),
             policy: self.to_policy().map(|p| p.to_proto()),
             reason: self.reason.clone(),
+            actor: self.actor.clone(),
         }
     }
 }

@@ -16,16 +16,15 @@ use shepherd_proto::v1::rollout_service_server::RolloutServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
 use crate::api::{AgentApi, PolicyApi, RolloutApi};
-use crate::auth::{Authenticator, Role};
+use crate::auth::{Authenticate, Authenticator, Role};
 use crate::config::{DatabaseArgs, ServeArgs};
 use crate::fleet::{Fleet, FleetOptions};
 use crate::store::{self, Store, StoreError, StoreOptions, redact_url};
+use crate::tls::{Listener, TlsServer};
 
 /// Everything that can stop the control plane.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +64,9 @@ pub struct ServerOptions {
     /// Largest message sent to an agent (snapshots).
     pub max_snapshot_bytes: usize,
     pub fleet: FleetOptions,
+    /// TLS on both listeners, with client certificates when it has a
+    /// client CA.
+    pub tls: Option<TlsServer>,
 }
 
 impl Default for ServerOptions {
@@ -77,6 +79,7 @@ impl Default for ServerOptions {
             max_agent_message_bytes: 4 * 1024 * 1024,
             max_snapshot_bytes: 16 * 1024 * 1024,
             fleet: FleetOptions::default(),
+            tls: None,
         }
     }
 }
@@ -114,16 +117,24 @@ pub async fn open_store(args: &DatabaseArgs) -> Result<Arc<dyn Store>, ServeErro
 
 /// Runs `serve` with the settings of the command line until `shutdown`.
 pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> Result<(), ServeError> {
-    let admin = args.admin_token().map_err(ServeError::Config)?;
-    let agent = args.agent_token().map_err(ServeError::Config)?;
-    args.check_exposure(admin.is_some(), agent.is_some())
+    let tokens = args.read_tokens().map_err(ServeError::Config)?;
+    let tls = args
+        .tls_files()
+        .map(TlsServer::load)
+        .transpose()
         .map_err(ServeError::Config)?;
-    if admin.is_none() {
+    let agents_by_cert = tls.as_ref().is_some_and(TlsServer::verifies_clients);
+    args.check_exposure(
+        tokens.has(Role::Admin),
+        tokens.has(Role::Agent) || agents_by_cert,
+    )
+    .map_err(ServeError::Config)?;
+    if !tokens.has(Role::Admin) {
         warn!(
             "no admin token configured: every caller can change policies (loopback or --insecure only)"
         );
     }
-    if agent.is_none() {
+    if !tokens.has(Role::Agent) && !agents_by_cert {
         warn!(
             "no agent token configured: every caller can connect as an agent (loopback or --insecure only)"
         );
@@ -146,13 +157,42 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> Result<(), Ser
     };
     let store = open_store(&args.database).await?;
     let options = ServerOptions {
-        auth: Authenticator::new(admin, agent),
+        auth: Authenticator::of_set(tokens),
         max_message_bytes: args.max_message_bytes,
         shutdown_grace: args.shutdown_grace,
         health_interval: args.database.database_health_interval,
         fleet: args.fleet.options(),
+        tls: tls.clone(),
         ..ServerOptions::default()
     };
+    if let Some(tls) = tls {
+        tokio::spawn(crate::reload::run(
+            "TLS files",
+            crate::reload::Watch::new(tls.files().paths()),
+            args.reload_interval,
+            shutdown.clone(),
+            move || tls.reload(),
+        ));
+    }
+    let auth = options.auth.clone();
+    let reload_args = args.clone();
+    tokio::spawn(crate::reload::run(
+        "tokens",
+        crate::reload::Watch::new(args.token_files()),
+        args.reload_interval,
+        shutdown.clone(),
+        move || {
+            let set = reload_args.read_tokens()?;
+            let loaded = format!(
+                "{} admin, {} viewer and {} agent tokens",
+                set.count(Role::Admin),
+                set.count(Role::Viewer),
+                set.count(Role::Agent)
+            );
+            auth.replace(set);
+            Ok(loaded)
+        },
+    ));
     serve_with_admin(listener, admin_listener, store, options, shutdown).await
 }
 
@@ -218,6 +258,7 @@ pub async fn serve_with_admin(
         }
         tasks.spawn(crate::metrics::serve(
             admin,
+            options.tls.clone(),
             fleet.clone(),
             store.clone(),
             shutdown.clone(),
@@ -232,22 +273,21 @@ pub async fn serve_with_admin(
     ));
     health.set_serving::<AgentServiceServer<AgentApi>>().await;
 
-    let agents = AgentServiceServer::new(AgentApi::new(
-        fleet.clone(),
-        store.clone(),
-        options.auth.clone(),
-    ))
-    .max_decoding_message_size(options.max_agent_message_bytes)
-    .max_encoding_message_size(options.max_snapshot_bytes);
+    let agents_by_cert = options
+        .tls
+        .as_ref()
+        .is_some_and(TlsServer::verifies_clients);
+    let agents =
+        AgentServiceServer::new(AgentApi::new(fleet.clone(), store.clone(), agents_by_cert))
+            .max_decoding_message_size(options.max_agent_message_bytes)
+            .max_encoding_message_size(options.max_snapshot_bytes);
     let rollouts = RolloutServiceServer::new(RolloutApi::new(store.clone(), fleet.clone()))
         .max_decoding_message_size(options.max_message_bytes);
-    let rollouts = InterceptedService::new(rollouts, options.auth.interceptor(Role::Admin));
     health
         .set_serving::<RolloutServiceServer<RolloutApi>>()
         .await;
     let policy = PolicyServiceServer::new(PolicyApi::new(store))
         .max_decoding_message_size(options.max_message_bytes);
-    let policy = InterceptedService::new(policy, options.auth.interceptor(Role::Admin));
 
     // Tell health watchers (load balancers) first that this replica is going.
     tasks.spawn({
@@ -268,12 +308,20 @@ pub async fn serve_with_admin(
         }
     });
 
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    info!(%addr, "control plane listening");
+    let incoming = crate::tls::incoming(
+        listener,
+        options.tls.clone().map(|t| (t, Listener::Grpc)),
+        shutdown.clone(),
+    );
+    info!(%addr, tls = options.tls.is_some(), "control plane listening");
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(tower::layer::layer_fn(crate::api::trace::Traced))
+        .layer(tower::layer::layer_fn({
+            let auth = options.auth.clone();
+            move |inner| Authenticate::new(inner, auth.clone())
+        }))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

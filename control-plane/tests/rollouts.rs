@@ -720,7 +720,7 @@ async fn pause_resume_abort_retry() {
     let last = events.last().unwrap();
     assert_eq!(
         (last.kind(), last.actor.as_str()),
-        (Kind::Aborted, "operator")
+        (Kind::Aborted, "operator:admin")
     );
     assert!(last.reason.contains("not today"), "{}", last.reason);
 

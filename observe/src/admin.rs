@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 /// Plain text.
@@ -34,10 +36,38 @@ pub fn text(
     resp
 }
 
+/// A connection's byte stream, plain or wrapped (TLS).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// Turns an accepted connection into the stream HTTP is served on (a TLS
+/// handshake).
+pub type Handshake = Arc<
+    dyn Fn(TcpStream) -> Pin<Box<dyn Future<Output = std::io::Result<Box<dyn Io>>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Longest a handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves `respond` on `listener` until `shutdown`. Only GET and HEAD are
 /// taken; anything else gets 405.
 pub async fn serve<F, Fut>(listener: TcpListener, respond: F, shutdown: CancellationToken)
 where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    serve_with(listener, None, respond, shutdown).await;
+}
+
+/// [`serve`], each connection first going through `handshake` when given.
+pub async fn serve_with<F, Fut>(
+    listener: TcpListener,
+    handshake: Option<Handshake>,
+    respond: F,
+    shutdown: CancellationToken,
+) where
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
@@ -66,7 +96,19 @@ where
         let respond = respond.clone();
         let builder = builder.clone();
         let shutdown = shutdown.clone();
+        let handshake = handshake.clone();
         tokio::spawn(async move {
+            let stream: Box<dyn Io> = match handshake {
+                None => Box::new(stream),
+                Some(h) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, h(stream)).await {
+                    Ok(Ok(io)) => io,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "admin handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                },
+            };
             let service = service_fn(move |req: Request<Incoming>| {
                 let respond = respond.clone();
                 async move {

@@ -239,6 +239,8 @@ pub struct FleetAgentOptions {
     pub report_interval: std::time::Duration,
     pub report_queue: usize,
     pub loss_ttl: std::time::Duration,
+    /// TLS files of https:// endpoints.
+    pub tls: shepherd_agent::control::ClientTls,
 }
 
 impl FleetAgentOptions {
@@ -253,6 +255,7 @@ impl FleetAgentOptions {
             report_interval: std::time::Duration::from_millis(100),
             report_queue: 300,
             loss_ttl: std::time::Duration::from_secs(300),
+            tls: shepherd_agent::control::ClientTls::default(),
         }
     }
 }
@@ -269,7 +272,7 @@ pub struct FleetAgent {
 
 impl FleetAgent {
     pub async fn start(options: FleetAgentOptions) -> Self {
-        use shepherd_agent::control::{self, ControlSettings, Secret};
+        use shepherd_agent::control::{self, ControlSettings, TokenSource};
         use shepherd_agent::state::StateDir;
         let agent = Arc::new(Agent::new(
             Registry::new(Tls::new(None).unwrap()),
@@ -277,11 +280,12 @@ impl FleetAgent {
             options.labels,
         ));
         let mut settings = ControlSettings::new(options.endpoints, options.agent_id);
-        settings.token = options.token.map(Secret);
+        settings.token = options.token.map(TokenSource::from);
         settings.state = Some(StateDir::open(&options.state_dir).unwrap());
         settings.report_interval = options.report_interval;
         settings.report_queue = options.report_queue;
         settings.loss_ttl = options.loss_ttl;
+        settings.tls = options.tls;
         settings.backoff_base = std::time::Duration::from_millis(50);
         settings.backoff_cap = std::time::Duration::from_millis(500);
         let Served {

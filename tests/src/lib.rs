@@ -29,6 +29,7 @@ pub mod mock;
 pub mod net;
 pub mod otlp;
 pub mod pg;
+pub mod pki;
 pub mod process;
 pub mod python;
 pub mod stores;

@@ -253,7 +253,7 @@ fn kubernetes_manifests_are_well_formed() {
         }
         bins.check_env_names_in(&std::fs::read_to_string(p).unwrap(), &rel);
     }
-    let secrets: BTreeMap<String, BTreeSet<String>> = objects
+    let mut secrets: BTreeMap<String, BTreeSet<String>> = objects
         .iter()
         .filter(|(_, d)| d["kind"] == "Secret")
         .map(|(_, d)| {
@@ -264,6 +264,12 @@ fn kubernetes_manifests_are_well_formed() {
             (d["metadata"]["name"].as_str().unwrap().to_string(), keys)
         })
         .collect();
+    // The Secrets cert-manager writes for its Certificates.
+    for (_, d) in objects.iter().filter(|(_, d)| d["kind"] == "Certificate") {
+        let name = d["spec"]["secretName"].as_str().expect("secretName");
+        let keys = ["tls.crt", "tls.key", "ca.crt"].map(String::from);
+        secrets.insert(name.to_string(), keys.into_iter().collect());
+    }
     let mut sidecar = false;
     let mut control_plane = false;
     for (rel, d) in objects.iter().filter(|(_, d)| d["kind"] == "Deployment") {
@@ -387,4 +393,61 @@ fn dockerfile_builds_every_binary_it_ships() {
         );
     }
     assert!(text.contains("--locked"));
+}
+
+/// The mTLS compose override names only known services and settings, and
+/// the certificates its script writes load in the control plane, each
+/// agent's naming its agent id.
+#[test]
+fn compose_mtls_override_and_its_certificates() {
+    use shepherd_control_plane::tls::{PeerNames, TlsFiles, TlsServer, read_certs};
+
+    let bins = Binaries::load();
+    let base = documents("compose/compose.yaml").remove(0);
+    let doc = documents("compose/compose.mtls.yaml").remove(0);
+    for (name, s) in doc["services"].as_mapping().expect("services") {
+        let name = name.as_str().unwrap();
+        assert!(
+            base["services"].get(name).is_some(),
+            "compose.mtls.yaml overrides unknown service {name}"
+        );
+        for (k, _) in s["environment"].as_mapping().expect("environment") {
+            bins.check_env(k.as_str().unwrap(), &format!("compose.mtls.yaml {name}"));
+        }
+        let agent_url = s["environment"]["SHEPHERD_AGENT_CONTROL_PLANE"].as_str();
+        assert!(
+            agent_url.is_none_or(|u| u.starts_with("https://")),
+            "{name}"
+        );
+    }
+    bins.check_env_names_in(&read("compose/compose.mtls.yaml"), "compose.mtls.yaml");
+
+    if std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_err()
+    {
+        panic!("openssl is needed to check deploy/compose/certs.sh");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(deploy().join("compose/certs.sh"))
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = |n: &str| dir.path().join(n);
+    TlsServer::load(TlsFiles {
+        cert: file("control-plane.pem"),
+        key: file("control-plane-key.pem"),
+        client_ca: Some(file("ca.pem")),
+    })
+    .unwrap();
+    for agent in ["agent-1", "agent-2"] {
+        let cert = read_certs(&file(&format!("{agent}.pem")), "agent certificate").unwrap();
+        assert_eq!(PeerNames::of_cert(&cert[0]).0, vec![agent.to_string()]);
+    }
 }

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use chrono::{Duration, SubsecRound, Utc};
 use shepherd_control_plane::policy::{Change, PolicySpec};
-use shepherd_control_plane::store::{Store, StoreError};
+use shepherd_control_plane::store::{Author, Store, StoreError};
 use shepherd_tests::fixtures::{chat_policy, minimal_policy};
 use shepherd_tests::on_both_stores;
 use shepherd_tests::stores::TestStore;
@@ -25,11 +25,11 @@ fn changed(name: &str, weight: u32) -> PolicySpec {
 /// Stores "chat" at weight 0 (revision 1), then at weight 100 (revision 2).
 async fn chat_at_revision_2(t: &TestStore) {
     t.store
-        .create_policy(&changed("chat", 0), Utc::now())
+        .create_policy(&changed("chat", 0), Author::default(), Utc::now())
         .await
         .unwrap();
     t.store
-        .update_policy(&changed("chat", 100), 1, "", Utc::now())
+        .update_policy(&changed("chat", 100), 1, Author::default(), Utc::now())
         .await
         .unwrap();
 }
@@ -58,7 +58,11 @@ on_both_stores!(
 async fn create_then_get_round_trips_every_field(t: TestStore) {
     let now = Utc::now();
     let written = spec(chat_policy("chat"));
-    let created = t.store.create_policy(&written, now).await.unwrap();
+    let created = t
+        .store
+        .create_policy(&written, Author::default(), now)
+        .await
+        .unwrap();
     assert_eq!(created.revision, 1);
     let read = t.store.get_policy("chat").await.unwrap();
     assert_eq!(read.spec, written);
@@ -72,12 +76,12 @@ async fn create_then_get_round_trips_every_field(t: TestStore) {
 /// Creating a name that is taken fails and leaves the policy alone.
 async fn duplicate_name_is_already_exists(t: TestStore) {
     t.store
-        .create_policy(&changed("chat", 0), Utc::now())
+        .create_policy(&changed("chat", 0), Author::default(), Utc::now())
         .await
         .unwrap();
     let err = t
         .store
-        .create_policy(&changed("chat", 500), Utc::now())
+        .create_policy(&changed("chat", 500), Author::default(), Utc::now())
         .await
         .unwrap_err();
     assert!(
@@ -94,13 +98,13 @@ async fn duplicate_name_is_already_exists(t: TestStore) {
 async fn update_needs_the_latest_revision(t: TestStore) {
     let created = t
         .store
-        .create_policy(&changed("chat", 0), Utc::now())
+        .create_policy(&changed("chat", 0), Author::default(), Utc::now())
         .await
         .unwrap();
     let later = Utc::now() + Duration::seconds(5);
     let updated = t
         .store
-        .update_policy(&changed("chat", 100), 1, "", later)
+        .update_policy(&changed("chat", 100), 1, Author::default(), later)
         .await
         .unwrap();
     assert_eq!(updated.revision, 2);
@@ -118,7 +122,7 @@ async fn stale_update_changes_nothing(t: TestStore) {
     chat_at_revision_2(&t).await;
     let err = t
         .store
-        .update_policy(&changed("chat", 9000), 1, "", Utc::now())
+        .update_policy(&changed("chat", 9000), 1, Author::default(), Utc::now())
         .await
         .unwrap_err();
     match err {
@@ -138,7 +142,7 @@ async fn delete_keeps_history_and_frees_the_name(t: TestStore) {
     chat_at_revision_2(&t).await;
     let deleted_at = t
         .store
-        .delete_policy("chat", None, Utc::now())
+        .delete_policy("chat", None, Author::default(), Utc::now())
         .await
         .unwrap();
     assert_eq!(deleted_at, 3);
@@ -149,13 +153,15 @@ async fn delete_keeps_history_and_frees_the_name(t: TestStore) {
     assert!(t.store.list_policies(None, 10).await.unwrap().is_empty());
     // Deleting again: not found.
     assert!(matches!(
-        t.store.delete_policy("chat", None, Utc::now()).await,
+        t.store
+            .delete_policy("chat", None, Author::default(), Utc::now())
+            .await,
         Err(StoreError::NotFound { .. })
     ));
     // Updating a deleted policy: not found.
     assert!(matches!(
         t.store
-            .update_policy(&changed("chat", 5), 3, "", Utc::now())
+            .update_policy(&changed("chat", 5), 3, Author::default(), Utc::now())
             .await,
         Err(StoreError::NotFound { .. })
     ));
@@ -163,7 +169,7 @@ async fn delete_keeps_history_and_frees_the_name(t: TestStore) {
     let recreated_at = Utc::now() + Duration::seconds(1);
     let again = t
         .store
-        .create_policy(&changed("chat", 42), recreated_at)
+        .create_policy(&changed("chat", 42), Author::default(), recreated_at)
         .await
         .unwrap();
     assert_eq!(again.revision, 4);
@@ -188,7 +194,7 @@ async fn stale_delete_changes_nothing(t: TestStore) {
     chat_at_revision_2(&t).await;
     let err = t
         .store
-        .delete_policy("chat", Some(1), Utc::now())
+        .delete_policy("chat", Some(1), Author::default(), Utc::now())
         .await
         .unwrap_err();
     assert!(
@@ -198,7 +204,7 @@ async fn stale_delete_changes_nothing(t: TestStore) {
     assert_eq!(t.store.get_policy("chat").await.unwrap().revision, 2);
     assert_eq!(
         t.store
-            .delete_policy("chat", Some(2), Utc::now())
+            .delete_policy("chat", Some(2), Author::default(), Utc::now())
             .await
             .unwrap(),
         3
@@ -221,7 +227,7 @@ async fn unknown_names_are_not_found(t: TestStore) {
     ));
     assert!(matches!(
         t.store
-            .update_policy(&changed("nope", 0), 1, "", Utc::now())
+            .update_policy(&changed("nope", 0), 1, Author::default(), Utc::now())
             .await,
         Err(StoreError::NotFound { .. })
     ));
@@ -231,18 +237,33 @@ async fn unknown_names_are_not_found(t: TestStore) {
 async fn old_revisions_stay_readable(t: TestStore) {
     let created = t
         .store
-        .create_policy(&changed("chat", 0), Utc::now())
+        .create_policy(
+            &changed("chat", 0),
+            Author::operator("operator:alice"),
+            Utc::now(),
+        )
         .await
         .unwrap();
     t.store
-        .update_policy(&changed("chat", 100), 1, "rollout r1 promoted", Utc::now())
+        .update_policy(
+            &changed("chat", 100),
+            1,
+            Author {
+                actor: "cp-0",
+                reason: "rollout r1 promoted",
+            },
+            Utc::now(),
+        )
         .await
         .unwrap();
     let first = t.store.get_revision("chat", 1).await.unwrap();
     assert_eq!(first.change, Change::Created);
     assert_eq!(first.spec, Some(changed("chat", 0)));
+    assert_eq!(first.actor, "operator:alice");
+    assert_eq!(first.to_proto().actor, "operator:alice");
     let second = t.store.get_revision("chat", 2).await.unwrap();
     assert_eq!(second.reason, "rollout r1 promoted");
+    assert_eq!(second.actor, "cp-0");
     let as_policy = second.to_policy().unwrap();
     assert_eq!(as_policy.revision, 2);
     assert_eq!(as_policy.create_time, created.create_time);
@@ -259,12 +280,12 @@ async fn old_revisions_stay_readable(t: TestStore) {
 async fn list_pages_by_name_without_deleted(t: TestStore) {
     for name in ["delta", "alpha", "echo", "charlie", "bravo"] {
         t.store
-            .create_policy(&spec(minimal_policy(name)), Utc::now())
+            .create_policy(&spec(minimal_policy(name)), Author::default(), Utc::now())
             .await
             .unwrap();
     }
     t.store
-        .delete_policy("charlie", None, Utc::now())
+        .delete_policy("charlie", None, Author::default(), Utc::now())
         .await
         .unwrap();
     let names = |page: Vec<shepherd_control_plane::policy::StoredPolicy>| {
@@ -293,7 +314,7 @@ async fn list_pages_by_name_without_deleted(t: TestStore) {
 /// told the revision moved, and one revision is stored.
 async fn concurrent_updates_have_one_winner(t: TestStore) {
     t.store
-        .create_policy(&changed("chat", 0), Utc::now())
+        .create_policy(&changed("chat", 0), Author::default(), Utc::now())
         .await
         .unwrap();
     let store: Arc<dyn Store> = t.store.clone();
@@ -302,7 +323,7 @@ async fn concurrent_updates_have_one_winner(t: TestStore) {
             let store = store.clone();
             tokio::spawn(async move {
                 store
-                    .update_policy(&changed("chat", i * 10), 1, "", Utc::now())
+                    .update_policy(&changed("chat", i * 10), 1, Author::default(), Utc::now())
                     .await
             })
         })
@@ -328,7 +349,11 @@ async fn concurrent_creates_have_one_winner(t: TestStore) {
     let creators: Vec<_> = (1..=8u32)
         .map(|i| {
             let store = store.clone();
-            tokio::spawn(async move { store.create_policy(&changed("chat", i), Utc::now()).await })
+            tokio::spawn(async move {
+                store
+                    .create_policy(&changed("chat", i), Author::default(), Utc::now())
+                    .await
+            })
         })
         .collect();
     let mut won = 0;
@@ -346,7 +371,7 @@ async fn concurrent_creates_have_one_winner(t: TestStore) {
 /// Migrating an up-to-date database again changes nothing and loses nothing.
 async fn migrations_are_idempotent(t: TestStore) {
     t.store
-        .create_policy(&changed("chat", 0), Utc::now())
+        .create_policy(&changed("chat", 0), Author::default(), Utc::now())
         .await
         .unwrap();
     t.store.migrate().await.unwrap();
@@ -381,7 +406,7 @@ async fn corrupt(t: &TestStore, name: &str, json: &str) {
 async fn an_unreadable_policy_hides_nothing_else(t: TestStore) {
     for name in ["alpha", "bad", "chat"] {
         t.store
-            .create_policy(&changed(name, 0), Utc::now())
+            .create_policy(&changed(name, 0), Author::default(), Utc::now())
             .await
             .unwrap();
     }
@@ -408,7 +433,7 @@ async fn an_unreadable_policy_hides_nothing_else(t: TestStore) {
     let catalog = t.store.load_catalog().await.unwrap();
     assert_eq!(catalog.policies.len(), 2);
     t.store
-        .update_policy(&changed("bad", 0), 1, "", Utc::now())
+        .update_policy(&changed("bad", 0), 1, Author::default(), Utc::now())
         .await
         .unwrap();
     assert_eq!(t.store.get_policy("bad").await.unwrap().revision, 2);

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use chrono::Utc;
 use shepherd_control_plane::policy::PolicySpec;
-use shepherd_control_plane::store::{self, AgentRecord, StoreOptions, TelemetryRow};
+use shepherd_control_plane::store::{self, AgentRecord, Author, StoreOptions, TelemetryRow};
 use shepherd_proto::v1;
 use shepherd_tests::fixtures::minimal_policy;
 use shepherd_tests::on_both_stores;
@@ -49,11 +49,19 @@ on_both_stores!(
 /// Creates, updates and deletes each take the next generation, recorded on
 /// the policy and its revision.
 async fn every_write_takes_the_next_generation(t: TestStore) {
-    let a = t.store.create_policy(&spec("a"), Utc::now()).await.unwrap();
-    let b = t.store.create_policy(&spec("b"), Utc::now()).await.unwrap();
+    let a = t
+        .store
+        .create_policy(&spec("a"), Author::default(), Utc::now())
+        .await
+        .unwrap();
+    let b = t
+        .store
+        .create_policy(&spec("b"), Author::default(), Utc::now())
+        .await
+        .unwrap();
     let a2 = t
         .store
-        .update_policy(&spec("a"), 1, "", Utc::now())
+        .update_policy(&spec("a"), 1, Author::default(), Utc::now())
         .await
         .unwrap();
     assert_eq!((a.generation, b.generation, a2.generation), (1, 2, 3));
@@ -62,11 +70,14 @@ async fn every_write_takes_the_next_generation(t: TestStore) {
     // A failed write takes no generation.
     assert!(
         t.store
-            .update_policy(&spec("a"), 1, "", Utc::now())
+            .update_policy(&spec("a"), 1, Author::default(), Utc::now())
             .await
             .is_err()
     );
-    t.store.delete_policy("b", None, Utc::now()).await.unwrap();
+    t.store
+        .delete_policy("b", None, Author::default(), Utc::now())
+        .await
+        .unwrap();
     assert_eq!(t.store.load_catalog().await.unwrap().generation, 4);
 }
 
@@ -74,10 +85,22 @@ async fn every_write_takes_the_next_generation(t: TestStore) {
 async fn catalog_holds_live_policies_at_a_generation(t: TestStore) {
     let empty = t.store.load_catalog().await.unwrap();
     assert_eq!((empty.generation, empty.policies.len()), (0, 0));
-    t.store.create_policy(&spec("b"), Utc::now()).await.unwrap();
-    t.store.create_policy(&spec("a"), Utc::now()).await.unwrap();
-    t.store.create_policy(&spec("c"), Utc::now()).await.unwrap();
-    t.store.delete_policy("c", None, Utc::now()).await.unwrap();
+    t.store
+        .create_policy(&spec("b"), Author::default(), Utc::now())
+        .await
+        .unwrap();
+    t.store
+        .create_policy(&spec("a"), Author::default(), Utc::now())
+        .await
+        .unwrap();
+    t.store
+        .create_policy(&spec("c"), Author::default(), Utc::now())
+        .await
+        .unwrap();
+    t.store
+        .delete_policy("c", None, Author::default(), Utc::now())
+        .await
+        .unwrap();
     let catalog = t.store.load_catalog().await.unwrap();
     assert_eq!(catalog.generation, 4);
     let names: Vec<_> = catalog.policies.iter().map(|p| p.spec.name()).collect();
@@ -98,7 +121,10 @@ async fn writes_are_noticed(t: TestStore) {
             .await
             .unwrap();
     }
-    t.store.create_policy(&spec("a"), Utc::now()).await.unwrap();
+    t.store
+        .create_policy(&spec("a"), Author::default(), Utc::now())
+        .await
+        .unwrap();
     tokio::time::timeout(Duration::from_secs(30), here.changed())
         .await
         .expect("the writing store notices");

@@ -13,22 +13,27 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{invalid, page};
-use crate::auth::{Authenticator, Role};
 use crate::fleet::{Fleet, session};
 use crate::store::fleet::list_all_agents;
 use crate::store::{AgentRecord, ListedAgent, Store};
+use crate::tls::ConnInfo;
 
 /// Serves AgentService.
 #[derive(Clone)]
 pub struct AgentApi {
     fleet: Arc<Fleet>,
     store: Arc<dyn Store>,
-    auth: Authenticator,
+    by_cert: bool,
 }
 
 impl AgentApi {
-    pub fn new(fleet: Arc<Fleet>, store: Arc<dyn Store>, auth: Authenticator) -> Self {
-        Self { fleet, store, auth }
+    /// `by_cert`: agents must present a client certificate naming their id.
+    pub fn new(fleet: Arc<Fleet>, store: Arc<dyn Store>, by_cert: bool) -> Self {
+        Self {
+            fleet,
+            store,
+            by_cert,
+        }
     }
 
     /// A replica's heartbeat must be newer than this for its agents to
@@ -114,7 +119,23 @@ impl AgentService for AgentApi {
         &self,
         request: Request<Streaming<v1::AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
-        self.auth.check(Role::Agent, request.metadata())?;
+        // With mTLS, the certificate's names are the ids this caller may
+        // connect as (checked against its hello).
+        let identity = if self.by_cert {
+            let names = request
+                .extensions()
+                .get::<ConnInfo>()
+                .and_then(|c| c.peer.clone())
+                .ok_or_else(|| {
+                    Status::unauthenticated(
+                        "this control plane admits agents by client certificate (mTLS): \
+                         present one issued by its client CA, naming the agent id",
+                    )
+                })?;
+            Some(names)
+        } else {
+            None
+        };
         if self.fleet.stopping.is_cancelled() {
             return Err(Status::unavailable(
                 "control plane replica shutting down; reconnect to another",
@@ -129,6 +150,7 @@ impl AgentService for AgentApi {
             request.into_inner(),
             out,
             permit,
+            identity,
         ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -139,7 +161,6 @@ impl AgentService for AgentApi {
         request: Request<v1::ListAgentsRequest>,
     ) -> Result<Response<v1::ListAgentsResponse>, Status> {
         const SCOPE: &str = "agents";
-        self.auth.check(Role::Admin, request.metadata())?;
         let request = request.into_inner();
         let size = page::page_size(request.page_size)?;
         let after = page::decode(SCOPE, &request.page_token)?;
@@ -165,7 +186,6 @@ impl AgentService for AgentApi {
         &self,
         request: Request<v1::GetPolicyStatusRequest>,
     ) -> Result<Response<v1::PolicyStatus>, Status> {
-        self.auth.check(Role::Admin, request.metadata())?;
         let request = request.into_inner();
         check_name(&request.name).map_err(|rule| invalid("name", rule))?;
         let policy = self.store.get_policy(&request.name).await?;

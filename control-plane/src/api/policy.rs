@@ -11,8 +11,9 @@ use tonic::{Request, Response, Status};
 use tracing::info;
 
 use super::{invalid, invalid_policy, page};
+use crate::auth::Caller;
 use crate::policy::{Change, PolicySpec};
-use crate::store::Store;
+use crate::store::{Author, Store};
 
 /// Serves PolicyService from a [`Store`].
 #[derive(Clone)]
@@ -49,13 +50,17 @@ impl PolicyService for PolicyApi {
         &self,
         request: Request<v1::CreatePolicyRequest>,
     ) -> Result<Response<v1::Policy>, Status> {
+        let actor = Caller::of(&request).actor();
         let request = request.into_inner();
         let spec = PolicySpec::validate(required_policy(request.policy)?, SystemTime::now())
             .map_err(invalid_policy)?;
         if request.validate_only {
             return Ok(Response::new(spec.as_proto().clone()));
         }
-        let stored = self.store.create_policy(&spec, Utc::now()).await?;
+        let stored = self
+            .store
+            .create_policy(&spec, Author::operator(&actor), Utc::now())
+            .await?;
         info!(
             policy = spec.name(),
             revision = stored.revision,
@@ -116,6 +121,7 @@ impl PolicyService for PolicyApi {
         &self,
         request: Request<v1::UpdatePolicyRequest>,
     ) -> Result<Response<v1::Policy>, Status> {
+        let actor = Caller::of(&request).actor();
         let request = request.into_inner();
         let policy = required_policy(request.policy)?;
         let expected = match policy.revision {
@@ -143,7 +149,7 @@ impl PolicyService for PolicyApi {
         }
         let stored = self
             .store
-            .update_policy(&spec, expected, "", Utc::now())
+            .update_policy(&spec, expected, Author::operator(&actor), Utc::now())
             .await?;
         info!(
             policy = spec.name(),
@@ -158,12 +164,18 @@ impl PolicyService for PolicyApi {
         &self,
         request: Request<v1::DeletePolicyRequest>,
     ) -> Result<Response<v1::DeletePolicyResponse>, Status> {
+        let actor = Caller::of(&request).actor();
         let request = request.into_inner();
         valid_name("name", &request.name)?;
         let expected = revision_arg("revision", request.revision)?;
         let revision = self
             .store
-            .delete_policy(&request.name, expected, Utc::now())
+            .delete_policy(
+                &request.name,
+                expected,
+                Author::operator(&actor),
+                Utc::now(),
+            )
             .await?;
         info!(policy = %request.name, revision, "policy deleted");
         Ok(Response::new(v1::DeletePolicyResponse { revision }))

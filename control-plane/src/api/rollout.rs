@@ -16,11 +16,12 @@ use tonic::{Request, Response, Status};
 use tracing::info;
 
 use super::{invalid, page};
+use crate::auth::Caller;
 use crate::fleet::Fleet;
 use crate::rollout::convert::event_to_wire;
 use crate::rollout::model::Rollout;
 use crate::rollout::{self, Command};
-use crate::store::{Store, StoreError};
+use crate::store::{Author, Store, StoreError};
 
 /// Serves RolloutService.
 #[derive(Clone)]
@@ -41,7 +42,7 @@ impl RolloutApi {
         policy: &str,
         number: i64,
         cmd: Command,
-        reason: &str,
+        by: Author<'_>,
     ) -> Result<Response<v1::Rollout>, Status> {
         valid_policy(policy)?;
         let number = number_arg(number)?;
@@ -54,7 +55,7 @@ impl RolloutApi {
                 Err(StoreError::NotFound { .. }) => None,
                 Err(e) => return Err(e.into()),
             };
-            let write = rollout::command(&current, stored.as_ref(), &cmd, reason, Utc::now())?;
+            let write = rollout::command(&current, stored.as_ref(), &cmd, by, Utc::now())?;
             match self.store.write_rollout(write, Utc::now()).await {
                 Ok(r) => {
                     info!(policy = %r.policy, number = r.number, command = ?cmd, state = r.phase().name(), weight = r.weight, "rollout command");
@@ -70,15 +71,20 @@ impl RolloutApi {
     async fn start(
         &self,
         policy: &str,
-        reason: &str,
+        by: Author<'_>,
         retry_of: i64,
     ) -> Result<Response<v1::Rollout>, Status> {
         let stored = self.store.get_policy(policy).await?;
-        let (r, e) = rollout::start(&stored, Utc::now(), reason, retry_of)?;
+        let (r, e) = rollout::start(&stored, Utc::now(), by, retry_of)?;
         let r = self.store.create_rollout(r, vec![e], Utc::now()).await?;
         info!(policy = %r.policy, number = r.number, weight = r.weight, "rollout started");
         Ok(wire(&r))
     }
+}
+
+/// An operator's command: who sent it and why.
+fn by<'a>(actor: &'a str, reason: &'a str) -> Author<'a> {
+    Author { actor, reason }
 }
 
 /// A rollout as callers see it.
@@ -107,9 +113,11 @@ impl RolloutService for RolloutApi {
         &self,
         request: Request<v1::StartRolloutRequest>,
     ) -> Result<Response<v1::Rollout>, Status> {
+        let actor = Caller::of(&request).actor();
         let request = request.into_inner();
         valid_policy(&request.policy)?;
-        self.start(&request.policy, &request.reason, 0).await
+        self.start(&request.policy, by(&actor, &request.reason), 0)
+            .await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "GetRollout"))]
@@ -172,8 +180,9 @@ impl RolloutService for RolloutApi {
         &self,
         request: Request<v1::RolloutCommand>,
     ) -> Result<Response<v1::Rollout>, Status> {
+        let actor = Caller::of(&request).actor();
         let r = request.into_inner();
-        self.act(&r.policy, r.number, Command::Pause, &r.reason)
+        self.act(&r.policy, r.number, Command::Pause, by(&actor, &r.reason))
             .await
     }
 
@@ -182,8 +191,9 @@ impl RolloutService for RolloutApi {
         &self,
         request: Request<v1::RolloutCommand>,
     ) -> Result<Response<v1::Rollout>, Status> {
+        let actor = Caller::of(&request).actor();
         let r = request.into_inner();
-        self.act(&r.policy, r.number, Command::Resume, &r.reason)
+        self.act(&r.policy, r.number, Command::Resume, by(&actor, &r.reason))
             .await
     }
 
@@ -192,12 +202,13 @@ impl RolloutService for RolloutApi {
         &self,
         request: Request<v1::PromoteRolloutRequest>,
     ) -> Result<Response<v1::Rollout>, Status> {
+        let actor = Caller::of(&request).actor();
         let r = request.into_inner();
         self.act(
             &r.policy,
             r.number,
             Command::Promote { full: r.full },
-            &r.reason,
+            by(&actor, &r.reason),
         )
         .await
     }
@@ -207,8 +218,9 @@ impl RolloutService for RolloutApi {
         &self,
         request: Request<v1::RolloutCommand>,
     ) -> Result<Response<v1::Rollout>, Status> {
+        let actor = Caller::of(&request).actor();
         let r = request.into_inner();
-        self.act(&r.policy, r.number, Command::Abort, &r.reason)
+        self.act(&r.policy, r.number, Command::Abort, by(&actor, &r.reason))
             .await
     }
 
@@ -217,6 +229,7 @@ impl RolloutService for RolloutApi {
         &self,
         request: Request<v1::RolloutCommand>,
     ) -> Result<Response<v1::Rollout>, Status> {
+        let actor = Caller::of(&request).actor();
         let r = request.into_inner();
         valid_policy(&r.policy)?;
         let number = number_arg(r.number)?;
@@ -226,7 +239,8 @@ impl RolloutService for RolloutApi {
             _ => latest.clone(),
         };
         rollout::check_retry(&previous, &latest)?;
-        self.start(&r.policy, &r.reason, previous.number).await
+        self.start(&r.policy, by(&actor, &r.reason), previous.number)
+            .await
     }
 
     type WatchRolloutStream = EventStream;

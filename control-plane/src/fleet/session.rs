@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 use super::Fleet;
 use super::snapshots::{Built, Labels};
 use crate::store::AgentRecord;
+use crate::tls::PeerNames;
 
 /// Longest NACK reason kept.
 const MAX_REASON: usize = 1024;
@@ -92,6 +93,7 @@ pub async fn run(
     mut inbound: Streaming<v1::AgentMessage>,
     out: Outbound,
     admission: OwnedSemaphorePermit,
+    identity: Option<Arc<PeerNames>>,
 ) {
     let mut admission = Some(admission);
     let hello = match tokio::time::timeout(fleet.options.hello_timeout, inbound.message()).await {
@@ -118,6 +120,24 @@ pub async fn run(
     };
     if let Err(status) = check_hello(&hello) {
         let _ = out.send(Err(status)).await;
+        return;
+    }
+    if let Some(names) = identity
+        && !names.contains(&hello.agent_id)
+    {
+        warn!(agent = %hello.agent_id, certificate_names = ?names.0, "agent refused: its id is not a name of its client certificate");
+        let _ = out
+            .send(Err(Status::permission_denied(format!(
+                "hello.agent_id {:?} is not a name of the client certificate (its DNS and URI names: {}); \
+                 an agent may only connect as an id its certificate names",
+                hello.agent_id,
+                if names.0.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.0.join(", ")
+                }
+            ))))
+            .await;
         return;
     }
     let session = fleet.next_session();

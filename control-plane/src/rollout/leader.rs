@@ -443,7 +443,9 @@ mod tests {
             create_time: t0,
             update_time: t0,
         };
-        let (r, _) = super::super::start(&policy, t0, "", 0).unwrap();
+        let (r, _) =
+            super::super::start(&policy, t0, crate::store::Author::operator("operator"), 0)
+                .unwrap();
         let clock = 10_500;
         let rows = [
             row(9_000, "b", 1),

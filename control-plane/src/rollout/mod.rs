@@ -23,7 +23,7 @@ use crate::analysis::{
     Judgement, Side, StageInput, Statistics, Window, judge_shadow_stage, judge_stage,
 };
 use crate::policy::StoredPolicy;
-use crate::store::{PolicyWrite, RolloutWrite};
+use crate::store::{Author, PolicyWrite, RolloutWrite};
 use model::{
     CapTrips, Event, EventKind, Figures, OnFailure, Phase, Plan, Rollback, Rollout, State, Verdict,
 };
@@ -218,9 +218,10 @@ impl Change {
 pub fn start(
     policy: &StoredPolicy,
     now: DateTime<Utc>,
-    reason: &str,
+    by: Author<'_>,
     retry_of: i64,
 ) -> Result<(Rollout, Event), CommandError> {
+    let reason = by.reason;
     let p = policy.spec.as_proto();
     let spec = p
         .rollout
@@ -271,7 +272,7 @@ pub fn start(
             format!(": {reason}")
         }
     );
-    let e = event(&rollout, EventKind::Started, now, OPERATOR, why);
+    let e = event(&rollout, EventKind::Started, now, by.actor, why);
     Ok((rollout, e))
 }
 
@@ -295,11 +296,13 @@ fn final_policy(
     policy: &StoredPolicy,
     r: &Rollout,
     succeeded: bool,
+    actor: &str,
     reason: &str,
 ) -> (Option<PolicyWrite>, Option<String>) {
     let write = |spec| PolicyWrite {
         spec,
         expected_revision: policy.revision,
+        actor: actor.to_string(),
         reason: reason.to_string(),
     };
     if !succeeded {
@@ -397,6 +400,7 @@ fn promote(
             policy,
             &c.rollout,
             true,
+            actor,
             &format!("rollout {} succeeded", c.rollout.number),
         );
         let why = match refused {
@@ -441,6 +445,7 @@ fn roll_back_now(
             policy,
             &c.rollout,
             false,
+            actor,
             &format!("rollout {} ended: {reason}", c.rollout.number),
         )
         .0
@@ -705,9 +710,11 @@ pub fn command(
     r: &Rollout,
     policy: Option<&StoredPolicy>,
     cmd: &Command,
-    reason: &str,
+    by: Author<'_>,
     now: DateTime<Utc>,
 ) -> Result<RolloutWrite, CommandError> {
+    let reason = by.reason;
+    let actor = by.actor;
     let phase = r.phase();
     let not = |rule: &'static str| {
         Err(CommandError::WrongState {
@@ -731,7 +738,7 @@ pub fn command(
             };
             let why = why("paused by an operator");
             c.set_state(State::Paused { clock }, &why);
-            c.push(event(&c.rollout, EventKind::Paused, now, OPERATOR, why));
+            c.push(event(&c.rollout, EventKind::Paused, now, actor, why));
         }
         Command::Resume => {
             if phase != Phase::Paused {
@@ -740,7 +747,7 @@ pub fn command(
             let why = why("resumed by an operator; the stage starts over");
             c.set_state(State::new_stage(), &why);
             c.set_stage(r.stage, r.weight, now);
-            c.push(event(&c.rollout, EventKind::Resumed, now, OPERATOR, why));
+            c.push(event(&c.rollout, EventKind::Resumed, now, actor, why));
         }
         Command::Promote { full } => {
             if !matches!(phase, Phase::Running | Phase::Paused) {
@@ -754,14 +761,14 @@ pub fn command(
             } else {
                 why("promoted by an operator")
             };
-            promote(&mut c, policy, now, OPERATOR, None, &text, *full);
+            promote(&mut c, policy, now, actor, None, &text, *full);
         }
         Command::Abort => {
             if !phase.is_active() {
                 return not("only an active rollout can be aborted");
             }
             let why = why("aborted by an operator");
-            roll_back_now(&mut c, policy, now, OPERATOR, Phase::Aborted, &why);
+            roll_back_now(&mut c, policy, now, actor, Phase::Aborted, &why);
         }
     }
     Ok(c.done())
@@ -837,7 +844,7 @@ mod tests {
         use Phase as S;
         let now = Utc::now();
         let policy = rollable(now);
-        let (started, _) = start(&policy, now, "", 0).unwrap();
+        let (started, _) = start(&policy, now, Author::operator(OPERATOR), 0).unwrap();
         let stages = started.plan.stages.len();
         let in_state = |state: S| {
             let mut r = started.clone();
@@ -900,7 +907,16 @@ mod tests {
         ];
         for (state, cmd, want) in table {
             let r = in_state(state);
-            let got = command(&r, Some(&policy), cmd, "why", now);
+            let got = command(
+                &r,
+                Some(&policy),
+                cmd,
+                Author {
+                    actor: OPERATOR,
+                    reason: "why",
+                },
+                now,
+            );
             match (want, got) {
                 (Ok(next), Ok(write)) => {
                     assert_eq!(write.rollout.phase(), next, "{state:?} {cmd:?}");
@@ -927,7 +943,14 @@ mod tests {
             }
         }
         // Promote moves one stage; resume starts the stage over.
-        let next = command(&in_state(S::Running), Some(&policy), &promote, "", now).unwrap();
+        let next = command(
+            &in_state(S::Running),
+            Some(&policy),
+            &promote,
+            Author::operator(OPERATOR),
+            now,
+        )
+        .unwrap();
         assert_eq!(
             next.rollout.stage,
             1.min(u32::try_from(stages - 1).unwrap())
@@ -936,10 +959,24 @@ mod tests {
         assert_eq!(next.rollout.state, State::new_stage());
         // Promote needs the policy; abort does not.
         assert_eq!(
-            command(&in_state(S::Running), None, &promote, "", now).unwrap_err(),
+            command(
+                &in_state(S::Running),
+                None,
+                &promote,
+                Author::operator(OPERATOR),
+                now
+            )
+            .unwrap_err(),
             CommandError::PolicyDeleted(started.policy.clone())
         );
-        let aborted = command(&in_state(S::Running), None, &Command::Abort, "", now).unwrap();
+        let aborted = command(
+            &in_state(S::Running),
+            None,
+            &Command::Abort,
+            Author::operator(OPERATOR),
+            now,
+        )
+        .unwrap();
         assert_eq!(aborted.rollout.state, State::Aborted { ended: now });
         assert!(aborted.policy.is_none(), "no revision of a deleted policy");
     }
@@ -1032,7 +1069,7 @@ mod tests {
             t0,
             serde_json::json!({"rollback_mode": "ROLLBACK_MODE_GRADUAL", "rollback_step_time": "5s"}),
         );
-        let (mut started, _) = start(&plain, t0, "", 0).unwrap();
+        let (mut started, _) = start(&plain, t0, Author::operator(OPERATOR), 0).unwrap();
         started.number = 1;
         started.sequence = 1;
         let with = |policy: &StoredPolicy, stage: u32, weight: u32, state: State| Rollout {
@@ -1384,7 +1421,7 @@ mod tests {
     fn retry_rules() {
         use Phase as S;
         let now = Utc::now();
-        let (r, _) = start(&rollable(now), now, "", 0).unwrap();
+        let (r, _) = start(&rollable(now), now, Author::operator(OPERATOR), 0).unwrap();
         let at = |number: i64, state: S| Rollout {
             number,
             state: state_of(state, now),
@@ -1419,14 +1456,14 @@ mod tests {
         let now = Utc::now();
         let mut p = rollable(now).spec.as_proto().clone();
         p.rollout = None;
-        let e = start(&stored(p.clone(), now), now, "", 0).unwrap_err();
+        let e = start(&stored(p.clone(), now), now, Author::operator(OPERATOR), 0).unwrap_err();
         assert_eq!(e, CommandError::NoRolloutSpec(p.name.clone()));
         let mut p = rollable(now).spec.as_proto().clone();
         if let Some(t) = p.traffic.as_mut() {
             t.candidate.clear();
             t.candidate_weight = 0;
         }
-        let e = start(&stored(p.clone(), now), now, "", 0).unwrap_err();
+        let e = start(&stored(p.clone(), now), now, Author::operator(OPERATOR), 0).unwrap_err();
         assert_eq!(e, CommandError::NoCandidate(p.name.clone()));
     }
 
@@ -1444,12 +1481,12 @@ mod tests {
                 continue;
             }
             let policy = stored(p.clone(), now);
-            let (rollout, _) = start(&policy, now, "", 0).unwrap();
+            let (rollout, _) = start(&policy, now, Author::operator(OPERATOR), 0).unwrap();
             let done = command(
                 &rollout,
                 Some(&policy),
                 &Command::Promote { full: true },
-                "",
+                Author::operator(OPERATOR),
                 now,
             )
             .unwrap();
@@ -1481,8 +1518,15 @@ mod tests {
             let mut at_weight = p.clone();
             at_weight.traffic.as_mut().unwrap().candidate_weight = 1000;
             let policy = stored(at_weight, now);
-            let (rollout, _) = start(&policy, now, "", 0).unwrap();
-            let aborted = command(&rollout, Some(&policy), &Command::Abort, "", now).unwrap();
+            let (rollout, _) = start(&policy, now, Author::operator(OPERATOR), 0).unwrap();
+            let aborted = command(
+                &rollout,
+                Some(&policy),
+                &Command::Abort,
+                Author::operator(OPERATOR),
+                now,
+            )
+            .unwrap();
             let next = aborted.policy.expect("a revision").spec;
             assert_eq!(
                 next.as_proto().traffic.clone().unwrap().candidate_weight,

@@ -30,6 +30,7 @@ macro_rules! impl_sql_store {
             chrono::DateTime<chrono::Utc>,
             chrono::DateTime<chrono::Utc>,
             i64,
+            String,
         );
 
         type AgentTuple = (
@@ -100,8 +101,17 @@ macro_rules! impl_sql_store {
         }
 
         fn revision_row(row: RevisionTuple) -> Result<crate::policy::Revision, StoreError> {
-            let (name, revision, change, spec, reason, create_time, policy_create_time, generation) =
-                row;
+            let (
+                name,
+                revision,
+                change,
+                spec,
+                reason,
+                create_time,
+                policy_create_time,
+                generation,
+                actor,
+            ) = row;
             super::RevisionRow {
                 name,
                 revision,
@@ -109,6 +119,7 @@ macro_rules! impl_sql_store {
                 change,
                 spec,
                 reason,
+                actor,
                 create_time,
                 policy_create_time,
             }
@@ -128,7 +139,7 @@ macro_rules! impl_sql_store {
             now: chrono::DateTime<chrono::Utc>,
             change: &str,
             spec: Option<&str>,
-            reason: &str,
+            author: super::Author<'_>,
         ) -> Result<(i64, chrono::DateTime<chrono::Utc>, i64), StoreError> {
             let bumped: Option<(i64, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(bump)
                 .bind(name)
@@ -144,7 +155,7 @@ macro_rules! impl_sql_store {
                 return Err(super::explain_miss(name, head, expected));
             };
             let generation =
-                record_revision(conn, name, revision, change, spec, reason, now, create_time)
+                record_revision(conn, name, revision, change, spec, author, now, create_time)
                     .await?;
             Ok((revision, create_time, generation))
         }
@@ -160,7 +171,7 @@ macro_rules! impl_sql_store {
             revision: i64,
             change: &str,
             spec: Option<&str>,
-            reason: &str,
+            author: super::Author<'_>,
             now: chrono::DateTime<chrono::Utc>,
             policy_create_time: chrono::DateTime<chrono::Utc>,
         ) -> Result<i64, StoreError> {
@@ -175,10 +186,11 @@ macro_rules! impl_sql_store {
                 .bind(revision)
                 .bind(change)
                 .bind(spec)
-                .bind(reason)
+                .bind(author.reason)
                 .bind(now)
                 .bind(policy_create_time)
                 .bind(generation)
+                .bind(author.actor)
                 .execute(&mut *conn)
                 .await?;
             announce(conn, &generation.to_string()).await?;
@@ -226,6 +238,7 @@ macro_rules! impl_sql_store {
             async fn create_policy(
                 &self,
                 spec: &crate::policy::PolicySpec,
+                author: super::Author<'_>,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<crate::policy::StoredPolicy, StoreError> {
                 let now = super::stored_time(now);
@@ -257,7 +270,7 @@ macro_rules! impl_sql_store {
                     revision,
                     "created",
                     Some(&json),
-                    "",
+                    author,
                     now,
                     now,
                 )
@@ -327,7 +340,7 @@ macro_rules! impl_sql_store {
                 &self,
                 spec: &crate::policy::PolicySpec,
                 expected_revision: i64,
-                reason: &str,
+                author: super::Author<'_>,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<crate::policy::StoredPolicy, StoreError> {
                 let now = super::stored_time(now);
@@ -342,7 +355,7 @@ macro_rules! impl_sql_store {
                     now,
                     "updated",
                     Some(&json),
-                    reason,
+                    author,
                 )
                 .await?;
                 tx.commit().await?;
@@ -360,6 +373,7 @@ macro_rules! impl_sql_store {
                 &self,
                 name: &str,
                 expected_revision: Option<i64>,
+                author: super::Author<'_>,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<i64, StoreError> {
                 let now = super::stored_time(now);
@@ -372,7 +386,7 @@ macro_rules! impl_sql_store {
                     now,
                     "deleted",
                     None,
-                    "",
+                    author,
                 )
                 .await?;
                 tx.commit().await?;

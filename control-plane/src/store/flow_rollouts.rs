@@ -117,7 +117,10 @@ macro_rules! impl_rollout_store {
                         now,
                         "updated",
                         Some(&json),
-                        &p.reason,
+                        super::Author {
+                            actor: &p.actor,
+                            reason: &p.reason,
+                        },
                     )
                     .await?;
                     generation = Some(g);

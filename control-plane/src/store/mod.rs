@@ -133,6 +133,23 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
 ///
 /// Every write stores a new revision in one transaction; a write that fails
 /// changes nothing.
+/// Who writes a revision and why, recorded with it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Author<'a> {
+    /// `operator:<token name>`, `operator` (no token configured) or the
+    /// control-plane replica deciding a rollout.
+    pub actor: &'a str,
+    /// Why, when the server itself writes; empty for an operator's write.
+    pub reason: &'a str,
+}
+
+impl<'a> Author<'a> {
+    /// An operator's write.
+    pub fn operator(actor: &'a str) -> Self {
+        Self { actor, reason: "" }
+    }
+}
+
 #[async_trait]
 pub trait Store: RolloutStore + Send + Sync + 'static {
     /// Applies pending migrations. Safe to run from several replicas at once.
@@ -150,6 +167,7 @@ pub trait Store: RolloutStore + Send + Sync + 'static {
     async fn create_policy(
         &self,
         spec: &PolicySpec,
+        author: Author<'_>,
         now: DateTime<Utc>,
     ) -> Result<StoredPolicy, StoreError>;
 
@@ -167,12 +185,11 @@ pub trait Store: RolloutStore + Send + Sync + 'static {
     ) -> Result<Vec<StoredPolicy>, StoreError>;
 
     /// Replaces a policy if its latest revision is `expected_revision`.
-    /// `reason` says why, when the server itself writes.
     async fn update_policy(
         &self,
         spec: &PolicySpec,
         expected_revision: i64,
-        reason: &str,
+        author: Author<'_>,
         now: DateTime<Utc>,
     ) -> Result<StoredPolicy, StoreError>;
 
@@ -182,6 +199,7 @@ pub trait Store: RolloutStore + Send + Sync + 'static {
         &self,
         name: &str,
         expected_revision: Option<i64>,
+        author: Author<'_>,
         now: DateTime<Utc>,
     ) -> Result<i64, StoreError>;
 
@@ -329,6 +347,7 @@ pub(crate) struct RevisionRow {
     pub change: String,
     pub spec: Option<String>,
     pub reason: String,
+    pub actor: String,
     pub create_time: DateTime<Utc>,
     pub policy_create_time: DateTime<Utc>,
 }
@@ -357,6 +376,7 @@ impl RevisionRow {
             policy_create_time: self.policy_create_time,
             spec,
             reason: self.reason,
+            actor: self.actor,
         })
     }
 }

@@ -31,6 +31,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "rollouts",
         include_str!("../../../migrations/postgres/0003_rollouts.sql"),
     ),
+    (
+        4,
+        "revision actor",
+        include_str!("../../../migrations/postgres/0004_revision_actor.sql"),
+    ),
 ];
 
 /// The channel policy writes are announced on.
@@ -48,7 +53,7 @@ mod sql {
     }
     macro_rules! revision_select {
         () => {
-            "SELECT name, revision, change, spec::text, reason, create_time, policy_create_time, generation \
+            "SELECT name, revision, change, spec::text, reason, create_time, policy_create_time, generation, actor \
              FROM policy_revisions "
         };
     }
@@ -58,8 +63,8 @@ mod sql {
     /// Urgent telemetry, for the analysis leader wherever it runs.
     pub const NOTIFY_TELEMETRY: Option<&str> = Some("SELECT pg_notify('shepherd_telemetry', '')");
     pub const INSERT_REVISION: &str = "INSERT INTO policy_revisions \
-         (name, revision, change, spec, reason, create_time, policy_create_time, generation) \
-         VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8)";
+         (name, revision, change, spec, reason, create_time, policy_create_time, generation, actor) \
+         VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8, $9)";
     pub const BUMP_FOR_DELETE: &str = "UPDATE policies SET revision = revision + 1, deleted = TRUE, update_time = $3 \
          WHERE name = $1 AND NOT deleted AND ($2::bigint IS NULL OR revision = $2) \
          RETURNING revision, create_time";

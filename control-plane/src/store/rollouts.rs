@@ -36,6 +36,8 @@ pub struct RolloutWrite {
 pub struct PolicyWrite {
     pub spec: PolicySpec,
     pub expected_revision: i64,
+    /// Who made the change: the operator's token, or the deciding replica.
+    pub actor: String,
     pub reason: String,
 }
 

@@ -32,6 +32,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "rollouts",
         include_str!("../../../migrations/sqlite/0003_rollouts.sql"),
     ),
+    (
+        4,
+        "revision actor",
+        include_str!("../../../migrations/sqlite/0004_revision_actor.sql"),
+    ),
 ];
 
 /// The statements of [`super::flow`], in SQLite's dialect.
@@ -44,7 +49,7 @@ mod sql {
     }
     macro_rules! revision_select {
         () => {
-            "SELECT name, revision, change, spec, reason, create_time, policy_create_time, generation \
+            "SELECT name, revision, change, spec, reason, create_time, policy_create_time, generation, actor \
              FROM policy_revisions "
         };
     }
@@ -53,8 +58,8 @@ mod sql {
     pub const NOTIFY: Option<&str> = None;
     pub const NOTIFY_TELEMETRY: Option<&str> = None;
     pub const INSERT_REVISION: &str = "INSERT INTO policy_revisions \
-         (name, revision, change, spec, reason, create_time, policy_create_time, generation) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+         (name, revision, change, spec, reason, create_time, policy_create_time, generation, actor) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
     pub const BUMP_FOR_DELETE: &str = "UPDATE policies SET revision = revision + 1, deleted = TRUE, update_time = $3 \
          WHERE name = $1 AND NOT deleted AND ($2 IS NULL OR revision = $2) \
          RETURNING revision, create_time";
