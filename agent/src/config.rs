@@ -146,9 +146,18 @@ pub struct Cli {
     #[arg(long, env = "SHEPHERD_AGENT_COST_HEADER")]
     pub cost_header: bool,
 
-    /// Time a client has to send a request's headers.
+    /// Time a client has to send a request's headers, and a new connection
+    /// its first request, whatever its protocol (a connection that sends
+    /// nothing, or half an HTTP/2 preface, is closed).
     #[arg(long, env = "SHEPHERD_AGENT_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Duration,
+
+    /// Most proxy connections open at once (default: half the process's
+    /// open-file limit). Past it, the oldest connection that has sent no
+    /// request is closed to make room; if every one has, the new
+    /// connection is closed at once.
+    #[arg(long, env = "SHEPHERD_AGENT_MAX_CONNECTIONS", value_parser = at_least_one)]
+    pub max_connections: Option<usize>,
 
     /// Largest request head, in bytes.
     #[arg(long, env = "SHEPHERD_AGENT_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
@@ -209,6 +218,15 @@ pub enum LogFormat {
 pub struct Labels(pub BTreeMap<String, String>);
 
 /// A duration above zero.
+/// A count of at least one.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn positive_duration(s: &str) -> Result<Duration, String> {
     match humantime::parse_duration(s) {
         Ok(d) if d.is_zero() => Err("must be above 0".into()),

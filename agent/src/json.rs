@@ -6,10 +6,9 @@
 //! cost about five times as many instructions on a typical answer; see
 //! BENCHMARKS.md).
 //!
-//! What it checks: the grammar of objects, arrays, strings (escapes),
-//! numbers and literals, and that nothing follows the document. It does
-//! not check that strings are valid UTF-8 or free of raw control
-//! characters. Nesting is limited to [`MAX_DEPTH`].
+//! What it checks: the grammar of objects, arrays, strings (escapes, no
+//! raw control characters, valid UTF-8), numbers and literals, and that
+//! nothing follows the document. Nesting is limited to [`MAX_DEPTH`].
 
 /// Deepest nesting read.
 pub const MAX_DEPTH: usize = 128;
@@ -144,23 +143,51 @@ impl<'a> Reader<'a> {
         self.string_body()
     }
 
-    /// The rest of a string whose opening quote was read.
+    /// The rest of a string whose opening quote was read. Its text is
+    /// checked on the way: no raw control character (JSON escapes them),
+    /// valid UTF-8; plain ASCII runs eight bytes at a time.
     fn string_body(&mut self) -> Result<&'a [u8], Bad> {
         let b = self.b;
         let start = self.i;
         let mut i = start;
         loop {
-            let Some(at) = quote_or_backslash(b, i) else {
+            let Some(at) = string_stop(b, i) else {
                 self.i = b.len();
                 return self.bad("the string's closing quote");
             };
-            if b[at] == b'"' {
-                self.i = at + 1;
-                return Ok(&b[start..at]);
+            match b[at] {
+                b'"' => {
+                    self.i = at + 1;
+                    return Ok(&b[start..at]);
+                }
+                b'\\' => {
+                    self.i = at;
+                    self.escape()?;
+                    i = self.i;
+                }
+                c if c < 0x20 => {
+                    self.i = at;
+                    return self
+                        .bad("no raw control character in a string (escape it: \\n, \\u0000)");
+                }
+                c => {
+                    // A UTF-8 sequence: its lead byte says how long.
+                    let width = match c {
+                        0xc2..=0xdf => 2,
+                        0xe0..=0xef => 3,
+                        0xf0..=0xf4 => 4,
+                        _ => 0,
+                    };
+                    let valid = width > 0
+                        && b.get(at..at + width)
+                            .is_some_and(|seq| std::str::from_utf8(seq).is_ok());
+                    if !valid {
+                        self.i = at;
+                        return self.bad("UTF-8 text in a string");
+                    }
+                    i = at + width;
+                }
             }
-            self.i = at;
-            self.escape()?;
-            i = self.i;
         }
     }
 
@@ -329,13 +356,16 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The first `"` or `\\` at or after `from`: eight bytes at a time (no
-/// call overhead for the short strings JSON is full of), then byte by byte.
-fn quote_or_backslash(b: &[u8], from: usize) -> Option<usize> {
+/// The first byte at or after `from` that ends a run of plain string text:
+/// `"`, `\\`, a control character or a byte that is not ASCII. Eight bytes
+/// at a time (no call overhead for the short strings JSON is full of), then
+/// byte by byte.
+fn string_stop(b: &[u8], from: usize) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     const QUOTES: u64 = ONES * b'"' as u64;
     const BACKSLASHES: u64 = ONES * b'\\' as u64;
+    const SPACES: u64 = ONES * 0x20;
     // High bits set for zero bytes; the lowest one is exact.
     let zeros = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
     let mut i = from;
@@ -344,16 +374,22 @@ fn quote_or_backslash(b: &[u8], from: usize) -> Option<usize> {
             break;
         };
         let x = u64::from_le_bytes(bytes);
-        let hits = zeros(x ^ QUOTES) | zeros(x ^ BACKSLASHES);
+        // Quotes, backslashes, bytes below 0x20 and bytes from 0x80: the
+        // lowest flag of each test is exact, so the lowest of all is.
+        let hits = zeros(x ^ QUOTES)
+            | zeros(x ^ BACKSLASHES)
+            | (x.wrapping_sub(SPACES) & !x & HIGHS)
+            | (x & HIGHS);
         if hits != 0 {
             return Some(i + (hits.trailing_zeros() / 8) as usize);
         }
         i += 8;
     }
-    b.get(i..)?
-        .iter()
-        .position(|&c| c == b'"' || c == b'\\')
-        .map(|n| i + n)
+    b.get(i..)?.iter().position(|&c| is_stop(c)).map(|n| i + n)
+}
+
+fn is_stop(c: u8) -> bool {
+    c == b'"' || c == b'\\' || !(0x20..0x80).contains(&c)
 }
 
 /// A JSON string's text, escapes decoded, from its raw bytes; `None` when
@@ -658,19 +694,48 @@ mod tests {
         assert_eq!(valid(&deep).unwrap_err().expected, "less nesting");
     }
 
-    /// The quote finder agrees with a plain search at every offset and
-    /// length (its eight-byte steps included).
+    /// Strings are text: a raw control character or a byte that is not
+    /// UTF-8 is refused where it stands; escaped ones and any UTF-8 pass.
     #[test]
-    fn finds_quotes_and_backslashes() {
-        let text = br#"abcdefghijklmnop"q\rstuvwxyz0123456789"tail"#;
+    fn strings_are_text() {
+        let check = |b: &[u8]| {
+            let mut r = Reader::new(b);
+            r.skip().and_then(|()| r.done())
+        };
+        assert_eq!(
+            check("{\"k\": \"d\u{e9}j\u{e0} \u{1F600} \\n\\u0000\"}".as_bytes()),
+            Ok(())
+        );
+        let e = check(b"{\"k\": \"a\x00b\"}").unwrap_err();
+        assert_eq!(e.at, 8);
+        assert!(e.expected.contains("control character"), "{e}");
+        assert_eq!(check(b"[\"tab\there\"]").unwrap_err().at, 5);
+        let e = check(b"{\"k\": \"ok \xff\xfe\"}").unwrap_err();
+        assert_eq!((e.at, e.expected), (10, "UTF-8 text in a string"));
+        // In keys too.
+        assert_eq!(check(b"{\"\xc3\": 1}").unwrap_err().at, 2);
+    }
+
+    /// The stop finder agrees with a plain search at every offset and
+    /// length (its eight-byte steps included), for every kind of stop.
+    #[test]
+    fn finds_where_plain_text_stops() {
+        let text =
+            "abcdefghijklmnop\"q\\rstu\tvwxyz0123456789\u{e9}\"tail\u{1}~ \u{7f}end".as_bytes();
         for from in 0..text.len() {
             for end in from..=text.len() {
                 let b = &text[..end];
-                let want = b[from..]
-                    .iter()
-                    .position(|&c| c == b'"' || c == b'\\')
-                    .map(|n| from + n);
-                assert_eq!(quote_or_backslash(b, from), want, "{from}..{end}");
+                let want = b[from..].iter().position(|&c| is_stop(c)).map(|n| from + n);
+                assert_eq!(string_stop(b, from), want, "{from}..{end}");
+            }
+        }
+        // Every byte value, at every place in a word.
+        for c in 0..=255u8 {
+            for at in 0..8 {
+                let mut b = [b'a'; 16];
+                b[at] = c;
+                let want = is_stop(c).then_some(at);
+                assert_eq!(string_stop(&b, 0), want, "byte {c:#x} at {at}");
             }
         }
     }

@@ -46,6 +46,7 @@ pub mod config;
 pub mod control;
 pub mod errors;
 pub mod fault;
+pub mod fuzzing;
 pub mod json;
 pub mod model;
 pub mod outcome;

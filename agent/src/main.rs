@@ -178,6 +178,10 @@ async fn run(cli: Cli) -> Result<(), String> {
         shutdown_grace: cli.shutdown_grace,
         ..ServerSettings::default()
     };
+    let settings = ServerSettings {
+        max_connections: cli.max_connections.unwrap_or(settings.max_connections),
+        ..settings
+    };
     let mut threads = Vec::with_capacity(workers);
     for (index, listener) in listeners.into_iter().enumerate() {
         let (proxy, settings, shutdown) = (agent.proxy.clone(), settings.clone(), shutdown.clone());

@@ -109,6 +109,13 @@ pub struct Proxy {
     pub closing: CancellationToken,
 }
 
+impl Proxy {
+    /// The proxy listener's connections.
+    pub fn connections(&self) -> &shepherd_observe::conns::Connections {
+        &self.stats.connections
+    }
+}
+
 /// The last failure seen, answered to the app when nothing else serves.
 enum LastFailure {
     /// A backend's own answer, read whole: (head, body, backend, attempts).

@@ -7,13 +7,14 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use shepherd_observe::admin::AcceptBackoff;
+use shepherd_observe::conns;
 use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::proxy::Proxy;
@@ -21,7 +22,8 @@ use crate::proxy::Proxy;
 /// Connection settings of the proxy listener.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
-    /// Time a client has to send a request's headers.
+    /// Time a client has to send a request's headers, and a new
+    /// connection its first request (whatever its protocol).
     pub header_read_timeout: Duration,
     /// Largest request head (and HTTP/1 read buffer).
     pub max_header_bytes: usize,
@@ -29,6 +31,8 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     /// HTTP/2 streams per connection.
     pub h2_max_streams: u32,
+    /// Most connections open at once (all workers together).
+    pub max_connections: usize,
 }
 
 impl Default for ServerSettings {
@@ -38,6 +42,7 @@ impl Default for ServerSettings {
             max_header_bytes: 64 * 1024,
             shutdown_grace: Duration::from_secs(30),
             h2_max_streams: 256,
+            max_connections: conns::default_cap(),
         }
     }
 }
@@ -53,7 +58,8 @@ fn builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_concurrent_streams(settings.h2_max_streams)
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
-        .keep_alive_interval(Some(Duration::from_secs(30)));
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
     b
 }
 
@@ -98,6 +104,11 @@ where
 
 /// Accepts connections until `shutdown`, then lets in-flight requests finish
 /// for up to the grace period.
+///
+/// Each connection has the header-read timeout to send its first request,
+/// whatever its protocol (see [`shepherd_observe::conns`]); at most
+/// `max_connections` are open at once, the oldest that has sent no request
+/// making room for a new one.
 pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
@@ -105,57 +116,70 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let builder = Arc::new(builder(&settings));
-    let graceful = GracefulShutdown::new();
+    let connections = proxy.connections().clone();
+    connections.set_cap(settings.max_connections);
+    let drain = CancellationToken::new();
+    let tasks = TaskTracker::new();
     let mut backoff = AcceptBackoff::default();
-    // Connections that sent their first bytes in time, to be served.
-    let (spoke, mut speaking) = tokio::sync::mpsc::channel::<TcpStream>(64);
     loop {
         let stream = tokio::select! {
             () = shutdown.cancelled() => break,
-            Some(stream) = speaking.recv() => stream,
-            accepted = listener.accept() => {
-                match accepted {
-                    Ok((stream, _)) => {
-                        backoff.succeeded();
-                        // The header-read timeout counts from the first
-                        // bytes on; a connection that sends none within it
-                        // (whatever its protocol) is closed.
-                        let (spoke, timeout) = (spoke.clone(), settings.header_read_timeout);
-                        tokio::spawn(async move {
-                            if first_bytes(&stream, timeout).await {
-                                let _ = spoke.send(stream).await;
-                            }
-                        });
-                    }
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off.
-                        backoff.failed(&e, "proxy").await;
-                    }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    backoff.succeeded();
+                    stream
                 }
-                continue;
-            }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off.
+                    backoff.failed(&e, "proxy").await;
+                    continue;
+                }
+            },
+        };
+        // At the cap with every connection busy: closed at once.
+        let Some(guard) = connections.admit() else {
+            continue;
         };
         let _ = stream.set_nodelay(true);
+        let guard = Arc::new(guard);
+        let asked = guard.clone();
         let proxy = proxy.clone();
-        let builder = builder.clone();
-        let service = service_fn(move |req| proxy.clone().handle(req));
+        let service = service_fn(move |req| {
+            asked.asked();
+            proxy.clone().handle(req)
+        });
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
-        let watched = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = watched.await {
+        let close = conns::close_signal(guard, settings.header_read_timeout, drain.clone());
+        tasks.spawn(async move {
+            tokio::pin!(conn, close);
+            let result = tokio::select! {
+                biased;
+                result = conn.as_mut() => result,
+                why = &mut close => {
+                    conn.as_mut().graceful_shutdown();
+                    match why {
+                        conns::Closing::Idle => {
+                            tokio::time::timeout(conns::IDLE_GRACE, conn).await.unwrap_or(Ok(()))
+                        }
+                        conns::Closing::Drain => conn.await,
+                    }
+                }
+            };
+            if let Err(e) = result {
                 debug!(error = %e, "connection ended with an error");
             }
         });
     }
     drop(listener);
-    let open = graceful.count();
     info!(
-        connections = open,
+        connections = connections.counts().open,
         "proxy listener closed; draining in-flight requests"
     );
-    let drained = graceful.shutdown();
+    drain.cancel();
+    tasks.close();
+    let drained = tasks.wait();
     tokio::pin!(drained);
     tokio::select! {
         () = &mut drained => info!("all connections drained"),
@@ -167,16 +191,6 @@ pub async fn serve(
             let _ = tokio::time::timeout(CLOSING_FLUSH, drained).await;
         }
     }
-}
-
-/// True once a connection has sent its first byte within `timeout`; false
-/// when it sent none (or closed, or failed): it is then dropped, closed.
-async fn first_bytes(stream: &TcpStream, timeout: Duration) -> bool {
-    let mut byte = [0u8; 1];
-    matches!(
-        tokio::time::timeout(timeout, stream.peek(&mut byte)).await,
-        Ok(Ok(n)) if n > 0
-    )
 }
 
 /// How long streams cut at the end of the drain have to write their error

@@ -524,6 +524,8 @@ impl Counts {
 /// Agent-wide counters.
 #[derive(Debug, Default)]
 pub struct AgentStats {
+    /// The proxy listener's open connections (its cap and what it closed).
+    pub connections: shepherd_observe::conns::Connections,
     /// Requests refused because too many were in flight.
     pub shed: AtomicU64,
     /// Requests refused as too large.
@@ -971,7 +973,36 @@ impl StatsRegistry {
                 &s.ttft,
             );
         }
+        let conns = agent.connections.counts();
+        header(
+            &mut out,
+            "shepherd_agent_connections_closed_total",
+            "counter",
+            "Proxy connections the agent closed: refused (at the cap, every connection busy), evicted (the oldest that had sent no request, to make room), first_request_timeout (no request within the header-read timeout).",
+        );
+        for (reason, v) in [
+            ("refused", conns.refused),
+            ("evicted", conns.evicted),
+            ("first_request_timeout", conns.timed_out),
+        ] {
+            let _ = writeln!(
+                out,
+                "shepherd_agent_connections_closed_total{{reason=\"{reason}\"}} {v}"
+            );
+        }
         for (name, kind, help, v) in [
+            (
+                "shepherd_agent_connections_open",
+                "gauge",
+                "Open proxy connections.",
+                conns.open as u64,
+            ),
+            (
+                "shepherd_agent_connections_max",
+                "gauge",
+                "Most proxy connections open at once (--max-connections).",
+                conns.cap as u64,
+            ),
             (
                 "shepherd_agent_inflight_requests",
                 "gauge",

@@ -7,7 +7,7 @@ use shepherd_proto::v1::rollout_service_client::RolloutServiceClient;
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::Conn;
 
@@ -41,13 +41,32 @@ fn token(conn: &Conn) -> anyhow::Result<Option<String>> {
     let Some(path) = &conn.token_file else {
         return Ok(None);
     };
-    let t = std::fs::read_to_string(path)
+    let text = std::fs::read_to_string(path)
         .with_context(|| format!("--token-file {}", path.display()))?;
-    let t = t.trim();
-    if t.is_empty() {
-        bail!("--token-file {}: the file is empty", path.display());
+    token_of_file(&text)
+        .map(Some)
+        .map_err(|why| anyhow::anyhow!("--token-file {}: {why}", path.display()))
+}
+
+/// The token of a token file: the token alone, or one `NAME TOKEN` line
+/// (comments and blank lines skipped).
+fn token_of_file(text: &str) -> Result<String, &'static str> {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    match lines.as_slice() {
+        [] => Err("the file is empty"),
+        [line] => {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            match fields.as_slice() {
+                [token] | [_, token] => Ok((*token).to_string()),
+                _ => Err("expected the token alone, or \"NAME TOKEN\""),
+            }
+        }
+        _ => Err("holds several tokens; give a file with the one to use"),
     }
-    Ok(Some(t.to_string()))
 }
 
 /// The server address as a URL (`HOST:PORT` gets `http://`).
@@ -69,8 +88,22 @@ pub async fn connect(conn: &Conn) -> anyhow::Result<Clients> {
         ),
         None => None,
     };
-    let channel = Endpoint::from_shared(url.clone())
-        .with_context(|| format!("--server {url:?}: not a valid URL"))?
+    let mut endpoint = Endpoint::from_shared(url.clone())
+        .with_context(|| format!("--server {url:?}: not a valid URL"))?;
+    if url.starts_with("https://") {
+        let tls = match &conn.ca_file {
+            Some(ca) => {
+                let pem =
+                    std::fs::read(ca).with_context(|| format!("--ca-file {}", ca.display()))?;
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
+            }
+            None => ClientTlsConfig::new().with_webpki_roots(),
+        };
+        endpoint = endpoint.tls_config(tls).context("TLS settings")?;
+    } else if conn.ca_file.is_some() {
+        bail!("--ca-file needs an https:// --server");
+    }
+    let channel = endpoint
         .connect_timeout(std::time::Duration::from_secs(5))
         .connect()
         .await
@@ -98,6 +131,16 @@ pub fn status(what: &str, s: tonic::Status) -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A token file holds the token alone or one named line.
+    #[test]
+    fn token_files() {
+        assert_eq!(token_of_file("s3cret\n"), Ok("s3cret".into()));
+        assert_eq!(token_of_file("# ops\nops s3cret\n"), Ok("s3cret".into()));
+        assert!(token_of_file("\n").is_err());
+        assert!(token_of_file("a t1\nb t2\n").is_err());
+        assert!(token_of_file("a b c\n").is_err());
+    }
 
     #[test]
     fn a_bare_address_gets_http() {

@@ -27,7 +27,8 @@ pub struct Cli {
 /// Where the control plane is and how to authenticate.
 #[derive(Debug, Clone, Args)]
 pub struct Conn {
-    /// The control plane's gRPC address (http://HOST:PORT, or HOST:PORT).
+    /// The control plane's gRPC address (http://HOST:PORT, https://HOST:PORT
+    /// for one serving TLS, or HOST:PORT).
     #[arg(
         long,
         global = true,
@@ -45,9 +46,14 @@ pub struct Conn {
         conflicts_with = "token_file"
     )]
     pub token: Option<String>,
-    /// File holding the admin token.
+    /// File holding the admin token: the token alone, or one "NAME TOKEN"
+    /// line (the control plane's token file format).
     #[arg(long, global = true, env = "SHEPHERD_ADMIN_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// CA certificates (PEM) to verify an https:// control plane with
+    /// (default: the public web roots).
+    #[arg(long, global = true, env = "SHEPHERD_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

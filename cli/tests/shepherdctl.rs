@@ -222,3 +222,48 @@ async fn drives_policies_rollouts_and_agents() {
 }
 
 const POLICY_JSON_BAD: &str = r#"{"name": "broken", "backends": [{"name": "a", "base_url": "not a url"}], "traffic": {"baseline": "a"}}"#;
+
+/// Against a control plane serving TLS: `https://` with the CA file works,
+/// with a named token line in the token file; without the CA the
+/// certificate is refused; `--ca-file` with a plain address is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speaks_tls_with_a_ca_file() {
+    use shepherd_control_plane::tls::{TlsFiles, TlsServer};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = shepherd_tests::pki::Ca::new("cli CA");
+    let ca_file = ca.write_ca(dir.path(), "ca");
+    let (cert, key) = ca.write(dir.path(), "server", &["127.0.0.1"]);
+    let store = TestStore::sqlite().await;
+    let options = ServerOptions {
+        auth: Authenticator::new(Some(Token::new(TOKEN).unwrap()), None),
+        tls: Some(
+            TlsServer::load(TlsFiles {
+                cert,
+                key,
+                client_ca: None,
+            })
+            .unwrap(),
+        ),
+        ..ServerOptions::default()
+    };
+    let cp = TestControlPlane::start(store.store.clone(), options).await;
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("# mine\nops {TOKEN}\n")).unwrap();
+    let ctl = Ctl {
+        server: format!("https://{}", cp.addr),
+        token_file,
+    };
+    let ca_arg = ca_file.to_str().unwrap();
+    let out = ctl.ok(&["--ca-file", ca_arg, "policy", "list"]);
+    assert!(!out.contains("error"), "{out}");
+    let (ok, _, err) = ctl.run(&["policy", "list"]);
+    assert!(!ok, "no CA given, yet it connected");
+    assert!(err.contains("cannot reach the control plane"), "{err}");
+    let plain = Ctl {
+        server: cp.addr.to_string(),
+        token_file: ctl.token_file.clone(),
+    };
+    let (ok, _, err) = plain.run(&["--ca-file", ca_arg, "policy", "list"]);
+    assert!(!ok && err.contains("--ca-file needs an https://"), "{err}");
+    cp.stop().await;
+}

@@ -375,11 +375,13 @@ impl AsyncWrite for Conn {
     }
 }
 
-/// Longest a TLS handshake may take; a client that stalls in it is dropped.
+/// Longest a TLS handshake may take, and a plaintext connection may wait
+/// before its first byte; a client that stalls there is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The connections of `listener`, TLS ones once their handshake is done
-/// (each handshake runs on its own, so a slow client holds up no other).
+/// The connections of `listener`, TLS ones once their handshake is done,
+/// plaintext ones once they sent a byte (each waits on its own, so a slow
+/// client holds up no other).
 /// Failed accepts back off; failed handshakes are logged at debug and
 /// dropped. Ends at `shutdown`.
 pub fn incoming(
@@ -407,9 +409,18 @@ pub fn incoming(
             let _ = stream.set_nodelay(true);
             match &tls {
                 None => {
-                    if tx.send(Ok(Conn::Plain(stream))).await.is_err() {
-                        return;
-                    }
+                    // A connection that sends nothing in time is dropped
+                    // before the HTTP/2 server holds it.
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        let mut first = [0u8; 1];
+                        if let Ok(Ok(n)) =
+                            tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await
+                            && n > 0
+                        {
+                            let _ = tx.send(Ok(Conn::Plain(stream))).await;
+                        }
+                    });
                 }
                 Some((server, which)) => {
                     let acceptor = server.acceptor(*which);

@@ -18,6 +18,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::conns::Connections;
+
 /// Plain text.
 pub const PLAIN: &str = "text/plain; charset=utf-8";
 
@@ -48,9 +50,6 @@ pub type Handshake = Arc<
         + Sync,
 >;
 
-/// Longest a handshake may take before the connection is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Serves `respond` on `listener` until `shutdown`. Only GET and HEAD are
 /// taken; anything else gets 405.
 pub async fn serve<F, Fut>(listener: TcpListener, respond: F, shutdown: CancellationToken)
@@ -60,6 +59,13 @@ where
 {
     serve_with(listener, None, respond, shutdown).await;
 }
+
+/// Most connections the admin listener keeps open (scrapers and probes
+/// need few); past it the oldest that has sent no request is closed.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Time an admin connection has to send its first request.
+pub const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// [`serve`], each connection first going through `handshake` when given.
 pub async fn serve_with<F, Fut>(
@@ -76,8 +82,9 @@ pub async fn serve_with<F, Fut>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
+        .header_read_timeout(FIRST_REQUEST_TIMEOUT);
     let builder = Arc::new(builder);
+    let connections = Connections::new(MAX_CONNECTIONS);
     let mut backoff = AcceptBackoff::default();
     loop {
         let stream = tokio::select! {
@@ -93,14 +100,18 @@ pub async fn serve_with<F, Fut>(
                 }
             },
         };
+        let Some(guard) = connections.admit() else {
+            continue;
+        };
         let respond = respond.clone();
         let builder = builder.clone();
         let shutdown = shutdown.clone();
         let handshake = handshake.clone();
         tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + FIRST_REQUEST_TIMEOUT;
             let stream: Box<dyn Io> = match handshake {
                 None => Box::new(stream),
-                Some(h) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, h(stream)).await {
+                Some(h) => match tokio::time::timeout_at(deadline, h(stream)).await {
                     Ok(Ok(io)) => io,
                     Ok(Err(e)) => {
                         tracing::debug!(error = %e, "admin handshake failed");
@@ -109,7 +120,10 @@ pub async fn serve_with<F, Fut>(
                     Err(_) => return,
                 },
             };
+            let guard = Arc::new(guard);
+            let asked = guard.clone();
             let service = service_fn(move |req: Request<Incoming>| {
+                asked.asked();
                 let respond = respond.clone();
                 async move {
                     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -122,10 +136,26 @@ pub async fn serve_with<F, Fut>(
                     Ok(respond(req).await)
                 }
             });
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let close = crate::conns::close_signal(guard, left, shutdown);
+            tokio::pin!(conn, close);
             tokio::select! {
-                _ = conn => {}
-                () = shutdown.cancelled() => {}
+                biased;
+                _ = conn.as_mut() => {}
+                why = &mut close => {
+                    conn.as_mut().graceful_shutdown();
+                    match why {
+                        crate::conns::Closing::Idle => {
+                            let _ = tokio::time::timeout(crate::conns::IDLE_GRACE, conn).await;
+                        }
+                        crate::conns::Closing::Drain => {
+                            let _ = conn.await;
+                        }
+                    }
+                }
             }
         });
     }

@@ -14,6 +14,7 @@
 //! spans never appear in the logs.
 
 pub mod admin;
+pub mod conns;
 
 pub use opentelemetry::KeyValue;
 pub use opentelemetry::trace::{Status, TraceContextExt};

@@ -1141,26 +1141,158 @@ async fn cold_starts_into_a_candidate_outage_fail_no_request() {
     }
 }
 
-/// A connection that sends nothing at all is closed at the header-read
-/// timeout too (before the protocol is known), and a new one is served.
+/// The h2 connection preface.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// An empty SETTINGS frame.
+const SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+
+/// Reads until the agent closes the connection (a minute at most, a guard
+/// against hangs); returns what it sent.
+async fn until_closed(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the connection was left open");
+    buf
+}
+
+/// A connection that sends no request within the header-read timeout is
+/// closed whatever its protocol: nothing at all, half an h2 preface, the
+/// preface alone, the preface and SETTINGS, or half an HTTP/1.1 head. A
+/// new connection is served.
 #[tokio::test]
-async fn silent_connections_are_closed() {
+async fn connections_that_never_ask_are_closed() {
     let (_a, _b, p) = two_backends(0, json!({})).await;
     let settings = ServerSettings {
-        header_read_timeout: Duration::from_millis(200),
+        header_read_timeout: Duration::from_millis(300),
+        ..ServerSettings::default()
+    };
+    let agent = start_with_settings(&p, settings).await;
+    let sends: Vec<Vec<u8>> = vec![
+        vec![],
+        PREFACE[..10].to_vec(),
+        PREFACE.to_vec(),
+        [PREFACE, SETTINGS].concat(),
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n".to_vec(),
+    ];
+    let mut open = Vec::new();
+    for (i, bytes) in sends.iter().enumerate() {
+        for _ in 0..4 {
+            let mut s = tokio::net::TcpStream::connect(agent.addr).await.unwrap();
+            s.write_all(bytes).await.unwrap();
+            open.push((i, s));
+        }
+    }
+    for (i, s) in &mut open {
+        let got = until_closed(s).await;
+        if *i == 3 {
+            // The h2 server's own SETTINGS (and GOAWAY) may come first.
+            assert!(got.len() >= 9, "{got:?}");
+        } else if *i == 4 {
+            // HTTP/1.1's own timeout answers 408 or closes.
+            let text = String::from_utf8_lossy(&got);
+            assert!(got.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+        } else {
+            assert!(got.is_empty() || *i == 2, "{got:?}");
+        }
+    }
+    assert!(
+        agent
+            .metric("shepherd_agent_connections_closed_total{reason=\"first_request_timeout\"}")
+            .await
+            >= 16
+    );
+    assert_eq!(agent.client().post(CHAT, BODY, &[]).await.status, 200);
+    agent.stop().await;
+}
+
+/// At the connection cap, a new connection closes the oldest one that has
+/// sent no request and is served; once every open connection has asked,
+/// a new one is closed at once, until one of them goes.
+#[tokio::test]
+async fn connection_cap_makes_room_from_the_oldest_silent_one() {
+    let (_a, _b, p) = two_backends(0, json!({})).await;
+    let settings = ServerSettings {
+        max_connections: 4,
         ..ServerSettings::default()
     };
     let agent = start_with_settings(&p, settings).await;
     let mut silent = Vec::new();
-    for _ in 0..20 {
+    for _ in 0..4 {
         silent.push(tokio::net::TcpStream::connect(agent.addr).await.unwrap());
     }
-    for s in &mut silent {
-        let mut buf = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
-        assert!(read.is_ok(), "a silent connection was left open");
-        assert!(buf.is_empty());
+    // Each served request evicts the oldest silent connection.
+    let request = format!(
+        "POST {CHAT} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let mut busy = Vec::new();
+    for (n, quiet) in silent.iter_mut().enumerate() {
+        let mut s = tokio::net::TcpStream::connect(agent.addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200", "request {n}");
+        assert!(until_closed(quiet).await.is_empty());
+        busy.push(s);
     }
+    assert_eq!(
+        agent
+            .metric("shepherd_agent_connections_closed_total{reason=\"evicted\"}")
+            .await,
+        4
+    );
+    // Every open connection has asked: a new one is closed at once.
+    let mut refused = tokio::net::TcpStream::connect(agent.addr).await.unwrap();
+    let _ = refused.write_all(request.as_bytes()).await;
+    assert!(until_closed(&mut refused).await.is_empty());
+    assert!(
+        agent
+            .metric("shepherd_agent_connections_closed_total{reason=\"refused\"}")
+            .await
+            >= 1
+    );
+    // One goes; its room serves a new connection.
+    drop(busy.pop());
+    let mut served = false;
+    for _ in 0..600 {
+        let mut s = tokio::net::TcpStream::connect(agent.addr).await.unwrap();
+        let _ = s.write_all(request.as_bytes()).await;
+        let mut head = [0u8; 12];
+        if s.read_exact(&mut head).await.is_ok() {
+            assert_eq!(&head, b"HTTP/1.1 200");
+            served = true;
+            break;
+        }
+        // The agent has not seen the close yet: let it run.
+        tokio::task::yield_now().await;
+    }
+    assert!(served, "the room of a closed connection was not given back");
+    agent.stop().await;
+}
+
+/// `/healthz` answers while the proxy listener is at its cap with
+/// connections that never speak, and while the admin listener itself is
+/// full of them (the oldest makes room).
+#[tokio::test]
+async fn healthz_answers_while_listeners_are_flooded() {
+    let (_a, _b, p) = two_backends(0, json!({})).await;
+    let settings = ServerSettings {
+        max_connections: 16,
+        ..ServerSettings::default()
+    };
+    let agent = start_with_settings(&p, settings).await;
+    let mut flood = Vec::new();
+    for _ in 0..64 {
+        flood.push(tokio::net::TcpStream::connect(agent.addr).await.unwrap());
+    }
+    for _ in 0..shepherd_observe::admin::MAX_CONNECTIONS + 8 {
+        flood.push(
+            tokio::net::TcpStream::connect(agent.admin_addr)
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(agent.admin().get("/healthz").await.status, 200);
     assert_eq!(agent.client().post(CHAT, BODY, &[]).await.status, 200);
     agent.stop().await;
 }
