@@ -121,21 +121,8 @@ pub async fn serve(
     let drain = CancellationToken::new();
     let tasks = TaskTracker::new();
     let mut backoff = AcceptBackoff::default();
-    loop {
-        let stream = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    backoff.succeeded();
-                    stream
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off.
-                    backoff.failed(&e, "proxy").await;
-                    continue;
-                }
-            },
-        };
+    // Failed accepts (out of file descriptors and the like) back off.
+    while let Some(stream) = backoff.accept(&listener, "proxy", &shutdown).await {
         // At the cap with every connection busy: closed at once.
         let Some(guard) = connections.admit() else {
             continue;

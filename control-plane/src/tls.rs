@@ -392,20 +392,7 @@ pub fn incoming(
     let (tx, rx) = mpsc::channel::<Result<Conn, io::Error>>(64);
     tokio::spawn(async move {
         let mut backoff = shepherd_observe::admin::AcceptBackoff::default();
-        loop {
-            let stream = tokio::select! {
-                () = shutdown.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok((s, _)) => {
-                        backoff.succeeded();
-                        s
-                    }
-                    Err(e) => {
-                        backoff.failed(&e, "grpc").await;
-                        continue;
-                    }
-                },
-            };
+        while let Some(stream) = backoff.accept(&listener, "grpc", &shutdown).await {
             let _ = stream.set_nodelay(true);
             match &tls {
                 None => {

@@ -86,20 +86,7 @@ pub async fn serve_with<F, Fut>(
     let builder = Arc::new(builder);
     let connections = Connections::new(MAX_CONNECTIONS);
     let mut backoff = AcceptBackoff::default();
-    loop {
-        let stream = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((s, _)) => {
-                    backoff.succeeded();
-                    s
-                }
-                Err(e) => {
-                    backoff.failed(&e, "admin").await;
-                    continue;
-                }
-            },
-        };
+    while let Some(stream) = backoff.accept(&listener, "admin", &shutdown).await {
         let Some(guard) = connections.admit() else {
             continue;
         };
@@ -206,6 +193,28 @@ impl AcceptBackoff {
         }
         tokio::time::sleep(self.delay).await;
         self.delay = (self.delay * 2).min(Self::MAX);
+    }
+
+    /// The next connection of `listener` (named in the log), waiting out
+    /// failed accepts; `None` once `shutdown` fires.
+    pub async fn accept(
+        &mut self,
+        listener: &TcpListener,
+        name: &str,
+        shutdown: &CancellationToken,
+    ) -> Option<TcpStream> {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        self.succeeded();
+                        return Some(stream);
+                    }
+                    Err(e) => self.failed(&e, name).await,
+                },
+            }
+        }
     }
 
     /// An accept succeeded: the next failure waits the shortest time again.
