@@ -67,6 +67,9 @@ pub struct ServerOptions {
     /// TLS on both listeners, with client certificates when it has a
     /// client CA.
     pub tls: Option<TlsServer>,
+    /// Time a new gRPC connection has to finish its TLS handshake and send
+    /// the HTTP/2 preface.
+    pub first_bytes_timeout: Duration,
 }
 
 impl Default for ServerOptions {
@@ -80,6 +83,7 @@ impl Default for ServerOptions {
             max_snapshot_bytes: 16 * 1024 * 1024,
             fleet: FleetOptions::default(),
             tls: None,
+            first_bytes_timeout: crate::tls::FIRST_BYTES_TIMEOUT,
         }
     }
 }
@@ -311,6 +315,7 @@ pub async fn serve_with_admin(
     let incoming = crate::tls::incoming(
         listener,
         options.tls.clone().map(|t| (t, Listener::Grpc)),
+        options.first_bytes_timeout,
         shutdown.clone(),
     );
     info!(%addr, tls = options.tls.is_some(), "control plane listening");

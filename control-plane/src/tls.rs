@@ -278,11 +278,43 @@ pub fn subject_alt_names(cert: &[u8]) -> Option<Vec<String>> {
     Some(names)
 }
 
-/// A connection accepted by [`incoming`]: plain TCP, or TLS over it.
+/// The HTTP/2 connection preface every gRPC client opens with.
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A byte stream: plain TCP, or TLS over it.
 #[derive(Debug)]
-pub enum Conn {
+enum Io {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// A connection accepted by [`incoming`] once it has sent the HTTP/2
+/// preface, which it hands to the server again before the rest.
+#[derive(Debug)]
+pub struct Conn {
+    io: Io,
+    /// Bytes of the preface not yet handed on again.
+    replay: usize,
+}
+
+impl Conn {
+    /// Reads the preface (by `deadline`); the connection, ready to serve,
+    /// or `None` when it sent something else or too little in time.
+    async fn after_preface(io: Io, deadline: tokio::time::Instant) -> Option<Conn> {
+        use tokio::io::AsyncReadExt;
+        let mut conn = Conn {
+            io,
+            replay: PREFACE.len(),
+        };
+        let mut got = [0u8; PREFACE.len()];
+        match tokio::time::timeout_at(deadline, conn.read_exact(&mut got)).await {
+            Ok(Ok(_)) if &got == PREFACE => {
+                conn.replay = 0;
+                Some(conn)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// What the gRPC services learn of a connection (in each request's
@@ -298,12 +330,12 @@ impl tonic::transport::server::Connected for Conn {
     type ConnectInfo = ConnInfo;
 
     fn connect_info(&self) -> ConnInfo {
-        match self {
-            Conn::Plain(s) => ConnInfo {
+        match &self.io {
+            Io::Plain(s) => ConnInfo {
                 remote: s.peer_addr().ok(),
                 peer: None,
             },
-            Conn::Tls(s) => {
+            Io::Tls(s) => {
                 let (tcp, session) = s.get_ref();
                 ConnInfo {
                     remote: tcp.peer_addr().ok(),
@@ -323,9 +355,16 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        let this = self.get_mut();
+        if this.replay < PREFACE.len() {
+            let n = (PREFACE.len() - this.replay).min(buf.remaining());
+            buf.put_slice(&PREFACE[this.replay..this.replay + n]);
+            this.replay += n;
+            return Poll::Ready(Ok(()));
+        }
+        match &mut this.io {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -336,23 +375,23 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 
@@ -361,32 +400,34 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            Conn::Plain(s) => s.is_write_vectored(),
-            Conn::Tls(s) => s.is_write_vectored(),
+        match &self.io {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
         }
     }
 }
 
-/// Longest a TLS handshake may take, and a plaintext connection may wait
-/// before its first byte; a client that stalls there is dropped.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a new connection may take to finish its TLS handshake and send
+/// the HTTP/2 preface; one that stalls there, or sends anything else, is
+/// dropped.
+pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The connections of `listener`, TLS ones once their handshake is done,
-/// plaintext ones once they sent a byte (each waits on its own, so a slow
-/// client holds up no other).
-/// Failed accepts back off; failed handshakes are logged at debug and
-/// dropped. Ends at `shutdown`.
+/// The connections of `listener`, each once it has finished its TLS
+/// handshake (with `tls`) and sent the HTTP/2 preface within `timeout`
+/// (each waits on its own, so a slow client holds up no other). Failed
+/// accepts back off; failed handshakes are logged at debug and dropped.
+/// Ends at `shutdown`.
 pub fn incoming(
     listener: TcpListener,
     tls: Option<(TlsServer, Listener)>,
+    timeout: Duration,
     shutdown: CancellationToken,
 ) -> impl tokio_stream::Stream<Item = Result<Conn, io::Error>> {
     let (tx, rx) = mpsc::channel::<Result<Conn, io::Error>>(64);
@@ -394,37 +435,34 @@ pub fn incoming(
         let mut backoff = shepherd_observe::admin::AcceptBackoff::default();
         while let Some(stream) = backoff.accept(&listener, "grpc", &shutdown).await {
             let _ = stream.set_nodelay(true);
-            match &tls {
-                None => {
-                    // A connection that sends nothing in time is dropped
-                    // before the HTTP/2 server holds it.
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        let mut first = [0u8; 1];
-                        if let Ok(Ok(n)) =
-                            tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await
-                            && n > 0
-                        {
-                            let _ = tx.send(Ok(Conn::Plain(stream))).await;
-                        }
-                    });
-                }
-                Some((server, which)) => {
-                    let acceptor = server.acceptor(*which);
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        let peer = stream.peer_addr().ok();
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                        {
-                            Ok(Ok(s)) => {
-                                let _ = tx.send(Ok(Conn::Tls(Box::new(s)))).await;
+            let acceptor = tls.as_ref().map(|(server, which)| server.acceptor(*which));
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let deadline = tokio::time::Instant::now() + timeout;
+                let peer = stream.peer_addr().ok();
+                let io = match acceptor {
+                    None => Io::Plain(stream),
+                    Some(acceptor) => {
+                        match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => Io::Tls(Box::new(s)),
+                            Ok(Err(e)) => {
+                                debug!(?peer, error = %e, "TLS handshake failed");
+                                return;
                             }
-                            Ok(Err(e)) => debug!(?peer, error = %e, "TLS handshake failed"),
-                            Err(_) => debug!(?peer, "TLS handshake timed out"),
+                            Err(_) => {
+                                debug!(?peer, "TLS handshake timed out");
+                                return;
+                            }
                         }
-                    });
+                    }
+                };
+                match Conn::after_preface(io, deadline).await {
+                    Some(conn) => {
+                        let _ = tx.send(Ok(conn)).await;
+                    }
+                    None => debug!(?peer, "no HTTP/2 preface in time; connection dropped"),
                 }
-            }
+            });
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)

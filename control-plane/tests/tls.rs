@@ -221,3 +221,42 @@ async fn certificates_reload_without_a_restart() {
     assert!(tls_channel(&addr, &old_file, None).await.is_err());
     cp.stop().await;
 }
+
+/// A gRPC connection has the first-bytes timeout to send the HTTP/2
+/// preface: one that sends nothing or half of it is dropped when the time
+/// is up, one that sends something else (HTTP/1.1) at once; gRPC clients
+/// are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_without_a_preface_are_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let store = TestStore::sqlite().await;
+    let options = ServerOptions {
+        first_bytes_timeout: std::time::Duration::from_millis(300),
+        ..ServerOptions::default()
+    };
+    let cp = TestControlPlane::start(store.store.clone(), options).await;
+    let sends: [&[u8]; 3] = [
+        b"",
+        b"PRI * HTTP/2.0\r\n",
+        b"GET /healthz HTTP/1.1\r\nhost: cp\r\n\r\n",
+    ];
+    let mut open = Vec::new();
+    for bytes in sends {
+        let mut s = tokio::net::TcpStream::connect(cp.addr).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        open.push(s);
+    }
+    for s in &mut open {
+        let mut got = Vec::new();
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(60), s.read_to_end(&mut got));
+        let read = read.await.expect("the connection was left open");
+        assert!(read.is_err() || got.is_empty(), "{got:?}");
+    }
+    let mut policies = PolicyServiceClient::new(cp.channel().await);
+    policies
+        .list_policies(v1::ListPoliciesRequest::default())
+        .await
+        .unwrap();
+    cp.stop().await;
+}
