@@ -297,6 +297,92 @@ async fn follows_the_control_plane_and_restarts_from_disk() {
     assert!(status.success());
 }
 
+/// Over TLS with a client certificate (mTLS): the agent binary verifies the
+/// control plane against `--control-plane-ca`, presents
+/// `--control-plane-cert`, which names its agent id, and gets its policy;
+/// with another agent's certificate it is refused and serves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_a_control_plane_over_mtls() {
+    use shepherd_control_plane::server::ServerOptions;
+    use shepherd_control_plane::tls::{TlsFiles, TlsServer};
+    use shepherd_proto::v1;
+    use shepherd_tests::control_plane::TestControlPlane;
+
+    let provider = MockProvider::new("p");
+    let addr = provider.serve_tcp().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = shepherd_tests::pki::Ca::new("agent test CA");
+    let ca_file = ca.write_ca(dir.path(), "ca");
+    let (cert, key) = ca.write(dir.path(), "server", &["127.0.0.1"]);
+    let (mine, mine_key) = ca.write(dir.path(), "mine", &["binary-agent"]);
+    let (other, other_key) = ca.write(dir.path(), "other", &["another-agent"]);
+    let store = shepherd_tests::stores::TestStore::sqlite().await;
+    let tls = TlsServer::load(TlsFiles {
+        cert,
+        key,
+        client_ca: Some(ca_file.clone()),
+    })
+    .unwrap();
+    let cp = TestControlPlane::start(
+        store.store.clone(),
+        ServerOptions {
+            tls: Some(tls),
+            ..ServerOptions::default()
+        },
+    )
+    .await;
+    let policy: v1::Policy = serde_json::from_str(&policy(addr, 0)).unwrap();
+    store
+        .store
+        .create_policy(
+            &shepherd_control_plane::policy::PolicySpec::validate(
+                policy,
+                std::time::SystemTime::now(),
+            )
+            .unwrap(),
+            shepherd_control_plane::store::Author::default(),
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+    let cp_url = format!("https://{}", cp.addr);
+    let run = |cert: &std::path::Path, key: &std::path::Path, state: &str| {
+        let state = dir.path().join(state);
+        let args = [
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--control-plane",
+            &cp_url,
+            "--control-plane-ca",
+            ca_file.to_str().unwrap(),
+            "--control-plane-cert",
+            cert.to_str().unwrap(),
+            "--control-plane-key",
+            key.to_str().unwrap(),
+            "--agent-id",
+            "binary-agent",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ];
+        Spawned::start(BIN, &args, &[("SHEPHERD_TEST_PROVIDER_KEY", KEY)])
+    };
+    let agent = run(&mine, &mine_key, "state-a");
+    let line = agent.wait_for_line("agent listening", 0);
+    agent.wait_for_line("policies=1", 0);
+    let c = Client::tcp(&format!("http://{}", logged_addr(&line, "proxy")));
+    assert_eq!(c.post("/v1/chat/completions", BODY, &[]).await.status, 200);
+    let (status, _) = agent.terminate();
+    assert!(status.success());
+
+    let agent = run(&other, &other_key, "state-b");
+    agent.wait_for_line("is not a name of the client certificate", 0);
+    let (_, log) = agent.terminate();
+    assert!(!log.contains("snapshot applied"), "{log}");
+    cp.stop().await;
+}
+
 /// A bad control-plane address or agent id is refused at start, naming the
 /// flag.
 #[test]
@@ -304,6 +390,11 @@ fn refuses_bad_control_plane_settings() {
     for (flag, value, expected) in [
         ("--control-plane", "127.0.0.1:4100", "--control-plane"),
         ("--agent-id", "two words", "--agent-id"),
+        (
+            "--control-plane-ca",
+            "/tmp/ca.pem",
+            "need an https:// control-plane address",
+        ),
     ] {
         let mut args = vec!["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
         if flag != "--control-plane" {
