@@ -33,8 +33,14 @@ const MODEL_APIS: [Api; 5] = [
     Api::Messages,
 ];
 
-/// One backend of each API family, as a policy would give them.
-fn backends() -> [Backend; 2] {
+/// One backend of each API family, as a policy would give them (made once:
+/// the targets call for them on every input).
+fn backends() -> &'static [Backend; 2] {
+    static BACKENDS: std::sync::OnceLock<[Backend; 2]> = std::sync::OnceLock::new();
+    BACKENDS.get_or_init(make_backends)
+}
+
+fn make_backends() -> [Backend; 2] {
     let p = serde_json::json!({
         "name": "fuzz", "match": {"path_prefix": "/"},
         "backends": [
@@ -94,7 +100,7 @@ pub fn request(data: &[u8]) {
     let [openai, anthropic] = backends();
     for api in MODEL_APIS {
         let _ = crate::api::check_document(api, data, None, &mut Usage::default());
-        for backend in [&openai, &anthropic] {
+        for backend in [openai, anthropic] {
             if translate::crosses(api, backend.protocol) {
                 match translate::request(api, data, backend) {
                     Ok(t) => {

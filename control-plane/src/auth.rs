@@ -314,20 +314,24 @@ impl Authenticator {
 
     /// Admits or refuses a call needing `need`.
     pub fn check(&self, need: Need, metadata: &MetadataMap) -> Result<Caller, Status> {
+        self.check_header(need, metadata.get("authorization").map(|v| v.as_bytes()))
+    }
+
+    /// [`Self::check`], given the call's `authorization` header.
+    fn check_header(&self, need: Need, header: Option<&[u8]>) -> Result<Caller, Status> {
         let set = self.tokens.load();
         if set.open_for(need) {
             return Ok(Caller { token: None });
         }
-        let Some(header) = metadata.get("authorization") else {
+        let Some(header) = header else {
             return Err(Status::unauthenticated(format!(
                 "missing credentials: send the header \"authorization: Bearer <token>\" with {}",
                 need.describe()
             )));
         };
         let presented = header
-            .as_bytes()
             .strip_prefix(b"Bearer ")
-            .or_else(|| header.as_bytes().strip_prefix(b"bearer "))
+            .or_else(|| header.strip_prefix(b"bearer "))
             .ok_or_else(|| {
                 Status::unauthenticated("the authorization header must be \"Bearer <token>\"")
             })?;
@@ -379,8 +383,8 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         if let Some(need) = need_of(req.uri().path()) {
-            let metadata = MetadataMap::from_headers(req.headers().clone());
-            match self.auth.check(need, &metadata) {
+            let header = req.headers().get("authorization").map(|v| v.as_bytes());
+            match self.auth.check_header(need, header) {
                 Ok(caller) => {
                     req.extensions_mut().insert(caller);
                 }

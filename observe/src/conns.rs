@@ -252,11 +252,15 @@ impl Future for CloseSignal {
 /// The default cap of a listener: half the process's open-file limit (the
 /// other half is left for upstream connections, the other listener and
 /// files), or 4096 where the limit cannot be read.
+/// Read once per process.
 pub fn default_cap() -> usize {
-    std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .and_then(|text| open_files_limit(&text))
-        .map_or(4096, |limit| (limit / 2).max(16))
+    static CAP: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CAP.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/limits")
+            .ok()
+            .and_then(|text| open_files_limit(&text))
+            .map_or(4096, |limit| (limit / 2).max(16))
+    })
 }
 
 /// The soft "Max open files" limit of a `/proc/self/limits` text.
