@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use shepherd_observe::flags::{at_least_one, positive_duration};
 
 /// The Shepherd agent: a sidecar proxy for LLM API traffic. Point the app's
 /// OpenAI-compatible (or Anthropic) base URL at it, e.g.
@@ -216,24 +217,6 @@ pub enum LogFormat {
 /// Labels as parsed from `key=value,key=value`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Labels(pub BTreeMap<String, String>);
-
-/// A duration above zero.
-/// A count of at least one.
-fn at_least_one(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-fn positive_duration(s: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(s) {
-        Ok(d) if d.is_zero() => Err("must be above 0".into()),
-        Ok(d) => Ok(d),
-        Err(e) => Err(e.to_string()),
-    }
-}
 
 fn parse_labels(s: &str) -> Result<Labels, String> {
     let mut labels = BTreeMap::new();

@@ -222,7 +222,9 @@ fn help_lists_flags_and_variables() {
 
 /// With --control-plane the agent takes its policies from the control plane
 /// with the agent token (never logged), saves each snapshot in the state
-/// directory, and starts from it when the control plane is gone.
+/// directory, and starts from it when the control plane is gone. The token
+/// file is read again at each connection: refused with a stale token, the
+/// agent gets in once the file holds the current one, with no restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follows_the_control_plane_and_restarts_from_disk() {
     use shepherd_control_plane::auth::{Authenticator, Token};
@@ -254,7 +256,8 @@ async fn follows_the_control_plane_and_restarts_from_disk() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let token_file = dir.path().join("token");
-    std::fs::write(&token_file, AGENT_TOKEN).unwrap();
+    const STALE_TOKEN: &str = "a-stale-agent-token-for-binary-test";
+    std::fs::write(&token_file, STALE_TOKEN).unwrap();
     let cp_url = format!("http://{}", cp.addr);
     let args = [
         "--listen",
@@ -275,16 +278,20 @@ async fn follows_the_control_plane_and_restarts_from_disk() {
         ("SHEPHERD_LOG", "debug"),
     ];
     let agent = Spawned::start(BIN, &args, &envs);
+    agent.wait_for_line("the control plane refused this agent", 0);
+    let refused = agent.line_count();
+    std::fs::write(&token_file, format!("{AGENT_TOKEN}\n")).unwrap();
+    // The policy was written moments before; the first snapshot may predate it.
+    agent.wait_for_line("policies=1", refused);
     let line = agent.wait_for_line("agent listening", 0);
     let proxy = logged_addr(&line, "proxy");
-    // The policy was written moments before; the first snapshot may predate it.
-    agent.wait_for_line("policies=1", 0);
     let c = Client::tcp(&format!("http://{proxy}"));
     let r = c.post("/v1/chat/completions", BODY, &[]).await;
     assert_eq!(r.status, 200, "{}\n{}", r.text(), agent.log());
     assert!(state.join("snapshot.json").exists());
     let (_, log) = agent.terminate();
     assert!(!log.contains(AGENT_TOKEN), "the agent token was logged");
+    assert!(!log.contains(STALE_TOKEN), "the stale token was logged");
 
     // The control plane goes away; a new agent process serves from disk.
     cp.stop().await;

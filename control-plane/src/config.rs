@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use shepherd_observe::flags::{at_least_one, positive_duration};
 
 use crate::auth::{Credential, Role, Token, TokenSet, parse_token_file};
 
@@ -119,6 +120,13 @@ pub struct ServeArgs {
     /// so anyone who can reach the port can change policies.
     #[arg(long, env = "SHEPHERD_INSECURE")]
     pub insecure: bool,
+
+    /// Most gRPC connections open at once (default: half the open-file
+    /// limit). Past it, a new connection closes the oldest one still on its
+    /// TLS handshake or HTTP/2 preface, or is closed at once when there is
+    /// none; agents then reconnect with backoff.
+    #[arg(long, env = "SHEPHERD_MAX_CONNECTIONS", value_parser = at_least_one)]
+    pub max_connections: Option<usize>,
 
     /// Largest gRPC request accepted, in bytes.
     #[arg(long, env = "SHEPHERD_MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024)]
@@ -355,24 +363,6 @@ impl ServeArgs {
             ));
         }
         Ok(())
-    }
-}
-
-/// A duration above zero.
-fn positive_duration(s: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(s) {
-        Ok(d) if d.is_zero() => Err("must be above 0".into()),
-        Ok(d) => Ok(d),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-/// A count of at least one.
-fn at_least_one(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use shepherd_observe::admin::{PLAIN, text};
+use shepherd_observe::conns::Connections;
 use shepherd_proto::histogram::AtomicHistogram;
 use shepherd_proto::prometheus::{CONTENT_TYPE, escape, header, histogram, sample};
 use tokio::net::TcpListener;
@@ -65,8 +66,9 @@ fn relaxed(c: &AtomicU64) -> u64 {
 }
 
 /// Renders every metric.
-pub async fn render(fleet: &Fleet, store: &dyn Store) -> String {
+pub async fn render(fleet: &Fleet, conns: &Connections, store: &dyn Store) -> String {
     let mut out = String::with_capacity(8 * 1024);
+    render_connections(&mut out, conns);
     let c = &fleet.counters;
     let records = fleet.agents.records();
     let groups = fleet.snapshots.versions();
@@ -166,6 +168,44 @@ pub async fn render(fleet: &Fleet, store: &dyn Store) -> String {
     out
 }
 
+/// The gRPC listener's connections.
+fn render_connections(out: &mut String, conns: &Connections) {
+    let counts = conns.counts();
+    header(
+        out,
+        "shepherd_control_plane_connections_closed_total",
+        "counter",
+        "gRPC connections closed before they were served: refused (at the cap, every connection past its handshake and preface), evicted (the oldest still on its handshake or preface, to make room), first_bytes_timeout (no TLS handshake and HTTP/2 preface within 10 s).",
+    );
+    for (reason, v) in [
+        ("refused", counts.refused),
+        ("evicted", counts.evicted),
+        ("first_bytes_timeout", counts.timed_out),
+    ] {
+        sample(
+            out,
+            "shepherd_control_plane_connections_closed_total",
+            &format!("reason=\"{reason}\""),
+            v,
+        );
+    }
+    for (name, help, v) in [
+        (
+            "shepherd_control_plane_connections_open",
+            "Open gRPC connections.",
+            counts.open,
+        ),
+        (
+            "shepherd_control_plane_connections_max",
+            "Most gRPC connections open at once (--max-connections).",
+            counts.cap,
+        ),
+    ] {
+        header(out, name, "gauge", help);
+        sample(out, name, "", v);
+    }
+}
+
 async fn render_rollouts(out: &mut String, c: &Counters, store: &dyn Store) {
     header(
         out,
@@ -243,12 +283,17 @@ async fn render_rollouts(out: &mut String, c: &Counters, store: &dyn Store) {
 /// Answers one admin request.
 async fn respond(
     fleet: &Fleet,
+    conns: &Connections,
     store: &dyn Store,
     req: &Request<hyper::body::Incoming>,
 ) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, PLAIN, "ok\n"),
-        "/metrics" => text(StatusCode::OK, CONTENT_TYPE, render(fleet, store).await),
+        "/metrics" => text(
+            StatusCode::OK,
+            CONTENT_TYPE,
+            render(fleet, conns, store).await,
+        ),
         _ => text(
             StatusCode::NOT_FOUND,
             PLAIN,
@@ -261,6 +306,7 @@ async fn respond(
 pub async fn serve(
     listener: TcpListener,
     tls: Option<crate::tls::TlsServer>,
+    conns: Connections,
     fleet: Arc<Fleet>,
     store: Arc<dyn Store>,
     shutdown: CancellationToken,
@@ -279,8 +325,8 @@ pub async fn serve(
         listener,
         handshake,
         move |req| {
-            let (fleet, store) = (fleet.clone(), store.clone());
-            async move { respond(&fleet, store.as_ref(), &req).await }
+            let (fleet, conns, store) = (fleet.clone(), conns.clone(), store.clone());
+            async move { respond(&fleet, &conns, store.as_ref(), &req).await }
         },
         shutdown,
     )

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use shepherd_observe::conns::Connections;
 use shepherd_proto::v1::agent_service_server::AgentServiceServer;
 use shepherd_proto::v1::policy_service_server::PolicyServiceServer;
 use shepherd_proto::v1::rollout_service_server::RolloutServiceServer;
@@ -70,6 +71,8 @@ pub struct ServerOptions {
     /// Time a new gRPC connection has to finish its TLS handshake and send
     /// the HTTP/2 preface.
     pub first_bytes_timeout: Duration,
+    /// The gRPC listener's connections and their cap.
+    pub connections: Connections,
 }
 
 impl Default for ServerOptions {
@@ -84,6 +87,7 @@ impl Default for ServerOptions {
             fleet: FleetOptions::default(),
             tls: None,
             first_bytes_timeout: crate::tls::FIRST_BYTES_TIMEOUT,
+            connections: Connections::default(),
         }
     }
 }
@@ -167,6 +171,9 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> Result<(), Ser
         health_interval: args.database.database_health_interval,
         fleet: args.fleet.options(),
         tls: tls.clone(),
+        connections: args
+            .max_connections
+            .map_or_else(Connections::default, Connections::new),
         ..ServerOptions::default()
     };
     if let Some(tls) = tls {
@@ -263,6 +270,7 @@ pub async fn serve_with_admin(
         tasks.spawn(crate::metrics::serve(
             admin,
             options.tls.clone(),
+            options.connections.clone(),
             fleet.clone(),
             store.clone(),
             shutdown.clone(),
@@ -316,6 +324,7 @@ pub async fn serve_with_admin(
         listener,
         options.tls.clone().map(|t| (t, Listener::Grpc)),
         options.first_bytes_timeout,
+        options.connections.clone(),
         shutdown.clone(),
     );
     info!(%addr, tls = options.tls.is_some(), "control plane listening");

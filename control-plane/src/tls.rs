@@ -22,6 +22,7 @@ use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
+use shepherd_observe::conns::{self, Connections};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -289,30 +290,58 @@ enum Io {
 }
 
 /// A connection accepted by [`incoming`] once it has sent the HTTP/2
-/// preface, which it hands to the server again before the rest.
+/// preface, which it hands to the server again before the rest. It holds
+/// its room under the listener's connection cap until it is dropped.
 #[derive(Debug)]
 pub struct Conn {
     io: Io,
     /// Bytes of the preface not yet handed on again.
     replay: usize,
+    _room: Option<conns::Conn>,
+}
+
+/// Why a new connection was dropped before it was served.
+enum Dropped {
+    /// Its handshake or preface did not come within the time.
+    TimedOut,
+    /// Its handshake failed, or it sent something other than the preface.
+    Refused(String),
 }
 
 impl Conn {
-    /// Reads the preface (by `deadline`); the connection, ready to serve,
-    /// or `None` when it sent something else or too little in time.
-    async fn after_preface(io: Io, deadline: tokio::time::Instant) -> Option<Conn> {
+    /// Finishes the TLS handshake with `acceptor`, if any, and reads the
+    /// preface, both by `deadline`: the connection, ready to serve.
+    async fn accept(
+        stream: TcpStream,
+        acceptor: Option<TlsAcceptor>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Conn, Dropped> {
         use tokio::io::AsyncReadExt;
+        let io = match acceptor {
+            None => Io::Plain(stream),
+            Some(acceptor) => {
+                match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => Io::Tls(Box::new(s)),
+                    Ok(Err(e)) => {
+                        return Err(Dropped::Refused(format!("TLS handshake failed: {e}")));
+                    }
+                    Err(_) => return Err(Dropped::TimedOut),
+                }
+            }
+        };
         let mut conn = Conn {
             io,
             replay: PREFACE.len(),
+            _room: None,
         };
         let mut got = [0u8; PREFACE.len()];
         match tokio::time::timeout_at(deadline, conn.read_exact(&mut got)).await {
             Ok(Ok(_)) if &got == PREFACE => {
                 conn.replay = 0;
-                Some(conn)
+                Ok(conn)
             }
-            _ => None,
+            Ok(_) => Err(Dropped::Refused("not an HTTP/2 preface".into())),
+            Err(_) => Err(Dropped::TimedOut),
         }
     }
 }
@@ -421,46 +450,57 @@ pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The connections of `listener`, each once it has finished its TLS
 /// handshake (with `tls`) and sent the HTTP/2 preface within `timeout`
-/// (each waits on its own, so a slow client holds up no other). Failed
-/// accepts back off; failed handshakes are logged at debug and dropped.
-/// Ends at `shutdown`.
+/// (each waits on its own, so a slow client holds up no other). At the cap
+/// of `conns`, a new connection makes room by closing the oldest one still
+/// on its handshake or preface, or is closed at once when every open
+/// connection is past them. Failed accepts back off; connections dropped
+/// are logged at debug and counted in `conns`. Ends at `shutdown`.
 pub fn incoming(
     listener: TcpListener,
     tls: Option<(TlsServer, Listener)>,
     timeout: Duration,
+    conns: Connections,
     shutdown: CancellationToken,
 ) -> impl tokio_stream::Stream<Item = Result<Conn, io::Error>> {
     let (tx, rx) = mpsc::channel::<Result<Conn, io::Error>>(64);
     tokio::spawn(async move {
         let mut backoff = shepherd_observe::admin::AcceptBackoff::default();
         while let Some(stream) = backoff.accept(&listener, "grpc", &shutdown).await {
+            let peer = stream.peer_addr().ok();
+            let Some(room) = conns.admit() else {
+                debug!(
+                    ?peer,
+                    "at the connection cap with every connection in use; closed"
+                );
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let acceptor = tls.as_ref().map(|(server, which)| server.acceptor(*which));
             let tx = tx.clone();
             tokio::spawn(async move {
                 let deadline = tokio::time::Instant::now() + timeout;
-                let peer = stream.peer_addr().ok();
-                let io = match acceptor {
-                    None => Io::Plain(stream),
-                    Some(acceptor) => {
-                        match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-                            Ok(Ok(s)) => Io::Tls(Box::new(s)),
-                            Ok(Err(e)) => {
-                                debug!(?peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                debug!(?peer, "TLS handshake timed out");
-                                return;
-                            }
-                        }
+                let accepted = tokio::select! {
+                    biased;
+                    accepted = Conn::accept(stream, acceptor, deadline) => accepted,
+                    () = room.evicted() => {
+                        debug!(?peer, "closed to make room under the connection cap");
+                        return;
                     }
                 };
-                match Conn::after_preface(io, deadline).await {
-                    Some(conn) => {
+                match accepted {
+                    Ok(mut conn) => {
+                        room.asked();
+                        conn._room = Some(room);
                         let _ = tx.send(Ok(conn)).await;
                     }
-                    None => debug!(?peer, "no HTTP/2 preface in time; connection dropped"),
+                    Err(Dropped::TimedOut) => {
+                        room.timed_out();
+                        debug!(
+                            ?peer,
+                            "no TLS handshake and HTTP/2 preface in time; connection dropped"
+                        );
+                    }
+                    Err(Dropped::Refused(why)) => debug!(?peer, "{why}; connection dropped"),
                 }
             });
         }

@@ -147,6 +147,7 @@ async fn traces_rpcs_and_decisions_and_serves_metrics() {
                 "shepherd_rollout_stage{policy=\"chat\",rollout=\"1\"} 0",
                 "shepherd_rollout_decisions_total{policy=\"chat\",kind=\"clock_started\"} 1",
                 "shepherd_control_plane_store_up 1",
+                "shepherd_control_plane_connections_closed_total{reason=\"refused\"} 0",
             ];
             match want.iter().find(|w| !text.lines().any(|l| l == **w)) {
                 None => Ok(text),

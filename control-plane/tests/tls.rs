@@ -260,3 +260,59 @@ async fn connections_without_a_preface_are_dropped() {
         .unwrap();
     cp.stop().await;
 }
+
+/// At `--max-connections` a new gRPC connection closes the oldest one still
+/// short of its HTTP/2 preface; once every open connection has sent it, a
+/// new one is closed at once. Connections being served are never closed
+/// to make room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_makes_room_from_silent_connections() {
+    use shepherd_observe::conns::Connections;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpStream;
+
+    /// Reads until the server closes `s`; fails if it stays open.
+    async fn closed(s: &mut TcpStream) {
+        let mut got = Vec::new();
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(60), s.read_to_end(&mut got));
+        let read = read.await.expect("the connection was left open");
+        assert!(read.is_err() || got.is_empty(), "{got:?}");
+    }
+    async fn served(channel: &Channel) {
+        PolicyServiceClient::new(channel.clone())
+            .list_policies(v1::ListPoliciesRequest::default())
+            .await
+            .unwrap();
+    }
+
+    let store = TestStore::sqlite().await;
+    let conns = Connections::new(2);
+    let options = ServerOptions {
+        connections: conns.clone(),
+        ..ServerOptions::default()
+    };
+    let cp = TestControlPlane::start(store.store.clone(), options).await;
+    // Accepted in this order: the listener's backlog is first in, first out.
+    let mut silent_1 = TcpStream::connect(cp.addr).await.unwrap();
+    let mut silent_2 = TcpStream::connect(cp.addr).await.unwrap();
+    let first = cp.channel().await;
+    served(&first).await;
+    closed(&mut silent_1).await;
+    let second = cp.channel().await;
+    served(&second).await;
+    closed(&mut silent_2).await;
+    // Both open connections are being served: a third is refused.
+    let mut third = TcpStream::connect(cp.addr).await.unwrap();
+    closed(&mut third).await;
+    served(&first).await;
+    served(&second).await;
+    let counts = conns.counts();
+    assert_eq!(
+        (counts.open, counts.evicted, counts.refused),
+        (2, 2, 1),
+        "{counts:?}"
+    );
+    drop((first, second));
+    cp.stop().await;
+}

@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod conns;
+pub mod flags;
 
 pub use opentelemetry::KeyValue;
 pub use opentelemetry::trace::{Status, TraceContextExt};
