@@ -495,12 +495,13 @@ fn apply(agent: &Agent, settings: &ControlSettings, snapshot: v1::Snapshot) -> v
     match agent.apply_snapshot(snapshot) {
         Ok(()) => {
             agent.stats.reloads_ok.fetch_add(1, Ordering::Relaxed);
-            info!(version, policies, "snapshot applied");
             if let Some(state) = &settings.state
                 && let Err(e) = state.save(&saved)
             {
                 warn!(error = %e, "cannot save the snapshot; a restart without the control plane would serve an older one");
             }
+            // Logged once saved, so the line means both.
+            info!(version, policies, "snapshot applied");
             v1::AgentMessage {
                 kind: Some(Kind::Ack(v1::Ack { version })),
             }

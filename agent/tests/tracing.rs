@@ -69,10 +69,7 @@ async fn request_and_attempt_spans_reach_the_collector() {
     let collector = Collector::start().await;
     let provider = MockProvider::new("baseline");
     let addr = provider.serve_tcp().await;
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let dead = shepherd_tests::net::RefusedPort::new();
     let dir = tempfile::tempdir().unwrap();
     let policy = json!({
         "name": "chat", "match": {"path_prefix": "/v1/"},
@@ -80,7 +77,7 @@ async fn request_and_attempt_spans_reach_the_collector() {
         "backends": [
             {"name": "baseline", "base_url": format!("http://{addr}"),
              "prices": {"input_per_million": 2.5, "output_per_million": 8.0}},
-            {"name": "candidate", "base_url": format!("http://{dead}"), "model_map": {"gpt-4o": "open-model"}}
+            {"name": "candidate", "base_url": format!("http://{}", dead.addr), "model_map": {"gpt-4o": "open-model"}}
         ],
         "traffic": {"baseline": "baseline", "candidate": "candidate", "candidate_weight": 10000},
         "fallback": ["baseline"]

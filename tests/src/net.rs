@@ -72,3 +72,29 @@ impl Relay {
         self.up.store(true, Ordering::SeqCst);
     }
 }
+
+/// A loopback address whose connections are refused, for as long as this
+/// lives: a socket bound to the port and not listening. A port merely
+/// closed again may be handed to another test's listener meanwhile, which
+/// would then answer in its place.
+pub struct RefusedPort {
+    pub addr: SocketAddr,
+    _socket: tokio::net::TcpSocket,
+}
+
+impl RefusedPort {
+    pub fn new() -> RefusedPort {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        RefusedPort {
+            addr: socket.local_addr().unwrap(),
+            _socket: socket,
+        }
+    }
+}
+
+impl Default for RefusedPort {
+    fn default() -> Self {
+        Self::new()
+    }
+}

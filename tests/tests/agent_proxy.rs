@@ -326,13 +326,10 @@ async fn falls_back_in_policy_order() {
 /// A backend that cannot be reached gets a 502 naming what failed.
 #[tokio::test]
 async fn unreachable_backend_is_502_with_reason() {
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let closed = shepherd_tests::net::RefusedPort::new();
     let p = json!({
         "name": "chat", "match": {"path_prefix": "/v1/"},
-        "backends": [{"name": "gone", "base_url": format!("http://{closed}")}],
+        "backends": [{"name": "gone", "base_url": format!("http://{}", closed.addr)}],
         "traffic": {"baseline": "gone"}
     });
     let agent = TestAgent::start(&p.to_string()).await;
@@ -1118,11 +1115,8 @@ async fn a_candidate_stalling_after_its_head_fails_no_request() {
 async fn cold_starts_into_a_candidate_outage_fail_no_request() {
     let a = MockProvider::new("a");
     let aa = a.serve_tcp().await;
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
-    let p = policy(aa, dead, 5000, json!({"fallback": ["a"]}));
+    let dead = shepherd_tests::net::RefusedPort::new();
+    let p = policy(aa, dead.addr, 5000, json!({"fallback": ["a"]}));
     for start in 0..20 {
         let agent = TestAgent::start(&p).await;
         let c = std::sync::Arc::new(agent.client());
