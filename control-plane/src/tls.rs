@@ -297,37 +297,23 @@ pub struct Conn {
     io: Io,
     /// Bytes of the preface not yet handed on again.
     replay: usize,
-    _room: Option<conns::Conn>,
-}
-
-/// Why a new connection was dropped before it was served.
-enum Dropped {
-    /// Its handshake or preface did not come within the time.
-    TimedOut,
-    /// Its handshake failed, or it sent something other than the preface.
-    Refused(String),
+    _room: Option<Arc<conns::Conn>>,
 }
 
 impl Conn {
     /// Finishes the TLS handshake with `acceptor`, if any, and reads the
-    /// preface, both by `deadline`: the connection, ready to serve.
-    async fn accept(
-        stream: TcpStream,
-        acceptor: Option<TlsAcceptor>,
-        deadline: tokio::time::Instant,
-    ) -> Result<Conn, Dropped> {
+    /// preface: the connection, ready to serve, or why it cannot be. The
+    /// caller bounds the time this takes.
+    async fn accept(stream: TcpStream, acceptor: Option<TlsAcceptor>) -> Result<Conn, String> {
         use tokio::io::AsyncReadExt;
         let io = match acceptor {
             None => Io::Plain(stream),
-            Some(acceptor) => {
-                match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => Io::Tls(Box::new(s)),
-                    Ok(Err(e)) => {
-                        return Err(Dropped::Refused(format!("TLS handshake failed: {e}")));
-                    }
-                    Err(_) => return Err(Dropped::TimedOut),
-                }
-            }
+            Some(acceptor) => Io::Tls(Box::new(
+                acceptor
+                    .accept(stream)
+                    .await
+                    .map_err(|e| format!("TLS handshake failed: {e}"))?,
+            )),
         };
         let mut conn = Conn {
             io,
@@ -335,13 +321,13 @@ impl Conn {
             _room: None,
         };
         let mut got = [0u8; PREFACE.len()];
-        match tokio::time::timeout_at(deadline, conn.read_exact(&mut got)).await {
-            Ok(Ok(_)) if &got == PREFACE => {
+        match conn.read_exact(&mut got).await {
+            Ok(_) if &got == PREFACE => {
                 conn.replay = 0;
                 Ok(conn)
             }
-            Ok(_) => Err(Dropped::Refused("not an HTTP/2 preface".into())),
-            Err(_) => Err(Dropped::TimedOut),
+            Ok(_) => Err("not an HTTP/2 preface".into()),
+            Err(e) => Err(format!("no HTTP/2 preface: {e}")),
         }
     }
 }
@@ -477,13 +463,16 @@ pub fn incoming(
             let _ = stream.set_nodelay(true);
             let acceptor = tls.as_ref().map(|(server, which)| server.acceptor(*which));
             let tx = tx.clone();
+            let shutdown = shutdown.clone();
             tokio::spawn(async move {
-                let deadline = tokio::time::Instant::now() + timeout;
+                // Evicted to make room, out of time (counted), or shut down.
+                let room = Arc::new(room);
+                let closing = conns::close_signal(room.clone(), timeout, shutdown);
                 let accepted = tokio::select! {
                     biased;
-                    accepted = Conn::accept(stream, acceptor, deadline) => accepted,
-                    () = room.evicted() => {
-                        debug!(?peer, "closed to make room under the connection cap");
+                    accepted = Conn::accept(stream, acceptor) => accepted,
+                    why = closing => {
+                        debug!(?peer, ?why, "closed before its TLS handshake and HTTP/2 preface");
                         return;
                     }
                 };
@@ -493,14 +482,7 @@ pub fn incoming(
                         conn._room = Some(room);
                         let _ = tx.send(Ok(conn)).await;
                     }
-                    Err(Dropped::TimedOut) => {
-                        room.timed_out();
-                        debug!(
-                            ?peer,
-                            "no TLS handshake and HTTP/2 preface in time; connection dropped"
-                        );
-                    }
-                    Err(Dropped::Refused(why)) => debug!(?peer, "{why}; connection dropped"),
+                    Err(why) => debug!(?peer, "{why}; connection dropped"),
                 }
             });
         }

@@ -156,19 +156,6 @@ impl Conn {
     pub fn has_asked(&self) -> bool {
         self.asked.load(Ordering::Relaxed)
     }
-
-    /// Resolves when the connection is evicted to make room for a newer
-    /// one (for listeners that keep their own first-bytes deadline rather
-    /// than a [`close_signal`]).
-    pub fn evicted(&self) -> WaitForCancellationFutureOwned {
-        self.evict.clone().cancelled_owned()
-    }
-
-    /// Counts the connection as closed for sending nothing in time (for
-    /// listeners that keep their own deadline).
-    pub fn timed_out(&self) {
-        self.owner.shared.timed_out.fetch_add(1, Ordering::Relaxed);
-    }
 }
 
 impl Drop for Conn {
